@@ -1,0 +1,51 @@
+package broker
+
+import (
+	"context"
+	"errors"
+)
+
+// Message is one STOMP MESSAGE as tandem sees it: a destination, the custom
+// headers tandem put on it (tandem-version, failover-id, epoch, node, ...) and
+// a body. Transport headers (message-id, subscription, content-length, ...)
+// are not included in Headers.
+type Message struct {
+	Destination string
+	Headers     map[string]string
+	Body        []byte
+}
+
+// Bus is the small publish/subscribe seam the rest of tandem uses. The real
+// implementation is a Link to a STOMP broker (embedded or external); MemHub
+// provides an in-memory one for unit tests.
+//
+// Implementations never block a publisher because a subscriber is slow, and
+// keep subscriptions across reconnects.
+type Bus interface {
+	// Publish sends one message to a destination. It returns ErrNotConnected
+	// (wrapped) while the link is down; it does not queue.
+	Publish(ctx context.Context, dest string, headers map[string]string, body []byte) error
+	// Subscribe registers interest in dest. Messages arrive on the returned
+	// subscription's channel until it is closed or the Bus is closed.
+	Subscribe(dest string) (Subscription, error)
+	// Close releases the bus and closes every subscription. Safe twice.
+	Close() error
+}
+
+// Subscription delivers messages for one destination.
+type Subscription interface {
+	// C delivers messages. It is closed when the subscription or bus closes.
+	// A consumer that falls behind loses the oldest messages (counted in
+	// Dropped), never stalls the bus.
+	C() <-chan Message
+	// Dropped counts messages discarded because the consumer was slow.
+	Dropped() uint64
+	// Close ends the subscription. Safe twice.
+	Close() error
+}
+
+// Sentinel errors.
+var (
+	ErrNotConnected = errors.New("broker: not connected")
+	ErrClosed       = errors.New("broker: closed")
+)

@@ -1,0 +1,192 @@
+package backup
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+// Action is what the detector asks its driver to do.
+type Action int
+
+const (
+	// None: keep waiting.
+	None Action = iota
+	// Takeover: the primary is gone (or handed over): take over now.
+	Takeover
+	// WindowRestarted: the backup itself stalled (or left maintenance);
+	// the silence window starts again from now.
+	WindowRestarted
+	// Ignored: the heartbeat was not counted (own echo, stale epoch,
+	// duplicate or reordered sequence number, unknown server).
+	Ignored
+)
+
+func (a Action) String() string {
+	switch a {
+	case None:
+		return "none"
+	case Takeover:
+		return "takeover"
+	case WindowRestarted:
+		return "window-restarted"
+	case Ignored:
+		return "ignored"
+	}
+	return fmt.Sprintf("action(%d)", int(a))
+}
+
+// Decision is the detector's output for one input.
+type Decision struct {
+	Action Action
+	Reason string
+}
+
+// DetectorConfig tunes the detector.
+type DetectorConfig struct {
+	// Window is how long a silence must last before a takeover.
+	Window time.Duration
+	// Period is the primary's heartbeat period (used for the stall guard).
+	Period time.Duration
+	// Self is this backup's failover id: its own heartbeats are ignored and a
+	// handover addressed to it triggers an immediate takeover.
+	Self string
+}
+
+// StallThreshold is how late the backup's own loop may wake before the
+// detector assumes the backup itself was paused (GC, VM freeze, SIGSTOP) and
+// restarts the window instead of blaming the primary: max(2 s, 2 × period).
+func (c DetectorConfig) StallThreshold() time.Duration {
+	t := 2 * c.Period
+	if t < 2*time.Second {
+		t = 2 * time.Second
+	}
+	return t
+}
+
+// PrimaryView is what the detector knows about the primary it watches.
+type PrimaryView struct {
+	Node       string
+	FailoverID string
+	Epoch      uint64
+	Advertise  string
+	Seq        uint64
+	// Heard is when the last counted heartbeat arrived (zero: never).
+	Heard time.Time
+}
+
+// Detector decides when a backup must take over. It is pure: time comes in
+// as arguments (readings of the receiver's monotonic clock), heartbeats come
+// in through Observe, and decisions come out; it never sleeps, reads a clock
+// or does IO, so it is tested with a table of inputs.
+//
+// A takeover is decided when no counted heartbeat arrived for Window, the
+// detector is not in maintenance, and the backup did not itself stall.
+type Detector struct {
+	cfg         DetectorConfig
+	since       time.Time // start of the current silence window
+	lastTick    time.Time
+	maintenance bool
+	primary     PrimaryView
+	seenEpoch   uint64
+	decided     bool
+}
+
+// NewDetector starts a detector whose first window opens at now.
+func NewDetector(cfg DetectorConfig, now time.Time) *Detector {
+	return &Detector{cfg: cfg, since: now, lastTick: now}
+}
+
+// Seed tells the detector the primary it knew from an earlier run (state.json).
+func (d *Detector) Seed(p PrimaryView) {
+	p.Heard = time.Time{}
+	p.Seq = 0
+	d.primary = p
+	if p.Epoch > d.seenEpoch {
+		d.seenEpoch = p.Epoch
+	}
+}
+
+// Primary returns the watched primary as last heard.
+func (d *Detector) Primary() PrimaryView { return d.primary }
+
+// SeenEpoch is the highest epoch seen on the channel.
+func (d *Detector) SeenEpoch() uint64 { return d.seenEpoch }
+
+// Maintenance reports whether automatic takeover is paused.
+func (d *Detector) Maintenance() bool { return d.maintenance }
+
+// SilentFor is how long the current window has been open at now.
+func (d *Detector) SilentFor(now time.Time) time.Duration { return now.Sub(d.since) }
+
+// SetMaintenance pauses or resumes automatic takeover. Leaving maintenance
+// restarts the window, so that resuming never fails over at once.
+func (d *Detector) SetMaintenance(on bool, now time.Time) Decision {
+	was := d.maintenance
+	d.maintenance = on
+	if was && !on {
+		d.since = now
+		return Decision{WindowRestarted, "maintenance ended"}
+	}
+	return Decision{None, ""}
+}
+
+// Observe counts one heartbeat received at now.
+func (d *Detector) Observe(hb protocol.Envelope, now time.Time) Decision {
+	if hb.FailoverID == d.cfg.Self {
+		return Decision{Ignored, "own heartbeat"}
+	}
+	if hb.Epoch > d.seenEpoch {
+		d.seenEpoch = hb.Epoch
+	}
+	p := d.primary
+	switch {
+	case p.FailoverID == "":
+		// First primary heard: adopt it.
+	case hb.FailoverID == p.FailoverID:
+		if hb.Epoch < p.Epoch {
+			return Decision{Ignored, fmt.Sprintf("stale epoch %d < %d", hb.Epoch, p.Epoch)}
+		}
+		if hb.Epoch == p.Epoch && hb.Seq != 0 && hb.Seq <= p.Seq {
+			return Decision{Ignored, fmt.Sprintf("duplicate or reordered seq %d <= %d", hb.Seq, p.Seq)}
+		}
+	case hb.Epoch > p.Epoch:
+		// A different server at a higher epoch: the pair's primary changed.
+	default:
+		return Decision{Ignored, fmt.Sprintf("unknown server %s (node %s) at epoch %d, not above the primary's %d", hb.FailoverID, hb.Node, hb.Epoch, p.Epoch)}
+	}
+	d.primary = PrimaryView{Node: hb.Node, FailoverID: hb.FailoverID, Epoch: hb.Epoch, Advertise: hb.Advertise, Seq: hb.Seq, Heard: now}
+	d.since = now
+	if hb.HandoverTo != "" && hb.HandoverTo == d.cfg.Self && !d.decided {
+		d.decided = true
+		return Decision{Takeover, fmt.Sprintf("switchover requested by %s at epoch %d", hb.Node, hb.Epoch)}
+	}
+	return Decision{None, ""}
+}
+
+// Tick is called by the driver's loop, often (every few hundred ms). It
+// detects the backup's own stalls and the end of the window.
+func (d *Detector) Tick(now time.Time) Decision {
+	gap := now.Sub(d.lastTick)
+	d.lastTick = now
+	if d.decided {
+		return Decision{None, ""}
+	}
+	if gap > d.cfg.StallThreshold() {
+		d.since = now
+		return Decision{WindowRestarted, fmt.Sprintf("backup stalled for %s (more than %s): restarting the window", gap.Round(time.Millisecond), d.cfg.StallThreshold())}
+	}
+	if d.maintenance {
+		return Decision{None, ""}
+	}
+	if silent := now.Sub(d.since); silent >= d.cfg.Window {
+		d.decided = true
+		who := "the primary"
+		if d.primary.Node != "" {
+			who = "primary " + d.primary.Node
+		}
+		return Decision{Takeover, fmt.Sprintf("no heartbeat from %s for %s (fail_window %s)", who, silent.Round(time.Millisecond), d.cfg.Window)}
+	}
+	return Decision{None, ""}
+}

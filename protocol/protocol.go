@@ -1,0 +1,229 @@
+// Package protocol defines what tandem servers and agents say to each other
+// over STOMP: the four destinations, the headers every message carries, and
+// HMAC-SHA256 signing.
+//
+// Every message carries tandem-version, failover-id, epoch and node.
+// Heartbeats add seq, advertise (the host:port agents should use), period-ms
+// and role; a heartbeat that hands the primary role to a backup names it in
+// handover-to. With a shared secret, a signature header holds the hex
+// HMAC-SHA256 of the destination, every other header (sorted) and the body;
+// receivers drop unsigned or badly signed messages.
+package protocol
+
+import (
+	"crypto/hmac"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/tandem-ha/tandem/internal/version"
+)
+
+// DefaultPrefix is prepended to every destination name.
+const DefaultPrefix = "/topic/tandem."
+
+// Header names.
+const (
+	HVersion     = "tandem-version"
+	HFailoverID  = "failover-id"
+	HEpoch       = "epoch"
+	HNode        = "node"
+	HSeq         = "seq"
+	HAdvertise   = "advertise"
+	HPeriodMS    = "period-ms"
+	HRole        = "role"
+	HSentMS      = "sent-ms" // wall clock, informational only
+	HHandoverTo  = "handover-to"
+	HMaintenance = "maintenance"
+	HSignature   = "signature"
+)
+
+// Sentinel errors.
+var (
+	ErrMissingHeader = errors.New("protocol: missing header")
+	ErrBadHeader     = errors.New("protocol: bad header")
+	ErrUnsigned      = errors.New("protocol: unsigned message")
+	ErrBadSignature  = errors.New("protocol: bad signature")
+)
+
+// Destinations names the four channels.
+type Destinations struct {
+	Heartbeat, Reply, AgentStatus, AgentCommand string
+}
+
+// NewDestinations derives the destinations from a prefix ("" = DefaultPrefix).
+func NewDestinations(prefix string) Destinations {
+	if prefix == "" {
+		prefix = DefaultPrefix
+	}
+	return Destinations{
+		Heartbeat:    prefix + "heartbeat",
+		Reply:        prefix + "heartbeat-reply",
+		AgentStatus:  prefix + "agent-status",
+		AgentCommand: prefix + "agent-command",
+	}
+}
+
+// Envelope is the decoded header set of a tandem message.
+type Envelope struct {
+	Version    string
+	FailoverID string
+	Epoch      uint64
+	Node       string
+	// Heartbeat and reply fields; zero when absent.
+	Seq         uint64
+	Advertise   string
+	PeriodMS    int64
+	Role        string
+	SentMS      int64
+	HandoverTo  string
+	Maintenance bool
+}
+
+// Headers encodes the envelope (without signature).
+func (e Envelope) Headers() map[string]string {
+	v := e.Version
+	if v == "" {
+		v = version.Version
+	}
+	h := map[string]string{
+		HVersion:    v,
+		HFailoverID: e.FailoverID,
+		HEpoch:      strconv.FormatUint(e.Epoch, 10),
+		HNode:       e.Node,
+	}
+	if e.Seq != 0 {
+		h[HSeq] = strconv.FormatUint(e.Seq, 10)
+	}
+	if e.Advertise != "" {
+		h[HAdvertise] = e.Advertise
+	}
+	if e.PeriodMS != 0 {
+		h[HPeriodMS] = strconv.FormatInt(e.PeriodMS, 10)
+	}
+	if e.Role != "" {
+		h[HRole] = e.Role
+	}
+	if e.SentMS != 0 {
+		h[HSentMS] = strconv.FormatInt(e.SentMS, 10)
+	}
+	if e.HandoverTo != "" {
+		h[HHandoverTo] = e.HandoverTo
+	}
+	if e.Maintenance {
+		h[HMaintenance] = "true"
+	}
+	return h
+}
+
+// maxHeader bounds any header value we accept, so a hostile peer cannot make
+// us keep large strings.
+const maxHeader = 256
+
+// Decode parses and validates the headers of a received message.
+func Decode(h map[string]string) (Envelope, error) {
+	var e Envelope
+	for k, v := range h {
+		if len(v) > maxHeader {
+			return e, fmt.Errorf("%w: %s longer than %d bytes", ErrBadHeader, k, maxHeader)
+		}
+	}
+	var ok bool
+	if e.Version, ok = h[HVersion]; !ok || e.Version == "" {
+		return e, fmt.Errorf("%w: %s", ErrMissingHeader, HVersion)
+	}
+	if e.FailoverID, ok = h[HFailoverID]; !ok || e.FailoverID == "" {
+		return e, fmt.Errorf("%w: %s", ErrMissingHeader, HFailoverID)
+	}
+	e.FailoverID = strings.ToLower(e.FailoverID)
+	if e.Node, ok = h[HNode]; !ok || e.Node == "" {
+		return e, fmt.Errorf("%w: %s", ErrMissingHeader, HNode)
+	}
+	ep, ok := h[HEpoch]
+	if !ok {
+		return e, fmt.Errorf("%w: %s", ErrMissingHeader, HEpoch)
+	}
+	var err error
+	if e.Epoch, err = strconv.ParseUint(ep, 10, 64); err != nil {
+		return e, fmt.Errorf("%w: %s=%q: expected an unsigned integer", ErrBadHeader, HEpoch, ep)
+	}
+	if v, ok := h[HSeq]; ok {
+		if e.Seq, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return e, fmt.Errorf("%w: %s=%q: expected an unsigned integer", ErrBadHeader, HSeq, v)
+		}
+	}
+	if v, ok := h[HPeriodMS]; ok {
+		if e.PeriodMS, err = strconv.ParseInt(v, 10, 64); err != nil || e.PeriodMS < 0 {
+			return e, fmt.Errorf("%w: %s=%q: expected a non-negative integer", ErrBadHeader, HPeriodMS, v)
+		}
+	}
+	if v, ok := h[HSentMS]; ok {
+		if e.SentMS, err = strconv.ParseInt(v, 10, 64); err != nil {
+			return e, fmt.Errorf("%w: %s=%q: expected an integer", ErrBadHeader, HSentMS, v)
+		}
+	}
+	e.Advertise = h[HAdvertise]
+	e.Role = h[HRole]
+	e.HandoverTo = strings.ToLower(h[HHandoverTo])
+	e.Maintenance = h[HMaintenance] == "true"
+	return e, nil
+}
+
+// Signer signs and verifies messages with a shared secret. A Signer with no
+// key signs nothing and accepts everything.
+type Signer struct{ key []byte }
+
+// NewSigner returns a signer for key (nil or empty: signing off).
+func NewSigner(key []byte) *Signer { return &Signer{key: append([]byte(nil), key...)} }
+
+// Enabled reports whether a secret is configured.
+func (s *Signer) Enabled() bool { return s != nil && len(s.key) > 0 }
+
+// Sign adds the signature header to h (in place) when a key is configured.
+func (s *Signer) Sign(dest string, h map[string]string, body []byte) {
+	if !s.Enabled() {
+		return
+	}
+	h[HSignature] = hex.EncodeToString(s.mac(dest, h, body))
+}
+
+// Verify checks the signature when a key is configured.
+func (s *Signer) Verify(dest string, h map[string]string, body []byte) error {
+	if !s.Enabled() {
+		return nil
+	}
+	sig, ok := h[HSignature]
+	if !ok {
+		return ErrUnsigned
+	}
+	got, err := hex.DecodeString(sig)
+	if err != nil || !hmac.Equal(got, s.mac(dest, h, body)) {
+		return ErrBadSignature
+	}
+	return nil
+}
+
+func (s *Signer) mac(dest string, h map[string]string, body []byte) []byte {
+	keys := make([]string, 0, len(h))
+	for k := range h {
+		if k != HSignature {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	m := hmac.New(sha256.New, s.key)
+	m.Write([]byte(dest))
+	m.Write([]byte{0})
+	for _, k := range keys {
+		m.Write([]byte(k))
+		m.Write([]byte{0})
+		m.Write([]byte(h[k]))
+		m.Write([]byte{0})
+	}
+	m.Write(body)
+	return m.Sum(nil)
+}

@@ -30,8 +30,8 @@ type step struct {
 	reason string // substring of the reason, optional
 }
 
-func on() *bool  { b := true; return &b }
-func off() *bool { b := false; return &b }
+func on() *bool                                { b := true; return &b }
+func off() *bool                               { b := false; return &b }
 func h(e protocol.Envelope) *protocol.Envelope { return &e }
 
 func run(t *testing.T, steps []step) *Detector {

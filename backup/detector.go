@@ -41,6 +41,8 @@ func (a Action) String() string {
 type Decision struct {
 	Action Action
 	Reason string
+	// Switchover marks a Takeover the primary asked for (planned), not a failure.
+	Switchover bool
 }
 
 // DetectorConfig tunes the detector.
@@ -127,15 +129,15 @@ func (d *Detector) SetMaintenance(on bool, now time.Time) Decision {
 	d.maintenance = on
 	if was && !on {
 		d.since = now
-		return Decision{WindowRestarted, "maintenance ended"}
+		return Decision{Action: WindowRestarted, Reason: "maintenance ended"}
 	}
-	return Decision{None, ""}
+	return Decision{}
 }
 
 // Observe counts one heartbeat received at now.
 func (d *Detector) Observe(hb protocol.Envelope, now time.Time) Decision {
 	if hb.FailoverID == d.cfg.Self {
-		return Decision{Ignored, "own heartbeat"}
+		return Decision{Action: Ignored, Reason: "own heartbeat"}
 	}
 	if hb.Epoch > d.seenEpoch {
 		d.seenEpoch = hb.Epoch
@@ -146,23 +148,23 @@ func (d *Detector) Observe(hb protocol.Envelope, now time.Time) Decision {
 		// First primary heard: adopt it.
 	case hb.FailoverID == p.FailoverID:
 		if hb.Epoch < p.Epoch {
-			return Decision{Ignored, fmt.Sprintf("stale epoch %d < %d", hb.Epoch, p.Epoch)}
+			return Decision{Action: Ignored, Reason: fmt.Sprintf("stale epoch %d < %d", hb.Epoch, p.Epoch)}
 		}
 		if hb.Epoch == p.Epoch && hb.Seq != 0 && hb.Seq <= p.Seq {
-			return Decision{Ignored, fmt.Sprintf("duplicate or reordered seq %d <= %d", hb.Seq, p.Seq)}
+			return Decision{Action: Ignored, Reason: fmt.Sprintf("duplicate or reordered seq %d <= %d", hb.Seq, p.Seq)}
 		}
 	case hb.Epoch > p.Epoch:
 		// A different server at a higher epoch: the pair's primary changed.
 	default:
-		return Decision{Ignored, fmt.Sprintf("unknown server %s (node %s) at epoch %d, not above the primary's %d", hb.FailoverID, hb.Node, hb.Epoch, p.Epoch)}
+		return Decision{Action: Ignored, Reason: fmt.Sprintf("unknown server %s (node %s) at epoch %d, not above the primary's %d", hb.FailoverID, hb.Node, hb.Epoch, p.Epoch)}
 	}
 	d.primary = PrimaryView{Node: hb.Node, FailoverID: hb.FailoverID, Epoch: hb.Epoch, Advertise: hb.Advertise, Seq: hb.Seq, Heard: now}
 	d.since = now
 	if hb.HandoverTo != "" && hb.HandoverTo == d.cfg.Self && !d.decided {
 		d.decided = true
-		return Decision{Takeover, fmt.Sprintf("switchover requested by %s at epoch %d", hb.Node, hb.Epoch)}
+		return Decision{Action: Takeover, Reason: fmt.Sprintf("switchover requested by %s at epoch %d", hb.Node, hb.Epoch), Switchover: true}
 	}
-	return Decision{None, ""}
+	return Decision{}
 }
 
 // Tick is called by the driver's loop, often (every few hundred ms). It
@@ -171,14 +173,14 @@ func (d *Detector) Tick(now time.Time) Decision {
 	gap := now.Sub(d.lastTick)
 	d.lastTick = now
 	if d.decided {
-		return Decision{None, ""}
+		return Decision{}
 	}
 	if gap > d.cfg.StallThreshold() {
 		d.since = now
-		return Decision{WindowRestarted, fmt.Sprintf("backup stalled for %s (more than %s): restarting the window", gap.Round(time.Millisecond), d.cfg.StallThreshold())}
+		return Decision{Action: WindowRestarted, Reason: fmt.Sprintf("backup stalled for %s (more than %s): restarting the window", gap.Round(time.Millisecond), d.cfg.StallThreshold())}
 	}
 	if d.maintenance {
-		return Decision{None, ""}
+		return Decision{}
 	}
 	if silent := now.Sub(d.since); silent >= d.cfg.Window {
 		d.decided = true
@@ -186,7 +188,7 @@ func (d *Detector) Tick(now time.Time) Decision {
 		if d.primary.Node != "" {
 			who = "primary " + d.primary.Node
 		}
-		return Decision{Takeover, fmt.Sprintf("no heartbeat from %s for %s (fail_window %s)", who, silent.Round(time.Millisecond), d.cfg.Window)}
+		return Decision{Action: Takeover, Reason: fmt.Sprintf("no heartbeat from %s for %s (fail_window %s)", who, silent.Round(time.Millisecond), d.cfg.Window)}
 	}
-	return Decision{None, ""}
+	return Decision{}
 }

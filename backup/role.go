@@ -1,0 +1,242 @@
+package backup
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/internal/clock"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+// RoleConfig is what the backup role needs.
+type RoleConfig struct {
+	Node        string
+	Token       failoverid.Token // this backup's id and epoch
+	Advertise   string           // this backup's own broker, for the primary's records
+	Period      time.Duration
+	ReplyPeriod time.Duration
+	Window      time.Duration
+	Maintenance bool // start paused
+	Dest        protocol.Destinations
+	Signer      *protocol.Signer
+	Clock       clock.Clock
+	Log         logrus.FieldLogger
+	// Seed is the primary known from an earlier run, if any.
+	Seed *failoverid.Peer
+	// OnPrimary is called (from Run) when the watched primary changes, so
+	// the node can remember it.
+	OnPrimary func(failoverid.Peer)
+}
+
+// End is why Run returned a takeover.
+type End struct {
+	Takeover  bool // false: the context ended
+	Reason    string
+	Switch    bool   // a planned switchover, not a failure
+	SeenEpoch uint64 // highest epoch seen on the channel
+	Primary   PrimaryView
+}
+
+// Status is a snapshot for the admin API.
+type Status struct {
+	Maintenance        bool
+	Primary            PrimaryView
+	LastHeartbeatAgeMS int64 // -1: never heard
+	SilentForMS        int64
+	SeenEpoch          uint64
+	Received, Ignored  uint64
+	Dropped            uint64 // unsigned, badly signed or malformed
+}
+
+// Role is a running backup.
+type Role struct {
+	cfg   RoleConfig
+	bus   broker.Bus
+	maint chan bool
+
+	mu  sync.Mutex
+	det *Detector
+	st  Status
+}
+
+// NewRole builds the role on the heartbeat bus (the primary's broker or the
+// external heartbeat broker).
+func NewRole(cfg RoleConfig, bus broker.Bus) *Role {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.New()
+	}
+	return &Role{cfg: cfg, bus: bus, maint: make(chan bool, 1)}
+}
+
+// SetMaintenance pauses (true) or resumes automatic takeover.
+func (r *Role) SetMaintenance(on bool) {
+	r.mu.Lock()
+	r.cfg.Maintenance = on
+	r.mu.Unlock()
+	select {
+	case r.maint <- on:
+	default:
+		// A value is pending: replace it with the newest.
+		select {
+		case <-r.maint:
+		default:
+		}
+		r.maint <- on
+	}
+}
+
+// Status returns a snapshot.
+func (r *Role) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.st
+	s.Maintenance = r.cfg.Maintenance
+	s.LastHeartbeatAgeMS = -1
+	if r.det != nil {
+		now := r.cfg.Clock.Now()
+		s.Primary = r.det.Primary()
+		s.SeenEpoch = r.det.SeenEpoch()
+		s.SilentForMS = r.det.SilentFor(now).Milliseconds()
+		if !s.Primary.Heard.IsZero() {
+			s.LastHeartbeatAgeMS = now.Sub(s.Primary.Heard).Milliseconds()
+		}
+	}
+	return s
+}
+
+// tickEvery is how often the detector is ticked: often enough that the
+// window is measured to within a fraction of a period.
+func (r *Role) tickEvery() time.Duration {
+	t := r.cfg.Period / 4
+	if t > 250*time.Millisecond {
+		t = 250 * time.Millisecond
+	}
+	if t < 5*time.Millisecond {
+		t = 5 * time.Millisecond
+	}
+	return t
+}
+
+// Run watches the primary until a takeover is decided or ctx ends.
+func (r *Role) Run(ctx context.Context) (End, error) {
+	log := r.cfg.Log
+	sub, err := r.bus.Subscribe(r.cfg.Dest.Heartbeat)
+	if err != nil {
+		return End{}, err
+	}
+	defer sub.Close()
+
+	now := r.cfg.Clock.Now()
+	det := NewDetector(DetectorConfig{Window: r.cfg.Window, Period: r.cfg.Period, Self: r.cfg.Token.ID}, now)
+	if r.cfg.Seed != nil {
+		det.Seed(PrimaryView{Node: r.cfg.Seed.Node, FailoverID: r.cfg.Seed.FailoverID, Epoch: r.cfg.Seed.Epoch, Advertise: r.cfg.Seed.Address})
+	}
+	r.mu.Lock()
+	det.SetMaintenance(r.cfg.Maintenance, now)
+	r.det = det
+	r.mu.Unlock()
+
+	tick := r.cfg.Clock.NewTicker(r.tickEvery())
+	defer tick.Stop()
+	replyT := r.cfg.Clock.NewTicker(r.cfg.ReplyPeriod)
+	defer replyT.Stop()
+
+	reply := func() {
+		r.mu.Lock()
+		maint := r.cfg.Maintenance
+		r.mu.Unlock()
+		env := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node,
+			Advertise: r.cfg.Advertise, Role: "backup", Maintenance: maint, SentMS: time.Now().UnixMilli()}
+		h := env.Headers()
+		r.cfg.Signer.Sign(r.cfg.Dest.Reply, h, nil)
+		pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)
+		defer cancel()
+		if err := r.bus.Publish(pctx, r.cfg.Dest.Reply, h, nil); err != nil {
+			log.WithError(err).Debug("reply not sent")
+		}
+	}
+	reply() // at once when starting, so the primary knows
+	lastPrimary := det.Primary().FailoverID
+
+	handle := func(d Decision) (End, bool) {
+		switch d.Action {
+		case Takeover:
+			log.WithField("reason", d.Reason).Warn("taking over")
+			return End{Takeover: true, Reason: d.Reason, Switch: d.Switchover,
+				SeenEpoch: det.SeenEpoch(), Primary: det.Primary()}, true
+		case WindowRestarted:
+			log.Warn(d.Reason)
+		case Ignored:
+			r.st.Ignored++
+			log.WithField("reason", d.Reason).Debug("heartbeat ignored")
+		}
+		return End{}, false
+	}
+
+	for {
+		select {
+		case <-ctx.Done():
+			return End{}, nil
+		case on := <-r.maint:
+			r.mu.Lock()
+			d := det.SetMaintenance(on, r.cfg.Clock.Now())
+			r.mu.Unlock()
+			log.WithField("maintenance", on).Info("maintenance mode changed")
+			handle(d)
+			reply()
+		case <-tick.C():
+			r.mu.Lock()
+			d := det.Tick(r.cfg.Clock.Now())
+			r.mu.Unlock()
+			if end, done := handle(d); done {
+				return end, nil
+			}
+		case <-replyT.C():
+			reply()
+		case m, ok := <-sub.C():
+			if !ok {
+				return End{}, broker.ErrClosed
+			}
+			if err := r.cfg.Signer.Verify(m.Destination, m.Headers, m.Body); err != nil {
+				r.mu.Lock()
+				r.st.Dropped++
+				r.mu.Unlock()
+				log.WithError(err).Debug("dropped heartbeat")
+				continue
+			}
+			env, err := protocol.Decode(m.Headers)
+			if err != nil {
+				r.mu.Lock()
+				r.st.Dropped++
+				r.mu.Unlock()
+				log.WithError(err).Debug("dropped heartbeat")
+				continue
+			}
+			r.mu.Lock()
+			r.st.Received++
+			d := det.Observe(env, r.cfg.Clock.Now())
+			end, done := handle(d)
+			p := det.Primary()
+			r.mu.Unlock()
+			if p.FailoverID != lastPrimary && p.FailoverID != "" {
+				lastPrimary = p.FailoverID
+				log.WithFields(logrus.Fields{"primary": p.Node, "primary_failover_id": p.FailoverID, "primary_epoch": p.Epoch}).Info("watching primary")
+				if r.cfg.OnPrimary != nil {
+					r.cfg.OnPrimary(failoverid.Peer{Node: p.Node, FailoverID: p.FailoverID, Epoch: p.Epoch, Address: p.Advertise})
+				}
+				reply()
+			}
+			if done {
+				return end, nil
+			}
+		}
+	}
+}

@@ -1,0 +1,420 @@
+// Package primary is the primary role: it publishes heartbeats, listens for
+// the backup's replies (is failover enabled?), and watches for any sign of a
+// higher epoch — on the heartbeat channel, in an agent's status, or in the
+// managed address.yaml files — upon which it stops at once (fenced).
+//
+// Run owns every goroutine it starts and returns when the role ends: the
+// context is done, the node is fenced, or a planned switchover completed.
+// After a fence it sends nothing more (invariant I5): every send happens on
+// the Run goroutine, after the checks.
+package primary
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/internal/clock"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+// Sentinel errors.
+var (
+	ErrNoBackup        = errors.New("primary: no backup has replied; nothing to hand over to")
+	ErrNotRunning      = errors.New("primary: not running")
+	ErrSwitchoverState = errors.New("primary: a switchover is already in progress")
+)
+
+// EndKind says why Run returned.
+type EndKind int
+
+const (
+	Stopped    EndKind = iota // context done
+	Fenced                    // a higher epoch exists
+	HandedOver                // a planned switchover completed
+)
+
+func (k EndKind) String() string {
+	return [...]string{"stopped", "fenced", "handed-over"}[k]
+}
+
+// End is Run's result.
+type End struct {
+	Kind EndKind
+	// By is the higher token that fenced us or took over.
+	By failoverid.Token
+	// ByNode and ByAdvertise describe the new primary (handover, or a fence
+	// seen on the heartbeat channel).
+	ByNode, ByAdvertise string
+	Reason              string
+}
+
+// Config is what the primary role needs.
+type Config struct {
+	Node        string
+	Token       failoverid.Token
+	Advertise   string // host:port agents should use
+	Period      time.Duration
+	ReplyPeriod time.Duration
+	FailWindow  time.Duration // bounds a switchover that gets no answer
+	Dest        protocol.Destinations
+	Signer      *protocol.Signer
+	Clock       clock.Clock
+	Log         logrus.FieldLogger
+	// SeqBase starts the heartbeat sequence; use a value that grows across
+	// restarts (wall-clock milliseconds at start) so receivers can drop replays.
+	SeqBase uint64
+	// CheckFiles looks for a higher epoch in the managed address.yaml files.
+	// It is called after the process woke late (it may have been frozen while
+	// a backup took over) before anything else is sent, and every CheckEvery.
+	CheckFiles func() (*failoverid.Token, error)
+	CheckEvery time.Duration
+	// OnPeer is called (from Run) when a backup's reply names a new or
+	// changed peer, so the node can remember it in state.json.
+	OnPeer func(failoverid.Peer)
+	// Tick, when set, runs on every period on the Run goroutine while the
+	// role is healthy (used to retry failed agent rewrites).
+	Tick func()
+	// Notify are extra buses that receive a copy of every heartbeat: the
+	// previous primary's broker after a takeover, so that a primary that
+	// resumes from a freeze learns at once that it was replaced.
+	Notify []broker.Bus
+}
+
+// Status is a snapshot for the admin API.
+type Status struct {
+	Epoch            uint64
+	BackupConfigured bool
+	Backup           *failoverid.Peer
+	LastReplyAgeMS   int64 // -1: never
+	HeartbeatsSent   uint64
+	Dropped          uint64 // messages dropped: bad signature, malformed
+	Handover         string // failover id of the backup being handed to
+	Warnings         []string
+}
+
+// Role is a running primary.
+type Role struct {
+	cfg Config
+	hb  broker.Bus // heartbeat channel
+	ag  broker.Bus // agents' channel (the embedded broker)
+
+	switchReq chan chan error
+
+	mu        sync.Mutex
+	st        Status
+	lastReply time.Time
+	started   time.Time
+}
+
+// New builds a primary role on a heartbeat bus and an agents bus (they may be
+// the same bus).
+func New(cfg Config, hb, agents broker.Bus) *Role {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.New()
+	}
+	if cfg.CheckEvery == 0 {
+		cfg.CheckEvery = 10 * cfg.Period
+	}
+	if cfg.FailWindow == 0 {
+		cfg.FailWindow = 6 * cfg.Period
+	}
+	return &Role{cfg: cfg, hb: hb, ag: agents, switchReq: make(chan chan error)}
+}
+
+// Status returns a snapshot.
+func (r *Role) Status() Status {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := r.st
+	s.Epoch = r.cfg.Token.Epoch
+	s.LastReplyAgeMS = -1
+	if !r.lastReply.IsZero() {
+		s.LastReplyAgeMS = r.cfg.Clock.Now().Sub(r.lastReply).Milliseconds()
+	}
+	s.Warnings = append([]string(nil), r.st.Warnings...)
+	return s
+}
+
+// Switchover asks the backup to take over now. It returns once the request
+// is being sent; Run ends with HandedOver when the backup has taken over.
+func (r *Role) Switchover(ctx context.Context) error {
+	reply := make(chan error, 1)
+	select {
+	case r.switchReq <- reply:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case err := <-reply:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// stallThreshold: a tick more than half a period late means the process may
+// have been frozen while a backup took over, so it looks before it speaks.
+// The check is cheap next to the cost of a stale heartbeat.
+func (r *Role) stallThreshold() time.Duration {
+	return r.cfg.Period + r.cfg.Period/2
+}
+
+// Run is the role's loop; see the package doc.
+func (r *Role) Run(ctx context.Context) (End, error) {
+	log := r.cfg.Log
+	subs := []struct {
+		bus  broker.Bus
+		dest string
+	}{{r.hb, r.cfg.Dest.Heartbeat}, {r.hb, r.cfg.Dest.Reply}, {r.ag, r.cfg.Dest.AgentStatus}}
+	chans := make([]<-chan broker.Message, len(subs))
+	for i, s := range subs {
+		sub, err := s.bus.Subscribe(s.dest)
+		if err != nil {
+			return End{}, fmt.Errorf("subscribe %s: %w", s.dest, err)
+		}
+		defer sub.Close()
+		chans[i] = sub.C()
+	}
+
+	now := r.cfg.Clock.Now()
+	r.mu.Lock()
+	r.started = now
+	r.mu.Unlock()
+	seq := r.cfg.SeqBase
+	var handoverTo string
+	var handoverStart time.Time
+	var handoverReply chan error
+	lastBeat := now
+	lastCheck := now
+	var peer failoverid.Peer
+
+	ticker := r.cfg.Clock.NewTicker(r.cfg.Period)
+	defer ticker.Stop()
+
+	fence := func(by failoverid.Token, node, adv, reason string) (End, error) {
+		if handoverTo != "" && by.ID == handoverTo {
+			log.WithFields(logrus.Fields{"new_primary": node, "new_epoch": by.Epoch}).Info("switchover complete: the backup is primary now")
+			return End{Kind: HandedOver, By: by, ByNode: node, ByAdvertise: adv, Reason: "switchover to " + node}, nil
+		}
+		log.WithFields(logrus.Fields{"by_failover_id": by.ID, "by_epoch": by.Epoch, "by_node": node}).Warn("fenced: " + reason)
+		return End{Kind: Fenced, By: by, ByNode: node, ByAdvertise: adv, Reason: reason}, nil
+	}
+	checkFiles := func(why string) (*failoverid.Token, error) {
+		if r.cfg.CheckFiles == nil {
+			return nil, nil
+		}
+		t, err := r.cfg.CheckFiles()
+		if err != nil {
+			log.WithError(err).Warn("checking managed agent files for a higher epoch (" + why + ")")
+		}
+		return t, nil
+	}
+	beat := func() {
+		seq++
+		env := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node,
+			Seq: seq, Advertise: r.cfg.Advertise, PeriodMS: r.cfg.Period.Milliseconds(), Role: "primary",
+			SentMS: time.Now().UnixMilli(), HandoverTo: handoverTo}
+		h := env.Headers()
+		r.cfg.Signer.Sign(r.cfg.Dest.Heartbeat, h, nil)
+		pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)
+		err := r.hb.Publish(pctx, r.cfg.Dest.Heartbeat, h, nil)
+		for _, n := range r.cfg.Notify {
+			_ = n.Publish(pctx, r.cfg.Dest.Heartbeat, h, nil) // best effort
+		}
+		cancel()
+		if err != nil {
+			log.WithError(err).Debug("heartbeat not sent")
+			return
+		}
+		r.mu.Lock()
+		r.st.HeartbeatsSent++
+		r.mu.Unlock()
+	}
+	drop := func(err error, m broker.Message) {
+		r.mu.Lock()
+		r.st.Dropped++
+		r.mu.Unlock()
+		log.WithError(err).WithField("destination", m.Destination).Debug("dropped message")
+	}
+
+	// A fresh role checks before its first heartbeat, then beats at once.
+	if t, _ := checkFiles("start"); t != nil && t.Epoch > r.cfg.Token.Epoch {
+		return fence(*t, "", "", fmt.Sprintf("a managed address.yaml is at epoch %d, above ours (%d)", t.Epoch, r.cfg.Token.Epoch))
+	}
+	beat()
+
+	for {
+		select {
+		case <-ctx.Done():
+			if handoverReply != nil {
+				handoverReply <- ctx.Err()
+			}
+			return End{Kind: Stopped}, nil
+
+		case reply := <-r.switchReq:
+			switch {
+			case handoverTo != "":
+				reply <- ErrSwitchoverState
+			case peer.FailoverID == "" || !r.backupConfigured(r.cfg.Clock.Now()):
+				reply <- ErrNoBackup
+			default:
+				handoverTo = peer.FailoverID
+				handoverStart = r.cfg.Clock.Now()
+				r.mu.Lock()
+				r.st.Handover = handoverTo
+				r.mu.Unlock()
+				log.WithFields(logrus.Fields{"backup": peer.Node, "backup_failover_id": peer.FailoverID}).Info("switchover: asking the backup to take over")
+				beat()
+				reply <- nil
+			}
+
+		case <-ticker.C():
+			now := r.cfg.Clock.Now()
+			late := now.Sub(lastBeat) > r.stallThreshold()
+			if late || now.Sub(lastCheck) >= r.cfg.CheckEvery {
+				why := "periodic"
+				if late {
+					why = fmt.Sprintf("woke %s late", now.Sub(lastBeat).Round(time.Millisecond))
+					log.Warn("primary " + why + ": checking for a higher epoch before sending anything")
+				}
+				lastCheck = now
+				if t, _ := checkFiles(why); t != nil && t.Epoch > r.cfg.Token.Epoch {
+					return fence(*t, "", "", fmt.Sprintf("a managed address.yaml is at epoch %d, above ours (%d)", t.Epoch, r.cfg.Token.Epoch))
+				}
+			}
+			if handoverTo != "" && now.Sub(handoverStart) > r.cfg.FailWindow {
+				log.WithField("backup_failover_id", handoverTo).Warn("switchover: the backup did not take over in time; staying primary")
+				handoverTo = ""
+				r.mu.Lock()
+				r.st.Handover = ""
+				r.mu.Unlock()
+			}
+			lastBeat = now
+			beat()
+			r.updateWarnings(now)
+			if r.cfg.Tick != nil {
+				r.cfg.Tick()
+			}
+
+		case m, ok := <-chans[0]: // heartbeats
+			if !ok {
+				chans[0] = nil
+				continue
+			}
+			env, err := r.decode(m)
+			if err != nil {
+				drop(err, m)
+				continue
+			}
+			if env.FailoverID == r.cfg.Token.ID {
+				continue // our own heartbeat
+			}
+			if env.Epoch > r.cfg.Token.Epoch {
+				return fence(failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}, env.Node, env.Advertise,
+					fmt.Sprintf("server %s heartbeats as primary at epoch %d, above ours (%d)", env.Node, env.Epoch, r.cfg.Token.Epoch))
+			}
+			if env.Role == "primary" {
+				log.WithFields(logrus.Fields{"other_node": env.Node, "other_failover_id": env.FailoverID, "other_epoch": env.Epoch}).
+					Error("another server heartbeats as primary at an epoch not above ours; ignoring it")
+			}
+
+		case m, ok := <-chans[1]: // backup replies
+			if !ok {
+				chans[1] = nil
+				continue
+			}
+			env, err := r.decode(m)
+			if err != nil {
+				drop(err, m)
+				continue
+			}
+			if env.FailoverID == r.cfg.Token.ID {
+				continue
+			}
+			if env.Epoch > r.cfg.Token.Epoch && env.Role != "backup" {
+				return fence(failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}, env.Node, env.Advertise,
+					fmt.Sprintf("server %s replies at epoch %d, above ours (%d)", env.Node, env.Epoch, r.cfg.Token.Epoch))
+			}
+			now := r.cfg.Clock.Now()
+			np := failoverid.Peer{Node: env.Node, FailoverID: env.FailoverID, Epoch: env.Epoch, Address: env.Advertise}
+			r.mu.Lock()
+			r.lastReply = now
+			r.st.BackupConfigured = true
+			p := np
+			r.st.Backup = &p
+			r.mu.Unlock()
+			if np != peer {
+				if peer.FailoverID != np.FailoverID {
+					log.WithFields(logrus.Fields{"backup": np.Node, "backup_failover_id": np.FailoverID}).Info("backup replied: failover is enabled")
+				}
+				peer = np
+				if r.cfg.OnPeer != nil {
+					r.cfg.OnPeer(np)
+				}
+			}
+			r.updateWarnings(now)
+
+		case m, ok := <-chans[2]: // agent status
+			if !ok {
+				chans[2] = nil
+				continue
+			}
+			env, err := r.decode(m)
+			if err != nil {
+				drop(err, m)
+				continue
+			}
+			if env.Epoch > r.cfg.Token.Epoch {
+				return fence(failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}, "", "",
+					fmt.Sprintf("agent %s is bound to epoch %d, above ours (%d)", env.Node, env.Epoch, r.cfg.Token.Epoch))
+			}
+		}
+	}
+}
+
+func (r *Role) decode(m broker.Message) (protocol.Envelope, error) {
+	if err := r.cfg.Signer.Verify(m.Destination, m.Headers, m.Body); err != nil {
+		return protocol.Envelope{}, err
+	}
+	return protocol.Decode(m.Headers)
+}
+
+func (r *Role) backupConfigured(now time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return !r.lastReply.IsZero() && now.Sub(r.lastReply) <= 2*r.cfg.ReplyPeriod
+}
+
+// updateWarnings keeps OpsCenter's "failover enabled" best-practice check:
+// warn when no backup replied for 2 × reply_period.
+func (r *Role) updateWarnings(now time.Time) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var w []string
+	ref := r.lastReply
+	if ref.IsZero() {
+		ref = r.started
+	}
+	if now.Sub(ref) > 2*r.cfg.ReplyPeriod {
+		r.st.BackupConfigured = false
+		if r.lastReply.IsZero() {
+			w = append(w, fmt.Sprintf("no backup has replied since start (%s): automatic failover is not enabled", now.Sub(ref).Round(time.Second)))
+		} else {
+			w = append(w, fmt.Sprintf("no reply from backup for %s (more than 2 × reply_period): automatic failover may be broken", now.Sub(ref).Round(time.Second)))
+		}
+	}
+	if len(w) > 0 && len(r.st.Warnings) == 0 {
+		r.cfg.Log.Warn(w[0])
+	}
+	r.st.Warnings = w
+}

@@ -90,7 +90,10 @@ type Detector struct {
 	since       time.Time // start of the current silence window
 	lastTick    time.Time
 	maintenance bool
-	primary     PrimaryView
+	// primaryMaint: the primary's heartbeats announce maintenance (set with
+	// `tandem maintenance on` on the primary).
+	primaryMaint bool
+	primary      PrimaryView
 	seenEpoch   uint64
 	decided     bool
 }
@@ -116,8 +119,9 @@ func (d *Detector) Primary() PrimaryView { return d.primary }
 // SeenEpoch is the highest epoch seen on the channel.
 func (d *Detector) SeenEpoch() uint64 { return d.seenEpoch }
 
-// Maintenance reports whether automatic takeover is paused.
-func (d *Detector) Maintenance() bool { return d.maintenance }
+// Maintenance reports whether automatic takeover is paused, here or by the
+// primary's announcement.
+func (d *Detector) Maintenance() bool { return d.maintenance || d.primaryMaint }
 
 // SilentFor is how long the current window has been open at now.
 func (d *Detector) SilentFor(now time.Time) time.Duration { return now.Sub(d.since) }
@@ -160,6 +164,7 @@ func (d *Detector) Observe(hb protocol.Envelope, now time.Time) Decision {
 	}
 	d.primary = PrimaryView{Node: hb.Node, FailoverID: hb.FailoverID, Epoch: hb.Epoch, Advertise: hb.Advertise, Seq: hb.Seq, Heard: now}
 	d.since = now
+	d.primaryMaint = hb.Maintenance
 	if hb.HandoverTo != "" && hb.HandoverTo == d.cfg.Self && !d.decided {
 		d.decided = true
 		return Decision{Action: Takeover, Reason: fmt.Sprintf("switchover requested by %s at epoch %d", hb.Node, hb.Epoch), Switchover: true}
@@ -179,7 +184,7 @@ func (d *Detector) Tick(now time.Time) Decision {
 		d.since = now
 		return Decision{Action: WindowRestarted, Reason: fmt.Sprintf("backup stalled for %s (more than %s): restarting the window", gap.Round(time.Millisecond), d.cfg.StallThreshold())}
 	}
-	if d.maintenance {
+	if d.maintenance || d.primaryMaint {
 		return Decision{}
 	}
 	if silent := now.Sub(d.since); silent >= d.cfg.Window {

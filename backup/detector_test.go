@@ -204,3 +204,25 @@ func TestSeedKeepsThePrimaryKnownAcrossRestarts(t *testing.T) {
 		t.Fatal(d.SeenEpoch())
 	}
 }
+
+func TestMaintenanceAnnouncedByThePrimaryPausesTakeover(t *testing.T) {
+	m := hb(prim, 1, 2)
+	m.Maintenance = true
+	d := run(t, cat(
+		[]step{{at: 0, hb: h(hb(prim, 1, 1)), want: None}, {at: 10 * time.Millisecond, hb: h(m), want: None}},
+		ticks(100*time.Millisecond, 5*time.Second), // the primary went quiet while in maintenance
+	))
+	if !d.Maintenance() {
+		t.Fatal("maintenance not reported")
+	}
+	// The primary leaves maintenance: the window counts from its heartbeat.
+	if got := d.Observe(hb(prim, 1, 3), t0.Add(5*time.Second)); got.Action != None {
+		t.Fatal(got)
+	}
+	if got := d.Tick(t0.Add(5400 * time.Millisecond)); got.Action != None {
+		t.Fatal(got)
+	}
+	if got := d.Tick(t0.Add(5500 * time.Millisecond)); got.Action != Takeover {
+		t.Fatal(got)
+	}
+}

@@ -64,6 +64,9 @@ type State struct {
 	Peer *Peer `json:"peer,omitempty"`
 	// FencedBy is the higher token that fenced this server, if any.
 	FencedBy *Token `json:"fenced_by,omitempty"`
+	// Maintenance pauses automatic failover; it survives restarts so that an
+	// upgrade that restarts the backup does not end it by accident.
+	Maintenance bool `json:"maintenance,omitempty"`
 }
 
 // LoadState reads DATA/state.json. A missing file is the zero State (epoch 0,

@@ -81,6 +81,9 @@ type Config struct {
 	// Tick, when set, runs on every period on the Run goroutine while the
 	// role is healthy (used to retry failed agent rewrites).
 	Tick func()
+	// Maintenance, when set, says whether heartbeats announce maintenance
+	// mode (the backup then pauses automatic takeover).
+	Maintenance func() bool
 	// Notify are extra buses that receive a copy of every heartbeat: the
 	// previous primary's broker after a takeover, so that a primary that
 	// resumes from a freeze learns at once that it was replaced.
@@ -224,6 +227,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		env := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node,
 			Seq: seq, Advertise: r.cfg.Advertise, PeriodMS: r.cfg.Period.Milliseconds(), Role: "primary",
 			SentMS: time.Now().UnixMilli(), HandoverTo: handoverTo}
+		if r.cfg.Maintenance != nil {
+			env.Maintenance = r.cfg.Maintenance()
+		}
 		h := env.Headers()
 		r.cfg.Signer.Sign(r.cfg.Dest.Heartbeat, h, nil)
 		pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)

@@ -94,8 +94,8 @@ type Detector struct {
 	// `tandem maintenance on` on the primary).
 	primaryMaint bool
 	primary      PrimaryView
-	seenEpoch   uint64
-	decided     bool
+	seenEpoch    uint64
+	decided      bool
 }
 
 // NewDetector starts a detector whose first window opens at now.

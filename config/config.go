@@ -1,0 +1,394 @@
+// Package config reads and validates a tandem server's configuration
+// (tandem.yaml) and the small files of its data directory that an operator
+// edits by hand (primary_location).
+//
+// Load decodes strictly: an unknown (typo'd) key, a value of the wrong type
+// or a broken relation between values is an error of one line that starts
+// with the config file's path, names the key and, where it can, the line, and
+// wraps ErrInvalid. Nothing is guessed and nothing is written.
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+)
+
+// DefaultPort is the embedded broker's port, and the port of an advertise or
+// primary_location address that names none (OpsCenter's agent port).
+const DefaultPort = 61620
+
+// Defaults of the server configuration (OpsCenter's timing).
+const (
+	DefaultListen            = "0.0.0.0:61620"
+	DefaultAdmin             = "127.0.0.1:61630"
+	DefaultPeriod            = 10 * time.Second
+	DefaultReplyPeriod       = 300 * time.Second
+	DefaultFailWindow        = 60 * time.Second
+	DefaultHookTimeout       = 30 * time.Second
+	DefaultDestinationPrefix = "/topic/tandem."
+)
+
+var (
+	// ErrInvalid is wrapped by every error about a bad configuration or a
+	// bad hand-edited data file (primary_location).
+	ErrInvalid = errors.New("config: invalid")
+)
+
+// Error is a configuration error: Path is the file (may be empty for a
+// Config built in code), Key the dotted key ("heartbeat.fail_window", may be
+// empty), Line the line in the file (0 if unknown). It wraps ErrInvalid.
+type Error struct {
+	Path string
+	Key  string
+	Line int
+	Msg  string // the whole message after the path; it names the key itself
+}
+
+func (e *Error) Error() string {
+	var b strings.Builder
+	if e.Path != "" {
+		b.WriteString(e.Path)
+		b.WriteString(": ")
+	}
+	b.WriteString(oneLine(e.Msg))
+	if e.Line > 0 {
+		fmt.Fprintf(&b, " (line %d)", e.Line)
+	}
+	return b.String()
+}
+
+// Unwrap makes errors.Is(err, ErrInvalid) true.
+func (e *Error) Unwrap() error { return ErrInvalid }
+
+// Heartbeat is the heartbeat timing.
+type Heartbeat struct {
+	// Period is how often the primary heartbeats.
+	Period time.Duration `yaml:"period"`
+	// ReplyPeriod is how often the backup replies (it also replies at once
+	// when it starts or changes state).
+	ReplyPeriod time.Duration `yaml:"reply_period"`
+	// FailWindow is the silence after which the backup takes over; at least
+	// 2 × Period.
+	FailWindow time.Duration `yaml:"fail_window"`
+}
+
+// BrokerAuth holds credentials for heartbeat_broker (or, with it empty, the
+// embedded broker's authentication). All optional.
+type BrokerAuth struct {
+	Login    string `yaml:"login"`
+	Passcode string `yaml:"passcode"`
+	Vhost    string `yaml:"vhost"`
+}
+
+// Hooks are shell commands (run with /bin/sh -c) around a takeover.
+type Hooks struct {
+	BeforeTakeover string        `yaml:"before_takeover"`
+	AfterTakeover  string        `yaml:"after_takeover"`
+	OnFenced       string        `yaml:"on_fenced"`
+	Timeout        time.Duration `yaml:"timeout"`
+}
+
+// Log configures logging.
+type Log struct {
+	Format string `yaml:"format"` // text | json
+	Level  string `yaml:"level"`  // a logrus level: trace debug info warn error fatal panic
+}
+
+// Config is a server's tandem.yaml.
+type Config struct {
+	// Node names this server in messages and logs (default: the host name).
+	Node string
+	// DataDir holds failover_id, state.json, primary_location. A relative
+	// data_dir is resolved against the config file's directory.
+	DataDir string
+	// Listen is the embedded broker's host:port (agents and the backup).
+	Listen string
+	// Advertise is the host:port agents are told to use when this node is
+	// active. Without a port DefaultPort is meant (see AdvertiseHostPort).
+	// Port 0 (tests only) means "the port Listen actually bound".
+	Advertise string
+	// Admin is the admin HTTP API's host:port (status, metrics, control).
+	Admin string
+	// Heartbeat timing.
+	Heartbeat Heartbeat
+	// HeartbeatBroker is empty (the primary's embedded broker carries the
+	// heartbeat channel) or stomp://HOST:PORT / stomp+ssl://HOST:PORT.
+	HeartbeatBroker string
+	// Broker holds STOMP credentials.
+	Broker BrokerAuth
+	// SharedSecret (key "secret") signs every message with HMAC-SHA256;
+	// SecretFile (key "secret_file") is the alternative. Use Secret().
+	SharedSecret string
+	SecretFile   string
+	// DestinationPrefix prefixes the STOMP destinations (heartbeat, ...).
+	DestinationPrefix string
+	// Agents are globs of managed address.yaml files (relative ones resolved
+	// against the config file's directory).
+	Agents []string
+	// Hooks around takeover.
+	Hooks Hooks
+	// Log settings.
+	Log Log
+
+	// Path is the file this Config was loaded from ("" if built in code).
+	Path string
+	// lines maps dotted keys to their line in Path, for error messages.
+	lines map[string]int
+}
+
+// DefaultConfig returns the defaults. DataDir and Advertise have none and
+// must be set; Node defaults to the host name.
+func DefaultConfig() *Config {
+	host, _ := os.Hostname()
+	return &Config{
+		Node:   host,
+		Listen: DefaultListen,
+		Admin:  DefaultAdmin,
+		Heartbeat: Heartbeat{
+			Period:      DefaultPeriod,
+			ReplyPeriod: DefaultReplyPeriod,
+			FailWindow:  DefaultFailWindow,
+		},
+		DestinationPrefix: DefaultDestinationPrefix,
+		Hooks:             Hooks{Timeout: DefaultHookTimeout},
+		Log:               Log{Format: "text", Level: "info"},
+	}
+}
+
+// TestConfig is a fast, loopback-only profile for other packages' tests:
+// period 100ms, reply_period 1s, fail_window 500ms, every port 0 (the
+// caller's listener picks one; Advertise port 0 means "the bound port").
+func TestConfig(dataDir string) *Config {
+	c := DefaultConfig()
+	c.Node = "test"
+	c.DataDir = dataDir
+	c.Listen = "127.0.0.1:0"
+	c.Advertise = "127.0.0.1:0"
+	c.Admin = "127.0.0.1:0"
+	c.Heartbeat = Heartbeat{Period: 100 * time.Millisecond, ReplyPeriod: time.Second, FailWindow: 500 * time.Millisecond}
+	c.Hooks.Timeout = 5 * time.Second
+	return c
+}
+
+// Validate checks every value and the relations between them. The error
+// names the key (and, for a loaded Config, the file and line) and wraps
+// ErrInvalid.
+func (c *Config) Validate() error {
+	fail := func(key, format string, args ...interface{}) error {
+		return &Error{Path: c.Path, Key: key, Line: c.lines[key], Msg: fmt.Sprintf(format, args...)}
+	}
+	if c.Node == "" {
+		return fail("node", "node is required (default: the host name, which is unknown here)")
+	}
+	if strings.IndexFunc(c.Node, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
+		return fail("node", "node %q must not contain spaces or control characters", c.Node)
+	}
+	if c.DataDir == "" {
+		return fail("data_dir", "data_dir is required")
+	}
+	if _, _, err := splitHostPort(c.Listen, false, -1); err != nil {
+		return fail("listen", "listen: %v", err)
+	}
+	if c.Advertise == "" {
+		return fail("advertise", "advertise is required: the HOST[:PORT] agents connect to when this node is active")
+	}
+	if host, _, err := splitHostPort(c.Advertise, true, DefaultPort); err != nil {
+		return fail("advertise", "advertise: %v", err)
+	} else if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		return fail("advertise", "advertise: %s is not an address agents can connect to; give this node's reachable host or IP", host)
+	}
+	if _, _, err := splitHostPort(c.Admin, false, -1); err != nil {
+		return fail("admin", "admin: %v", err)
+	}
+	h := c.Heartbeat
+	if h.Period <= 0 {
+		return fail("heartbeat.period", "heartbeat.period (%s) must be positive", h.Period)
+	}
+	if h.ReplyPeriod <= 0 {
+		return fail("heartbeat.reply_period", "heartbeat.reply_period (%s) must be positive", h.ReplyPeriod)
+	}
+	if h.FailWindow < 2*h.Period {
+		return fail("heartbeat.fail_window", "heartbeat.fail_window (%s) must be at least 2 × heartbeat.period (%s)", h.FailWindow, h.Period)
+	}
+	if c.HeartbeatBroker != "" {
+		if _, _, err := parseBrokerURL(c.HeartbeatBroker); err != nil {
+			return fail("heartbeat_broker", "heartbeat_broker: %v", err)
+		}
+	}
+	if c.Broker.Passcode != "" && c.Broker.Login == "" {
+		return fail("broker.passcode", "broker.passcode is set but broker.login is empty")
+	}
+	if c.SharedSecret != "" && c.SecretFile != "" {
+		return fail("secret_file", "secret and secret_file are both set; use one")
+	}
+	if c.DestinationPrefix == "" || !strings.HasPrefix(c.DestinationPrefix, "/") ||
+		strings.IndexFunc(c.DestinationPrefix, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
+		return fail("destination_prefix", "destination_prefix %q must start with / and contain no spaces (default %s)", c.DestinationPrefix, DefaultDestinationPrefix)
+	}
+	for i, g := range c.Agents {
+		key := fmt.Sprintf("agents[%d]", i)
+		if g == "" {
+			return fail(key, "%s is empty; give a glob like /var/lib/agents/*/conf/address.yaml", key)
+		}
+		if _, err := filepath.Match(g, ""); err != nil {
+			return fail(key, "%s: %q is not a valid glob: %v", key, g, err)
+		}
+	}
+	if c.Hooks.Timeout <= 0 {
+		return fail("hooks.timeout", "hooks.timeout (%s) must be positive", c.Hooks.Timeout)
+	}
+	switch c.Log.Format {
+	case "text", "json":
+	default:
+		return fail("log.format", "log.format %q must be text or json", c.Log.Format)
+	}
+	if _, err := logrus.ParseLevel(c.Log.Level); err != nil {
+		return fail("log.level", "log.level %q must be one of trace, debug, info, warn, error, fatal, panic", c.Log.Level)
+	}
+	return nil
+}
+
+// AdvertiseHostPort splits Advertise, applying DefaultPort when it names no
+// port. Call it on a validated Config (it returns port 0 for a bad one).
+func (c *Config) AdvertiseHostPort() (host string, port int) {
+	host, port, err := splitHostPort(c.Advertise, true, DefaultPort)
+	if err != nil {
+		return c.Advertise, 0
+	}
+	return host, port
+}
+
+// HeartbeatBrokerAddr returns the external heartbeat broker's host:port and
+// whether it uses TLS; external is false when the embedded broker is used.
+func (c *Config) HeartbeatBrokerAddr() (addr string, useTLS, external bool, err error) {
+	if c.HeartbeatBroker == "" {
+		return "", false, false, nil
+	}
+	addr, useTLS, err = parseBrokerURL(c.HeartbeatBroker)
+	if err != nil {
+		return "", false, false, &Error{Path: c.Path, Key: "heartbeat_broker", Line: c.lines["heartbeat_broker"], Msg: "heartbeat_broker: " + err.Error()}
+	}
+	return addr, useTLS, true, nil
+}
+
+// Secret returns the shared HMAC secret: secret, or the content of
+// secret_file with surrounding white space removed, or nil when neither is
+// set (messages are then unsigned). An unreadable or empty secret_file is
+// an error naming it.
+func (c *Config) Secret() ([]byte, error) {
+	if c.SharedSecret != "" {
+		return []byte(c.SharedSecret), nil
+	}
+	if c.SecretFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.SecretFile)
+	if err != nil {
+		return nil, &Error{Path: c.Path, Key: "secret_file", Line: c.lines["secret_file"], Msg: "secret_file: " + err.Error()}
+	}
+	s := strings.TrimSpace(string(b))
+	if s == "" {
+		return nil, &Error{Path: c.Path, Key: "secret_file", Line: c.lines["secret_file"], Msg: fmt.Sprintf("secret_file: %s is empty", c.SecretFile)}
+	}
+	return []byte(s), nil
+}
+
+// splitHostPort parses HOST:PORT (or, with portOptional, HOST alone, which
+// gets defPort). An empty host is allowed only when the port is given and
+// !portOptional (a listen address such as ":61620"). Ports are 0..65535.
+func splitHostPort(s string, portOptional bool, defPort int) (string, int, error) {
+	if s == "" {
+		return "", 0, errors.New("empty address: expected HOST:PORT")
+	}
+	if strings.IndexFunc(s, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
+		return "", 0, fmt.Errorf("%q contains spaces or control characters", s)
+	}
+	form := "HOST:PORT"
+	if portOptional {
+		form = fmt.Sprintf("HOST or HOST:PORT (port default %d)", defPort)
+	}
+	host, portStr, err := net.SplitHostPort(s)
+	if err != nil {
+		if !portOptional {
+			return "", 0, &formError{s, form}
+		}
+		h := s
+		if strings.HasPrefix(h, "[") && strings.HasSuffix(h, "]") {
+			h = h[1 : len(h)-1]
+		}
+		if strings.Contains(h, ":") && net.ParseIP(h) == nil {
+			return "", 0, &formError{s, form}
+		}
+		if strings.ContainsAny(h, "[]") {
+			return "", 0, &formError{s, form}
+		}
+		host, portStr = h, strconv.Itoa(defPort)
+	}
+	if host == "" && portOptional {
+		return "", 0, fmt.Errorf("%q has no host: expected %s", s, form)
+	}
+	if strings.ContainsAny(host, "[]/@?#") {
+		return "", 0, &formError{s, form}
+	}
+	if !isDigits(portStr) {
+		return "", 0, fmt.Errorf("%q: port %q is not a number 0-65535", s, portStr)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil || port > 65535 {
+		return "", 0, fmt.Errorf("%q: port %q is not a number 0-65535", s, portStr)
+	}
+	return host, port, nil
+}
+
+// formError is an address that does not have the expected form at all.
+type formError struct{ s, form string }
+
+func (e *formError) Error() string { return fmt.Sprintf("%q is not %s", e.s, e.form) }
+
+// parseBrokerURL parses stomp://HOST:PORT or stomp+ssl://HOST:PORT.
+func parseBrokerURL(s string) (addr string, useTLS bool, err error) {
+	const want = "expected stomp://HOST:PORT or stomp+ssl://HOST:PORT"
+	u, err := url.Parse(s)
+	if err != nil {
+		return "", false, fmt.Errorf("%q is not a URL: %s", s, want)
+	}
+	switch u.Scheme {
+	case "stomp":
+	case "stomp+ssl":
+		useTLS = true
+	default:
+		return "", false, fmt.Errorf("%q: scheme %q is not supported: %s", s, u.Scheme, want)
+	}
+	if u.User != nil {
+		return "", false, fmt.Errorf("%q: put credentials in broker.login and broker.passcode, not in the URL", s)
+	}
+	if (u.Path != "" && u.Path != "/") || u.RawQuery != "" || u.Fragment != "" || u.Opaque != "" {
+		return "", false, fmt.Errorf("%q: unexpected path or query: %s", s, want)
+	}
+	host, port, err := splitHostPort(u.Host, false, -1)
+	if err != nil || host == "" || port == 0 {
+		return "", false, fmt.Errorf("%q: %s", s, want)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(port)), useTLS, nil
+}
+
+func oneLine(s string) string {
+	s = strings.TrimSpace(s)
+	if !strings.ContainsAny(s, "\r\n") {
+		return s
+	}
+	f := strings.FieldsFunc(s, func(r rune) bool { return r == '\n' || r == '\r' })
+	for i := range f {
+		f[i] = strings.TrimSpace(f[i])
+	}
+	return strings.Join(f, "; ")
+}

@@ -1,0 +1,353 @@
+package primary_test
+
+// Role-level tests: a primary and a backup role on the in-memory bus, driven
+// by a fake clock. No sleeps: the test advances time and waits (with a
+// deadline) for the loops to react.
+
+import (
+	"context"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/tandem-ha/tandem/backup"
+	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/internal/clock"
+	"github.com/tandem-ha/tandem/primary"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+const (
+	primID = "aaaaaaaa-0000-4000-8000-000000000000"
+	backID = "bbbbbbbb-0000-4000-8000-000000000000"
+	evilID = "eeeeeeee-0000-4000-8000-000000000000"
+	period = 100 * time.Millisecond
+	window = 500 * time.Millisecond
+)
+
+var dest = protocol.NewDestinations("")
+
+type pair struct {
+	t        *testing.T
+	hub      *broker.MemHub
+	clk      *clock.Fake
+	prim     *primary.Role
+	back     *backup.Role
+	primEnd  chan primary.End
+	backEnd  chan backup.End
+	cancel   context.CancelFunc
+	higher   atomic.Pointer[failoverid.Token] // what CheckFiles reports
+	signer   *protocol.Signer
+	primSeen chan protocol.Envelope // every heartbeat on the channel, as a witness
+}
+
+func quietLog() logrus.FieldLogger {
+	l, _ := test.NewNullLogger()
+	return l
+}
+
+func newPair(t *testing.T, key []byte, startBackup bool) *pair {
+	t.Helper()
+	p := &pair{t: t, hub: broker.NewMemHub(), clk: clock.NewFake(time.Unix(1_700_000_000, 0)),
+		primEnd: make(chan primary.End, 1), backEnd: make(chan backup.End, 1), signer: protocol.NewSigner(key)}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	primBus := p.hub.Client("primary")
+	p.prim = primary.New(primary.Config{
+		Node: "a", Token: failoverid.Token{ID: primID, Epoch: 3}, Advertise: "127.0.0.1:1001",
+		Period: period, ReplyPeriod: time.Second, FailWindow: window, Dest: dest, Signer: p.signer,
+		Clock: p.clk, Log: quietLog(), SeqBase: 1000, CheckEvery: time.Hour,
+		CheckFiles: func() (*failoverid.Token, error) { return p.higher.Load(), nil },
+	}, primBus, primBus)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		end, err := p.prim.Run(ctx)
+		if err != nil {
+			t.Errorf("primary: %v", err)
+		}
+		p.primEnd <- end
+	}()
+	var bdone chan struct{}
+	if startBackup {
+		bdone = make(chan struct{})
+		p.back = backup.NewRole(backup.RoleConfig{
+			Node: "b", Token: failoverid.Token{ID: backID, Epoch: 0}, Advertise: "127.0.0.1:1002",
+			Period: period, ReplyPeriod: time.Second, Window: window, Dest: dest, Signer: p.signer,
+			Clock: p.clk, Log: quietLog(),
+		}, p.hub.Client("backup"))
+		go func() {
+			defer close(bdone)
+			end, err := p.back.Run(ctx)
+			if err != nil {
+				t.Errorf("backup: %v", err)
+			}
+			p.backEnd <- end
+		}()
+	}
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		if bdone != nil {
+			<-bdone
+		}
+	})
+	// Wait for the first heartbeat (sent at start) to be out.
+	p.eventually("first heartbeat", func() bool { return p.prim.Status().HeartbeatsSent >= 1 })
+	if startBackup {
+		// The first heartbeat may go out before the backup subscribed.
+		p.eventually("backup heard the primary", func() bool {
+			if p.back.Status().Received >= 1 {
+				return true
+			}
+			p.beat(false)
+			return false
+		})
+	}
+	return p
+}
+
+func (p *pair) eventually(what string, cond func() bool) {
+	p.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			p.t.Fatalf("timed out waiting for: %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// beat advances one period and waits until the primary sent its heartbeat
+// and the backup counted it (when reachable).
+func (p *pair) beat(expectDelivery bool) {
+	p.t.Helper()
+	sent := p.prim.Status().HeartbeatsSent
+	var recv uint64
+	if p.back != nil {
+		recv = p.back.Status().Received
+	}
+	p.clk.Advance(period)
+	p.eventually("heartbeat sent", func() bool { return p.prim.Status().HeartbeatsSent > sent })
+	if expectDelivery && p.back != nil {
+		p.eventually("heartbeat received", func() bool { return p.back.Status().Received > recv })
+	}
+}
+
+// raw publishes a message as some other endpoint.
+func (p *pair) raw(from, d string, env protocol.Envelope, sign bool) {
+	h := env.Headers()
+	if sign {
+		p.signer.Sign(d, h, nil)
+	}
+	if err := p.hub.Client(from).Publish(context.Background(), d, h, nil); err != nil {
+		p.t.Fatal(err)
+	}
+}
+
+func TestNoTakeoverWhileHeartbeatsFlow(t *testing.T) {
+	p := newPair(t, nil, true)
+	for i := 0; i < 100; i++ { // 10 s of fake time
+		p.beat(true)
+	}
+	select {
+	case e := <-p.backEnd:
+		t.Fatalf("backup ended while heartbeats flowed: %+v", e)
+	default:
+	}
+	if !p.prim.Status().BackupConfigured {
+		t.Fatal("primary does not know a backup replied")
+	}
+	if s := p.back.Status(); s.Primary.FailoverID != primID || s.Primary.Epoch != 3 || s.LastHeartbeatAgeMS != 0 {
+		t.Fatalf("backup's view of the primary: %+v", s)
+	}
+}
+
+func TestPartitionTakesOverAfterTheWindow(t *testing.T) {
+	p := newPair(t, nil, true)
+	p.beat(true)
+	p.hub.Partition("primary", "backup")
+	for i := 0; i < 4; i++ {
+		p.beat(false)
+	}
+	select {
+	case e := <-p.backEnd:
+		t.Fatalf("took over before the window: %+v", e)
+	default:
+	}
+	var end backup.End
+	p.eventually("takeover", func() bool {
+		p.clk.Advance(25 * time.Millisecond)
+		select {
+		case end = <-p.backEnd:
+			return true
+		default:
+			return false
+		}
+	})
+	if !end.Takeover || end.Switch || end.SeenEpoch != 3 || end.Primary.Node != "a" {
+		t.Fatalf("takeover end: %+v", end)
+	}
+}
+
+func TestHigherEpochHeartbeatFencesAndSilencesThePrimary(t *testing.T) {
+	p := newPair(t, nil, false)
+	witness, _ := p.hub.Client("witness").Subscribe(dest.Heartbeat)
+	p.raw("newprimary", dest.Heartbeat, protocol.Envelope{FailoverID: backID, Epoch: 4, Node: "b", Seq: 1, Role: "primary", Advertise: "127.0.0.1:1002"}, false)
+	var end primary.End
+	p.eventually("fenced", func() bool {
+		select {
+		case end = <-p.primEnd:
+			return true
+		default:
+			return false
+		}
+	})
+	if end.Kind != primary.Fenced || end.By.Epoch != 4 || end.By.ID != backID || end.ByAdvertise != "127.0.0.1:1002" {
+		t.Fatalf("end: %+v", end)
+	}
+	// I5: nothing more from the fenced primary, however long we wait.
+	drain(witness)
+	for i := 0; i < 20; i++ {
+		p.clk.Advance(period)
+	}
+	if m := drain(witness); len(m) != 0 {
+		t.Fatalf("fenced primary sent %d heartbeats", len(m))
+	}
+}
+
+func TestEqualOrLowerEpochDoesNotFence(t *testing.T) {
+	p := newPair(t, nil, false)
+	p.raw("x", dest.Heartbeat, protocol.Envelope{FailoverID: evilID, Epoch: 3, Node: "x", Seq: 1, Role: "primary"}, false)
+	p.raw("x", dest.Heartbeat, protocol.Envelope{FailoverID: evilID, Epoch: 1, Node: "x", Seq: 1, Role: "primary"}, false)
+	p.beat(false)
+	p.beat(false)
+	select {
+	case e := <-p.primEnd:
+		t.Fatalf("primary ended: %+v", e)
+	default:
+	}
+}
+
+func TestAgentStatusAtAHigherEpochFences(t *testing.T) {
+	p := newPair(t, nil, false)
+	p.raw("agent1", dest.AgentStatus, protocol.Envelope{FailoverID: backID, Epoch: 9, Node: "agent-1"}, false)
+	select {
+	case end := <-p.primEnd:
+		if end.Kind != primary.Fenced || end.By.Epoch != 9 {
+			t.Fatalf("%+v", end)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("not fenced by agent status")
+	}
+}
+
+func TestWakingLateChecksFilesBeforeSpeaking(t *testing.T) {
+	p := newPair(t, nil, false)
+	witness, _ := p.hub.Client("witness").Subscribe(dest.Heartbeat)
+	// While "frozen", a backup took over and rewrote the agent files.
+	p.higher.Store(&failoverid.Token{ID: backID, Epoch: 4})
+	p.clk.Advance(5 * period) // one late tick
+	select {
+	case end := <-p.primEnd:
+		if end.Kind != primary.Fenced || end.By.Epoch != 4 {
+			t.Fatalf("%+v", end)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a primary that woke late did not check the files")
+	}
+	if m := drain(witness); len(m) != 0 {
+		t.Fatalf("the primary sent %d heartbeats after waking, before checking", len(m))
+	}
+}
+
+func TestForgedMessagesAreDroppedWithASecret(t *testing.T) {
+	p := newPair(t, []byte("s3cret"), true)
+	// An unsigned heartbeat at a higher epoch must not fence the primary, and
+	// an unsigned handover must not make the backup take over.
+	p.raw("evil", dest.Heartbeat, protocol.Envelope{FailoverID: evilID, Epoch: 99, Node: "evil", Seq: 1, Role: "primary", HandoverTo: backID}, false)
+	// Signed with another key: dropped too.
+	h := protocol.Envelope{FailoverID: evilID, Epoch: 99, Node: "evil", Seq: 2, Role: "primary", HandoverTo: backID}.Headers()
+	protocol.NewSigner([]byte("wrong")).Sign(dest.Heartbeat, h, nil)
+	p.hub.Client("evil").Publish(context.Background(), dest.Heartbeat, h, nil)
+	for i := 0; i < 10; i++ {
+		p.beat(true)
+	}
+	select {
+	case e := <-p.primEnd:
+		t.Fatalf("primary ended on a forged message: %+v", e)
+	case e := <-p.backEnd:
+		t.Fatalf("backup ended on a forged message: %+v", e)
+	default:
+	}
+	if d := p.prim.Status().Dropped; d < 2 {
+		t.Fatalf("primary dropped %d forged messages, want 2", d)
+	}
+	if d := p.back.Status().Dropped; d < 2 {
+		t.Fatalf("backup dropped %d forged messages, want 2", d)
+	}
+}
+
+func TestSwitchoverHandsOverAndThePrimaryLearnsIt(t *testing.T) {
+	p := newPair(t, nil, true)
+	p.beat(true)
+	if err := p.prim.Switchover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	var bend backup.End
+	select {
+	case bend = <-p.backEnd:
+	case <-time.After(5 * time.Second):
+		t.Fatal("backup did not take over on switchover")
+	}
+	if !bend.Takeover || !bend.Switch {
+		t.Fatalf("backup end: %+v", bend)
+	}
+	if err := p.prim.Switchover(context.Background()); err != primary.ErrSwitchoverState {
+		t.Fatalf("second switchover: %v", err)
+	}
+	// The new primary heartbeats at epoch 4.
+	p.raw("backup", dest.Heartbeat, protocol.Envelope{FailoverID: backID, Epoch: 4, Node: "b", Seq: 1, Role: "primary", Advertise: "127.0.0.1:1002"}, false)
+	select {
+	case end := <-p.primEnd:
+		if end.Kind != primary.HandedOver || end.ByAdvertise != "127.0.0.1:1002" {
+			t.Fatalf("%+v", end)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("primary did not see the handover complete")
+	}
+}
+
+func TestSwitchoverWithoutABackupIsRefused(t *testing.T) {
+	p := newPair(t, nil, false)
+	if err := p.prim.Switchover(context.Background()); err != primary.ErrNoBackup {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestNoBackupWarningAfterTwoReplyPeriods(t *testing.T) {
+	p := newPair(t, nil, false)
+	for i := 0; i < 21; i++ {
+		p.beat(false)
+	}
+	s := p.prim.Status()
+	if s.BackupConfigured || len(s.Warnings) == 0 {
+		t.Fatalf("want a no-backup warning after 2 × reply_period: %+v", s)
+	}
+}
+
+func drain(s broker.Subscription) []broker.Message {
+	var out []broker.Message
+	for {
+		select {
+		case m := <-s.C():
+			out = append(out, m)
+		default:
+			return out
+		}
+	}
+}

@@ -11,8 +11,10 @@ package primary
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 	"time"
 
@@ -84,6 +86,10 @@ type Config struct {
 	// Maintenance, when set, says whether heartbeats announce maintenance
 	// mode (the backup then pauses automatic takeover).
 	Maintenance func() bool
+	// Ping sends a harmless sequenced command to the agents every period, so
+	// that fencing can be observed end to end (agents count accepted and
+	// rejected commands per failover id and epoch).
+	Ping bool
 	// Notify are extra buses that receive a copy of every heartbeat: the
 	// previous primary's broker after a takeover, so that a primary that
 	// resumes from a freeze learns at once that it was replaced.
@@ -97,6 +103,7 @@ type Status struct {
 	Backup           *failoverid.Peer
 	LastReplyAgeMS   int64 // -1: never
 	HeartbeatsSent   uint64
+	CommandsSent     uint64
 	Dropped          uint64 // messages dropped: bad signature, malformed
 	Handover         string // failover id of the backup being handed to
 	Warnings         []string
@@ -114,7 +121,71 @@ type Role struct {
 	st        Status
 	lastReply time.Time
 	started   time.Time
+	agents    map[string]*AgentView
 }
+
+// AgentView is what the primary knows of one agent from its status reports.
+type AgentView struct {
+	ID         string    `json:"id"`
+	FailoverID string    `json:"failover_id"` // the token the agent is bound to
+	Epoch      uint64    `json:"epoch"`
+	Accepted   uint64    `json:"accepted"`
+	Rejected   uint64    `json:"rejected"`
+	FileError  string    `json:"file_error,omitempty"`
+	LastSeen   time.Time `json:"last_seen"`
+	Connected  bool      `json:"connected"` // reported within 3 periods
+}
+
+// Agents returns the registry, sorted by id.
+func (r *Role) Agents() []AgentView {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.cfg.Clock.Now()
+	out := make([]AgentView, 0, len(r.agents))
+	for _, a := range r.agents {
+		v := *a
+		v.Connected = now.Sub(v.LastSeen) <= 3*r.cfg.Period
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// ConnectedAgents counts agents that reported within 3 periods.
+func (r *Role) ConnectedAgents() int {
+	n := 0
+	for _, a := range r.Agents() {
+		if a.Connected {
+			n++
+		}
+	}
+	return n
+}
+
+// agentReport is the part of an agent's status body the registry keeps.
+type agentReport struct {
+	Accepted  uint64 `json:"accepted"`
+	Rejected  uint64 `json:"rejected"`
+	FileError string `json:"file_error"`
+}
+
+func (r *Role) record(env protocol.Envelope, body []byte) {
+	var rep agentReport
+	_ = json.Unmarshal(body, &rep) // a malformed body still counts as a sighting
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.agents == nil {
+		r.agents = map[string]*AgentView{}
+	}
+	if _, ok := r.agents[env.Node]; !ok && len(r.agents) >= maxAgents {
+		return
+	}
+	r.agents[env.Node] = &AgentView{ID: env.Node, FailoverID: env.FailoverID, Epoch: env.Epoch,
+		Accepted: rep.Accepted, Rejected: rep.Rejected, FileError: rep.FileError, LastSeen: r.cfg.Clock.Now()}
+}
+
+// maxAgents bounds the registry against a flood of made-up agent ids.
+const maxAgents = 100000
 
 // New builds a primary role on a heartbeat bus and an agents bus (they may be
 // the same bus).
@@ -245,6 +316,19 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		r.mu.Lock()
 		r.st.HeartbeatsSent++
 		r.mu.Unlock()
+		if r.cfg.Ping && handoverTo == "" {
+			cmd := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node, Seq: seq, Role: "primary"}
+			ch := cmd.Headers()
+			body := []byte(`{"command":"ping"}`)
+			r.cfg.Signer.Sign(r.cfg.Dest.AgentCommand, ch, body)
+			pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)
+			if err := r.ag.Publish(pctx, r.cfg.Dest.AgentCommand, ch, body); err == nil {
+				r.mu.Lock()
+				r.st.CommandsSent++
+				r.mu.Unlock()
+			}
+			cancel()
+		}
 	}
 	drop := func(err error, m broker.Message) {
 		r.mu.Lock()
@@ -384,6 +468,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				return fence(failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}, "", "",
 					fmt.Sprintf("agent %s is bound to epoch %d, above ours (%d)", env.Node, env.Epoch, r.cfg.Token.Epoch))
 			}
+			r.record(env, m.Body)
 		}
 	}
 }

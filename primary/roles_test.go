@@ -62,6 +62,7 @@ func newPair(t *testing.T, key []byte, startBackup bool) *pair {
 		Period: period, ReplyPeriod: time.Second, FailWindow: window, Dest: dest, Signer: p.signer,
 		Clock: p.clk, Log: quietLog(), SeqBase: 1000, CheckEvery: time.Hour,
 		CheckFiles: func() (*failoverid.Token, error) { return p.higher.Load(), nil },
+		Ping:       true,
 	}, primBus, primBus)
 	done := make(chan struct{})
 	go func() {
@@ -349,5 +350,35 @@ func drain(s broker.Subscription) []broker.Message {
 		default:
 			return out
 		}
+	}
+}
+
+func TestPingsCarryTheTokenAndStatusesFillTheRegistry(t *testing.T) {
+	p := newPair(t, nil, false)
+	cmds, _ := p.hub.Client("agent-1").Subscribe(dest.AgentCommand)
+	p.beat(false)
+	p.beat(false)
+	got := drain(cmds)
+	if len(got) < 2 {
+		t.Fatalf("got %d pings, want 2", len(got))
+	}
+	var last uint64
+	for _, m := range got {
+		e, err := protocol.Decode(m.Headers)
+		if err != nil || e.FailoverID != primID || e.Epoch != 3 || e.Seq <= last {
+			t.Fatalf("ping %+v %v (after seq %d)", e, err, last)
+		}
+		last = e.Seq
+	}
+	p.raw("agent-1", dest.AgentStatus, protocol.Envelope{FailoverID: primID, Epoch: 3, Node: "agent-1"}, false)
+	p.eventually("registry", func() bool { return p.prim.ConnectedAgents() == 1 })
+	for i := 0; i < 4; i++ {
+		p.beat(false)
+	}
+	if n := p.prim.ConnectedAgents(); n != 0 {
+		t.Fatalf("an agent silent for 4 periods still counts as connected (%d)", n)
+	}
+	if a := p.prim.Agents(); len(a) != 1 || a[0].ID != "agent-1" || a[0].Epoch != 3 {
+		t.Fatalf("registry %+v", a)
 	}
 }

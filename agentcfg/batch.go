@@ -1,0 +1,270 @@
+package agentcfg
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	"github.com/tandem-ha/tandem/internal/fsutil"
+)
+
+// BatchOptions tune RewriteAll.
+type BatchOptions struct {
+	// Force skips the epoch comparison (see CompareAndSwap).
+	Force bool
+	// Workers is the number of files processed in parallel; 0 picks a
+	// default suited to I/O-bound work.
+	Workers int
+	// Progress, when not nil, is called after each file with the number of
+	// files done so far. It is called from several goroutines, serially.
+	// The final call (done == total) comes after the closing sync, when
+	// every result is final.
+	Progress func(done, total int)
+}
+
+// groupMax bounds how many files one worker holds locked and staged at once.
+const groupMax = 128
+
+// RewriteAll compare-and-swaps every file in paths with u (the rule of
+// CompareAndSwap) and returns one Result per path, in input order. It never
+// stops at a bad file: a file that cannot be read, parsed or edited gets its
+// own Invalid or Failed result and is left byte-identical.
+//
+// Durability is batched, see the package documentation: a worker locks a
+// group of up to 128 files, stages their new content in temporary files
+// without fsync, flushes the file system once (syncfs), renames the
+// temporaries over the targets and unlocks; a final syncfs after all groups
+// makes the renames durable, and only then is a result reported Rewritten.
+// A crash at any point leaves each file either old or new.
+func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
+	res := make([]Result, len(paths))
+	for i, p := range paths {
+		res[i].Path = p
+	}
+	if err := u.Validate(); err != nil {
+		for i := range res {
+			res[i].Outcome, res[i].Err = Failed, err
+		}
+		return res
+	}
+	total := len(paths)
+	workers := opt.Workers
+	if workers <= 0 {
+		workers = 2 * runtime.GOMAXPROCS(0)
+		if workers < 4 {
+			workers = 4
+		}
+		if workers > 16 {
+			workers = 16
+		}
+	}
+	if workers > total {
+		workers = total
+	}
+
+	var (
+		next    atomic.Int64
+		mu      sync.Mutex // guards done, dirs, Progress calls
+		done    int
+		dirs    = map[string]bool{}
+		pending = make([]bool, total) // committed, durability not yet confirmed
+	)
+	progress := func(n int) {
+		mu.Lock()
+		done += n
+		if opt.Progress != nil && done < total {
+			opt.Progress(done, total)
+		}
+		mu.Unlock()
+	}
+	var wg sync.WaitGroup
+	for w := 0; w < workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				start := int(next.Add(groupMax)) - groupMax
+				if start >= total {
+					return
+				}
+				end := min(start+groupMax, total)
+				for i := start; i < end; {
+					n, committed, cdirs := rewriteGroup(paths, res, i, end, u, opt.Force)
+					mu.Lock()
+					for _, j := range committed {
+						pending[j] = true
+					}
+					for _, d := range cdirs {
+						dirs[d] = true
+					}
+					mu.Unlock()
+					progress(n)
+					i += n
+				}
+			}
+		}()
+	}
+	wg.Wait()
+
+	// One closing sync per file system makes every rename durable.
+	var syncErr error
+	synced := map[uint64]error{}
+	for dir := range dirs {
+		dev := devOf(dir)
+		if _, ok := synced[dev]; ok && dev != 0 {
+			continue
+		}
+		err := fsutil.SyncFS(dir)
+		synced[dev] = err
+		if err != nil {
+			syncErr = errors.Join(syncErr, err)
+		}
+	}
+	for i := range res {
+		if !pending[i] {
+			continue
+		}
+		if syncErr != nil {
+			res[i].Outcome = Failed
+			res[i].Err = fmt.Errorf("%s: written but not confirmed durable: %w", res[i].Path, syncErr)
+			continue
+		}
+		res[i].Outcome = Rewritten
+	}
+	if opt.Progress != nil && total > 0 {
+		opt.Progress(total, total)
+	}
+	return res
+}
+
+// rewriteGroup processes paths[i:end] as far as it can lock without waiting
+// (the first lock may wait): no worker ever waits for a lock while holding
+// another, so groups cannot deadlock with each other, with other processes or
+// with a path listed twice. It returns how many paths it handled and the
+// indexes it renamed (pending durability).
+func rewriteGroup(paths []string, res []Result, i, end int, u Update, force bool) (n int, committed []int, dirs []string) {
+	type item struct {
+		idx    int
+		target string
+		lock   *fileLock
+		staged *fsutil.Staged
+	}
+	var items []item
+	defer func() {
+		for _, it := range items {
+			it.lock.unlock()
+		}
+	}()
+	for j := i; j < end; j++ {
+		r := &res[j]
+		target, err := fsutil.ResolveLinks(paths[j])
+		if err == nil {
+			_, err = os.Stat(target)
+		}
+		if err != nil {
+			r.Outcome, r.Err = Failed, err
+			n++
+			continue
+		}
+		l, err := lockFile(target, len(items) == 0)
+		if err == errWouldBlock {
+			break // commit what we hold; the next group starts here, waiting
+		}
+		n++
+		if err != nil {
+			r.Outcome, r.Err = Failed, err
+			continue
+		}
+		items = append(items, item{idx: j, target: target, lock: l})
+		out := decide(r, target, u, force)
+		if out == nil {
+			continue
+		}
+		st, err := fsutil.Stage(target, out, fsutil.Options{Perm: 0o644, NoSync: true})
+		if err != nil {
+			r.Outcome, r.Err, r.After = Failed, err, r.Before
+			continue
+		}
+		items[len(items)-1].staged = st
+	}
+
+	// Flush the staged data before any rename.
+	var stagedDirs []string
+	for _, it := range items {
+		if it.staged != nil {
+			stagedDirs = append(stagedDirs, it.staged.Dir)
+		}
+	}
+	if err := syncDirsFS(stagedDirs); err != nil {
+		for _, it := range items {
+			if it.staged != nil {
+				it.staged.Abort()
+				r := &res[it.idx]
+				r.Outcome, r.Err, r.After = Failed, err, r.Before
+			}
+		}
+		return n, nil, nil
+	}
+	for _, it := range items {
+		if it.staged == nil {
+			continue
+		}
+		r := &res[it.idx]
+		if err := it.staged.Commit(); err != nil {
+			r.Outcome, r.Err, r.After = Failed, err, r.Before
+			continue
+		}
+		committed = append(committed, it.idx)
+		dirs = append(dirs, it.staged.Dir)
+	}
+	return n, committed, dirs
+}
+
+// syncDirsFS runs one SyncFS per distinct file system among dirs.
+func syncDirsFS(dirs []string) error {
+	seen := map[uint64]bool{}
+	for _, d := range dirs {
+		dev := devOf(d)
+		if seen[dev] && dev != 0 {
+			continue
+		}
+		seen[dev] = true
+		if err := fsutil.SyncFS(d); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Expand expands the managed globs (filepath.Glob syntax; "**" is not
+// special) into a sorted, de-duplicated list of cleaned paths. Temporary
+// files left by an interrupted write and lock files are skipped. A malformed
+// pattern is an error naming it (ErrBadPattern).
+func Expand(globs []string) ([]string, error) {
+	seen := map[string]bool{}
+	var out []string
+	for _, g := range globs {
+		m, err := filepath.Glob(g)
+		if err != nil {
+			return nil, fmt.Errorf("%w %q: %v", ErrBadPattern, g, err)
+		}
+		for _, p := range m {
+			p = filepath.Clean(p)
+			if seen[p] || fsutil.IsTemp(p) || isLockName(p) {
+				continue
+			}
+			if fi, err := os.Stat(p); err == nil && fi.IsDir() {
+				continue
+			}
+			seen[p] = true
+			out = append(out, p)
+		}
+	}
+	sort.Strings(out)
+	return out, nil
+}

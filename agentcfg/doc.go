@@ -1,0 +1,70 @@
+// Package agentcfg owns the agents' address.yaml files: it reads and
+// validates them, edits them without losing a byte of what it does not own,
+// writes them atomically and durably, rewrites them under an epoch
+// compare-and-swap, expands the managed globs and watches a file for changes.
+//
+// # The file
+//
+// address.yaml is a YAML mapping. agentcfg reads stomp_interface (a host
+// name or IP address, required), stomp_port (1-65535, default DefaultPort),
+// use_ssl (0, 1, true or false) and tandem's fencing keys failover_id (a
+// canonical UUID) and failover_epoch (an unsigned integer). Numbers may be
+// plain or quoted. An owned key may appear only once; other keys are never
+// interpreted.
+//
+// # Editing
+//
+// Edit is a text edit guided by the parser's node positions, never a
+// re-marshal: only the bytes of a value that changes are replaced (a quoted
+// value stays quoted), missing keys are appended, and every other byte —
+// other keys, their order, comments, blank lines, CRLF line endings — is
+// kept. Setting values that are already equal leaves the bytes identical.
+// Every edit is parsed again before it is used: if the result does not read
+// back as exactly the requested values with every other key unchanged, Edit
+// returns an error and nothing is written.
+//
+// # Guarantees of a rewrite
+//
+//   - Atomic: new content goes to a temporary file in the same directory and
+//     is renamed over the file. A reader, or a crash (kill -9, power cut) at
+//     any moment, sees the whole old file or the whole new one, never a mix.
+//     A symbolic link is kept and its target replaced; mode and owner are kept.
+//   - Durable: a Result says Rewritten only once the new content and the
+//     rename are on stable storage.
+//   - Compare-and-swap: a file is rewritten only if its failover_epoch is
+//     lower than the update's epoch (an absent epoch counts as 0). Read,
+//     compare and rename happen under an exclusive flock(2) on a lock file
+//     beside it, ".NAME.lock" (kept, never deleted), so concurrent writers —
+//     goroutines or processes — never lose an update and never lower an
+//     epoch: the epoch only goes up. An equal epoch is left alone, even if
+//     other values differ.
+//   - Force skips the comparison: it rewrites whatever the epoch, so it may
+//     lower it. It still never touches a file it cannot parse.
+//   - A file that cannot be parsed or edited is reported Invalid and left
+//     byte-identical; RewriteAll never stops at a bad file.
+//
+// The lock only orders writers that use it (tandem's). An editor that
+// rewrites the file by hand is not fenced out, but its result is still
+// compare-and-swapped against by the next tandem writer.
+//
+// # Batches and durability
+//
+// CompareAndSwap writes one file with fsync of the file and of its
+// directory. Doing that for 10,000 agents costs two fsyncs per file, so
+// RewriteAll batches durability without weakening it: each worker locks a
+// group of up to 128 files (waiting only for the first lock of a group and
+// otherwise trying, so no worker waits while holding a lock and groups
+// cannot deadlock), stages their new content in temporary files without
+// fsync, makes them durable with one syncfs(2) of the file system, renames
+// them over the targets and unlocks. After all groups one more syncfs makes
+// the renames durable, and only then are the results marked Rewritten (a
+// failing sync turns them into Failed). Because the data is on disk before
+// any rename, a power cut leaves every file either old or new — never a
+// renamed empty file. syncfs flushes the whole file system, which on a host
+// with a lot of unrelated dirty data makes a batch slower but never wrong.
+//
+// # Watching
+//
+// Watch watches the directory rather than the file, so it follows the
+// rename-over that every writer here uses and survives delete-and-recreate.
+package agentcfg

@@ -28,6 +28,8 @@ type RoleConfig struct {
 	Log         logrus.FieldLogger
 	// Seed is the primary known from an earlier run, if any.
 	Seed *failoverid.Peer
+	// Alive, when set, is called on every tick of the loop (systemd watchdog).
+	Alive func()
 	// OnPrimary is called (from Run) when the watched primary changes, so
 	// the node can remember it.
 	OnPrimary func(failoverid.Peer)
@@ -193,6 +195,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			handle(d)
 			reply()
 		case <-tick.C():
+			if r.cfg.Alive != nil {
+				r.cfg.Alive()
+			}
 			r.mu.Lock()
 			d := det.Tick(r.cfg.Clock.Now())
 			r.mu.Unlock()

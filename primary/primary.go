@@ -86,6 +86,8 @@ type Config struct {
 	// Maintenance, when set, says whether heartbeats announce maintenance
 	// mode (the backup then pauses automatic takeover).
 	Maintenance func() bool
+	// Alive, when set, is called on every tick of the loop (systemd watchdog).
+	Alive func()
 	// Ping sends a harmless sequenced command to the agents every period, so
 	// that fencing can be observed end to end (agents count accepted and
 	// rejected commands per failover id and epoch).
@@ -369,6 +371,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			}
 
 		case <-ticker.C():
+			if r.cfg.Alive != nil {
+				r.cfg.Alive()
+			}
 			now := r.cfg.Clock.Now()
 			late := now.Sub(lastBeat) > r.stallThreshold()
 			if late || now.Sub(lastCheck) >= r.cfg.CheckEvery {

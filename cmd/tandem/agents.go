@@ -1,0 +1,298 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/tandem-ha/tandem/agentcfg"
+	"github.com/tandem-ha/tandem/config"
+	"github.com/tandem-ha/tandem/failoverid"
+)
+
+func init() {
+	register("agents", "agents list|repoint: show or rewrite the managed agents' address.yaml files", cmdAgents)
+}
+
+func cmdAgents(args []string) int { return runAgents(args, os.Stdout, os.Stderr) }
+
+const agentsUsage = `Usage: tandem agents list    --config FILE [--json]
+       tandem agents repoint --config FILE --to HOST[:PORT] [--force]
+
+Work on the address.yaml files the server config's "agents" globs match,
+with the server stopped or running. See tandem agents SUBCOMMAND --help.
+`
+
+func runAgents(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprintln(stderr, "tandem agents: missing subcommand list or repoint (see tandem agents --help)")
+		return exitUsage
+	}
+	switch args[0] {
+	case "list":
+		return runAgentsList(args[1:], stdout, stderr)
+	case "repoint":
+		return runAgentsRepoint(args[1:], stdout, stderr)
+	case "-h", "--help", "-help", "help":
+		fmt.Fprint(stdout, agentsUsage)
+		return exitOK
+	}
+	fmt.Fprintf(stderr, "tandem agents: unknown subcommand %q: want list or repoint (see tandem agents --help)\n", args[0])
+	return exitUsage
+}
+
+// agentRow is one managed address.yaml as `agents list` shows it. Live
+// columns (connected, last status) can be added here later.
+type agentRow struct {
+	Path           string  `json:"path"`
+	StompInterface string  `json:"stomp_interface"`
+	StompPort      int     `json:"stomp_port"`
+	FailoverID     string  `json:"failover_id"`
+	FailoverEpoch  *uint64 `json:"failover_epoch"` // null: the file has no epoch
+	Error          string  `json:"error"`          // "" for a valid file
+}
+
+// agentsListing is the `agents list --json` object.
+type agentsListing struct {
+	Agents  []agentRow `json:"agents"`
+	Managed int        `json:"managed"`
+	// AtEpoch counts valid files naming this server's failover id at its
+	// epoch; Invalid counts files that could not be read or are not valid.
+	AtEpoch    int    `json:"at_epoch"`
+	Invalid    int    `json:"invalid"`
+	FailoverID string `json:"failover_id"` // this server's ("" if it has none yet)
+	Epoch      uint64 `json:"epoch"`       // this server's
+}
+
+const agentsListUsage = `
+Usage: tandem agents list --config FILE [--json]
+
+Lists every address.yaml the config's agents globs match: stomp_interface,
+stomp_port, failover_id, failover_epoch, and why a file is invalid. The
+summary counts the files, those naming this server at its epoch, and the
+invalid ones. Invalid files are listed, not fatal (exit 0).
+
+Exit codes: 0 ok, 1 runtime failure, 2 bad usage, bad config or a corrupt
+failover_id / state.json.
+`
+
+// serverToken reads this server's failover id (may be absent: "") and
+// epoch; a corrupt file is exitUsage.
+func (c *offlineCmd) serverToken(cfg *config.Config) (id string, st failoverid.State, code int, ok bool) {
+	id, err := failoverid.LoadID(cfg.DataDir)
+	switch {
+	case errors.Is(err, failoverid.ErrNoID):
+		id = ""
+	case errors.Is(err, failoverid.ErrCorruptID):
+		return "", st, c.fail(exitUsage, "%v", err), false
+	case err != nil:
+		return "", st, c.fail(exitRuntime, "%v", err), false
+	}
+	st, err = failoverid.LoadState(cfg.DataDir)
+	switch {
+	case errors.Is(err, failoverid.ErrCorrupt):
+		return "", st, c.fail(exitUsage, "%v", err), false
+	case err != nil:
+		return "", st, c.fail(exitRuntime, "%v", err), false
+	}
+	return id, st, 0, true
+}
+
+func runAgentsList(args []string, stdout, stderr io.Writer) int {
+	c := newOfflineCmd("agents list", agentsListUsage, stdout, stderr)
+	asJSON := c.Bool("json", false, "print one JSON object {\"agents\":[...], \"managed\":N, ...}")
+	if code, ok := c.parse(args); !ok {
+		return code
+	}
+	cfg, code, ok := c.loadConfig()
+	if !ok {
+		return code
+	}
+	id, st, code, ok := c.serverToken(cfg)
+	if !ok {
+		return code
+	}
+	paths, err := agentcfg.Expand(cfg.Agents)
+	if err != nil {
+		return c.fail(exitRuntime, "expand agents globs: %v", err)
+	}
+	sort.Strings(paths)
+	out := agentsListing{Agents: []agentRow{}, Managed: len(paths), FailoverID: id, Epoch: st.Epoch}
+	for _, p := range paths {
+		row := agentRow{Path: p}
+		a, err := agentcfg.ReadFile(p)
+		if err != nil {
+			row.Error = singleLine(strings.TrimPrefix(err.Error(), p+": "))
+			out.Invalid++
+		} else {
+			row.StompInterface, row.StompPort, row.FailoverID = a.StompInterface, a.StompPort, a.FailoverID
+			if a.HasEpoch {
+				e := a.FailoverEpoch
+				row.FailoverEpoch = &e
+				if id != "" && a.FailoverID == id && e == st.Epoch {
+					out.AtEpoch++
+				}
+			}
+		}
+		out.Agents = append(out.Agents, row)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(out); err != nil {
+			return c.fail(exitRuntime, "%v", err)
+		}
+		return exitOK
+	}
+	if len(out.Agents) > 0 {
+		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "PATH\tSTOMP_INTERFACE\tSTOMP_PORT\tFAILOVER_ID\tEPOCH\tERROR")
+		for _, r := range out.Agents {
+			epoch, port := "-", "-"
+			if r.FailoverEpoch != nil {
+				epoch = fmt.Sprint(*r.FailoverEpoch)
+			}
+			if r.Error == "" {
+				port = fmt.Sprint(r.StompPort)
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Path, dash(r.StompInterface), port, dash(r.FailoverID), epoch, r.Error)
+		}
+		tw.Flush()
+	} else {
+		fmt.Fprintf(stdout, "no file matches the agents globs %q\n", cfg.Agents)
+	}
+	who := "this server's epoch"
+	if id == "" {
+		who = "this server's epoch (it has no failover id yet)"
+	}
+	fmt.Fprintf(stdout, "%d managed, %d at %s (%d), %d invalid\n", out.Managed, out.AtEpoch, who, st.Epoch, out.Invalid)
+	return exitOK
+}
+
+func dash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+const agentsRepointUsage = `
+Usage: tandem agents repoint --config FILE --to HOST[:PORT] [--force]
+
+Rewrites every managed address.yaml (the config's agents globs) so the agent
+connects to HOST:PORT (port default 61620) and obeys this server: its
+failover_id (DATA/failover_id) and epoch (DATA/state.json). Each file is
+rewritten atomically; its other keys and comments are kept.
+
+Without --force it is a compare-and-swap: only files with a LOWER
+failover_epoch (or none) change; files at this epoch or above are left alone
+and listed. With --force every file is rewritten, which may LOWER a file's
+epoch: agents then ignore the server holding the higher epoch. Use --force
+only when you are sure that server is gone for good.
+
+Exit codes: 0 every file rewritten or already up to date, 1 a file could not
+be rewritten or is invalid (listed), 2 bad usage, bad config or a missing or
+corrupt failover_id / state.json (nothing written).
+`
+
+func runAgentsRepoint(args []string, stdout, stderr io.Writer) int {
+	c := newOfflineCmd("agents repoint", agentsRepointUsage, stdout, stderr)
+	to := c.String("to", "", "HOST[:PORT] the agents should connect to (normally this server's advertise); required")
+	force := c.Bool("force", false, "rewrite every file, even one at this epoch or a higher one (may LOWER its epoch)")
+	if code, ok := c.parse(args); !ok {
+		return code
+	}
+	if *to == "" {
+		return c.usageError("--to HOST[:PORT] is required")
+	}
+	host, port, err := config.ParsePrimaryLocation(*to)
+	if err != nil {
+		return c.usageError("--to %v", err)
+	}
+	target := joinHostPort(host, port)
+	cfg, code, ok := c.loadConfig()
+	if !ok {
+		return code
+	}
+	id, st, code, ok := c.serverToken(cfg)
+	if !ok {
+		return code
+	}
+	if id == "" {
+		return c.fail(exitUsage, "%s does not exist: this server has no failover id yet (start it once, or run tandem id --config %s)",
+			filepath.Join(cfg.DataDir, failoverid.IDFile), *c.configPath)
+	}
+	if st.Epoch == 0 {
+		return c.fail(exitUsage, "%s: epoch 0: this server has never run as primary, so agents have no epoch to obey it at; let it take over (or switchover) instead",
+			filepath.Join(cfg.DataDir, failoverid.StateFile))
+	}
+	if ah, ap := cfg.AdvertiseHostPort(); ap != 0 && joinHostPort(ah, ap) != target {
+		fmt.Fprintf(stdout, "note: %s is not this server's advertise address (%s); the agents will obey only a server with failover id %s at epoch %d\n",
+			target, joinHostPort(ah, ap), id, st.Epoch)
+	}
+	paths, err := agentcfg.Expand(cfg.Agents)
+	if err != nil {
+		return c.fail(exitRuntime, "expand agents globs: %v", err)
+	}
+	sort.Strings(paths)
+	if len(paths) == 0 {
+		fmt.Fprintf(stdout, "no file matches the agents globs %q: nothing to do\n", cfg.Agents)
+		return exitOK
+	}
+	u := agentcfg.Update{StompInterface: host, StompPort: port, FailoverID: id, Epoch: st.Epoch}
+	results := agentcfg.RewriteAll(paths, u, agentcfg.BatchOptions{Force: *force})
+	sort.Slice(results, func(i, j int) bool { return results[i].Path < results[j].Path })
+
+	var rewritten, unchanged, invalid, failed, lowered int
+	for _, r := range results {
+		switch r.Outcome {
+		case agentcfg.Rewritten:
+			rewritten++
+			if r.Before.HasEpoch && r.Before.FailoverEpoch > st.Epoch {
+				lowered++
+				fmt.Fprintf(stdout, "lowered    %s: epoch %d → %d (--force)\n", r.Path, r.Before.FailoverEpoch, st.Epoch)
+			}
+		case agentcfg.Unchanged:
+			unchanged++
+			b := r.Before
+			switch {
+			case b.HasEpoch && b.FailoverEpoch > st.Epoch:
+				fmt.Fprintf(stdout, "unchanged  %s: its epoch %d is higher than this server's %d (points at %s; --force to override)\n",
+					r.Path, b.FailoverEpoch, st.Epoch, joinHostPort(b.StompInterface, b.StompPort))
+			case b.FailoverID == id && b.StompInterface == host && b.StompPort == port:
+				fmt.Fprintf(stdout, "unchanged  %s: already points here at epoch %d\n", r.Path, b.FailoverEpoch)
+			default:
+				fmt.Fprintf(stdout, "unchanged  %s: already at epoch %d (points at %s, failover id %s; --force to override)\n",
+					r.Path, b.FailoverEpoch, joinHostPort(b.StompInterface, b.StompPort), dash(b.FailoverID))
+			}
+		case agentcfg.Invalid:
+			invalid++
+			fmt.Fprintf(stdout, "invalid    %s: %s\n", r.Path, errText(r))
+		default:
+			failed++
+			fmt.Fprintf(stdout, "error      %s: %s\n", r.Path, errText(r))
+		}
+	}
+	fmt.Fprintf(stdout, "%d managed: %d rewritten to %s (failover id %s, epoch %d), %d unchanged, %d invalid, %d failed\n",
+		len(results), rewritten, target, id, st.Epoch, unchanged, invalid, failed)
+	if lowered > 0 {
+		fmt.Fprintf(stdout, "WARNING: %d file(s) had a higher epoch and were lowered by --force\n", lowered)
+	}
+	if invalid+failed > 0 {
+		return exitRuntime
+	}
+	return exitOK
+}
+
+func errText(r agentcfg.Result) string {
+	if r.Err == nil {
+		return r.Outcome.String()
+	}
+	return singleLine(strings.TrimPrefix(r.Err.Error(), r.Path+": "))
+}

@@ -1,0 +1,319 @@
+// Package agent is tandem's reference managed agent: it follows its
+// address.yaml (stomp_interface, stomp_port, use_ssl, failover_id,
+// failover_epoch), and acts only on commands from the server its file names
+// at that epoch (invariant I1). It only ever reads its address.yaml.
+//
+// The binding check happens when a command arrives, against the file as it
+// is at that moment (re-read when it changed), not against a cached copy: a
+// command from the old primary that arrives after the file was rewritten but
+// before the watcher fired is still rejected.
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tandem-ha/tandem/agentcfg"
+	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/internal/clock"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+// DialFunc connects to the server an address names. The returned bus keeps
+// reconnecting on its own until closed.
+type DialFunc func(ctx context.Context, addr agentcfg.Address) (broker.Bus, error)
+
+// Config is an agent's setup.
+type Config struct {
+	Path   string // its address.yaml
+	ID     string // agent id reported in status (default: the file's path)
+	Period time.Duration
+	Dest   protocol.Destinations
+	Signer *protocol.Signer
+	Dial   DialFunc
+	Clock  clock.Clock
+	Log    logrus.FieldLogger
+	// Watch reports changes to the file (default agentcfg.Watch).
+	Watch func(ctx context.Context, path string, debounce time.Duration) (<-chan struct{}, error)
+	// OnEvent, when set, receives every accepted or rejected command (the
+	// fault-injection suite's event log).
+	OnEvent func(Event)
+}
+
+// Event is one command decision.
+type Event struct {
+	Agent    string           `json:"agent"`
+	Accepted bool             `json:"accepted"`
+	From     failoverid.Token `json:"from"`
+	FromNode string           `json:"from_node"`
+	Bound    failoverid.Token `json:"bound"`
+	Seq      uint64           `json:"seq"`
+}
+
+// Counts are accepted and rejected commands for one (failover id, epoch).
+type Counts struct {
+	FailoverID string `json:"failover_id"`
+	Epoch      uint64 `json:"epoch"`
+	Accepted   uint64 `json:"accepted"`
+	Rejected   uint64 `json:"rejected"`
+}
+
+// Status is what the agent reports every period (the body of its
+// agent-status message, JSON).
+type Status struct {
+	ID        string   `json:"id"`
+	Server    string   `json:"server"` // host:port it is connected to (or trying)
+	Connected bool     `json:"connected"`
+	Bound     Counts   `json:"bound"` // its file's failover id and epoch
+	Commands  []Counts `json:"commands"`
+	Accepted  uint64   `json:"accepted"`
+	Rejected  uint64   `json:"rejected"`
+	FileError string   `json:"file_error,omitempty"`
+}
+
+// Agent is one running agent.
+type Agent struct {
+	cfg Config
+
+	mu       sync.Mutex
+	good     agentcfg.Address // last good file content
+	goodStat os.FileInfo
+	fileErr  string
+	server   string
+	conn     bool
+	counts   map[failoverid.Token]*Counts
+	acc, rej uint64
+}
+
+// New returns an agent; call Run.
+func New(cfg Config) *Agent {
+	if cfg.Clock == nil {
+		cfg.Clock = clock.Real{}
+	}
+	if cfg.Log == nil {
+		cfg.Log = logrus.New()
+	}
+	if cfg.Period == 0 {
+		cfg.Period = time.Second
+	}
+	if cfg.ID == "" {
+		cfg.ID = cfg.Path
+	}
+	if cfg.Watch == nil {
+		cfg.Watch = agentcfg.Watch
+	}
+	return &Agent{cfg: cfg, counts: map[failoverid.Token]*Counts{}}
+}
+
+// reload re-reads the file if it changed since the last good read. A bad
+// version is logged once and the last good configuration is kept.
+func (a *Agent) reload(force bool) (addr agentcfg.Address, ok bool) {
+	fi, statErr := os.Stat(a.cfg.Path)
+	a.mu.Lock()
+	if !force && statErr == nil && a.goodStat != nil && sameFile(fi, a.goodStat) && a.fileErr == "" {
+		addr, ok = a.good, true
+		a.mu.Unlock()
+		return addr, ok
+	}
+	a.mu.Unlock()
+	got, err := agentcfg.ReadFile(a.cfg.Path)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if err != nil {
+		msg := err.Error()
+		if msg != a.fileErr {
+			a.cfg.Log.WithField("agent", a.cfg.ID).Warn("ignoring a bad address.yaml, keeping the last good configuration: " + msg)
+		}
+		a.fileErr = msg
+		return a.good, a.good.StompInterface != ""
+	}
+	a.fileErr = ""
+	a.good = got
+	a.goodStat = fi
+	return got, true
+}
+
+func sameFile(a, b os.FileInfo) bool {
+	return os.SameFile(a, b) && a.ModTime().Equal(b.ModTime()) && a.Size() == b.Size()
+}
+
+func target(addr agentcfg.Address) string {
+	s := addr.StompInterface + ":" + strconv.Itoa(addr.StompPort)
+	if addr.UseSSL {
+		s += " (ssl)"
+	}
+	return s
+}
+
+// Status returns the agent's current report.
+func (a *Agent) Status() Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	s := Status{ID: a.cfg.ID, Server: a.server, Connected: a.conn, Accepted: a.acc, Rejected: a.rej, FileError: a.fileErr,
+		Bound: Counts{FailoverID: a.good.FailoverID, Epoch: a.good.FailoverEpoch}}
+	for _, c := range a.counts {
+		s.Commands = append(s.Commands, *c)
+	}
+	if b, ok := a.counts[failoverid.Token{ID: a.good.FailoverID, Epoch: a.good.FailoverEpoch}]; ok {
+		s.Bound = *b
+	}
+	return s
+}
+
+// Run follows the file until ctx ends.
+func (a *Agent) Run(ctx context.Context) error {
+	log := a.cfg.Log.WithField("agent", a.cfg.ID)
+	changes, err := a.cfg.Watch(ctx, a.cfg.Path, 50*time.Millisecond)
+	if err != nil {
+		return fmt.Errorf("watch %s: %w", a.cfg.Path, err)
+	}
+	tick := a.cfg.Clock.NewTicker(a.cfg.Period)
+	defer tick.Stop()
+
+	var bus broker.Bus
+	var sub broker.Subscription
+	var cur string // target of the current connection
+	disconnect := func() {
+		if sub != nil {
+			sub.Close()
+			sub = nil
+		}
+		if bus != nil {
+			bus.Close()
+			bus = nil
+		}
+		a.mu.Lock()
+		a.conn = false
+		a.mu.Unlock()
+	}
+	defer disconnect()
+	connect := func(addr agentcfg.Address) {
+		t := target(addr)
+		if t == cur && bus != nil {
+			return
+		}
+		disconnect()
+		cur = t
+		a.mu.Lock()
+		a.server = t
+		a.mu.Unlock()
+		b, err := a.cfg.Dial(ctx, addr)
+		if err != nil {
+			log.WithError(err).Warn("connect to " + t)
+			return
+		}
+		s, err := b.Subscribe(a.cfg.Dest.AgentCommand)
+		if err != nil {
+			b.Close()
+			log.WithError(err).Warn("subscribe at " + t)
+			return
+		}
+		bus, sub = b, s
+		a.mu.Lock()
+		a.conn = true
+		a.mu.Unlock()
+		log.WithFields(logrus.Fields{"server": t, "failover_id": addr.FailoverID, "epoch": addr.FailoverEpoch}).Info("following address.yaml")
+	}
+	if addr, ok := a.reload(true); ok {
+		connect(addr)
+	}
+	var cmds <-chan broker.Message
+	for {
+		cmds = nil
+		if sub != nil {
+			cmds = sub.C()
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case _, ok := <-changes:
+			if !ok {
+				changes = nil
+				continue
+			}
+			if addr, ok := a.reload(true); ok {
+				connect(addr)
+			}
+		case <-tick.C():
+			addr, ok := a.reload(false)
+			if ok && (bus == nil || target(addr) != cur) {
+				connect(addr)
+			}
+			if bus != nil {
+				a.report(ctx, bus, addr)
+			}
+		case m, ok := <-cmds:
+			if !ok {
+				disconnect()
+				continue
+			}
+			a.command(m)
+		}
+	}
+}
+
+// command applies the binding check to one command.
+func (a *Agent) command(m broker.Message) {
+	if err := a.cfg.Signer.Verify(m.Destination, m.Headers, m.Body); err != nil {
+		a.cfg.Log.WithError(err).WithField("agent", a.cfg.ID).Debug("dropped a command")
+		return
+	}
+	env, err := protocol.Decode(m.Headers)
+	if err != nil {
+		return
+	}
+	addr, _ := a.reload(false) // the file as it is now
+	bound := failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}
+	from := failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}
+	ok := bound.ID != "" && from.Same(bound)
+	a.mu.Lock()
+	c := a.counts[from]
+	if c == nil {
+		c = &Counts{FailoverID: from.ID, Epoch: from.Epoch}
+		a.counts[from] = c
+	}
+	if ok {
+		c.Accepted++
+		a.acc++
+	} else {
+		c.Rejected++
+		a.rej++
+	}
+	a.mu.Unlock()
+	if !ok {
+		a.cfg.Log.WithFields(logrus.Fields{"agent": a.cfg.ID, "from": from.String(), "from_node": env.Node, "bound": bound.String()}).Debug("rejected a command from a server this agent is not bound to")
+	}
+	if a.cfg.OnEvent != nil {
+		a.cfg.OnEvent(Event{Agent: a.cfg.ID, Accepted: ok, From: from, FromNode: env.Node, Bound: bound, Seq: env.Seq})
+	}
+}
+
+// report publishes the agent's status, tagged with the token it is bound to.
+func (a *Agent) report(ctx context.Context, bus broker.Bus, addr agentcfg.Address) {
+	body, _ := json.Marshal(a.Status())
+	env := protocol.Envelope{FailoverID: addr.FailoverID, Epoch: addr.FailoverEpoch, Node: a.cfg.ID, Role: "agent"}
+	if env.FailoverID == "" {
+		env.FailoverID = "none"
+	}
+	h := env.Headers()
+	a.cfg.Signer.Sign(a.cfg.Dest.AgentStatus, h, body)
+	pctx, cancel := context.WithTimeout(ctx, a.cfg.Period)
+	defer cancel()
+	if err := bus.Publish(pctx, a.cfg.Dest.AgentStatus, h, body); err != nil {
+		a.mu.Lock()
+		a.conn = false
+		a.mu.Unlock()
+		return
+	}
+	a.mu.Lock()
+	a.conn = true
+	a.mu.Unlock()
+}

@@ -1,0 +1,196 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/tandem-ha/tandem/agentcfg"
+	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/internal/clock"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+const (
+	idA = "aaaaaaaa-0000-4000-8000-000000000000"
+	idB = "bbbbbbbb-0000-4000-8000-000000000000"
+)
+
+var dest = protocol.NewDestinations("")
+
+type rig struct {
+	t       *testing.T
+	hub     *broker.MemHub
+	clk     *clock.Fake
+	path    string
+	a       *Agent
+	changes chan struct{}
+	mu      sync.Mutex
+	dialed  []string
+	events  []Event
+}
+
+func writeFile(t *testing.T, path, iface string, port int, id string, epoch uint64) {
+	t.Helper()
+	body := fmt.Sprintf("# agent\nstomp_interface: %s\nstomp_port: %d\nfailover_id: %s\nfailover_epoch: %d\n", iface, port, id, epoch)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func newRig(t *testing.T) *rig {
+	r := &rig{t: t, hub: broker.NewMemHub(), clk: clock.NewFake(time.Unix(1_700_000_000, 0)),
+		path: filepath.Join(t.TempDir(), "address.yaml"), changes: make(chan struct{}, 1)}
+	writeFile(t, r.path, "server-a", 1001, idA, 1)
+	log, _ := test.NewNullLogger()
+	r.a = New(Config{
+		Path: r.path, ID: "agent-1", Period: 100 * time.Millisecond, Dest: dest, Signer: protocol.NewSigner(nil),
+		Clock: r.clk, Log: log,
+		Dial: func(ctx context.Context, addr agentcfg.Address) (broker.Bus, error) {
+			name := fmt.Sprintf("%s:%d", addr.StompInterface, addr.StompPort)
+			r.mu.Lock()
+			r.dialed = append(r.dialed, name)
+			r.mu.Unlock()
+			return r.hub.Client(name), nil
+		},
+		Watch: func(ctx context.Context, path string, d time.Duration) (<-chan struct{}, error) { return r.changes, nil },
+		OnEvent: func(e Event) {
+			r.mu.Lock()
+			r.events = append(r.events, e)
+			r.mu.Unlock()
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := r.a.Run(ctx); err != nil {
+			t.Error(err)
+		}
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	r.eventually("connected to server-a", func() bool { return r.a.Status().Connected && r.lastDial() == "server-a:1001" })
+	return r
+}
+
+func (r *rig) lastDial() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.dialed) == 0 {
+		return ""
+	}
+	return r.dialed[len(r.dialed)-1]
+}
+
+func (r *rig) eventually(what string, cond func() bool) {
+	r.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			r.t.Fatalf("timed out waiting for: %s", what)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// command publishes a command as server (endpoint name) with a token.
+func (r *rig) command(server, id string, epoch, seq uint64) {
+	h := protocol.Envelope{FailoverID: id, Epoch: epoch, Node: server, Seq: seq}.Headers()
+	if err := r.hub.Client(server).Publish(context.Background(), dest.AgentCommand, h, []byte(`{"command":"ping"}`)); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *rig) decided(n int) []Event {
+	r.t.Helper()
+	r.eventually(fmt.Sprintf("%d command decisions", n), func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		return len(r.events) >= n
+	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return append([]Event(nil), r.events...)
+}
+
+func TestAcceptsOnlyTheBoundServerAndEpoch(t *testing.T) {
+	r := newRig(t)
+	r.command("server-a:1001", idA, 1, 1) // bound: accepted
+	r.command("server-a:1001", idA, 2, 2) // right id, wrong epoch
+	r.command("server-a:1001", idB, 1, 3) // wrong id
+	ev := r.decided(3)
+	if !ev[0].Accepted || ev[1].Accepted || ev[2].Accepted {
+		t.Fatalf("decisions: %+v", ev)
+	}
+	s := r.a.Status()
+	if s.Accepted != 1 || s.Rejected != 2 || s.Bound.Accepted != 1 || len(s.Commands) != 3 {
+		t.Fatalf("status: %+v", s)
+	}
+}
+
+func TestARewrittenFileRejectsTheOldServerEvenBeforeTheWatcherFires(t *testing.T) {
+	r := newRig(t)
+	// The backup took over: the file now names server-b at epoch 2. The
+	// watcher has not fired yet (nothing is sent on r.changes) and the old
+	// primary keeps sending on the connection the agent still holds.
+	time.Sleep(10 * time.Millisecond) // a distinct mtime on coarse file systems
+	writeFile(t, r.path, "server-b", 1002, idB, 2)
+	r.command("server-a:1001", idA, 1, 7)
+	ev := r.decided(1)
+	if ev[0].Accepted || ev[0].Bound.Epoch != 2 || ev[0].Bound.ID != idB {
+		t.Fatalf("I1: an agent whose file names epoch 2 accepted epoch 1: %+v", ev[0])
+	}
+}
+
+func TestFollowsTheFileToTheNewServer(t *testing.T) {
+	r := newRig(t)
+	writeFile(t, r.path, "server-b", 1002, idB, 2)
+	r.changes <- struct{}{}
+	r.eventually("reconnected to server-b", func() bool { return r.lastDial() == "server-b:1002" && r.a.Status().Connected })
+	r.command("server-b:1002", idB, 2, 1)
+	if ev := r.decided(1); !ev[0].Accepted {
+		t.Fatalf("%+v", ev[0])
+	}
+	// Status reports go to the new server, tagged with the new token.
+	st, _ := r.hub.Client("server-b:1002").Subscribe(dest.AgentStatus)
+	r.clk.Advance(100 * time.Millisecond)
+	select {
+	case m := <-st.C():
+		e, err := protocol.Decode(m.Headers)
+		if err != nil || e.FailoverID != idB || e.Epoch != 2 || e.Node != "agent-1" {
+			t.Fatalf("status envelope %+v %v", e, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no status report at the new server")
+	}
+}
+
+func TestABadFileKeepsTheLastGoodConfiguration(t *testing.T) {
+	r := newRig(t)
+	if err := os.WriteFile(r.path, []byte("stomp_interface: server-b\nstomp_port: not-a-port\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r.changes <- struct{}{}
+	r.eventually("file error reported", func() bool { return r.a.Status().FileError != "" })
+	r.command("server-a:1001", idA, 1, 1)
+	if ev := r.decided(1); !ev[0].Accepted {
+		t.Fatalf("the agent should still obey its last good binding: %+v", ev[0])
+	}
+	if r.lastDial() != "server-a:1001" {
+		t.Fatalf("reconnected on a bad file: %s", r.lastDial())
+	}
+	// The next good version is picked up.
+	writeFile(t, r.path, "server-b", 1002, idB, 2)
+	r.changes <- struct{}{}
+	r.eventually("picked up the good version", func() bool { return r.lastDial() == "server-b:1002" && r.a.Status().FileError == "" })
+}

@@ -1,0 +1,187 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/tandem-ha/tandem/agent"
+	"github.com/tandem-ha/tandem/agentcfg"
+	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/internal/logging"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+func init() {
+	register("agent", "run the reference agent: follow an address.yaml, obey only the server it names", func(a []string) int { return runAgent(a, os.Stderr) })
+}
+
+func runAgent(args []string, stderr io.Writer) int {
+	flags := flag.NewFlagSet("agent", flag.ContinueOnError)
+	flags.SetOutput(stderr)
+	cfgPath := flags.String("config", "", "the agent's address.yaml (read only, never written)")
+	id := flags.String("id", "", "agent id in status reports (default: the address.yaml path)")
+	fleet := flags.String("fleet", "", "run one agent per address.yaml found under this directory, in one process")
+	period := flags.Duration("period", time.Second, "how often to report status")
+	prefix := flags.String("destination-prefix", protocol.DefaultPrefix, "STOMP destination prefix (the servers' destination_prefix)")
+	secretFile := flags.String("secret-file", "", "file holding the servers' shared secret (messages are then signed and checked)")
+	login := flags.String("login", "", "STOMP login for the server's broker")
+	passFile := flags.String("passcode-file", "", "file holding the STOMP passcode")
+	events := flags.String("events", "", "append every accepted/rejected command as a JSON line to this file")
+	logFormat := flags.String("log-format", "text", "text or json")
+	logLevel := flags.String("log-level", "info", "log level")
+	flags.Usage = func() {
+		fmt.Fprint(stderr, `Usage: tandem agent --config ADDRESS_YAML [--id ID]
+       tandem agent --fleet DIR
+
+The reference managed agent. It connects to stomp_interface:stomp_port from
+its address.yaml (TLS when use_ssl is 1), reports status every period, and
+acts only on commands whose failover id and epoch equal the file's
+failover_id and failover_epoch (it counts and reports the rest). It watches
+the file and reconnects within a second of a rewrite; a malformed file is
+logged and the last good configuration kept. --fleet runs one such agent
+per address.yaml under DIR.
+
+Flags:
+`)
+		flags.PrintDefaults()
+	}
+	if err := flags.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitUsage
+	}
+	if (*cfgPath == "") == (*fleet == "") || flags.NArg() != 0 {
+		fmt.Fprintln(stderr, "tandem agent: give exactly one of --config ADDRESS_YAML or --fleet DIR")
+		return exitUsage
+	}
+	if *period <= 0 {
+		fmt.Fprintln(stderr, "tandem agent: --period must be positive")
+		return exitUsage
+	}
+	log, err := logging.New(stderr, *logFormat, *logLevel)
+	if err != nil {
+		fmt.Fprintln(stderr, "tandem agent:", err)
+		return exitUsage
+	}
+	var key []byte
+	if *secretFile != "" {
+		b, err := os.ReadFile(*secretFile)
+		if err != nil {
+			fmt.Fprintln(stderr, "tandem agent: --secret-file:", err)
+			return exitUsage
+		}
+		key = []byte(strings.TrimSpace(string(b)))
+	}
+	passcode := ""
+	if *passFile != "" {
+		b, err := os.ReadFile(*passFile)
+		if err != nil {
+			fmt.Fprintln(stderr, "tandem agent: --passcode-file:", err)
+			return exitUsage
+		}
+		passcode = strings.TrimSpace(string(b))
+	}
+	var paths []string
+	if *fleet != "" {
+		err := filepath.WalkDir(*fleet, func(p string, d fs.DirEntry, err error) error {
+			if err != nil {
+				return err
+			}
+			if !d.IsDir() && d.Name() == "address.yaml" {
+				paths = append(paths, p)
+			}
+			return nil
+		})
+		if err != nil || len(paths) == 0 {
+			fmt.Fprintf(stderr, "tandem agent: --fleet %s: no address.yaml files found (%v)\n", *fleet, err)
+			return exitUsage
+		}
+	} else {
+		if _, err := agentcfg.ReadFile(*cfgPath); err != nil && errors.Is(err, fs.ErrNotExist) {
+			fmt.Fprintf(stderr, "tandem agent: %s: %v\n", *cfgPath, err)
+			return exitUsage
+		}
+		paths = []string{*cfgPath}
+	}
+	var onEvent func(agent.Event)
+	if *events != "" {
+		f, err := os.OpenFile(*events, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+		if err != nil {
+			fmt.Fprintln(stderr, "tandem agent: --events:", err)
+			return exitUsage
+		}
+		defer f.Close()
+		var mu sync.Mutex
+		enc := json.NewEncoder(f)
+		onEvent = func(e agent.Event) {
+			mu.Lock()
+			defer mu.Unlock()
+			enc.Encode(struct {
+				T int64 `json:"t_ms"`
+				agent.Event
+			}{time.Now().UnixMilli(), e})
+		}
+	}
+	dial := func(ctx context.Context, addr agentcfg.Address) (broker.Bus, error) {
+		scheme := "stomp://"
+		var tc *tls.Config
+		if addr.UseSSL {
+			scheme = "stomp+ssl://"
+			tc = &tls.Config{ServerName: addr.StompInterface, MinVersion: tls.VersionTLS12}
+		}
+		return broker.Dial(ctx, broker.LinkConfig{
+			URL:   scheme + net.JoinHostPort(addr.StompInterface, strconv.Itoa(addr.StompPort)),
+			Login: *login, Passcode: passcode, TLS: tc,
+			HeartBeat: *period, Log: log.WithField("agent_link", addr.StompInterface),
+		})
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	dest := protocol.NewDestinations(*prefix)
+	signer := protocol.NewSigner(key)
+	var wg sync.WaitGroup
+	errs := make(chan error, len(paths))
+	for _, p := range paths {
+		aid := *id
+		if aid == "" || len(paths) > 1 {
+			aid = p
+			if *fleet != "" {
+				if rel, err := filepath.Rel(*fleet, filepath.Dir(p)); err == nil {
+					aid = rel
+				}
+			}
+		}
+		a := agent.New(agent.Config{Path: p, ID: aid, Period: *period, Dest: dest, Signer: signer, Dial: dial, Log: log, OnEvent: onEvent})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := a.Run(ctx); err != nil {
+				errs <- err
+			}
+		}()
+	}
+	log.WithField("agents", len(paths)).Info("agents running")
+	wg.Wait()
+	close(errs)
+	if err := <-errs; err != nil {
+		fmt.Fprintln(stderr, "tandem agent:", err)
+		return exitRuntime
+	}
+	return exitOK
+}

@@ -1,0 +1,592 @@
+// Package node runs one tandem server process: it owns the data dir, the
+// embedded broker, the admin API, and switches roles — backup → taking-over
+// → primary, primary → fenced, primary → backup after a planned switchover.
+package node
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tandem-ha/tandem/agentcfg"
+	"github.com/tandem-ha/tandem/backup"
+	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/config"
+	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/internal/clock"
+	"github.com/tandem-ha/tandem/internal/hooks"
+	"github.com/tandem-ha/tandem/internal/sdnotify"
+	"github.com/tandem-ha/tandem/primary"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+// Sentinel errors; cmd/tandem maps them to exit codes.
+var (
+	// ErrFenced: refused to start as primary because a higher epoch exists (exit 3).
+	ErrFenced = errors.New("node: refused to act as primary: a higher epoch exists")
+	// ErrBadInput: a file in the data dir is malformed (exit 2).
+	ErrBadInput = errors.New("node: bad input")
+	// ErrNotPrimary / ErrNotBackup: a control request for the wrong role.
+	ErrNotPrimary = errors.New("node: not the active primary")
+)
+
+// Node is one server process.
+type Node struct {
+	cfg    *config.Config
+	log    *logrus.Logger
+	clock  clock.Clock
+	dest   protocol.Destinations
+	signer *protocol.Signer
+	files  *agentFiles
+	notify *sdnotify.Notifier
+
+	// AdminAddr is the bound admin address once Run is serving (for tests
+	// that use port 0). Read it after Ready is closed.
+	AdminAddr  string
+	BrokerAddr string
+	ready      chan struct{}
+	// advertise is cfg.Advertise with a port of 0 replaced by the port the
+	// broker bound (tests listen on port 0).
+	advertise string
+
+	mu        sync.Mutex
+	id        string
+	st        failoverid.State
+	role      string
+	prim      *primary.Role
+	back      *backup.Role
+	hbURL     string
+	hbUp      bool
+	started   time.Time
+	takeovers uint64
+	runbook   string
+	hbRecv    uint64
+}
+
+// New prepares a node; nothing happens until Run.
+func New(cfg *config.Config, log *logrus.Logger) (*Node, error) {
+	key, err := cfg.Secret()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	return &Node{
+		cfg: cfg, log: log, clock: clock.Real{},
+		dest:   protocol.NewDestinations(cfg.DestinationPrefix),
+		signer: protocol.NewSigner(key),
+		files:  newAgentFiles(cfg.Agents, log.WithField("node", cfg.Node)),
+		notify: sdnotify.FromEnv(),
+		ready:  make(chan struct{}),
+		role:   "starting",
+	}, nil
+}
+
+// Ready is closed once the broker and admin API are serving.
+func (n *Node) Ready() <-chan struct{} { return n.ready }
+
+func (n *Node) entry() *logrus.Entry {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "role": n.role, "epoch": n.st.Epoch})
+}
+
+func (n *Node) setRole(role string) {
+	n.mu.Lock()
+	changed := n.role != role
+	n.role = role
+	n.mu.Unlock()
+	if changed {
+		n.entry().Info("role is now " + role)
+		_ = n.notify.Send("STATUS=" + role)
+	}
+}
+
+func (n *Node) save(mut func(s *failoverid.State)) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	next := n.st
+	mut(&next)
+	if err := failoverid.SaveState(n.cfg.DataDir, next); err != nil {
+		return err
+	}
+	n.st = next
+	return nil
+}
+
+func (n *Node) state() failoverid.State {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.st
+}
+
+// Run runs the server until ctx ends. It returns ErrFenced (wrapped) when it
+// refuses to start as primary, ErrBadInput for malformed data-dir files.
+func (n *Node) Run(ctx context.Context) error {
+	if err := os.MkdirAll(n.cfg.DataDir, 0o700); err != nil {
+		return err
+	}
+	id, created, err := failoverid.LoadOrCreateID(n.cfg.DataDir)
+	if err != nil {
+		return badInput(err)
+	}
+	st, err := failoverid.LoadState(n.cfg.DataDir)
+	if err != nil {
+		return badInput(err)
+	}
+	loc, isBackup, err := config.ReadPrimaryLocation(n.cfg.DataDir)
+	if err != nil {
+		return badInput(err)
+	}
+	n.mu.Lock()
+	n.id, n.st, n.started = id, st, n.clock.Now()
+	n.mu.Unlock()
+	if created {
+		n.entry().WithField("failover_id", id).Info("created a new failover id")
+	}
+
+	// A server about to act as primary looks for a higher epoch first.
+	if st.Takeover == nil && !isBackup {
+		if err := n.startupFenceCheck(ctx); err != nil {
+			return err
+		}
+	}
+
+	srv, err := broker.StartServer(broker.ServerConfig{
+		Listen: n.cfg.Listen, Login: n.cfg.Broker.Login, Passcode: n.cfg.Broker.Passcode,
+		Log: n.log.WithField("component", "broker"),
+	})
+	if err != nil {
+		return fmt.Errorf("embedded broker: %w", err)
+	}
+	defer srv.Close()
+	n.BrokerAddr = srv.Addr()
+	n.advertise = effectiveAdvertise(n.cfg.Advertise, srv.Addr())
+
+	actx, stopAdmin := context.WithCancel(context.Background())
+	adminAddr, adminDone, err := ServeAdmin(actx, n.cfg.Admin, AdminHandler(n))
+	if err != nil {
+		stopAdmin()
+		return err
+	}
+	defer func() { stopAdmin(); adminDone() }()
+	n.AdminAddr = adminAddr
+	n.entry().WithFields(logrus.Fields{"broker": srv.Addr(), "admin": adminAddr, "failover_id": id}).Info("serving")
+	close(n.ready)
+	_ = n.notify.Send("READY=1")
+
+	own := "stomp://" + loopback(srv.Addr())
+	for ctx.Err() == nil {
+		st := n.state()
+		loc, isBackup, err = config.ReadPrimaryLocation(n.cfg.DataDir)
+		if err != nil {
+			return badInput(err)
+		}
+		switch {
+		case st.Takeover != nil:
+			if err := n.takeOver(ctx, "", nil, 0); err != nil {
+				return err
+			}
+		case isBackup:
+			if err := n.runBackup(ctx, loc); err != nil {
+				return err
+			}
+		default:
+			done, err := n.runPrimary(ctx, own)
+			if err != nil || done {
+				return err
+			}
+		}
+	}
+	n.entry().Info("stopping")
+	return nil
+}
+
+// effectiveAdvertise replaces port 0 in advertise with the bound port.
+func effectiveAdvertise(advertise, bound string) string {
+	host, port, err := net.SplitHostPort(advertise)
+	if err != nil || port != "0" {
+		return advertise
+	}
+	_, bport, err := net.SplitHostPort(bound)
+	if err != nil {
+		return advertise
+	}
+	return net.JoinHostPort(host, bport)
+}
+
+func badInput(err error) error { return fmt.Errorf("%w: %v", ErrBadInput, err) }
+
+// loopback turns a listen address into one this host can dial.
+func loopback(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+		if ip != nil && ip.To4() == nil {
+			host = "::1"
+		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func (n *Node) heartbeatURL(primaryLoc string) string {
+	if n.cfg.HeartbeatBroker != "" {
+		return n.cfg.HeartbeatBroker
+	}
+	return "stomp://" + primaryLoc
+}
+
+func (n *Node) dial(ctx context.Context, url string, track bool) (*broker.Link, error) {
+	cfg := broker.LinkConfig{
+		URL: url, Login: n.cfg.Broker.Login, Passcode: n.cfg.Broker.Passcode, VHost: n.cfg.Broker.Vhost,
+		Log: n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "link": url}),
+	}
+	if track {
+		n.mu.Lock()
+		n.hbURL, n.hbUp = url, false
+		n.mu.Unlock()
+		cfg.OnState = func(s broker.State) {
+			n.mu.Lock()
+			n.hbUp = s.State == broker.StateConnected
+			n.mu.Unlock()
+		}
+	}
+	return broker.Dial(ctx, cfg)
+}
+
+// startupFenceCheck refuses to start as primary when a higher epoch exists:
+// recorded in state.json, in a managed address.yaml, or on the known peer's
+// heartbeat channel.
+func (n *Node) startupFenceCheck(ctx context.Context) error {
+	st := n.state()
+	if st.FencedBy != nil && st.FencedBy.Epoch > st.Epoch {
+		return fmt.Errorf("%w: this node was fenced by %s at epoch %d (ours %d); make it a backup with `tandem rejoin --config FILE --primary HOST:PORT`",
+			ErrFenced, st.FencedBy.ID, st.FencedBy.Epoch, st.Epoch)
+	}
+	higher, err := n.files.scan(failoverid.Token{ID: n.id, Epoch: st.Epoch}, nil)
+	if err != nil {
+		return badInput(err)
+	}
+	if higher != nil {
+		return fmt.Errorf("%w: a managed address.yaml is at epoch %d from %s, above ours (%d): another server took over; make this node its backup with `tandem rejoin --config FILE --primary HOST:PORT`",
+			ErrFenced, higher.Epoch, higher.ID, st.Epoch)
+	}
+	if st.Peer == nil || st.Peer.Address == "" {
+		return nil
+	}
+	wait := n.cfg.Heartbeat.Period + n.cfg.Heartbeat.Period/2
+	if wait > 20*time.Second {
+		wait = 20 * time.Second
+	}
+	url := n.heartbeatURL(st.Peer.Address)
+	n.entry().WithFields(logrus.Fields{"peer": st.Peer.Node, "channel": url, "wait": wait.String()}).Info("checking the peer's heartbeat channel for a higher epoch before starting as primary")
+	cctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	link, err := n.dial(cctx, url, false)
+	if err != nil {
+		return nil // unreachable peer: nothing to learn
+	}
+	defer link.Close()
+	sub, err := link.Subscribe(n.dest.Heartbeat)
+	if err != nil {
+		return nil
+	}
+	defer sub.Close()
+	for {
+		select {
+		case <-cctx.Done():
+			return nil
+		case m, ok := <-sub.C():
+			if !ok {
+				return nil
+			}
+			if n.signer.Verify(m.Destination, m.Headers, m.Body) != nil {
+				continue
+			}
+			env, err := protocol.Decode(m.Headers)
+			if err != nil || env.FailoverID == n.id {
+				continue
+			}
+			if env.Epoch > st.Epoch {
+				return fmt.Errorf("%w: server %s heartbeats as primary at epoch %d, above ours (%d); make this node its backup with `tandem rejoin --config FILE --primary %s`",
+					ErrFenced, env.Node, env.Epoch, st.Epoch, env.Advertise)
+			}
+		}
+	}
+}
+
+func (n *Node) update(epoch uint64) agentcfg.Update {
+	host, portS, _ := net.SplitHostPort(n.advertise)
+	port, err := strconv.Atoi(portS)
+	if err != nil || host == "" {
+		host, port = n.cfg.AdvertiseHostPort()
+	}
+	return agentcfg.Update{StompInterface: host, StompPort: port, FailoverID: n.id, Epoch: epoch}
+}
+
+// runBackup runs the backup role until it decides a takeover, then takes over.
+func (n *Node) runBackup(ctx context.Context, loc string) error {
+	n.setRole("backup")
+	st := n.state()
+	if st.Role != "backup" {
+		if err := n.save(func(s *failoverid.State) { s.Role = "backup" }); err != nil {
+			return err
+		}
+	}
+	url := n.heartbeatURL(loc)
+	link, err := n.dial(ctx, url, true)
+	if err != nil {
+		return fmt.Errorf("heartbeat channel %s: %w", url, err)
+	}
+	defer link.Close()
+	role := backup.NewRole(backup.RoleConfig{
+		Node: n.cfg.Node, Token: failoverid.Token{ID: n.id, Epoch: st.Epoch}, Advertise: n.advertise,
+		Period: n.cfg.Heartbeat.Period, ReplyPeriod: n.cfg.Heartbeat.ReplyPeriod, Window: n.cfg.Heartbeat.FailWindow,
+		Maintenance: st.Maintenance, Dest: n.dest, Signer: n.signer, Clock: n.clock, Alive: n.notify.Alive,
+		Log: n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "role": "backup"}), Seed: st.Peer,
+		OnPrimary: func(p failoverid.Peer) {
+			if err := n.save(func(s *failoverid.State) { s.Peer = &p }); err != nil {
+				n.entry().WithError(err).Warn("could not remember the primary in state.json")
+			}
+		},
+	}, link)
+	n.mu.Lock()
+	n.back = role
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		n.back = nil
+		n.mu.Unlock()
+	}()
+	end, err := role.Run(ctx)
+	if err != nil || !end.Takeover {
+		if err != nil && ctx.Err() == nil {
+			return err
+		}
+		return nil
+	}
+	from := &failoverid.Peer{Node: end.Primary.Node, FailoverID: end.Primary.FailoverID, Epoch: end.Primary.Epoch, Address: loc}
+	reason := "failover"
+	if end.Switch {
+		reason = "switchover"
+	}
+	n.entry().WithField("why", end.Reason).Warn("taking over as primary")
+	return n.takeOver(ctx, reason, from, end.SeenEpoch)
+}
+
+// takeOver runs (or resumes) the journaled takeover up to the point where
+// the primary role starts; runPrimary finishes the journal.
+func (n *Node) takeOver(ctx context.Context, reason string, from *failoverid.Peer, seen uint64) error {
+	n.setRole("taking-over")
+	st := n.state()
+	err := backup.RunTakeover(ctx, backup.TakeoverConfig{
+		DataDir: n.cfg.DataDir, Node: n.cfg.Node, ID: n.id,
+		LocationFile: filepath.Join(n.cfg.DataDir, config.PrimaryLocationFile),
+		BeforeHook:   n.cfg.Hooks.BeforeTakeover, HookTimeout: n.cfg.Hooks.Timeout,
+		RewriteAgents: func(ctx context.Context, epoch uint64) {
+			n.mu.Lock()
+			n.st.Epoch = epoch // status shows the new epoch while rewriting
+			n.mu.Unlock()
+			n.files.rewrite(ctx, n.update(epoch))
+		},
+		Log: n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "role": "taking-over"}),
+	}, &st, reason, from, seen)
+	n.mu.Lock()
+	n.st = st
+	n.mu.Unlock()
+	if err != nil && ctx.Err() == nil {
+		return fmt.Errorf("takeover: %w", err)
+	}
+	return nil
+}
+
+// runPrimary runs the primary role until it ends. done is true when the node
+// should stop (context ended or fenced and then stopped).
+func (n *Node) runPrimary(ctx context.Context, own string) (done bool, err error) {
+	st := n.state()
+	if st.Epoch == 0 {
+		if err := n.save(func(s *failoverid.State) { s.Epoch = 1 }); err != nil {
+			return true, err
+		}
+		st = n.state()
+		n.entry().Info("fresh primary: epoch 1")
+	}
+	if st.Takeover == nil {
+		// Claim: files with no epoch or a lower one point at us.
+		n.files.rewrite(ctx, n.update(st.Epoch))
+	}
+	n.setRole("primary")
+
+	var hb, agents broker.Bus
+	ownLink, err := n.dial(ctx, own, n.cfg.HeartbeatBroker == "")
+	if err != nil {
+		return true, err
+	}
+	defer ownLink.Close()
+	agents, hb = ownLink, ownLink
+	if n.cfg.HeartbeatBroker != "" {
+		l, err := n.dial(ctx, n.cfg.HeartbeatBroker, true)
+		if err != nil {
+			return true, err
+		}
+		defer l.Close()
+		hb = l
+	}
+	var notify []broker.Bus
+	if n.cfg.HeartbeatBroker == "" {
+		peerAddr := ""
+		if st.Takeover != nil && st.Takeover.From != nil {
+			peerAddr = st.Takeover.From.Address
+		} else if st.Peer != nil {
+			peerAddr = st.Peer.Address
+		}
+		if peerAddr != "" && peerAddr != n.advertise {
+			l, err := n.dial(ctx, "stomp://"+peerAddr, false)
+			if err == nil {
+				defer l.Close()
+				notify = append(notify, l)
+			}
+		}
+	}
+	upd := n.update(st.Epoch)
+	token := failoverid.Token{ID: n.id, Epoch: st.Epoch}
+	finishing := st.Takeover != nil
+	role := primary.New(primary.Config{
+		Node: n.cfg.Node, Token: token, Advertise: n.advertise,
+		Period: n.cfg.Heartbeat.Period, ReplyPeriod: n.cfg.Heartbeat.ReplyPeriod, FailWindow: n.cfg.Heartbeat.FailWindow,
+		Dest: n.dest, Signer: n.signer, Clock: n.clock,
+		Log:     n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "role": "primary", "epoch": st.Epoch}),
+		SeqBase: uint64(time.Now().UnixMilli()),
+		CheckFiles: func() (*failoverid.Token, error) {
+			return n.files.scan(token, &upd)
+		},
+		OnPeer: func(p failoverid.Peer) {
+			if err := n.save(func(s *failoverid.State) { s.Peer = &p }); err != nil {
+				n.entry().WithError(err).Warn("could not remember the backup in state.json")
+			}
+		},
+		Tick: func() {
+			if finishing {
+				finishing = false
+				n.finishTakeover(ctx)
+			}
+		},
+		Maintenance: func() bool { return n.state().Maintenance },
+		Ping:        true,
+		Alive:       n.notify.Alive,
+		Notify:      notify,
+	}, hb, agents)
+	n.mu.Lock()
+	n.prim = role
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		n.prim = nil
+		n.mu.Unlock()
+	}()
+	end, err := role.Run(ctx)
+	if err != nil {
+		return true, err
+	}
+	switch end.Kind {
+	case primary.Fenced:
+		return true, n.fenced(ctx, end)
+	case primary.HandedOver:
+		return false, n.becomeBackupOf(end)
+	}
+	return true, nil
+}
+
+// finishTakeover records that heartbeats flow, runs after_takeover and
+// closes the journal.
+func (n *Node) finishTakeover(ctx context.Context) {
+	st := n.state()
+	if st.Takeover == nil {
+		return
+	}
+	j := *st.Takeover
+	j.Step = failoverid.StepPrimaryHeartbeat
+	if err := n.save(func(s *failoverid.State) { s.Takeover = &j }); err != nil {
+		n.entry().WithError(err).Error("takeover journal")
+		return
+	}
+	_ = hooks.Run(ctx, "after_takeover", n.cfg.Hooks.AfterTakeover, n.cfg.Hooks.Timeout, backup.HookEnv(n.cfg.Node, n.id, &j), n.entry())
+	err := n.save(func(s *failoverid.State) {
+		s.Takeover = nil
+		s.Role = "primary"
+		if j.From != nil {
+			p := *j.From
+			s.Peer = &p
+		}
+	})
+	if err != nil {
+		n.entry().WithError(err).Error("takeover journal")
+		return
+	}
+	n.mu.Lock()
+	n.takeovers++
+	n.mu.Unlock()
+	n.entry().WithField("reason", j.Reason).Info("takeover complete: this node is the primary")
+}
+
+// fenced stops acting as primary for good (until an operator rejoins it),
+// keeps answering status, and runs on_fenced.
+func (n *Node) fenced(ctx context.Context, end primary.End) error {
+	by := end.By
+	n.setRole("fenced")
+	rb := fmt.Sprintf("this node was replaced by %s at epoch %d. Stop it, then make it a backup: tandem rejoin --config FILE --primary %s (see docs/runbook.md, 'after a network split')",
+		nonEmpty(end.ByNode, by.ID), by.Epoch, nonEmpty(end.ByAdvertise, "NEW_PRIMARY_HOST:PORT"))
+	n.mu.Lock()
+	n.runbook = rb
+	n.mu.Unlock()
+	if err := n.save(func(s *failoverid.State) { s.FencedBy = &by; s.Role = "fenced" }); err != nil {
+		n.entry().WithError(err).Error("could not record the fence in state.json")
+	}
+	n.entry().WithField("runbook", rb).Error("FENCED: " + end.Reason)
+	env := []string{"TANDEM_NODE=" + n.cfg.Node, "TANDEM_FAILOVER_ID=" + n.id, "TANDEM_EPOCH=" + strconv.FormatUint(n.state().Epoch, 10),
+		"TANDEM_FENCED_BY=" + by.ID, "TANDEM_FENCED_BY_EPOCH=" + strconv.FormatUint(by.Epoch, 10)}
+	_ = hooks.Run(ctx, "on_fenced", n.cfg.Hooks.OnFenced, n.cfg.Hooks.Timeout, env, n.entry())
+	// Stay up to answer status; keep the watchdog fed.
+	t := n.clock.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C():
+			n.notify.Alive()
+		}
+	}
+}
+
+// becomeBackupOf turns a primary that handed over into the new primary's backup.
+func (n *Node) becomeBackupOf(end primary.End) error {
+	if end.ByAdvertise == "" {
+		return fmt.Errorf("switchover: the new primary did not say its address")
+	}
+	if err := config.WritePrimaryLocation(n.cfg.DataDir, end.ByAdvertise); err != nil {
+		return fmt.Errorf("switchover: %w", err)
+	}
+	p := failoverid.Peer{Node: end.ByNode, FailoverID: end.By.ID, Epoch: end.By.Epoch, Address: end.ByAdvertise}
+	if err := n.save(func(s *failoverid.State) { s.Role = "backup"; s.Peer = &p }); err != nil {
+		return err
+	}
+	n.entry().WithField("primary", end.ByAdvertise).Info("switchover done: this node is now the backup")
+	return nil
+}
+
+func nonEmpty(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}

@@ -1,0 +1,75 @@
+package node
+
+// Status is the JSON object served at GET /status and printed by
+// `tandem status --json`. The keys are part of the CLI contract.
+type Status struct {
+	Node        string `json:"node"`
+	Role        string `json:"role"` // primary | backup | taking-over | fenced | starting
+	FailoverID  string `json:"failover_id"`
+	Epoch       uint64 `json:"epoch"`
+	Maintenance bool   `json:"maintenance"`
+	// Primary is the primary this backup watches (null on a primary).
+	Primary *PrimaryStatus `json:"primary"`
+	// BackupConfigured: a backup replied within 2 × reply_period (primary).
+	BackupConfigured bool         `json:"backup_configured"`
+	Backup           *PeerStatus  `json:"backup,omitempty"`
+	Agents           AgentsStatus `json:"agents"`
+	Advertise        string       `json:"advertise"`
+	Listen           string       `json:"listen"`
+	HeartbeatChannel ChannelInfo  `json:"heartbeat_channel"`
+	Takeover         *Takeover    `json:"takeover,omitempty"`
+	FencedBy         *PeerStatus  `json:"fenced_by,omitempty"`
+	// Runbook says what the operator should do next, when anything.
+	Runbook  string   `json:"runbook,omitempty"`
+	Warnings []string `json:"warnings"`
+	UptimeMS int64    `json:"uptime_ms"`
+	Version  string   `json:"version"`
+}
+
+// PrimaryStatus is a backup's view of its primary.
+type PrimaryStatus struct {
+	Node               string `json:"node"`
+	FailoverID         string `json:"failover_id"`
+	Epoch              uint64 `json:"epoch"`
+	Advertise          string `json:"advertise,omitempty"`
+	LastHeartbeatAgeMS int64  `json:"last_heartbeat_age_ms"` // -1: never heard
+	SilentForMS        int64  `json:"silent_for_ms"`
+}
+
+// PeerStatus names another server.
+type PeerStatus struct {
+	Node       string `json:"node,omitempty"`
+	FailoverID string `json:"failover_id"`
+	Epoch      uint64 `json:"epoch"`
+	Address    string `json:"address,omitempty"`
+	AgeMS      int64  `json:"last_reply_age_ms,omitempty"`
+}
+
+// AgentsStatus counts the managed address.yaml files.
+type AgentsStatus struct {
+	Managed   int `json:"managed"`
+	Rewritten int `json:"rewritten"`
+	Failed    int `json:"failed"`
+	Connected int `json:"connected"`
+	// FailedFiles lists up to 20 files that could not be rewritten, with why.
+	FailedFiles []FailedFile `json:"failed_files,omitempty"`
+}
+
+// FailedFile is one agent file a rewrite could not update.
+type FailedFile struct {
+	Path  string `json:"path"`
+	Error string `json:"error"`
+}
+
+// ChannelInfo describes the heartbeat channel link.
+type ChannelInfo struct {
+	URL       string `json:"url"`
+	Connected bool   `json:"connected"`
+}
+
+// Takeover describes an in-progress (or just finished) takeover.
+type Takeover struct {
+	Epoch  uint64 `json:"epoch"`
+	Reason string `json:"reason"`
+	Step   string `json:"step"`
+}

@@ -1,0 +1,276 @@
+package agentcfg
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/tandem-ha/tandem/internal/fsutil"
+)
+
+const sample = "# agent\nstomp_interface: 10.0.0.1 # primary\nuse_ssl: 0\nlocal_interface: 10.9.9.9\n"
+
+func writeFile(t testing.TB, path, content string) {
+	t.Helper()
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func readFile(t testing.TB, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func withEpoch(e uint64) Update { u := testUpdate; u.Epoch = e; return u }
+
+func TestCompareAndSwap(t *testing.T) {
+	tests := []struct {
+		name    string
+		in      string
+		epoch   uint64
+		force   bool
+		outcome Outcome
+	}{
+		{"no epoch", sample, 1, false, Rewritten},
+		{"lower epoch", sample + "failover_epoch: 3\n", 4, false, Rewritten},
+		{"equal epoch", sample + "failover_epoch: 4\n", 4, false, Unchanged},
+		{"higher epoch", sample + "failover_epoch: 9\n", 4, false, Unchanged},
+		{"force lowers", sample + "failover_epoch: 9\n", 4, true, Rewritten},
+		{"epoch 0 update on no epoch", sample, 0, false, Unchanged},
+		{"force identical", "stomp_interface: 10.0.0.2\nstomp_port: 61620\nfailover_id: " + testID + "\nfailover_epoch: 4\n", 4, true, Unchanged},
+		{"invalid port", sample + "stomp_port: x\n", 4, false, Invalid},
+		{"invalid epoch", sample + "failover_epoch: -1\n", 4, true, Invalid},
+		{"not yaml", "a: [\n", 4, false, Invalid},
+		{"uneditable", "stomp_interface: &a h\nx: *a\n", 4, false, Invalid},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p := filepath.Join(t.TempDir(), "address.yaml")
+			writeFile(t, p, tt.in)
+			r := CompareAndSwap(p, withEpoch(tt.epoch), tt.force)
+			if r.Outcome != tt.outcome {
+				t.Fatalf("outcome %v (%v), want %v", r.Outcome, r.Err, tt.outcome)
+			}
+			got := readFile(t, p)
+			if tt.outcome != Rewritten {
+				if got != tt.in {
+					t.Fatalf("file changed: %q", got)
+				}
+				if (r.Err != nil) != (tt.outcome == Invalid) {
+					t.Fatalf("err = %v", r.Err)
+				}
+				if r.Err != nil && !strings.HasPrefix(r.Err.Error(), p+": ") {
+					t.Fatalf("error %q does not name the file", r.Err)
+				}
+				return
+			}
+			a, err := Parse([]byte(got))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if a != r.After || a.FailoverEpoch != tt.epoch || a.FailoverID != testID || a.StompInterface != "10.0.0.2" {
+				t.Fatalf("after = %+v, result %+v", a, r.After)
+			}
+			if !strings.Contains(got, "# primary") || !strings.Contains(got, "local_interface: 10.9.9.9") {
+				t.Fatalf("lost bytes: %q", got)
+			}
+		})
+	}
+}
+
+func TestCompareAndSwapMissingAndBadUpdate(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "address.yaml")
+	if r := CompareAndSwap(p, testUpdate, false); r.Outcome != Failed || !errors.Is(r.Err, fs.ErrNotExist) {
+		t.Fatalf("missing file: %+v", r)
+	}
+	if _, err := os.Stat(LockPath(p)); err == nil {
+		t.Fatal("lock file created for a missing file")
+	}
+	writeFile(t, p, sample)
+	if r := CompareAndSwap(p, Update{}, false); r.Outcome != Failed || !errors.Is(r.Err, ErrBadUpdate) {
+		t.Fatalf("bad update: %+v", r)
+	}
+	if readFile(t, p) != sample {
+		t.Fatal("file changed")
+	}
+}
+
+func TestCompareAndSwapKeepsModeAndSymlink(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real", "address.yaml")
+	writeFile(t, real, sample)
+	if err := os.Chmod(real, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	link := filepath.Join(dir, "agent", "conf", "address.yaml")
+	os.MkdirAll(filepath.Dir(link), 0o755)
+	if err := os.Symlink("../../real/address.yaml", link); err != nil {
+		t.Fatal(err)
+	}
+	if r := CompareAndSwap(link, testUpdate, false); r.Outcome != Rewritten {
+		t.Fatalf("%+v", r)
+	}
+	fi, err := os.Lstat(link)
+	if err != nil || fi.Mode()&fs.ModeSymlink == 0 {
+		t.Fatalf("link replaced: %v %v", fi.Mode(), err)
+	}
+	st, _ := os.Stat(real)
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("mode %v", st.Mode())
+	}
+	if a, err := ReadFile(link); err != nil || a.FailoverEpoch != 7 {
+		t.Fatalf("%+v %v", a, err)
+	}
+	if _, err := os.Stat(LockPath(real)); err != nil {
+		t.Fatalf("lock file not beside the target: %v", err)
+	}
+}
+
+func TestRewriteAll(t *testing.T) {
+	dir := t.TempDir()
+	var paths []string
+	want := map[string]Outcome{}
+	add := func(name, content string, o Outcome) string {
+		p := filepath.Join(dir, name, "conf", "address.yaml")
+		if content != "" {
+			writeFile(t, p, content)
+		}
+		paths = append(paths, p)
+		want[p] = o
+		return p
+	}
+	for i := 0; i < 300; i++ {
+		switch i % 10 {
+		case 3:
+			add(fmt.Sprint(i), sample+"stomp_port: nope\n", Invalid)
+		case 5:
+			add(fmt.Sprint(i), sample+"failover_epoch: 100\n", Unchanged)
+		case 7:
+			add(fmt.Sprint(i), "", Failed) // missing
+		default:
+			add(fmt.Sprint(i), sample, Rewritten)
+		}
+	}
+	// The same file twice (and via a symlink): the first rewrites, the second
+	// finds the epoch already there. Must not deadlock on its own lock.
+	dup := paths[0]
+	paths = append(paths, dup)
+	link := filepath.Join(dir, "link.yaml")
+	os.Symlink(paths[1], link)
+	paths = append(paths, link)
+
+	before := map[string]string{}
+	for _, p := range paths {
+		if b, err := os.ReadFile(p); err == nil {
+			before[p] = string(b)
+		}
+	}
+	var mu sync.Mutex
+	last := -1
+	res := RewriteAll(paths, testUpdate, BatchOptions{Workers: 3, Progress: func(done, total int) {
+		mu.Lock()
+		defer mu.Unlock()
+		if done < last || total != len(paths) {
+			t.Errorf("progress %d/%d after %d", done, total, last)
+		}
+		last = done
+	}})
+	if last != len(paths) {
+		t.Fatalf("last progress %d", last)
+	}
+	if len(res) != len(paths) {
+		t.Fatal("result count")
+	}
+	for i, r := range res[:len(res)-2] {
+		if r.Path != paths[i] || r.Outcome != want[paths[i]] {
+			t.Fatalf("%d %s: %v (%v), want %v", i, r.Path, r.Outcome, r.Err, want[paths[i]])
+		}
+		if r.Outcome != Rewritten {
+			if b, err := os.ReadFile(r.Path); err == nil && string(b) != before[r.Path] {
+				t.Fatalf("%s changed", r.Path)
+			}
+			continue
+		}
+		if a, err := ReadFile(r.Path); err != nil || a != r.After || a.FailoverEpoch != 7 {
+			t.Fatalf("%s: %+v %v", r.Path, a, err)
+		}
+	}
+	for _, r := range res[len(res)-2:] {
+		if r.Outcome != Unchanged {
+			t.Fatalf("duplicate %s: %v %v", r.Path, r.Outcome, r.Err)
+		}
+	}
+	// No temporary files left behind.
+	filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if fsutil.IsTemp(p) {
+			t.Errorf("temp file left: %s", p)
+		}
+		return nil
+	})
+	// A second run changes nothing.
+	for _, r := range RewriteAll(paths, testUpdate, BatchOptions{}) {
+		if r.Outcome == Rewritten {
+			t.Fatalf("second run rewrote %s", r.Path)
+		}
+	}
+	if r := RewriteAll(paths[:2], Update{}, BatchOptions{}); r[0].Outcome != Failed || !errors.Is(r[1].Err, ErrBadUpdate) {
+		t.Fatalf("bad update: %+v", r)
+	}
+	if r := RewriteAll(nil, testUpdate, BatchOptions{}); len(r) != 0 {
+		t.Fatal("nil paths")
+	}
+}
+
+func TestExpand(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"b", "a", "c"} {
+		writeFile(t, filepath.Join(dir, n, "conf", "address.yaml"), sample)
+	}
+	writeFile(t, filepath.Join(dir, "a", "conf", ".address.yaml.tmp-123"), "x")
+	writeFile(t, filepath.Join(dir, "a", "conf", ".address.yaml.lock"), "")
+	os.MkdirAll(filepath.Join(dir, "d", "conf", "address.yaml"), 0o755) // a directory: skipped
+	got, err := Expand([]string{
+		filepath.Join(dir, "*", "conf", "address.yaml"),
+		filepath.Join(dir, "a", "conf", "*"),
+		filepath.Join(dir, "b", "conf", "..", "conf", "address.yaml"),
+		filepath.Join(dir, "nomatch", "*"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, n := range []string{"a", "b", "c"} {
+		want = append(want, filepath.Join(dir, n, "conf", "address.yaml"))
+	}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("Expand = %v, want %v", got, want)
+	}
+	_, err = Expand([]string{"/ok/*", "/bad/[x"})
+	if !errors.Is(err, ErrBadPattern) || !strings.Contains(err.Error(), `"/bad/[x"`) {
+		t.Fatalf("bad pattern: %v", err)
+	}
+}
+
+func TestOutcomeString(t *testing.T) {
+	for o, s := range map[Outcome]string{Rewritten: "rewritten", Unchanged: "unchanged", Invalid: "invalid", Failed: "error", 9: "Outcome(9)"} {
+		if o.String() != s {
+			t.Errorf("%d: %q", int(o), o.String())
+		}
+	}
+}
+
+var _ = bytes.Equal

@@ -1,0 +1,136 @@
+package agentcfg
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/internal/fsutil"
+)
+
+const eventWait = 5 * time.Second
+
+// waitEvent waits up to eventWait for a report.
+func waitEvent(t *testing.T, ch <-chan struct{}, what string) {
+	t.Helper()
+	select {
+	case _, ok := <-ch:
+		if !ok {
+			t.Fatalf("%s: channel closed", what)
+		}
+	case <-time.After(eventWait):
+		t.Fatalf("%s: no report within %v", what, eventWait)
+	}
+}
+
+// drain empties the channel once the debounce of earlier changes has passed,
+// so the next waitEvent sees the next change only. Draining too early would
+// just leave a stale report, which makes no test pass wrongly: every test
+// step changes the file after draining.
+func drain(ch <-chan struct{}) {
+	for {
+		select {
+		case <-ch:
+		case <-time.After(100 * time.Millisecond):
+			return
+		}
+	}
+}
+
+func TestWatch(t *testing.T) {
+	dir := t.TempDir()
+	p := filepath.Join(dir, "address.yaml")
+	writeFile(t, p, sample)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := Watch(ctx, p, 20*time.Millisecond)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Replace by rename, as fsutil and every tandem writer does.
+	if r := CompareAndSwap(p, testUpdate, false); r.Outcome != Rewritten {
+		t.Fatal(r.Err)
+	}
+	waitEvent(t, ch, "rename-over")
+	drain(ch)
+
+	// In-place write.
+	f, _ := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+	f.WriteString("# appended\n")
+	f.Close()
+	waitEvent(t, ch, "write")
+	drain(ch)
+
+	// Delete, then recreate.
+	os.Remove(p)
+	waitEvent(t, ch, "delete")
+	drain(ch)
+	writeFile(t, p, sample)
+	waitEvent(t, ch, "recreate")
+	drain(ch)
+	if err := fsutil.WriteFile(p, []byte(sample+"# again\n"), fsutil.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	waitEvent(t, ch, "rewrite after recreate")
+	drain(ch)
+
+	// A burst is debounced into few reports, at least one.
+	for i := 0; i < 20; i++ {
+		fsutil.WriteFile(p, []byte(sample), fsutil.Options{NoSync: true})
+	}
+	waitEvent(t, ch, "burst")
+	drain(ch)
+
+	// Other files in the directory (including our own lock and temp files)
+	// are not reported.
+	writeFile(t, filepath.Join(dir, "other.yaml"), "x: 1\n")
+	writeFile(t, filepath.Join(dir, ".address.yaml.tmp-1"), "x")
+	select {
+	case <-ch:
+		t.Fatal("reported a change to another file")
+	case <-time.After(200 * time.Millisecond):
+	}
+
+	cancel()
+	select {
+	case _, ok := <-ch:
+		if ok {
+			// a last report may have been waiting; then it must close
+			if _, ok := <-ch; ok {
+				t.Fatal("channel not closed after cancel")
+			}
+		}
+	case <-time.After(eventWait):
+		t.Fatal("channel not closed after cancel")
+	}
+}
+
+func TestWatchSymlink(t *testing.T) {
+	dir := t.TempDir()
+	real := filepath.Join(dir, "real", "address.yaml")
+	writeFile(t, real, sample)
+	link := filepath.Join(dir, "conf", "address.yaml")
+	os.MkdirAll(filepath.Dir(link), 0o755)
+	if err := os.Symlink(real, link); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := Watch(ctx, link, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := CompareAndSwap(link, testUpdate, false); r.Outcome != Rewritten {
+		t.Fatal(r.Err)
+	}
+	waitEvent(t, ch, "target rewritten through the link")
+}
+
+func TestWatchMissingDir(t *testing.T) {
+	if _, err := Watch(context.Background(), filepath.Join(t.TempDir(), "nope", "address.yaml"), 0); err == nil {
+		t.Fatal("want an error for a missing directory")
+	}
+}

@@ -123,8 +123,14 @@ func (d *doc) edit(u Update) ([]byte, error) {
 		if d.root != nil && len(d.root.Content) > 0 {
 			indent = strings.Repeat(" ", d.root.Content[0].Column-1)
 		}
+		// Append at the end, or just before a document end marker ("...").
+		at, tail := len(out), []byte(nil)
+		if e, ok := docEnd(out); ok {
+			at = e
+			tail = append(tail, out[e:]...)
+		}
 		var b strings.Builder
-		if len(out) > 0 && !endsWithBreak(out) {
+		if at > 0 && !endsWithBreak(out[:at]) {
 			b.WriteString(eol)
 		}
 		for _, m := range missing {
@@ -132,7 +138,7 @@ func (d *doc) edit(u Update) ([]byte, error) {
 			b.WriteString(m)
 			b.WriteString(eol)
 		}
-		out = append(out, b.String()...)
+		out = append(append(out[:at:at], b.String()...), tail...)
 	}
 	if err := d.check(out, u); err != nil {
 		return nil, err
@@ -413,4 +419,19 @@ func (x *lineIndex) offset(line, col int) (int, bool) {
 		p += w
 	}
 	return p, true
+}
+
+// docEnd returns the offset of a document end marker line ("..." at the
+// start of a line), if any.
+func docEnd(data []byte) (int, bool) {
+	x := newLineIndex(data)
+	for _, s := range x.starts {
+		if !bytes.HasPrefix(data[s:], []byte("...")) {
+			continue
+		}
+		if e := s + 3; e == len(data) || data[e] == ' ' || data[e] == '\t' || breakLen(data, e) > 0 {
+			return s, true
+		}
+	}
+	return 0, false
 }

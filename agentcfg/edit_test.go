@@ -112,6 +112,7 @@ func TestEditGolden(t *testing.T) {
 		{"value on next line", "stomp_interface:\n  a\nk: v\n", "stomp_interface:\n  10.0.0.2\nk: v\nstomp_port: 61620\n" + tail},
 		{"indented root", "  stomp_interface: a\n  k: v\n", "  stomp_interface: 10.0.0.2\n  k: v\n  stomp_port: 61620\n  failover_id: " + testID + "\n  failover_epoch: 7\n"},
 		{"document marker", "---\nstomp_interface: a\n", "---\nstomp_interface: 10.0.0.2\nstomp_port: 61620\n" + tail},
+		{"document end marker", "---\nstomp_interface: a\n... # end\n# trailing\n", "---\nstomp_interface: 10.0.0.2\nstomp_port: 61620\n" + tail + "... # end\n# trailing\n"},
 		{"bare document marker", "---\n", "---\nstomp_interface: 10.0.0.2\nstomp_port: 61620\n" + tail},
 		{"nested same names untouched", "nested:\n  stomp_interface: x\n  failover_epoch: 1\nstomp_interface: a\n",
 			"nested:\n  stomp_interface: x\n  failover_epoch: 1\nstomp_interface: 10.0.0.2\nstomp_port: 61620\n" + tail},
@@ -183,7 +184,6 @@ func TestEditErrors(t *testing.T) {
 		{"sequence value", "failover_epoch: [1]\n", ErrUnsupported},
 		{"bad use_ssl", "stomp_interface: a\nuse_ssl: maybe\n", ErrSelfCheck},
 		{"two docs", "a: 1\n---\nb: 2\n", ErrMultipleDocuments},
-		{"doc end marker", "stomp_interface: a\n...\n", ErrSelfCheck},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -69,6 +69,15 @@ func FuzzEdit(f *testing.F) {
 		if otherID {
 			u.FailoverID = testID2
 		}
+		if u.Validate() != nil {
+			// Keep the fuzzer on the editor, not on update validation.
+			if _, err := Edit(data, u); !errors.Is(err, ErrBadUpdate) {
+				t.Fatalf("invalid update %+v accepted: %v", u, err)
+			}
+			hosts := []string{"10.0.0.2", "opsc-b.example.com", "::1", "true", "123", "h"}
+			u.StompInterface = hosts[int(port)%len(hosts)]
+			u.StompPort = int(port)%65535 + 1
+		}
 		out, err := Edit(data, u)
 		if err != nil {
 			if !isKnownErr(err) {

@@ -1,0 +1,332 @@
+#!/usr/bin/env bash
+# make demo: a primary (a), a backup (b) and three agents on loopback, with
+# short timings (heartbeat every 1s, fail_window 5s). It shows live status,
+# kills the primary with SIGKILL, shows the backup counting the silence,
+# taking over and every agent's address.yaml moving to it, prints the diff of
+# each address.yaml, then stops everything it started. About 20 seconds.
+#
+#   bash demo/run.sh                 # or: make demo
+#   KEEP=1 bash demo/run.sh          # keep the temp dir (configs, data dirs, logs)
+#   HEARTBEAT_BROKER=stomp://127.0.0.1:61613 bash demo/run.sh
+#                                    # heartbeat channel on an external broker (ActiveMQ)
+#
+# Ports (loopback only; the script stops if one is taken): embedded brokers
+# 47620 (a) and 47621 (b), admin APIs 47630 (a) and 47631 (b).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BIN=${TANDEM_BIN:-$ROOT/bin/tandem}
+HB_BROKER=${HEARTBEAT_BROKER:-}
+BROKER_A=47620 BROKER_B=47621 ADMIN_A=47630 ADMIN_B=47631
+AGENTS=(a1 a2 a3)
+
+# ---- helpers ---------------------------------------------------------------
+
+T0=""
+now_ms() {
+	if [ -n "${EPOCHREALTIME:-}" ]; then
+		local t=${EPOCHREALTIME/[.,]/}
+		echo $((t / 1000))
+	else
+		echo $(($(date +%s) * 1000))
+	fi
+}
+# say prints a line stamped with the time since the demo started.
+say() {
+	local ms=$(($(now_ms) - T0))
+	printf '[%3d.%ds] %s\n' $((ms / 1000)) $((ms % 1000 / 100)) "$*"
+}
+die() {
+	echo "demo: $*" >&2
+	exit 1
+}
+
+PIDS=()
+DIR=""
+cleanup() {
+	local rc=$?
+	trap - EXIT INT TERM
+	local p
+	for p in ${PIDS[@]+"${PIDS[@]}"}; do
+		kill -TERM "$p" 2>/dev/null || true
+	done
+	for p in ${PIDS[@]+"${PIDS[@]}"}; do
+		for _ in 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20; do
+			kill -0 "$p" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -KILL "$p" 2>/dev/null || true
+		wait "$p" 2>/dev/null || true
+	done
+	if [ -n "$DIR" ]; then
+		if [ "$rc" -ne 0 ]; then
+			echo "demo: FAILED (exit $rc); last lines of each log:" >&2
+			for f in "$DIR"/logs/*.log; do
+				[ -f "$f" ] || continue
+				echo "--- $f" >&2
+				tail -n 15 "$f" >&2
+			done
+		fi
+		if [ "${KEEP:-0}" = 1 ] || [ "$rc" -ne 0 ]; then
+			echo "demo: files kept in $DIR" >&2
+		else
+			rm -rf "$DIR"
+		fi
+	fi
+	exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+# status ADMIN_PORT: one line "ROLE EPOCH CONNECTED BACKUP_CONFIGURED
+# LAST_HEARTBEAT_AGE_MS SILENT_FOR_MS" from the server's status JSON, or
+# "down" when it does not answer. One tandem and one awk per call: the demo
+# polls often and may run on a busy machine.
+status() {
+	{ "$BIN" status --admin "127.0.0.1:$1" --json 2>/dev/null || true; } | awk '
+		function val(line) { sub(/^[^:]*: */, "", line); gsub(/[",]/, "", line); return line }
+		/^  "role":/ { role = val($0) }
+		/^  "epoch":/ { epoch = val($0) }
+		/^  "backup_configured":/ { bc = val($0) }
+		/^  "agents": \{/ { inag = 1 }
+		inag && /^    "connected":/ { conn = val($0); inag = 0 }
+		/"last_heartbeat_age_ms":/ { age = val($0) }
+		/"silent_for_ms":/ { silent = val($0) }
+		END {
+			if (role == "") { print "down"; exit }
+			print role, epoch, (conn == "" ? 0 : conn), (bc == "" ? "false" : bc), (age == "" ? -1 : age), (silent == "" ? 0 : silent)
+		}'
+}
+
+agent_file() { echo "$DIR/agents/$1/conf/address.yaml"; }
+# agent_views: "a1=PORT@EPOCH a2=..." read from each address.yaml in one pass
+# (each file read once, so a rewrite is never seen half old, half new).
+agent_views() {
+	local a files=()
+	for a in "${AGENTS[@]}"; do files+=("$(agent_file "$a")"); done
+	awk '
+		FNR == 1 { if (NR > 1) out = (out == "" ? view : out " " view); n = FILENAME; sub(/\/conf\/address\.yaml$/, "", n); sub(/.*\//, "", n); port = "-"; epoch = "-" }
+		/^stomp_port:/ { port = $2 }
+		/^failover_epoch:/ { epoch = $2 }
+		{ view = n "=" port "@" epoch }
+		END { print (out == "" ? view : out " " view) }' "${files[@]}"
+}
+
+secs() { printf '%d.%ds' $(($1 / 1000)) $(($1 % 1000 / 100)); }
+upper() { tr '[:lower:]' '[:upper:]' <<<"$1"; }
+
+# server_line NAME STATUS: "a: PRIMARY epoch 1" (or "a: down").
+server_line() {
+	local role epoch conn bc age silent
+	read -r role epoch conn bc age silent <<<"$2"
+	if [ "$role" = down ]; then
+		echo "$1: down"
+	elif [ "$role" = backup ] && [ "$age" -ge 0 ]; then
+		echo "$1: BACKUP epoch $epoch (last heartbeat ${age}ms ago)"
+	else
+		echo "$1: $(upper "$role") epoch $epoch"
+	fi
+}
+
+# live: one status line for both servers and every agent file. It leaves
+# the status lines of a and b in SA and SB.
+SA="" SB=""
+live() {
+	SA=$(status $ADMIN_A)
+	SB=$(status $ADMIN_B)
+	local conn=0 r
+	for r in "$SA" "$SB"; do
+		set -- $r
+		if [ "$1" = primary ]; then conn=$3; fi
+	done
+	say "$(server_line a "$SA") | $(server_line b "$SB") | agents connected $conn | files (port@epoch): $(agent_views)"
+}
+
+# wait_role ADMIN ROLE SECONDS
+wait_role() {
+	local deadline=$(($(now_ms) + $3 * 1000))
+	while [ "$(now_ms)" -lt "$deadline" ]; do
+		[ "$(status "$1" | cut -d' ' -f1)" = "$2" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# ---- build -------------------------------------------------------------------
+
+T0=$(now_ms)
+if [ ! -x "$BIN" ] || [ -n "$(find . -name '*.go' -newer "$BIN" -print -quit 2>/dev/null)" ]; then
+	command -v go >/dev/null || die "Go is needed to build $BIN (https://go.dev/dl/)"
+	say "building $BIN"
+	mkdir -p "$(dirname "$BIN")"
+	go build -o "$BIN" ./cmd/tandem
+	say "built $BIN"
+	T0=$(now_ms) # the demo's clock starts after the build
+fi
+say "$("$BIN" version)"
+
+for p in $BROKER_A $BROKER_B $ADMIN_A $ADMIN_B; do
+	port_free "$p" || die "port 127.0.0.1:$p is in use (another demo still running?); free it and retry"
+done
+
+DIR=$(mktemp -d "${TMPDIR:-/tmp}/tandem-demo.XXXXXX")
+mkdir -p "$DIR/logs" "$DIR/a" "$DIR/b/data" "$DIR/before"
+
+# ---- configs -------------------------------------------------------------------
+
+server_config() { # NAME BROKER_PORT ADMIN_PORT
+	cat <<EOF
+# tandem demo: server $1
+node: $1
+data_dir: $DIR/$1/data
+listen: 127.0.0.1:$2          # embedded broker: agents (and the backup) connect here
+advertise: 127.0.0.1:$2       # what agents are told while $1 is active
+admin: 127.0.0.1:$3           # tandem status --admin 127.0.0.1:$3
+heartbeat: {period: 1s, reply_period: 5s, fail_window: 5s}
+agents: ["$DIR/agents/*/conf/address.yaml"]
+log: {format: text, level: info}
+EOF
+	if [ -n "$HB_BROKER" ]; then echo "heartbeat_broker: $HB_BROKER"; fi
+}
+server_config a $BROKER_A $ADMIN_A >"$DIR/a/tandem.yaml"
+server_config b $BROKER_B $ADMIN_B >"$DIR/b/tandem.yaml"
+# b is a backup of a: its data dir names the primary.
+echo "127.0.0.1:$BROKER_A" >"$DIR/b/data/primary_location"
+
+for a in "${AGENTS[@]}"; do
+	mkdir -p "$DIR/agents/$a/conf"
+	cat >"$(agent_file "$a")" <<EOF
+# Agent $a (tandem demo). An OpsCenter-style address.yaml: tandem rewrites
+# stomp_interface, stomp_port, failover_id and failover_epoch in place;
+# every other key, the key order and every comment stay byte for byte.
+stomp_interface: 127.0.0.1   # the server this agent reports to
+stomp_port: $BROKER_A
+use_ssl: 0
+
+# Keys tandem never touches:
+agent_rpc_interface: 127.0.0.1
+cassandra_conf: /etc/cassandra/cassandra.yaml
+EOF
+done
+say "demo dir $DIR (configs, data dirs, logs in logs/)"
+
+# ---- start ---------------------------------------------------------------------
+
+"$BIN" server --config "$DIR/a/tandem.yaml" >"$DIR/logs/a.log" 2>&1 &
+PID_A=$!
+PIDS+=("$PID_A")
+say "started server a (pid $PID_A): no primary_location, so it is the primary"
+wait_role $ADMIN_A primary 15 || die "server a did not become primary (see $DIR/logs/a.log)"
+say "a is PRIMARY: it claimed the agent files at epoch 1"
+
+"$BIN" server --config "$DIR/b/tandem.yaml" >"$DIR/logs/b.log" 2>&1 &
+PID_B=$!
+PIDS+=("$PID_B")
+say "started server b (pid $PID_B): primary_location = 127.0.0.1:$BROKER_A, so it is a backup of a"
+wait_role $ADMIN_B backup 15 || die "server b did not become backup (see $DIR/logs/b.log)"
+say "b is BACKUP"
+
+for a in "${AGENTS[@]}"; do
+	"$BIN" agent --config "$(agent_file "$a")" --id "$a" >"$DIR/logs/$a.log" 2>&1 &
+	PIDS+=("$!")
+done
+say "started agents ${AGENTS[*]}"
+
+# Live status until a sees all three agents, the backup is heard, and a bit more.
+deadline=$(($(now_ms) + 15000))
+steady=0
+while [ "$(now_ms)" -lt "$deadline" ]; do
+	t=$(now_ms)
+	live
+	read -r _ _ conn bc _ _ <<<"$SA"
+	if [ "$conn" = "${#AGENTS[@]}" ] && [ "$bc" = true ]; then
+		steady=$((steady + 1))
+		[ "$steady" -ge 3 ] && break
+	fi
+	left=$((1000 - ($(now_ms) - t)))
+	if [ "$left" -gt 0 ]; then sleep "0.$(printf '%03d' "$left")"; fi
+done
+[ "$steady" -ge 3 ] || die "the pair did not settle (agents connected to a, backup replying) within 15s"
+echo
+"$BIN" status --admin 127.0.0.1:$ADMIN_A | sed 's/^/    a| /'
+echo
+"$BIN" status --admin 127.0.0.1:$ADMIN_B | sed 's/^/    b| /'
+echo
+
+for a in "${AGENTS[@]}"; do cp "$(agent_file "$a")" "$DIR/before/$a.address.yaml"; done
+
+# ---- failover --------------------------------------------------------------------
+
+kill -KILL "$PID_A"
+wait "$PID_A" 2>/dev/null || true
+T_KILL=$(now_ms)
+say ">>> kill -9 the primary a (pid $PID_A)"
+
+seen_files=$(agent_views)
+last_role="backup"
+last_tick=0
+last_conn=""
+last_silent=0
+done_at=0
+deadline=$(($(now_ms) + 30000))
+while [ "$(now_ms)" -lt "$deadline" ]; do
+	read -r role epoch conn _ _ silent <<<"$(status $ADMIN_B)"
+	t=$(now_ms)
+	views=$(agent_views)
+	if [ "$views" != "$seen_files" ]; then
+		read -ra old <<<"$seen_files"
+		read -ra cur <<<"$views"
+		for i in "${!cur[@]}"; do
+			if [ "${cur[$i]}" != "${old[$i]:-}" ]; then
+				say "${cur[$i]%%=*}: address.yaml rewritten: stomp_port@epoch ${old[$i]#*=} -> ${cur[$i]#*=}"
+			fi
+		done
+		seen_files=$views
+	fi
+	if [ "$role" != down ] && [ "$role" != "$last_role" ]; then
+		case "$role" in
+		taking-over) say "b: TAKING-OVER at epoch $epoch: rewriting the agent files" ;;
+		primary) say "b: PRIMARY at epoch $epoch, $(secs $((t - T_KILL))) after the kill" ;;
+		*) say "b: $(upper "$role") epoch $epoch" ;;
+		esac
+		last_role=$role
+	fi
+	if [ "$role" = backup ] && [ $((t - last_tick)) -ge 1000 ]; then
+		if [ "$silent" -lt "$last_silent" ]; then
+			say "b: silence window restarted: b's own loop was paused (a loaded machine?); it never blames the primary for its own stall"
+		fi
+		say "b: no heartbeat for $(secs "$silent") (takes over at fail_window 5.0s)"
+		last_tick=$t last_silent=$silent
+	fi
+	if [ "$role" = primary ]; then
+		if [ "$conn" != "$last_conn" ]; then
+			say "b: $conn of ${#AGENTS[@]} agents report to b"
+			last_conn=$conn
+		fi
+		if [ "$conn" = "${#AGENTS[@]}" ]; then
+			done_at=$t
+			break
+		fi
+	fi
+	sleep 0.2
+done
+[ "$done_at" -gt 0 ] || die "b did not take over with every agent within 30s of the kill"
+say ">>> failover done: b is primary at epoch $epoch with all ${#AGENTS[@]} agents, $(secs $((done_at - T_KILL))) after the kill"
+echo
+"$BIN" status --admin 127.0.0.1:$ADMIN_B | sed 's/^/    b| /'
+echo
+"$BIN" agents list --config "$DIR/b/tandem.yaml" | sed 's/^/    /'
+echo
+
+# ---- the files, before and after -------------------------------------------------
+
+for a in "${AGENTS[@]}"; do
+	echo "--- $a/conf/address.yaml: before and after the failover"
+	diff -u --label "before" --label "after" "$DIR/before/$a.address.yaml" "$(agent_file "$a")" || true
+	echo
+done
+
+say "stopping every process the demo started"

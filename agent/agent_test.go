@@ -63,7 +63,9 @@ func newRig(t *testing.T) *rig {
 			r.mu.Unlock()
 			return r.hub.Client(name), nil
 		},
-		Watch: func(ctx context.Context, path string, d time.Duration) (<-chan struct{}, error) { return r.changes, nil },
+		Watch: func(ctx context.Context, path string, d time.Duration) (<-chan struct{}, error) {
+			return r.changes, nil
+		},
 		OnEvent: func(e Event) {
 			r.mu.Lock()
 			r.events = append(r.events, e)

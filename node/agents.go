@@ -2,8 +2,11 @@ package node
 
 import (
 	"context"
+	"os"
 	"sort"
 	"sync"
+	"syscall"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -23,6 +26,7 @@ type agentFiles struct {
 	failed    map[string]string // path -> why
 	okTotal   uint64
 	failTotal uint64
+	cache     map[string]fileFacts // survey's memory; only survey uses it
 }
 
 func newAgentFiles(globs []string, log logrus.FieldLogger) *agentFiles {
@@ -43,8 +47,29 @@ func (a *agentFiles) rewrite(ctx context.Context, u agentcfg.Update) {
 
 func (a *agentFiles) apply(paths []string, u agentcfg.Update, all bool) {
 	res := agentcfg.RewriteAll(paths, u, agentcfg.BatchOptions{})
+	// Keep survey's cache warm: what we just wrote need not be re-parsed.
+	fresh := make(map[string]fileFacts, len(res))
+	for _, r := range res {
+		if r.Outcome != agentcfg.Rewritten {
+			continue
+		}
+		if fi, err := os.Stat(r.Path); err == nil {
+			f := fileFacts{mod: fi.ModTime(), size: fi.Size(), valid: true,
+				token: failoverid.Token{ID: r.After.FailoverID, Epoch: r.After.FailoverEpoch}}
+			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+				f.ino = st.Ino
+			}
+			fresh[r.Path] = f
+		}
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.cache == nil {
+		a.cache = map[string]fileFacts{}
+	}
+	for p, f := range fresh {
+		a.cache[p] = f
+	}
 	if all {
 		a.managed = len(paths)
 		a.rewritten = 0
@@ -70,38 +95,102 @@ func (a *agentFiles) apply(paths []string, u agentcfg.Update, all bool) {
 	a.log.WithFields(logrus.Fields{"epoch": u.Epoch, "files": len(paths), "rewritten": rewritten, "failed": failed}).Info("agent files rewritten")
 }
 
-// scan reads every managed file. It returns the highest token above own, if
-// any (this server must fence itself), and re-applies u to files still below
-// own.Epoch (new agents, or files a rewrite failed on).
+// fileFacts is what scan remembers of a file, to skip re-parsing files that
+// did not change since the last scan.
+type fileFacts struct {
+	mod   time.Time
+	size  int64
+	ino   uint64
+	token failoverid.Token
+	valid bool
+}
+
+// scan looks at every managed file (re-parsing only those whose size, mtime
+// or inode changed). It returns the highest token above own, if any (this
+// server must fence itself), and re-applies u to files still below own.Epoch
+// (new agents, or files a rewrite failed on).
 func (a *agentFiles) scan(own failoverid.Token, u *agentcfg.Update) (*failoverid.Token, error) {
-	paths, err := agentcfg.Expand(a.globs)
+	max, behind, err := a.survey()
 	if err != nil {
 		return nil, err
 	}
 	var higher *failoverid.Token
-	var behind []string
-	for _, p := range paths {
-		addr, err := agentcfg.ReadFile(p)
-		if err != nil {
-			continue // invalid files are reported by rewrites and `agents list`
-		}
-		switch {
-		case addr.FailoverEpoch > own.Epoch:
-			if higher == nil || addr.FailoverEpoch > higher.Epoch {
-				higher = &failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}
-			}
-		case addr.FailoverEpoch < own.Epoch:
-			behind = append(behind, p)
+	if max.Epoch > own.Epoch {
+		higher = &max
+	}
+	var below []string
+	for _, b := range behind {
+		if b.token.Epoch < own.Epoch {
+			below = append(below, b.path)
 		}
 	}
-	a.mu.Lock()
-	a.managed = len(paths)
-	a.mu.Unlock()
-	if higher == nil && u != nil && len(behind) > 0 {
-		a.log.WithField("files", len(behind)).Info("rewriting agent files still below our epoch")
-		a.apply(behind, *u, false)
+	if higher == nil && u != nil && len(below) > 0 {
+		a.log.WithField("files", len(below)).Info("rewriting agent files still below our epoch")
+		a.apply(below, *u, false)
 	}
 	return higher, nil
+}
+
+// highestEpoch is the highest failover_epoch among the managed files.
+func (a *agentFiles) highestEpoch() uint64 {
+	max, _, err := a.survey()
+	if err != nil {
+		a.log.WithError(err).Warn("reading the managed agent files")
+	}
+	return max.Epoch
+}
+
+type pathToken struct {
+	path  string
+	token failoverid.Token
+}
+
+// survey returns the highest token among the files and every file's token.
+func (a *agentFiles) survey() (failoverid.Token, []pathToken, error) {
+	paths, err := agentcfg.Expand(a.globs)
+	if err != nil {
+		return failoverid.Token{}, nil, err
+	}
+	a.mu.Lock()
+	if a.cache == nil {
+		a.cache = map[string]fileFacts{}
+	}
+	cache := a.cache
+	a.mu.Unlock()
+	var max failoverid.Token
+	all := make([]pathToken, 0, len(paths))
+	seen := make(map[string]fileFacts, len(paths))
+	for _, p := range paths {
+		fi, err := os.Stat(p)
+		if err != nil {
+			continue
+		}
+		var ino uint64
+		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+			ino = st.Ino
+		}
+		f, ok := cache[p]
+		if !ok || !f.mod.Equal(fi.ModTime()) || f.size != fi.Size() || f.ino != ino {
+			f = fileFacts{mod: fi.ModTime(), size: fi.Size(), ino: ino}
+			if addr, err := agentcfg.ReadFile(p); err == nil {
+				f.valid = true
+				f.token = failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}
+			}
+		}
+		seen[p] = f
+		if !f.valid {
+			continue // invalid files are reported by rewrites and `agents list`
+		}
+		if f.token.Epoch > max.Epoch {
+			max = f.token
+		}
+		all = append(all, pathToken{p, f.token})
+	}
+	a.mu.Lock()
+	a.cache = seen
+	a.managed = len(paths)
+	a.mu.Unlock()
+	return max, all, nil
 }
 
 func (a *agentFiles) status() AgentsStatus {

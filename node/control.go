@@ -87,6 +87,9 @@ func (n *Node) Switchover(ctx context.Context) error {
 	if prim == nil || role != "primary" {
 		return fmt.Errorf("%w (this node is %s): run switchover on the primary", ErrNotPrimary, role)
 	}
+	if n.state().Takeover != nil {
+		return fmt.Errorf("this node is still completing its takeover (after_takeover hook); try again in a moment")
+	}
 	return prim.Switchover(ctx)
 }
 

@@ -57,6 +57,8 @@ type Node struct {
 	// broker bound (tests listen on port 0).
 	advertise string
 
+	wg sync.WaitGroup // goroutines the node starts (after_takeover)
+
 	mu        sync.Mutex
 	id        string
 	st        failoverid.State
@@ -182,6 +184,7 @@ func (n *Node) Run(ctx context.Context) error {
 	_ = n.notify.Send("READY=1")
 
 	own := "stomp://" + loopback(srv.Addr())
+	defer n.wg.Wait()
 	for ctx.Err() == nil {
 		st := n.state()
 		loc, isBackup, err = config.ReadPrimaryLocation(n.cfg.DataDir)
@@ -189,11 +192,12 @@ func (n *Node) Run(ctx context.Context) error {
 			return badInput(err)
 		}
 		switch {
-		case st.Takeover != nil:
+		case st.Takeover != nil && failoverid.StepIndex(st.Takeover.Step) < failoverid.StepIndex(failoverid.StepLocationDormant):
+			// An interrupted takeover resumes before anything else (I7).
 			if err := n.takeOver(ctx, "", nil, 0); err != nil {
 				return err
 			}
-		case isBackup:
+		case st.Takeover == nil && isBackup:
 			if err := n.runBackup(ctx, loc); err != nil {
 				return err
 			}
@@ -388,6 +392,14 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 func (n *Node) takeOver(ctx context.Context, reason string, from *failoverid.Peer, seen uint64) error {
 	n.setRole("taking-over")
 	st := n.state()
+	if st.Takeover == nil {
+		// The epoch must be above the primary's even if this backup never
+		// heard it (it started during a primary stall): the managed files
+		// carry the primary's epoch.
+		if fe := n.files.highestEpoch(); fe > seen {
+			seen = fe
+		}
+	}
 	err := backup.RunTakeover(ctx, backup.TakeoverConfig{
 		DataDir: n.cfg.DataDir, Node: n.cfg.Node, ID: n.id,
 		LocationFile: filepath.Join(n.cfg.DataDir, config.PrimaryLocationFile),
@@ -474,10 +486,14 @@ func (n *Node) runPrimary(ctx context.Context, own string) (done bool, err error
 				n.entry().WithError(err).Warn("could not remember the backup in state.json")
 			}
 		},
-		Tick: func() {
+		Started: func() {
 			if finishing {
-				finishing = false
-				n.finishTakeover(ctx)
+				// after_takeover may take a while: not on the heartbeat loop.
+				n.wg.Add(1)
+				go func() {
+					defer n.wg.Done()
+					n.finishTakeover(ctx)
+				}()
 			}
 		},
 		Maintenance: func() bool { return n.state().Maintenance },
@@ -521,6 +537,9 @@ func (n *Node) finishTakeover(ctx context.Context) {
 	}
 	_ = hooks.Run(ctx, "after_takeover", n.cfg.Hooks.AfterTakeover, n.cfg.Hooks.Timeout, backup.HookEnv(n.cfg.Node, n.id, &j), n.entry())
 	err := n.save(func(s *failoverid.State) {
+		if s.Takeover == nil {
+			return // superseded by a switchover in the meantime
+		}
 		s.Takeover = nil
 		s.Role = "primary"
 		if j.From != nil {
@@ -577,7 +596,8 @@ func (n *Node) becomeBackupOf(end primary.End) error {
 		return fmt.Errorf("switchover: %w", err)
 	}
 	p := failoverid.Peer{Node: end.ByNode, FailoverID: end.By.ID, Epoch: end.By.Epoch, Address: end.ByAdvertise}
-	if err := n.save(func(s *failoverid.State) { s.Role = "backup"; s.Peer = &p }); err != nil {
+	// A takeover journal still open (after_takeover not done) is superseded.
+	if err := n.save(func(s *failoverid.State) { s.Role = "backup"; s.Peer = &p; s.Takeover = nil }); err != nil {
 		return err
 	}
 	n.entry().WithField("primary", end.ByAdvertise).Info("switchover done: this node is now the backup")

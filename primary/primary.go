@@ -80,6 +80,9 @@ type Config struct {
 	// OnPeer is called (from Run) when a backup's reply names a new or
 	// changed peer, so the node can remember it in state.json.
 	OnPeer func(failoverid.Peer)
+	// Started, when set, is called (on the Run goroutine) once the first
+	// heartbeat has been published.
+	Started func()
 	// Tick, when set, runs on every period on the Run goroutine while the
 	// role is healthy (used to retry failed agent rewrites).
 	Tick func()
@@ -285,15 +288,37 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		log.WithFields(logrus.Fields{"by_failover_id": by.ID, "by_epoch": by.Epoch, "by_node": node}).Warn("fenced: " + reason)
 		return End{Kind: Fenced, By: by, ByNode: node, ByAdvertise: adv, Reason: reason}, nil
 	}
-	checkFiles := func(why string) (*failoverid.Token, error) {
+	// Scans of the managed files run off the loop (they read many files);
+	// the loop owns the scanning goroutine and waits for it on return.
+	type scanResult struct {
+		higher *failoverid.Token
+		gen    int
+	}
+	scans := make(chan scanResult, 1)
+	var scanWG sync.WaitGroup
+	defer scanWG.Wait()
+	scanning, rescan := false, false
+	gen, holdUntil := 0, -1 // holdUntil: no heartbeat until scan gen >= this completes
+	startScan := func() {
 		if r.cfg.CheckFiles == nil {
-			return nil, nil
+			return
 		}
-		t, err := r.cfg.CheckFiles()
-		if err != nil {
-			log.WithError(err).Warn("checking managed agent files for a higher epoch (" + why + ")")
+		if scanning {
+			rescan = true
+			return
 		}
-		return t, nil
+		scanning = true
+		gen++
+		g := gen
+		scanWG.Add(1)
+		go func() {
+			defer scanWG.Done()
+			t, err := r.cfg.CheckFiles()
+			if err != nil {
+				log.WithError(err).Warn("checking managed agent files for a higher epoch")
+			}
+			scans <- scanResult{t, g} // buffered, one scan at a time: never blocks
+		}()
 	}
 	beat := func() {
 		seq++
@@ -340,10 +365,17 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	}
 
 	// A fresh role checks before its first heartbeat, then beats at once.
-	if t, _ := checkFiles("start"); t != nil && t.Epoch > r.cfg.Token.Epoch {
-		return fence(*t, "", "", fmt.Sprintf("a managed address.yaml is at epoch %d, above ours (%d)", t.Epoch, r.cfg.Token.Epoch))
+	if r.cfg.CheckFiles != nil {
+		if t, err := r.cfg.CheckFiles(); err != nil {
+			log.WithError(err).Warn("checking managed agent files for a higher epoch")
+		} else if t != nil && t.Epoch > r.cfg.Token.Epoch {
+			return fence(*t, "", "", fmt.Sprintf("a managed address.yaml is at epoch %d, above ours (%d)", t.Epoch, r.cfg.Token.Epoch))
+		}
 	}
 	beat()
+	if r.cfg.Started != nil {
+		r.cfg.Started()
+	}
 
 	for {
 		select {
@@ -375,17 +407,25 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				r.cfg.Alive()
 			}
 			now := r.cfg.Clock.Now()
-			late := now.Sub(lastBeat) > r.stallThreshold()
-			if late || now.Sub(lastCheck) >= r.cfg.CheckEvery {
-				why := "periodic"
-				if late {
-					why = fmt.Sprintf("woke %s late", now.Sub(lastBeat).Round(time.Millisecond))
-					log.Warn("primary " + why + ": checking for a higher epoch before sending anything")
+			if late := now.Sub(lastBeat); late > r.stallThreshold() && r.cfg.CheckFiles != nil {
+				// We may have been frozen while a backup took over: say
+				// nothing until a scan started after waking has looked.
+				log.Warn(fmt.Sprintf("primary woke %s late: checking for a higher epoch before sending anything", late.Round(time.Millisecond)))
+				if scanning {
+					rescan = true
+					holdUntil = gen + 1
+				} else {
+					startScan()
+					holdUntil = gen
 				}
 				lastCheck = now
-				if t, _ := checkFiles(why); t != nil && t.Epoch > r.cfg.Token.Epoch {
-					return fence(*t, "", "", fmt.Sprintf("a managed address.yaml is at epoch %d, above ours (%d)", t.Epoch, r.cfg.Token.Epoch))
-				}
+			} else if now.Sub(lastCheck) >= r.cfg.CheckEvery {
+				lastCheck = now
+				startScan()
+			}
+			if holdUntil >= 0 {
+				lastBeat = now
+				continue
 			}
 			if handoverTo != "" && now.Sub(handoverStart) > r.cfg.FailWindow {
 				log.WithField("backup_failover_id", handoverTo).Warn("switchover: the backup did not take over in time; staying primary")
@@ -399,6 +439,21 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			r.updateWarnings(now)
 			if r.cfg.Tick != nil {
 				r.cfg.Tick()
+			}
+
+		case res := <-scans:
+			scanning = false
+			if res.higher != nil && res.higher.Epoch > r.cfg.Token.Epoch {
+				return fence(*res.higher, "", "", fmt.Sprintf("a managed address.yaml is at epoch %d, above ours (%d)", res.higher.Epoch, r.cfg.Token.Epoch))
+			}
+			if holdUntil >= 0 && res.gen >= holdUntil {
+				holdUntil = -1
+				lastBeat = r.cfg.Clock.Now()
+				beat()
+			}
+			if rescan {
+				rescan = false
+				startScan()
 			}
 
 		case m, ok := <-chans[0]: // heartbeats

@@ -382,3 +382,33 @@ func TestPingsCarryTheTokenAndStatusesFillTheRegistry(t *testing.T) {
 		t.Fatalf("registry %+v", a)
 	}
 }
+
+func TestASlowFileScanDoesNotDelayHeartbeats(t *testing.T) {
+	hub := broker.NewMemHub()
+	clk := clock.NewFake(time.Unix(1_700_000_000, 0))
+	release := make(chan struct{})
+	var calls atomic.Int32
+	bus := hub.Client("primary")
+	role := primary.New(primary.Config{
+		Node: "a", Token: failoverid.Token{ID: primID, Epoch: 3}, Period: period, ReplyPeriod: time.Second,
+		Dest: dest, Signer: protocol.NewSigner(nil), Clock: clk, Log: quietLog(), CheckEvery: period,
+		CheckFiles: func() (*failoverid.Token, error) {
+			if calls.Add(1) > 1 { // the start-up check is quick; later scans hang
+				<-release
+			}
+			return nil, nil
+		},
+	}, bus, bus)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); role.Run(ctx) }()
+	defer func() { close(release); cancel(); <-done }()
+	p := &pair{t: t, prim: role, clk: clk}
+	p.eventually("first heartbeat", func() bool { return role.Status().HeartbeatsSent >= 1 })
+	for i := 0; i < 20; i++ {
+		p.beat(false) // would time out if the hung scan blocked the loop
+	}
+	if calls.Load() < 2 {
+		t.Fatal("no periodic scan was started")
+	}
+}

@@ -48,4 +48,13 @@ type Subscription interface {
 var (
 	ErrNotConnected = errors.New("broker: not connected")
 	ErrClosed       = errors.New("broker: closed")
+	// ErrInvalidConfig wraps configuration errors of ServerConfig and
+	// LinkConfig; the message names the field.
+	ErrInvalidConfig = errors.New("broker: invalid config")
+	// ErrFrameTooLarge is why the embedded broker disconnected a client
+	// that sent a frame over ServerConfig.MaxFrameSize.
+	ErrFrameTooLarge = errors.New("broker: frame too large")
+	// ErrCloseTimeout is returned by Close when goroutines did not end in
+	// time.
+	ErrCloseTimeout = errors.New("broker: close timed out")
 )

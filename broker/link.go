@@ -1,0 +1,648 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/go-stomp/stomp/v3"
+	"github.com/go-stomp/stomp/v3/frame"
+	"github.com/sirupsen/logrus"
+)
+
+// Link defaults.
+const (
+	DefaultLinkHeartBeat  = time.Second
+	DefaultBackoffMin     = 100 * time.Millisecond
+	DefaultBackoffMax     = 5 * time.Second
+	DefaultDialTimeout    = 5 * time.Second
+	unsubscribeReceiptTTL = time.Second
+	disconnectReceiptTTL  = time.Second
+)
+
+// LinkConfig configures a Link.
+type LinkConfig struct {
+	// URL of the broker: stomp://host:port, stomp+ssl://host:port (also
+	// ssl:// and tcp://), or a bare host:port.
+	URL string
+	// Login and Passcode are sent in CONNECT when Login is set.
+	Login, Passcode string
+	// VHost is the CONNECT host header. Default "/", which RabbitMQ needs
+	// (it treats the header as the vhost) and the others ignore.
+	VHost string
+	// TLS configures TLS; it is used when set or when the URL asks for it.
+	TLS *tls.Config
+	// HeartBeat is the STOMP heart-beat interval asked for in both
+	// directions. Default 1s; negative disables heart-beats (a frozen
+	// broker is then never noticed).
+	HeartBeat time.Duration
+	// HeartBeatError is the slack go-stomp adds to the read timeout: a
+	// silent broker is noticed after HeartBeat+HeartBeatError. Default
+	// HeartBeat (so about 2× the heart-beat). ActiveMQ's heart-beats come
+	// up to 2× the interval apart: give it more than that.
+	HeartBeatError time.Duration
+	// BackoffMin and BackoffMax bound the jittered exponential delay
+	// between reconnect attempts. Defaults 100ms and 5s.
+	BackoffMin, BackoffMax time.Duration
+	// DialTimeout bounds one TCP+TLS+CONNECT attempt. Default 5s.
+	DialTimeout time.Duration
+	// OnState is called on every connect and disconnect, from the link's
+	// goroutine, in order. It must not block long.
+	OnState func(State)
+	// Log receives structured logs; default logrus.StandardLogger().
+	Log logrus.FieldLogger
+	// BufferSize is each subscription's buffer; default DefaultBufferSize.
+	BufferSize int
+}
+
+// ConnState is the state of a Link's connection.
+type ConnState int
+
+// Link connection states.
+const (
+	StateConnecting ConnState = iota
+	StateConnected
+	StateDisconnected
+	StateClosed
+)
+
+func (s ConnState) String() string {
+	switch s {
+	case StateConnecting:
+		return "connecting"
+	case StateConnected:
+		return "connected"
+	case StateDisconnected:
+		return "disconnected"
+	case StateClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("ConnState(%d)", int(s))
+}
+
+// State is what OnState reports.
+type State struct {
+	State   ConnState
+	Addr    string // broker host:port
+	Err     error  // why it disconnected or why the attempt failed
+	Attempt int    // consecutive failed attempts (0 when connected)
+}
+
+func (s State) String() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "%s %s", s.State, s.Addr)
+	if s.Err != nil {
+		fmt.Fprintf(&b, ": %v", s.Err)
+	}
+	if s.Attempt > 0 {
+		fmt.Fprintf(&b, " (attempt %d)", s.Attempt)
+	}
+	return b.String()
+}
+
+type endpoint struct {
+	addr   string
+	useTLS bool
+	host   string
+}
+
+func parseURL(raw string) (endpoint, error) {
+	if raw == "" {
+		return endpoint{}, fmt.Errorf("%w: URL is empty", ErrInvalidConfig)
+	}
+	if !strings.Contains(raw, "://") {
+		if _, _, err := net.SplitHostPort(raw); err != nil {
+			return endpoint{}, fmt.Errorf("%w: URL %q: %v", ErrInvalidConfig, raw, err)
+		}
+		h, _, _ := net.SplitHostPort(raw)
+		return endpoint{addr: raw, host: h}, nil
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return endpoint{}, fmt.Errorf("%w: URL %q: %v", ErrInvalidConfig, raw, err)
+	}
+	var ep endpoint
+	switch u.Scheme {
+	case "stomp", "tcp":
+	case "stomp+ssl", "stomp+tls", "ssl", "tls", "stomps":
+		ep.useTLS = true
+	default:
+		return endpoint{}, fmt.Errorf("%w: URL %q: scheme must be stomp or stomp+ssl", ErrInvalidConfig, raw)
+	}
+	if u.Port() == "" {
+		return endpoint{}, fmt.Errorf("%w: URL %q: no port", ErrInvalidConfig, raw)
+	}
+	ep.addr = u.Host
+	ep.host = u.Hostname()
+	return ep, nil
+}
+
+func (c LinkConfig) withDefaults() (LinkConfig, endpoint, error) {
+	ep, err := parseURL(c.URL)
+	if err != nil {
+		return c, ep, err
+	}
+	if c.TLS != nil {
+		ep.useTLS = true
+	}
+	if c.VHost == "" {
+		c.VHost = "/"
+	}
+	if c.HeartBeat == 0 {
+		c.HeartBeat = DefaultLinkHeartBeat
+	}
+	if c.HeartBeatError == 0 {
+		c.HeartBeatError = max(c.HeartBeat, 0)
+	}
+	if c.BackoffMin == 0 {
+		c.BackoffMin = DefaultBackoffMin
+	}
+	if c.BackoffMax == 0 {
+		c.BackoffMax = DefaultBackoffMax
+	}
+	if c.DialTimeout == 0 {
+		c.DialTimeout = DefaultDialTimeout
+	}
+	if c.BufferSize == 0 {
+		c.BufferSize = DefaultBufferSize
+	}
+	if c.Log == nil {
+		c.Log = logrus.StandardLogger()
+	}
+	switch {
+	case c.BackoffMin < 0 || c.BackoffMax < c.BackoffMin:
+		return c, ep, fmt.Errorf("%w: BackoffMin (%s) must be positive and at most BackoffMax (%s)", ErrInvalidConfig, c.BackoffMin, c.BackoffMax)
+	case c.HeartBeatError < 0:
+		return c, ep, fmt.Errorf("%w: HeartBeatError (%s) must not be negative", ErrInvalidConfig, c.HeartBeatError)
+	case c.BufferSize < 1:
+		return c, ep, fmt.Errorf("%w: BufferSize (%d) must be positive", ErrInvalidConfig, c.BufferSize)
+	case c.DialTimeout < 0:
+		return c, ep, fmt.Errorf("%w: DialTimeout (%s) must be positive", ErrInvalidConfig, c.DialTimeout)
+	}
+	return c, ep, nil
+}
+
+// Link is a Bus over one STOMP connection to a broker, kept up in the
+// background: it reconnects with jittered exponential backoff and
+// resubscribes every live subscription. Messages published while it is down
+// fail with ErrNotConnected (nothing is queued).
+type Link struct {
+	cfg LinkConfig
+	ep  endpoint
+	log logrus.FieldLogger
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup // run loop, drains, background unsubscribes
+
+	mu        sync.Mutex
+	conn      *stomp.Conn
+	connected chan struct{} // closed while connected; replaced on disconnect
+	closed    bool
+
+	subMu sync.Mutex // serialises subscription changes and resubscription
+	subs  map[*linkSub]struct{}
+
+	firstAttempt chan struct{}
+	closeOnce    sync.Once
+}
+
+// Dial starts a Link and returns after its first connection attempt (or when
+// ctx ends, which closes the link and returns ctx's error). A failed first
+// attempt is not an error: the link keeps retrying in the background; use
+// WaitConnected to wait for it. ctx only bounds this wait; the link lives
+// until Close. Only an invalid configuration makes Dial fail outright.
+func Dial(ctx context.Context, cfg LinkConfig) (*Link, error) {
+	cfg, ep, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	lctx, cancel := context.WithCancel(context.Background())
+	l := &Link{
+		cfg:          cfg,
+		ep:           ep,
+		log:          cfg.Log.WithFields(logrus.Fields{"component": "broker-link", "broker": ep.addr}),
+		ctx:          lctx,
+		cancel:       cancel,
+		connected:    make(chan struct{}),
+		subs:         make(map[*linkSub]struct{}),
+		firstAttempt: make(chan struct{}),
+	}
+	l.wg.Add(1)
+	go l.run()
+	select {
+	case <-l.firstAttempt:
+		return l, nil
+	case <-ctx.Done():
+		l.Close()
+		return nil, ctx.Err()
+	}
+}
+
+// Connected reports whether the link is connected now.
+func (l *Link) Connected() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.conn != nil
+}
+
+// WaitConnected blocks until the link is connected, ctx ends, or the link is
+// closed (ErrClosed).
+func (l *Link) WaitConnected(ctx context.Context) error {
+	for {
+		l.mu.Lock()
+		ch, closed, up := l.connected, l.closed, l.conn != nil
+		l.mu.Unlock()
+		if closed {
+			return ErrClosed
+		}
+		if up {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-l.ctx.Done():
+			return ErrClosed
+		}
+	}
+}
+
+// Close disconnects, closes every subscription and waits for the link's
+// goroutines (at most about a second for a broker that does not answer).
+// Safe to call more than once.
+func (l *Link) Close() error {
+	l.closeOnce.Do(func() {
+		l.mu.Lock()
+		l.closed = true
+		l.mu.Unlock()
+		l.cancel()
+		l.subMu.Lock()
+		subs := l.subs
+		l.subs = map[*linkSub]struct{}{}
+		l.subMu.Unlock()
+		for s := range subs {
+			s.buf.close()
+		}
+		l.wg.Wait()
+		l.report(State{State: StateClosed, Addr: l.ep.addr})
+	})
+	return nil
+}
+
+// Publish sends one message with the given custom headers. It fails with
+// ErrNotConnected (wrapped) while the link is down and ErrClosed after
+// Close. It may block for up to about 2× the heart-beat if the broker stops
+// reading.
+func (l *Link) Publish(ctx context.Context, dest string, headers map[string]string, body []byte) error {
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	l.mu.Lock()
+	conn, closed := l.conn, l.closed
+	l.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	if conn == nil {
+		return fmt.Errorf("publish to %s via %s: %w", dest, l.ep.addr, ErrNotConnected)
+	}
+	keys := make([]string, 0, len(headers))
+	for k := range headers {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	opts := make([]func(*frame.Frame) error, 0, len(keys))
+	for _, k := range keys {
+		opts = append(opts, stomp.SendOpt.Header(k, headers[k]))
+	}
+	if err := conn.Send(dest, "", body, opts...); err != nil {
+		return fmt.Errorf("publish to %s via %s: %w: %v", dest, l.ep.addr, ErrNotConnected, err)
+	}
+	return nil
+}
+
+// Subscribe registers interest in dest. While the link is down the
+// subscription is registered and made on the next connection.
+func (l *Link) Subscribe(dest string) (Subscription, error) {
+	l.subMu.Lock()
+	defer l.subMu.Unlock()
+	l.mu.Lock()
+	conn, closed := l.conn, l.closed
+	l.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	s := &linkSub{link: l, dest: dest, buf: newDropBuffer(l.cfg.BufferSize)}
+	l.subs[s] = struct{}{}
+	if conn != nil {
+		if err := l.subscribeOn(conn, s); err != nil {
+			// The connection is failing; the run loop will reconnect
+			// and resubscribe.
+			l.log.WithError(err).WithField("destination", dest).Debug("subscribe failed; will retry after reconnect")
+		}
+	}
+	return s, nil
+}
+
+// subscribeOn makes s's subscription on conn and starts its drain. Caller
+// holds subMu.
+func (l *Link) subscribeOn(conn *stomp.Conn, s *linkSub) error {
+	ss, err := conn.Subscribe(s.dest, stomp.AckAuto)
+	if err != nil {
+		return err
+	}
+	s.cur = ss
+	l.wg.Add(1)
+	go l.drain(ss, s)
+	return nil
+}
+
+// drain moves go-stomp's messages into the subscription's drop-oldest buffer
+// so a slow consumer never stops the connection from reading. It ends when
+// go-stomp closes the channel (connection lost, or unsubscribed).
+func (l *Link) drain(ss *stomp.Subscription, s *linkSub) {
+	defer l.wg.Done()
+	for m := range ss.C {
+		if m.Err != nil {
+			continue
+		}
+		s.buf.push(fromStomp(m))
+	}
+}
+
+// transportHeaders are not passed on in Message.Headers: STOMP's own and
+// the ones ActiveMQ and RabbitMQ add.
+var transportHeaders = map[string]bool{
+	"destination": true, "message-id": true, "subscription": true,
+	"content-length": true, "content-type": true, "ack": true, "receipt": true,
+	"expires": true, "priority": true, "timestamp": true, "persistent": true,
+	"redelivered": true, "original-destination": true,
+}
+
+func fromStomp(m *stomp.Message) Message {
+	out := Message{Destination: m.Destination, Body: m.Body, Headers: map[string]string{}}
+	if m.Header != nil {
+		for i := 0; i < m.Header.Len(); i++ {
+			k, v := m.Header.GetAt(i)
+			if transportHeaders[k] {
+				continue
+			}
+			if _, dup := out.Headers[k]; dup {
+				continue // STOMP: the first occurrence wins
+			}
+			out.Headers[k] = v
+		}
+	}
+	return out
+}
+
+func (l *Link) report(s State) {
+	fields := logrus.Fields{"state": s.State.String()}
+	if s.Attempt > 0 {
+		fields["attempt"] = s.Attempt
+	}
+	entry := l.log.WithFields(fields)
+	if s.Err != nil {
+		entry = entry.WithError(s.Err)
+	}
+	switch s.State {
+	case StateConnected, StateClosed:
+		entry.Info("broker link " + s.State.String())
+	case StateDisconnected:
+		if s.Attempt <= 1 {
+			entry.Warn("broker link down")
+		} else {
+			entry.Debug("broker link still down")
+		}
+	}
+	if l.cfg.OnState != nil {
+		l.cfg.OnState(s)
+	}
+}
+
+func (l *Link) run() {
+	defer l.wg.Done()
+	first := true
+	defer func() {
+		if first {
+			close(l.firstAttempt)
+		}
+	}()
+	attempt := 0
+	for {
+		conn, wc, err := l.connect()
+		if err != nil {
+			if l.ctx.Err() != nil {
+				return
+			}
+			attempt++
+			l.report(State{State: StateDisconnected, Addr: l.ep.addr, Err: err, Attempt: attempt})
+			if first {
+				first = false
+				close(l.firstAttempt)
+			}
+			if !l.sleep(l.backoff(attempt)) {
+				return
+			}
+			continue
+		}
+		attempt = 0
+		l.subMu.Lock()
+		for s := range l.subs {
+			if err := l.subscribeOn(conn, s); err != nil {
+				l.log.WithError(err).WithField("destination", s.dest).Warn("resubscribe failed")
+			}
+		}
+		l.mu.Lock()
+		l.conn = conn
+		close(l.connected)
+		l.mu.Unlock()
+		l.subMu.Unlock()
+		l.report(State{State: StateConnected, Addr: l.ep.addr})
+		if first {
+			first = false
+			close(l.firstAttempt)
+		}
+
+		var reason error
+		select {
+		case <-wc.dead:
+			reason = wc.reason()
+		case <-l.ctx.Done():
+		}
+		l.mu.Lock()
+		l.conn = nil
+		l.connected = make(chan struct{})
+		l.mu.Unlock()
+		if l.ctx.Err() != nil {
+			// Graceful goodbye, bounded by DisconnectReceiptTimeout.
+			_ = conn.Disconnect()
+			_ = conn.MustDisconnect()
+			wc.Close()
+			return
+		}
+		_ = conn.MustDisconnect()
+		l.report(State{State: StateDisconnected, Addr: l.ep.addr, Err: reason})
+		// Reconnect at once the first time (a broker restart is usually
+		// quick), then back off.
+		if !l.sleep(time.Duration(rand.Int64N(int64(l.cfg.BackoffMin) + 1))) {
+			return
+		}
+	}
+}
+
+func (l *Link) sleep(d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return true
+	case <-l.ctx.Done():
+		return false
+	}
+}
+
+// backoff is BackoffMin·2^(attempt-1) capped at BackoffMax, with "equal
+// jitter" (half fixed, half random).
+func (l *Link) backoff(attempt int) time.Duration {
+	d := l.cfg.BackoffMin
+	for i := 1; i < attempt && d < l.cfg.BackoffMax; i++ {
+		d *= 2
+	}
+	d = min(d, l.cfg.BackoffMax)
+	half := d / 2
+	return half + time.Duration(rand.Int64N(int64(d-half)+1))
+}
+
+func (l *Link) connect() (*stomp.Conn, *watchedConn, error) {
+	ctx, cancel := context.WithTimeout(l.ctx, l.cfg.DialTimeout)
+	defer cancel()
+	d := net.Dialer{}
+	nc, err := d.DialContext(ctx, "tcp", l.ep.addr)
+	if err != nil {
+		return nil, nil, err
+	}
+	if l.ep.useTLS {
+		tc := l.cfg.TLS
+		if tc == nil {
+			tc = &tls.Config{}
+		} else {
+			tc = tc.Clone()
+		}
+		if tc.ServerName == "" {
+			tc.ServerName = l.ep.host
+		}
+		tlsConn := tls.Client(nc, tc)
+		if err := tlsConn.HandshakeContext(ctx); err != nil {
+			nc.Close()
+			return nil, nil, fmt.Errorf("TLS handshake: %w", err)
+		}
+		nc = tlsConn
+	}
+	wc := &watchedConn{Conn: nc, dead: make(chan struct{})}
+	hb := max(l.cfg.HeartBeat, 0)
+	sendTimeout := min(max(2*hb, 500*time.Millisecond), 5*time.Second)
+	opts := []func(*stomp.Conn) error{
+		stomp.ConnOpt.Host(l.cfg.VHost),
+		stomp.ConnOpt.HeartBeat(hb, hb),
+		stomp.ConnOpt.HeartBeatError(l.cfg.HeartBeatError),
+		stomp.ConnOpt.MsgSendTimeout(sendTimeout),
+		stomp.ConnOpt.UnsubscribeReceiptTimeout(unsubscribeReceiptTTL),
+		stomp.ConnOpt.DisconnectReceiptTimeout(disconnectReceiptTTL),
+		stomp.ConnOpt.Logger(stompLogger{l.log}),
+	}
+	if l.cfg.Login != "" {
+		opts = append(opts, stomp.ConnOpt.Login(l.cfg.Login, l.cfg.Passcode))
+	}
+	conn, err := stomp.ConnectWithContext(ctx, wc, opts...)
+	if err != nil {
+		wc.Close()
+		return nil, nil, err
+	}
+	return conn, wc, nil
+}
+
+// watchedConn tells the link when go-stomp's connection is gone: on the first
+// read error (broker closed or died) or when go-stomp closes it (heart-beat
+// timeout, ERROR frame, MustDisconnect).
+type watchedConn struct {
+	net.Conn
+	once sync.Once
+	dead chan struct{}
+	mu   sync.Mutex
+	err  error
+}
+
+func (w *watchedConn) fail(err error) {
+	w.mu.Lock()
+	if w.err == nil {
+		w.err = err
+	}
+	w.mu.Unlock()
+	w.once.Do(func() { close(w.dead) })
+}
+
+func (w *watchedConn) reason() error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.err
+}
+
+func (w *watchedConn) Read(p []byte) (int, error) {
+	n, err := w.Conn.Read(p)
+	if err != nil {
+		if errors.Is(err, io.EOF) {
+			err = errors.New("broker closed the connection")
+		}
+		w.fail(err)
+	}
+	return n, err
+}
+
+func (w *watchedConn) Close() error {
+	w.fail(errors.New("connection closed by the STOMP client (heart-beat timeout or ERROR frame)"))
+	return w.Conn.Close()
+}
+
+// linkSub is a Link subscription: it outlives connections.
+type linkSub struct {
+	link *Link
+	dest string
+	buf  *dropBuffer
+	cur  *stomp.Subscription // guarded by link.subMu
+}
+
+func (s *linkSub) C() <-chan Message { return s.buf.ch }
+func (s *linkSub) Dropped() uint64   { return s.buf.Dropped() }
+
+// Close ends the subscription at once. The UNSUBSCRIBE is sent in the
+// background: go-stomp waits for a receipt the embedded broker never sends.
+func (s *linkSub) Close() error {
+	l := s.link
+	l.subMu.Lock()
+	_, live := l.subs[s]
+	delete(l.subs, s)
+	cur := s.cur
+	s.cur = nil
+	if live && cur != nil && l.ctx.Err() == nil {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			_ = cur.Unsubscribe()
+		}()
+	}
+	l.subMu.Unlock()
+	s.buf.close()
+	return nil
+}

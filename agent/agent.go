@@ -181,15 +181,26 @@ func (a *Agent) Run(ctx context.Context) error {
 	var bus broker.Bus
 	var sub broker.Subscription
 	var cur string // target of the current connection
+	// Closing a link to a frozen server can block until a timeout: close in
+	// the background so the agent moves to its new server at once.
+	var closing sync.WaitGroup
+	defer closing.Wait()
 	disconnect := func() {
-		if sub != nil {
-			sub.Close()
-			sub = nil
+		if sub == nil && bus == nil {
+			return
 		}
-		if bus != nil {
-			bus.Close()
-			bus = nil
-		}
+		oldSub, oldBus := sub, bus
+		sub, bus = nil, nil
+		closing.Add(1)
+		go func() {
+			defer closing.Done()
+			if oldSub != nil {
+				oldSub.Close()
+			}
+			if oldBus != nil {
+				oldBus.Close()
+			}
+		}()
 		a.mu.Lock()
 		a.conn = false
 		a.mu.Unlock()

@@ -225,6 +225,72 @@ func effectiveAdvertise(advertise, bound string) string {
 	return net.JoinHostPort(host, bport)
 }
 
+// closeLater closes a link without waiting: closing a link to a frozen broker
+// can block until a timeout, and role changes must not wait for it.
+func (n *Node) closeLater(l *broker.Link) {
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		l.Close()
+	}()
+}
+
+// lazyBus is a publish-only bus whose link is dialed in the background, so a
+// frozen or unreachable peer never delays the role that uses it. Until the
+// link exists, Publish reports broker.ErrNotConnected.
+type lazyBus struct {
+	mu   sync.Mutex
+	link *broker.Link
+	done bool
+}
+
+func (n *Node) dialLazy(ctx context.Context, url string) *lazyBus {
+	lb := &lazyBus{}
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		l, err := n.dial(ctx, url, false)
+		if err != nil {
+			return
+		}
+		lb.mu.Lock()
+		defer lb.mu.Unlock()
+		if lb.done {
+			go l.Close()
+			return
+		}
+		lb.link = l
+	}()
+	return lb
+}
+
+func (b *lazyBus) Publish(ctx context.Context, dest string, h map[string]string, body []byte) error {
+	b.mu.Lock()
+	l := b.link
+	b.mu.Unlock()
+	if l == nil {
+		return broker.ErrNotConnected
+	}
+	return l.Publish(ctx, dest, h, body)
+}
+
+func (b *lazyBus) Subscribe(string) (broker.Subscription, error) {
+	return nil, errors.New("node: lazy notify bus is publish-only")
+}
+
+// Close releases the link (in the background) and stops a pending dial from
+// keeping its link.
+func (b *lazyBus) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.done = true
+	if b.link != nil {
+		go b.link.Close()
+		b.link = nil
+	}
+	return nil
+}
+
 func badInput(err error) error { return fmt.Errorf("%w: %v", ErrBadInput, err) }
 
 // loopback turns a listen address into one this host can dial.
@@ -351,7 +417,7 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 	if err != nil {
 		return fmt.Errorf("heartbeat channel %s: %w", url, err)
 	}
-	defer link.Close()
+	defer n.closeLater(link)
 	role := backup.NewRole(backup.RoleConfig{
 		Node: n.cfg.Node, Token: failoverid.Token{ID: n.id, Epoch: st.Epoch}, Advertise: n.advertise,
 		Period: n.cfg.Heartbeat.Period, ReplyPeriod: n.cfg.Heartbeat.ReplyPeriod, Window: n.cfg.Heartbeat.FailWindow,
@@ -443,14 +509,14 @@ func (n *Node) runPrimary(ctx context.Context, own string) (done bool, err error
 	if err != nil {
 		return true, err
 	}
-	defer ownLink.Close()
+	defer n.closeLater(ownLink)
 	agents, hb = ownLink, ownLink
 	if n.cfg.HeartbeatBroker != "" {
 		l, err := n.dial(ctx, n.cfg.HeartbeatBroker, true)
 		if err != nil {
 			return true, err
 		}
-		defer l.Close()
+		defer n.closeLater(l)
 		hb = l
 	}
 	var notify []broker.Bus
@@ -462,11 +528,9 @@ func (n *Node) runPrimary(ctx context.Context, own string) (done bool, err error
 			peerAddr = st.Peer.Address
 		}
 		if peerAddr != "" && peerAddr != n.advertise {
-			l, err := n.dial(ctx, "stomp://"+peerAddr, false)
-			if err == nil {
-				defer l.Close()
-				notify = append(notify, l)
-			}
+			lb := n.dialLazy(ctx, "stomp://"+peerAddr)
+			defer lb.Close()
+			notify = append(notify, lb)
 		}
 	}
 	upd := n.update(st.Epoch)

@@ -1,0 +1,160 @@
+package integration
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// event is one line of an agent's --events log.
+type event struct {
+	T        int64  `json:"t_ms"`
+	Agent    string `json:"agent"`
+	Accepted bool   `json:"accepted"`
+	From     struct {
+		ID    string `json:"failover_id"`
+		Epoch uint64 `json:"epoch"`
+	} `json:"from"`
+	FromNode string `json:"from_node"`
+	Bound    struct {
+		ID    string `json:"failover_id"`
+		Epoch uint64 `json:"epoch"`
+	} `json:"bound"`
+}
+
+func readEvents(t testing.TB, path string) []event {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []event
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		var e event
+		if err := json.Unmarshal(sc.Bytes(), &e); err != nil {
+			t.Fatalf("%s: bad event line %q: %v", path, sc.Text(), err)
+		}
+		out = append(out, e)
+	}
+	return out
+}
+
+// checkI1 fails on any accepted command whose sender is not the server the
+// agent is bound to at that epoch.
+func checkI1(t testing.TB, evs []event) {
+	t.Helper()
+	for _, e := range evs {
+		if e.Accepted && (e.From.ID != e.Bound.ID || e.From.Epoch != e.Bound.Epoch) {
+			t.Errorf("I1 violated: agent %s accepted a command from %s@%d (node %s) while bound to %s@%d",
+				e.Agent, e.From.ID, e.From.Epoch, e.FromNode, e.Bound.ID, e.Bound.Epoch)
+		}
+	}
+}
+
+func TestAgentsFollowTheTakeoverAndNeverObeyTheFencedPrimary(t *testing.T) {
+	c := newCluster(t)
+	a, b, files := pairUp(t, c, 3)
+	allAt(t, files, a, 1, 10*time.Second)
+	evPath := filepath.Join(c.dir, "events.jsonl")
+	for i, f := range files {
+		start(t, c.dir, fmt.Sprintf("agent%d", i), "agent", "--config", f, "--id", fmt.Sprintf("agent%d", i),
+			"--period", "100ms", "--events", evPath)
+	}
+	idA, idB := mustStatus(t, a).FailoverID, mustStatus(t, b).FailoverID
+	// Every agent obeys a.
+	eventually(t, 10*time.Second, "3 agents connected to a", func() bool { return mustStatus(t, a).Agents.Connected == 3 })
+	eventually(t, 10*time.Second, "each agent accepted a's pings", func() bool { return acceptedFrom(readEvents(t, evPath), idA, 1) == 3 })
+
+	// Freeze a past the window: b takes over, the agents move to b.
+	a.p.signal(syscall.SIGSTOP)
+	c.waitRole(b, "primary", 10*time.Second)
+	took := eventually(t, 10*time.Second, "3 agents connected to b", func() bool { return mustStatus(t, b).Agents.Connected == 3 })
+	t.Logf("agents connected to the new primary %s after it became primary", took)
+	if os.Getenv("TANDEM_DEBUG_AGENT") != "" {
+		for _, n := range []string{"agent0", "agent1", "agent2", "b"} {
+			t.Log(n, readFile(filepath.Join(c.dir, n+".log")))
+		}
+	}
+	eventually(t, 10*time.Second, "each agent accepted b's pings", func() bool { return acceptedFrom(readEvents(t, evPath), idB, 2) == 3 })
+
+	// a resumes and, until it notices, may still send as primary at epoch 1:
+	// no agent may accept it.
+	a.p.signal(syscall.SIGCONT)
+	c.waitRole(a, "fenced", 10*time.Second)
+	time.Sleep(500 * time.Millisecond)
+	evs := readEvents(t, evPath)
+	checkI1(t, evs)
+	last := map[string]uint64{}
+	for _, e := range evs {
+		if e.Accepted {
+			if e.From.Epoch < last[e.Agent] {
+				t.Errorf("agent %s accepted epoch %d after epoch %d", e.Agent, e.From.Epoch, last[e.Agent])
+			}
+			last[e.Agent] = e.From.Epoch
+		}
+	}
+	for i, f := range files {
+		checkAgentFileIntact(t, f, i)
+	}
+}
+
+func TestAnAgentWithAHandBrokenFileKeepsWorking(t *testing.T) {
+	c := newCluster(t)
+	a := c.addServer("a", nil)
+	files := c.writeAgents(1, a)
+	c.start(a)
+	c.waitRole(a, "primary", 20*time.Second)
+	allAt(t, files, a, 1, 10*time.Second)
+	evPath := filepath.Join(c.dir, "events.jsonl")
+	ag := start(t, c.dir, "agent0", "agent", "--config", files[0], "--id", "agent0", "--period", "100ms", "--events", evPath)
+	id := mustStatus(t, a).FailoverID
+	eventually(t, 10*time.Second, "agent obeys a", func() bool { return acceptedFrom(readEvents(t, evPath), id, 1) == 1 })
+
+	// A person breaks the file by hand.
+	good, _ := os.ReadFile(files[0])
+	if err := os.WriteFile(files[0], []byte("stomp_interface: [oops\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	n := len(readEvents(t, evPath))
+	eventually(t, 10*time.Second, "agent keeps accepting on its last good config", func() bool {
+		evs := readEvents(t, evPath)
+		return len(evs) >= n+3 && evs[len(evs)-1].Accepted
+	})
+	eventually(t, 5*time.Second, "one clear log line about the bad file", func() bool {
+		return strings.Contains(ag.logText(), "ignoring a bad address.yaml")
+	})
+	if err := os.WriteFile(files[0], good, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	checkI1(t, readEvents(t, evPath))
+}
+
+// acceptedFrom counts the distinct agents that accepted a command from id@epoch.
+func acceptedFrom(evs []event, id string, epoch uint64) int {
+	agents := map[string]bool{}
+	for _, e := range evs {
+		if e.Accepted && e.From.ID == id && e.From.Epoch == epoch {
+			agents[e.Agent] = true
+		}
+	}
+	return len(agents)
+}
+
+func mustStatus(t testing.TB, s *server) status {
+	t.Helper()
+	st, err := getStatus(s.admin)
+	if err != nil {
+		t.Fatalf("status of %s: %v", s.name, err)
+	}
+	return st
+}
+
+func readFile(p string) string { b, _ := os.ReadFile(p); return string(b) }

@@ -1,0 +1,184 @@
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+)
+
+func TestParseURL(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		addr string
+		tls  bool
+		ok   bool
+	}{
+		{"stomp://127.0.0.1:61613", "127.0.0.1:61613", false, true},
+		{"stomp+ssl://broker.example:61614", "broker.example:61614", true, true},
+		{"tcp://[::1]:1", "[::1]:1", false, true},
+		{"localhost:61620", "localhost:61620", false, true},
+		{"http://x:1", "", false, false},
+		{"stomp://x", "", false, false},
+		{"nohost", "", false, false},
+		{"", "", false, false},
+	} {
+		ep, err := parseURL(tc.in)
+		if (err == nil) != tc.ok || (tc.ok && (ep.addr != tc.addr || ep.useTLS != tc.tls)) {
+			t.Errorf("parseURL(%q) = %+v, %v", tc.in, ep, err)
+		}
+		if err != nil && !errors.Is(err, ErrInvalidConfig) {
+			t.Errorf("parseURL(%q): %v is not ErrInvalidConfig", tc.in, err)
+		}
+	}
+}
+
+func TestLinkBackoffBounds(t *testing.T) {
+	l := &Link{cfg: LinkConfig{BackoffMin: 100 * time.Millisecond, BackoffMax: time.Second}}
+	for attempt := 1; attempt < 40; attempt++ {
+		d := l.backoff(attempt)
+		ceil := min(100*time.Millisecond<<min(attempt-1, 20), time.Second)
+		if d < ceil/2 || d > ceil {
+			t.Fatalf("attempt %d: %s not in [%s, %s]", attempt, d, ceil/2, ceil)
+		}
+	}
+}
+
+func TestStateString(t *testing.T) {
+	s := State{State: StateDisconnected, Addr: "h:1", Err: errors.New("boom"), Attempt: 3}
+	if got := s.String(); got != "disconnected h:1: boom (attempt 3)" {
+		t.Fatal(got)
+	}
+	if StateConnected.String() != "connected" || ConnState(9).String() != "ConnState(9)" {
+		t.Fatal("ConnState.String")
+	}
+}
+
+func TestLinkNotConnectedAndClosed(t *testing.T) {
+	addr := freeAddr(t) // nothing listens here
+	l, err := Dial(context.Background(), LinkConfig{URL: addr, Log: testLog(t), BackoffMin: time.Hour, BackoffMax: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Publish(context.Background(), "/topic/x", nil, nil); !errors.Is(err, ErrNotConnected) {
+		t.Fatalf("publish while down: %v", err)
+	}
+	s, err := l.Subscribe("/topic/x") // allowed while down
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if err := l.WaitConnected(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("WaitConnected: %v", err)
+	}
+	l.Close()
+	l.Close()
+	if _, ok := <-s.C(); ok {
+		t.Fatal("subscription open after Close")
+	}
+	if err := l.Publish(context.Background(), "/topic/x", nil, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("publish after close: %v", err)
+	}
+	if _, err := l.Subscribe("/topic/x"); !errors.Is(err, ErrClosed) {
+		t.Fatalf("subscribe after close: %v", err)
+	}
+	if _, err := Dial(context.Background(), LinkConfig{URL: "bogus://"}); !errors.Is(err, ErrInvalidConfig) {
+		t.Fatalf("bad URL: %v", err)
+	}
+}
+
+// TestLinkReconnectResubscribe restarts the embedded broker on the same port.
+func TestLinkReconnectResubscribe(t *testing.T) {
+	s := startTestServer(t, ServerConfig{})
+	addr := s.Addr()
+	var mu sync.Mutex
+	var states []ConnState
+	sub := dialTest(t, LinkConfig{URL: addr, BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
+		OnState: func(st State) { mu.Lock(); states = append(states, st.State); mu.Unlock() }})
+	pub := dialTest(t, LinkConfig{URL: addr, BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond})
+	ss, _ := sub.Subscribe("/topic/a")
+	waitSubscribed(t, s, "/topic/a", 1)
+	if err := pub.Publish(context.Background(), "/topic/a", map[string]string{"n": "1"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	recvWithin(t, ss, 5*time.Second)
+
+	s.Close()
+	waitFor(t, 5*time.Second, "links to notice", func() bool { return !sub.Connected() && !pub.Connected() })
+	s2 := startTestServer(t, ServerConfig{Listen: addr})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := sub.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := pub.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	waitSubscribed(t, s2, "/topic/a", 1)
+	if err := pub.Publish(context.Background(), "/topic/a", map[string]string{"n": "2"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if m := recvWithin(t, ss, 5*time.Second); m.Headers["n"] != "2" {
+		t.Fatalf("got %+v", m)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []ConnState{StateConnected, StateDisconnected}
+	if len(states) < 3 || states[0] != want[0] || states[1] != want[1] || states[len(states)-1] != StateConnected {
+		t.Fatalf("states %v", states)
+	}
+}
+
+// TestLinkSlowConsumer: a subscription nobody reads loses its oldest
+// messages but the connection keeps delivering to the others.
+func TestLinkSlowConsumer(t *testing.T) {
+	s := startTestServer(t, ServerConfig{})
+	l := dialTest(t, LinkConfig{URL: s.Addr(), BufferSize: 10})
+	slow, _ := l.Subscribe("/topic/s")
+	fast, _ := l.Subscribe("/topic/s")
+	waitSubscribed(t, s, "/topic/s", 2)
+	const n = 500
+	got := make(chan int, 1)
+	go func() {
+		c := 0
+		for m := range fast.C() {
+			c++
+			if m.Headers["i"] == fmt.Sprint(n-1) {
+				break
+			}
+		}
+		got <- c
+	}()
+	for i := 0; i < n; i++ {
+		if err := l.Publish(context.Background(), "/topic/s", map[string]string{"i": fmt.Sprint(i)}, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case c := <-got:
+		if c+int(fast.Dropped()) != n {
+			t.Fatalf("fast got %d + dropped %d of %d", c, fast.Dropped(), n)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("fast subscriber stalled")
+	}
+	waitFor(t, 5*time.Second, "slow drops", func() bool { return slow.Dropped() == n-10 })
+	var last Message
+	for i := 0; i < 10; i++ {
+		last = recvWithin(t, slow, time.Second)
+	}
+	if last.Headers["i"] != fmt.Sprint(n-1) {
+		t.Fatalf("slow kept %v, want the newest", last.Headers)
+	}
+	// Closing a subscription does not wait for go-stomp's unsubscribe
+	// receipt (the embedded broker sends none).
+	start := time.Now()
+	slow.Close()
+	slow.Close()
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Fatalf("Subscription.Close took %s", d)
+	}
+}

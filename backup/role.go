@@ -52,7 +52,8 @@ type Status struct {
 	SilentForMS        int64
 	SeenEpoch          uint64
 	Received, Ignored  uint64
-	Dropped            uint64 // unsigned, badly signed or malformed
+	Dropped            uint64 // malformed
+	SignatureFails     uint64 // unsigned or badly signed
 }
 
 // Role is a running backup.
@@ -212,7 +213,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			}
 			if err := r.cfg.Signer.Verify(m.Destination, m.Headers, m.Body); err != nil {
 				r.mu.Lock()
-				r.st.Dropped++
+				r.st.SignatureFails++
 				r.mu.Unlock()
 				log.WithError(err).Debug("dropped heartbeat")
 				continue

@@ -69,11 +69,13 @@ func (n *Node) Metrics() Metrics {
 		ps := prim.Status()
 		m.HeartbeatsSent = ps.HeartbeatsSent
 		m.MessagesDropped += ps.Dropped
+		m.SignatureFailures += ps.SignatureFails
 	}
 	if back != nil {
 		bs := back.Status()
 		m.HeartbeatsReceived = bs.Received
 		m.MessagesDropped += bs.Dropped
+		m.SignatureFailures += bs.SignatureFails
 	}
 	return m
 }

@@ -109,7 +109,8 @@ type Status struct {
 	LastReplyAgeMS   int64 // -1: never
 	HeartbeatsSent   uint64
 	CommandsSent     uint64
-	Dropped          uint64 // messages dropped: bad signature, malformed
+	Dropped          uint64 // messages dropped as malformed
+	SignatureFails   uint64 // messages dropped: unsigned or badly signed
 	Handover         string // failover id of the backup being handed to
 	Warnings         []string
 }
@@ -359,7 +360,11 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	}
 	drop := func(err error, m broker.Message) {
 		r.mu.Lock()
-		r.st.Dropped++
+		if errors.Is(err, protocol.ErrUnsigned) || errors.Is(err, protocol.ErrBadSignature) {
+			r.st.SignatureFails++
+		} else {
+			r.st.Dropped++
+		}
 		r.mu.Unlock()
 		log.WithError(err).WithField("destination", m.Destination).Debug("dropped message")
 	}

@@ -9,6 +9,7 @@ import (
 	"sort"
 	"sync"
 	"sync/atomic"
+	"syscall"
 
 	"github.com/tandem-ha/tandem/internal/fsutil"
 )
@@ -27,8 +28,79 @@ type BatchOptions struct {
 	Progress func(done, total int)
 }
 
-// groupMax bounds how many files one worker holds locked and staged at once.
-const groupMax = 128
+// groupMax bounds how many files one worker holds locked and staged at once
+// (further bounded by the open-file limit, see groupSize).
+var groupMax = 256
+
+// groupSize keeps workers × group lock descriptors well under RLIMIT_NOFILE.
+func groupSize(workers int) int {
+	g := groupMax
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < 1<<20 {
+		if per := (int(lim.Cur) - 128) / (2 * workers); per < g {
+			g = per
+		}
+	}
+	return max(g, 1)
+}
+
+// groupSync is a group commit of syncfs calls on one file system: a caller
+// waits for a sync that started after it called, and one sync serves every
+// worker that was waiting for it.
+type groupSync struct {
+	mu      sync.Mutex
+	cond    *sync.Cond
+	running bool
+	started uint64 // syncs started
+	done    uint64 // syncs finished
+	errGen  uint64 // last sync that failed
+	err     error
+}
+
+type syncGroups struct {
+	mu  sync.Mutex
+	dev map[uint64]*groupSync
+}
+
+func (g *syncGroups) wait(dir string) error {
+	dev := devOf(dir)
+	g.mu.Lock()
+	s := g.dev[dev]
+	if s == nil {
+		s = &groupSync{}
+		s.cond = sync.NewCond(&s.mu)
+		g.dev[dev] = s
+	}
+	g.mu.Unlock()
+	if dev == 0 {
+		return fsutil.SyncFS(dir)
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ticket := s.started + 1 // the next sync to start begins after this call
+	for s.done < ticket {
+		if s.running {
+			s.cond.Wait()
+			continue
+		}
+		s.running = true
+		s.started++
+		n := s.started
+		s.mu.Unlock()
+		err := fsutil.SyncFS(dir)
+		s.mu.Lock()
+		s.running = false
+		s.done = n
+		if err != nil {
+			s.errGen, s.err = n, err
+		}
+		s.cond.Broadcast()
+	}
+	if s.err != nil && s.errGen >= ticket {
+		return s.err
+	}
+	return nil
+}
 
 // RewriteAll compare-and-swaps every file in paths with u (the rule of
 // CompareAndSwap) and returns one Result per path, in input order. It never
@@ -53,6 +125,9 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 		return res
 	}
 	total := len(paths)
+	if total == 0 {
+		return res
+	}
 	workers := opt.Workers
 	if workers <= 0 {
 		workers = 2 * runtime.GOMAXPROCS(0)
@@ -67,6 +142,8 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 		workers = total
 	}
 
+	group := groupSize(workers)
+	syncs := &syncGroups{dev: map[uint64]*groupSync{}}
 	var (
 		next    atomic.Int64
 		mu      sync.Mutex // guards done, dirs, Progress calls
@@ -88,13 +165,13 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 		go func() {
 			defer wg.Done()
 			for {
-				start := int(next.Add(groupMax)) - groupMax
+				start := int(next.Add(int64(group))) - group
 				if start >= total {
 					return
 				}
-				end := min(start+groupMax, total)
+				end := min(start+group, total)
 				for i := start; i < end; {
-					n, committed, cdirs := rewriteGroup(paths, res, i, end, u, opt.Force)
+					n, committed, cdirs := rewriteGroup(syncs, paths, res, i, end, u, opt.Force)
 					mu.Lock()
 					for _, j := range committed {
 						pending[j] = true
@@ -147,7 +224,7 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 // another, so groups cannot deadlock with each other, with other processes or
 // with a path listed twice. It returns how many paths it handled and the
 // indexes it renamed (pending durability).
-func rewriteGroup(paths []string, res []Result, i, end int, u Update, force bool) (n int, committed []int, dirs []string) {
+func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u Update, force bool) (n int, committed []int, dirs []string) {
 	type item struct {
 		idx    int
 		target string
@@ -200,7 +277,7 @@ func rewriteGroup(paths []string, res []Result, i, end int, u Update, force bool
 			stagedDirs = append(stagedDirs, it.staged.Dir)
 		}
 	}
-	if err := syncDirsFS(stagedDirs); err != nil {
+	if err := syncs.waitAll(stagedDirs); err != nil {
 		for _, it := range items {
 			if it.staged != nil {
 				it.staged.Abort()
@@ -225,8 +302,8 @@ func rewriteGroup(paths []string, res []Result, i, end int, u Update, force bool
 	return n, committed, dirs
 }
 
-// syncDirsFS runs one SyncFS per distinct file system among dirs.
-func syncDirsFS(dirs []string) error {
+// waitAll waits for one sync of each distinct file system among dirs.
+func (g *syncGroups) waitAll(dirs []string) error {
 	seen := map[uint64]bool{}
 	for _, d := range dirs {
 		dev := devOf(d)
@@ -234,7 +311,7 @@ func syncDirsFS(dirs []string) error {
 			continue
 		}
 		seen[dev] = true
-		if err := fsutil.SyncFS(d); err != nil {
+		if err := g.wait(d); err != nil {
 			return err
 		}
 	}

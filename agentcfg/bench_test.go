@@ -53,9 +53,13 @@ func defaultWorkers(n int) int {
 // floor writes each file's new content to a temporary file and renames it
 // over the file: no lock, no YAML, no fsync, with RewriteAll's parallelism.
 func floor(b *testing.B, files []string, content []byte) {
+	floorT(files, content, defaultWorkers(len(files)))
+}
+
+func floorT(files []string, content []byte, workers int) {
 	var next atomic.Int64
 	var wg sync.WaitGroup
-	for w := 0; w < defaultWorkers(len(files)); w++ {
+	for w := 0; w < workers; w++ {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -66,12 +70,10 @@ func floor(b *testing.B, files []string, content []byte) {
 				}
 				tmp := filepath.Join(filepath.Dir(files[i]), ".address.yaml.tmp-floor")
 				if err := os.WriteFile(tmp, content, 0o644); err != nil {
-					b.Error(err)
-					return
+					panic(err)
 				}
 				if err := os.Rename(tmp, files[i]); err != nil {
-					b.Error(err)
-					return
+					panic(err)
 				}
 			}
 		}()
@@ -137,3 +139,4 @@ func BenchmarkRewriteAll(b *testing.B) {
 		})
 	}
 }
+func fsyncFS(p string) error { return fsutil.SyncFS(p) }

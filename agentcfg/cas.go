@@ -110,7 +110,7 @@ func (l *fileLock) unlock() {
 
 // decide reads and parses the locked target and computes the new content.
 // It returns out == nil when nothing is to be written (r.Outcome set).
-func decide(r *Result, target string, u Update, force bool) (out []byte) {
+func decide(r *Result, target string, u Update, force bool) []byte {
 	data, err := os.ReadFile(target)
 	if err != nil {
 		r.Outcome, r.Err = Failed, err
@@ -129,7 +129,7 @@ func decide(r *Result, target string, u Update, force bool) (out []byte) {
 		r.Outcome = Unchanged
 		return nil
 	}
-	out, err = d.edit(u)
+	out, after, err := d.edit(u)
 	if err != nil {
 		r.Outcome, r.Err = Invalid, fmt.Errorf("%s: %w", r.Path, err)
 		return nil
@@ -138,7 +138,7 @@ func decide(r *Result, target string, u Update, force bool) (out []byte) {
 		r.Outcome = Unchanged
 		return nil
 	}
-	r.After, _ = Parse(out) // checked by edit
+	r.After = after
 	return out
 }
 

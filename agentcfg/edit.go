@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 
 	"gopkg.in/yaml.v3"
@@ -58,7 +59,8 @@ func Edit(data []byte, u Update) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	return d.edit(u)
+	out, _, err := d.edit(u)
+	return out, err
 }
 
 type splice struct {
@@ -66,9 +68,9 @@ type splice struct {
 	text       string
 }
 
-func (d *doc) edit(u Update) ([]byte, error) {
+func (d *doc) edit(u Update) ([]byte, Address, error) {
 	if err := u.Validate(); err != nil {
-		return nil, err
+		return nil, Address{}, err
 	}
 	id, _ := parseUUID(u.FailoverID)
 	want := []struct {
@@ -96,7 +98,7 @@ func (d *doc) edit(u Update) ([]byte, error) {
 		}
 		s, err := d.replace(idx, p, w.key, w.val, w.isString, w.equal)
 		if err != nil {
-			return nil, err
+			return nil, Address{}, err
 		}
 		if s != nil {
 			splices = append(splices, *s)
@@ -104,15 +106,16 @@ func (d *doc) edit(u Update) ([]byte, error) {
 	}
 	if len(splices) == 0 && len(missing) == 0 {
 		// Already identical. Still insist the file is valid as a whole.
-		if _, err := d.address(); err != nil {
-			return nil, err
+		a, err := d.address()
+		if err != nil {
+			return nil, Address{}, err
 		}
-		return d.data, nil
+		return d.data, a, nil
 	}
 	out := applySplices(d.data, splices)
 	if len(missing) > 0 {
 		if d.root != nil && d.root.Style&yaml.FlowStyle != 0 {
-			return nil, fmt.Errorf("%w: cannot add %s to a flow-style top-level mapping; add it by hand or use block style",
+			return nil, Address{}, fmt.Errorf("%w: cannot add %s to a flow-style top-level mapping; add it by hand or use block style",
 				ErrUnsupported, strings.SplitN(missing[0], ":", 2)[0])
 		}
 		eol := "\n"
@@ -140,10 +143,11 @@ func (d *doc) edit(u Update) ([]byte, error) {
 		}
 		out = append(append(out[:at:at], b.String()...), tail...)
 	}
-	if err := d.check(out, u); err != nil {
-		return nil, err
+	a, err := d.check(out, u)
+	if err != nil {
+		return nil, Address{}, err
 	}
-	return out, nil
+	return out, a, nil
 }
 
 // replace computes the splice that sets an existing owned key, or nil when
@@ -212,30 +216,30 @@ func (d *doc) replace(idx *lineIndex, p pair, key, val string, isString bool, eq
 }
 
 // check re-parses out and verifies the result of an edit.
-func (d *doc) check(out []byte, u Update) error {
+func (d *doc) check(out []byte, u Update) (Address, error) {
 	d2, err := load(out)
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrSelfCheck, err)
+		return Address{}, fmt.Errorf("%w: %v", ErrSelfCheck, err)
 	}
 	got, err := d2.address()
 	if err != nil {
-		return fmt.Errorf("%w: %v", ErrSelfCheck, err)
+		return Address{}, fmt.Errorf("%w: %v", ErrSelfCheck, err)
 	}
 	id, _ := parseUUID(u.FailoverID)
 	if got.StompInterface != u.StompInterface || got.StompPort != u.StompPort || got.FailoverID != id ||
 		!got.HasEpoch || got.FailoverEpoch != u.Epoch {
-		return fmt.Errorf("%w: re-parsed %+v", ErrSelfCheck, got)
+		return Address{}, fmt.Errorf("%w: re-parsed %+v", ErrSelfCheck, got)
 	}
 	// use_ssl is not edited: it must read the same as before.
 	oldSSL, _, _, _ := d.scalar(KeyUseSSL)
 	newSSL, _, _, _ := d2.scalar(KeyUseSSL)
 	if oldSSL != newSSL {
-		return fmt.Errorf("%w: use_ssl changed from %q to %q", ErrSelfCheck, oldSSL, newSSL)
+		return Address{}, fmt.Errorf("%w: use_ssl changed from %q to %q", ErrSelfCheck, oldSSL, newSSL)
 	}
 	if a, b := otherKeys(d), otherKeys(d2); a != b {
-		return fmt.Errorf("%w: other keys changed", ErrSelfCheck)
+		return Address{}, fmt.Errorf("%w: other keys changed", ErrSelfCheck)
 	}
-	return nil
+	return got, nil
 }
 
 // otherKeys renders the keys agentcfg does not own, with their values, in a
@@ -294,8 +298,23 @@ func render(val string, style yaml.Style, isString bool) string {
 	return val
 }
 
+// plainCache remembers plainString answers: a batch writes the same host and
+// id into every file.
+var plainCache sync.Map
+
 // plainString reports whether val written plain reads back as the same string.
 func plainString(val string) bool {
+	if v, ok := plainCache.Load(val); ok {
+		return v.(bool)
+	}
+	ok := plainStringUncached(val)
+	if len(val) <= 253 {
+		plainCache.Store(val, ok)
+	}
+	return ok
+}
+
+func plainStringUncached(val string) bool {
 	if val == "" || strings.ContainsAny(val, ":#,[]{}&*!|>'\"%@`") {
 		return false
 	}

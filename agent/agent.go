@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strconv"
 	"sync"
 	"time"
@@ -70,6 +71,7 @@ type Counts struct {
 // agent-status message, JSON).
 type Status struct {
 	ID        string   `json:"id"`
+	Path      string   `json:"path"`   // absolute path of its address.yaml
 	Server    string   `json:"server"` // host:port it is connected to (or trying)
 	Connected bool     `json:"connected"`
 	Bound     Counts   `json:"bound"` // its file's failover id and epoch
@@ -81,7 +83,8 @@ type Status struct {
 
 // Agent is one running agent.
 type Agent struct {
-	cfg Config
+	cfg     Config
+	absPath string
 
 	mu       sync.Mutex
 	good     agentcfg.Address // last good file content
@@ -110,7 +113,11 @@ func New(cfg Config) *Agent {
 	if cfg.Watch == nil {
 		cfg.Watch = agentcfg.Watch
 	}
-	return &Agent{cfg: cfg, counts: map[failoverid.Token]*Counts{}}
+	abs, err := filepath.Abs(cfg.Path)
+	if err != nil {
+		abs = cfg.Path
+	}
+	return &Agent{cfg: cfg, absPath: abs, counts: map[failoverid.Token]*Counts{}}
 }
 
 // reload re-reads the file if it changed since the last good read. A bad
@@ -157,7 +164,7 @@ func target(addr agentcfg.Address) string {
 func (a *Agent) Status() Status {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := Status{ID: a.cfg.ID, Server: a.server, Connected: a.conn, Accepted: a.acc, Rejected: a.rej, FileError: a.fileErr,
+	s := Status{ID: a.cfg.ID, Path: a.absPath, Server: a.server, Connected: a.conn, Accepted: a.acc, Rejected: a.rej, FileError: a.fileErr,
 		Bound: Counts{FailoverID: a.good.FailoverID, Epoch: a.good.FailoverEpoch}}
 	for _, c := range a.counts {
 		s.Commands = append(s.Commands, *c)

@@ -85,6 +85,34 @@ func TestAgentsFollowTheTakeoverAndNeverObeyTheFencedPrimary(t *testing.T) {
 	}
 	eventually(t, 10*time.Second, "each agent accepted b's pings", func() bool { return acceptedFrom(readEvents(t, evPath), idB, 2) == 3 })
 
+	// `agents list` shows the file view next to the live view.
+	ls := start(t, c.dir, "agents-list", "agents", "list", "--config", b.cfgPath, "--json")
+	if code := ls.wait(20 * time.Second); code != 0 {
+		t.Fatalf("agents list: exit %d", code)
+	}
+	var listing struct {
+		Agents []struct {
+			FailoverEpoch *uint64 `json:"failover_epoch"`
+			Live          *struct {
+				Connected bool   `json:"connected"`
+				Epoch     uint64 `json:"epoch"`
+			} `json:"live"`
+		} `json:"agents"`
+		ServerRunning bool `json:"server_running"`
+		Connected     int  `json:"connected"`
+	}
+	if err := json.Unmarshal([]byte(ls.logText()), &listing); err != nil {
+		t.Fatalf("agents list --json: %v\n%s", err, ls.logText())
+	}
+	if !listing.ServerRunning || listing.Connected != 3 || len(listing.Agents) != 3 {
+		t.Fatalf("agents list: %+v", listing)
+	}
+	for _, r := range listing.Agents {
+		if r.FailoverEpoch == nil || *r.FailoverEpoch != 2 || r.Live == nil || !r.Live.Connected || r.Live.Epoch != 2 {
+			t.Fatalf("agents list row: file epoch %v live %+v", r.FailoverEpoch, r.Live)
+		}
+	}
+
 	// a resumes and, until it notices, may still send as primary at epoch 1:
 	// no agent may accept it.
 	a.p.signal(syscall.SIGCONT)

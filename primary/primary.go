@@ -133,6 +133,7 @@ type Role struct {
 // AgentView is what the primary knows of one agent from its status reports.
 type AgentView struct {
 	ID         string    `json:"id"`
+	Path       string    `json:"path"`        // its address.yaml, as the agent reports it
 	FailoverID string    `json:"failover_id"` // the token the agent is bound to
 	Epoch      uint64    `json:"epoch"`
 	Accepted   uint64    `json:"accepted"`
@@ -170,6 +171,7 @@ func (r *Role) ConnectedAgents() int {
 
 // agentReport is the part of an agent's status body the registry keeps.
 type agentReport struct {
+	Path      string `json:"path"`
 	Accepted  uint64 `json:"accepted"`
 	Rejected  uint64 `json:"rejected"`
 	FileError string `json:"file_error"`
@@ -186,7 +188,10 @@ func (r *Role) record(env protocol.Envelope, body []byte) {
 	if _, ok := r.agents[env.Node]; !ok && len(r.agents) >= maxAgents {
 		return
 	}
-	r.agents[env.Node] = &AgentView{ID: env.Node, FailoverID: env.FailoverID, Epoch: env.Epoch,
+	if len(rep.Path) > 4096 {
+		rep.Path = ""
+	}
+	r.agents[env.Node] = &AgentView{ID: env.Node, Path: rep.Path, FailoverID: env.FailoverID, Epoch: env.Epoch,
 		Accepted: rep.Accepted, Rejected: rep.Rejected, FileError: rep.FileError, LastSeen: r.cfg.Clock.Now()}
 }
 

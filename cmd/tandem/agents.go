@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/tandem-ha/tandem/agentcfg"
 	"github.com/tandem-ha/tandem/config"
@@ -56,6 +58,10 @@ type agentRow struct {
 	FailoverID     string  `json:"failover_id"`
 	FailoverEpoch  *uint64 `json:"failover_epoch"` // null: the file has no epoch
 	Error          string  `json:"error"`          // "" for a valid file
+	// Live is what the running server's agent registry says of the agent
+	// that reads this file (null when the server is not running or the
+	// agent never reported).
+	Live *liveAgent `json:"live"`
 }
 
 // agentsListing is the `agents list --json` object.
@@ -68,6 +74,9 @@ type agentsListing struct {
 	Invalid    int    `json:"invalid"`
 	FailoverID string `json:"failover_id"` // this server's ("" if it has none yet)
 	Epoch      uint64 `json:"epoch"`       // this server's
+	// ServerRunning: the server answered; Connected counts live agents.
+	ServerRunning bool `json:"server_running"`
+	Connected     int  `json:"connected"`
 }
 
 const agentsListUsage = `
@@ -142,6 +151,21 @@ func runAgentsList(args []string, stdout, stderr io.Writer) int {
 		}
 		out.Agents = append(out.Agents, row)
 	}
+	live, running := liveAgents(cfg.Admin)
+	for i := range out.Agents {
+		abs, err := filepath.Abs(out.Agents[i].Path)
+		if err != nil {
+			continue
+		}
+		if l, ok := live[abs]; ok {
+			l := l
+			out.Agents[i].Live = &l
+			if l.Connected {
+				out.Connected++
+			}
+		}
+	}
+	out.ServerRunning = running
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -152,7 +176,7 @@ func runAgentsList(args []string, stdout, stderr io.Writer) int {
 	}
 	if len(out.Agents) > 0 {
 		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
-		fmt.Fprintln(tw, "PATH\tSTOMP_INTERFACE\tSTOMP_PORT\tFAILOVER_ID\tEPOCH\tERROR")
+		fmt.Fprintln(tw, "PATH\tSTOMP_INTERFACE\tSTOMP_PORT\tFAILOVER_ID\tEPOCH\tLIVE\tBOUND_EPOCH\tLAST_SEEN\tERROR")
 		for _, r := range out.Agents {
 			epoch, port := "-", "-"
 			if r.FailoverEpoch != nil {
@@ -161,7 +185,17 @@ func runAgentsList(args []string, stdout, stderr io.Writer) int {
 			if r.Error == "" {
 				port = fmt.Sprint(r.StompPort)
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", r.Path, dash(r.StompInterface), port, dash(r.FailoverID), epoch, r.Error)
+			liveCol, bound, seen := "-", "-", "-"
+			if !running {
+				liveCol = "(server down)"
+			} else if l := r.Live; l != nil {
+				liveCol = map[bool]string{true: "connected", false: "gone"}[l.Connected]
+				bound = fmt.Sprint(l.Epoch)
+				seen = time.Since(l.LastSeen).Round(100*time.Millisecond).String() + " ago"
+			} else {
+				liveCol = "never seen"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Path, dash(r.StompInterface), port, dash(r.FailoverID), epoch, liveCol, bound, seen, r.Error)
 		}
 		tw.Flush()
 	} else {
@@ -171,8 +205,50 @@ func runAgentsList(args []string, stdout, stderr io.Writer) int {
 	if id == "" {
 		who = "this server's epoch (it has no failover id yet)"
 	}
-	fmt.Fprintf(stdout, "%d managed, %d at %s (%d), %d invalid\n", out.Managed, out.AtEpoch, who, st.Epoch, out.Invalid)
+	fmt.Fprintf(stdout, "%d managed, %d at %s (%d), %d invalid", out.Managed, out.AtEpoch, who, st.Epoch, out.Invalid)
+	if running {
+		fmt.Fprintf(stdout, ", %d connected to the running server", out.Connected)
+	}
+	fmt.Fprintln(stdout)
 	return exitOK
+}
+
+// liveAgent is the live view of one agent, from GET /agents.
+type liveAgent struct {
+	ID         string    `json:"id"`
+	Connected  bool      `json:"connected"`
+	FailoverID string    `json:"failover_id"`
+	Epoch      uint64    `json:"epoch"`
+	Accepted   uint64    `json:"accepted"`
+	Rejected   uint64    `json:"rejected"`
+	LastSeen   time.Time `json:"last_seen"`
+}
+
+// liveAgents asks the running server (if any) for its agent registry, keyed
+// by the path each agent reports. ok is false when no server answers.
+func liveAgents(admin string) (map[string]liveAgent, bool) {
+	c := &http.Client{Timeout: time.Second}
+	resp, err := c.Get("http://" + admin + "/agents")
+	if err != nil {
+		return nil, false
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Agents []struct {
+			liveAgent
+			Path string `json:"path"`
+		} `json:"agents"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&out) != nil {
+		return nil, false
+	}
+	m := make(map[string]liveAgent, len(out.Agents))
+	for _, a := range out.Agents {
+		if a.Path != "" {
+			m[a.Path] = a.liveAgent
+		}
+	}
+	return m, true
 }
 
 func dash(s string) string {

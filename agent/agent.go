@@ -239,6 +239,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.conn = true
 		a.mu.Unlock()
 		log.WithFields(logrus.Fields{"server": t, "failover_id": addr.FailoverID, "epoch": addr.FailoverEpoch}).Info("following address.yaml")
+		a.report(ctx, bus, addr) // the new server knows us at once
 	}
 	if addr, ok := a.reload(true); ok {
 		connect(addr)

@@ -140,7 +140,7 @@ type AgentView struct {
 	Rejected   uint64    `json:"rejected"`
 	FileError  string    `json:"file_error,omitempty"`
 	LastSeen   time.Time `json:"last_seen"`
-	Connected  bool      `json:"connected"` // reported within 3 periods
+	Connected  bool      `json:"connected"` // reported within the connected window
 }
 
 // Agents returns the registry, sorted by id.
@@ -151,14 +151,24 @@ func (r *Role) Agents() []AgentView {
 	out := make([]AgentView, 0, len(r.agents))
 	for _, a := range r.agents {
 		v := *a
-		v.Connected = now.Sub(v.LastSeen) <= 3*r.cfg.Period
+		v.Connected = now.Sub(v.LastSeen) <= r.connectedWindow()
 		out = append(out, v)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out
 }
 
-// ConnectedAgents counts agents that reported within 3 periods.
+// connectedWindow: an agent counts as connected if it reported within
+// 3 periods, and at least 3 s (agents report at their own pace).
+func (r *Role) connectedWindow() time.Duration {
+	w := 3 * r.cfg.Period
+	if w < 3*time.Second {
+		w = 3 * time.Second
+	}
+	return w
+}
+
+// ConnectedAgents counts agents that reported within the connected window.
 func (r *Role) ConnectedAgents() int {
 	n := 0
 	for _, a := range r.Agents() {

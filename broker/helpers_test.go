@@ -29,7 +29,9 @@ const (
 func TestMain(m *testing.M) {
 	switch os.Getenv(childModeEnv) {
 	case "":
-		os.Exit(m.Run())
+		code := m.Run()
+		stopSharedBrokers()
+		os.Exit(code)
 	case "broker":
 		os.Exit(childBroker(os.Getenv(childArgEnv)))
 	case "subscriber":

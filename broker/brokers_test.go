@@ -28,12 +28,12 @@ type extBroker struct {
 	// heart-beat settings links to it should use (see brokers.md)
 	hb, hbErr time.Duration
 
-	mu   sync.Mutex
-	cmd  *exec.Cmd
-	wait chan struct{} // closed when cmd has exited
-	out  *syncBuffer
-	vmPID func() int // the pid to signal (RabbitMQ: the Erlang VM, not the shell)
-	launch func() (*exec.Cmd, error)
+	mu      sync.Mutex
+	cmd     *exec.Cmd
+	wait    chan struct{} // closed when cmd has exited
+	out     *syncBuffer
+	vmPID   func() int // the pid to signal (RabbitMQ: the Erlang VM, not the shell)
+	launch  func() (*exec.Cmd, error)
 	onClose []func()
 }
 

@@ -62,8 +62,7 @@ type syncGroups struct {
 	dev map[uint64]*groupSync
 }
 
-func (g *syncGroups) wait(dir string) error {
-	dev := devOf(dir)
+func (g *syncGroups) wait(dev uint64, dir string) error {
 	g.mu.Lock()
 	s := g.dev[dev]
 	if s == nil {
@@ -72,9 +71,6 @@ func (g *syncGroups) wait(dir string) error {
 		g.dev[dev] = s
 	}
 	g.mu.Unlock()
-	if dev == 0 {
-		return fsutil.SyncFS(dir)
-	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ticket := s.started + 1 // the next sync to start begins after this call
@@ -146,9 +142,9 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 	syncs := &syncGroups{dev: map[uint64]*groupSync{}}
 	var (
 		next    atomic.Int64
-		mu      sync.Mutex // guards done, dirs, Progress calls
+		mu      sync.Mutex // guards done, devs, Progress calls
 		done    int
-		dirs    = map[string]bool{}
+		devs    = map[uint64]string{} // file systems written: device → a directory on it
 		pending = make([]bool, total) // committed, durability not yet confirmed
 	)
 	progress := func(n int) {
@@ -171,13 +167,13 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 				}
 				end := min(start+group, total)
 				for i := start; i < end; {
-					n, committed, cdirs := rewriteGroup(syncs, paths, res, i, end, u, opt.Force)
+					n, committed, cdevs := rewriteGroup(syncs, paths, res, i, end, u, opt.Force)
 					mu.Lock()
 					for _, j := range committed {
 						pending[j] = true
 					}
-					for _, d := range cdirs {
-						dirs[d] = true
+					for dev, dir := range cdevs {
+						devs[dev] = dir
 					}
 					mu.Unlock()
 					progress(n)
@@ -190,15 +186,8 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 
 	// One closing sync per file system makes every rename durable.
 	var syncErr error
-	synced := map[uint64]error{}
-	for dir := range dirs {
-		dev := devOf(dir)
-		if _, ok := synced[dev]; ok && dev != 0 {
-			continue
-		}
-		err := fsutil.SyncFS(dir)
-		synced[dev] = err
-		if err != nil {
+	for _, dir := range devs {
+		if err := fsutil.SyncFS(dir); err != nil {
 			syncErr = errors.Join(syncErr, err)
 		}
 	}
@@ -224,12 +213,13 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 // another, so groups cannot deadlock with each other, with other processes or
 // with a path listed twice. It returns how many paths it handled and the
 // indexes it renamed (pending durability).
-func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u Update, force bool) (n int, committed []int, dirs []string) {
+func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u Update, force bool) (n int, committed []int, devs map[uint64]string) {
 	type item struct {
 		idx    int
 		target string
 		lock   *fileLock
 		staged *fsutil.Staged
+		dev    uint64
 	}
 	var items []item
 	defer func() {
@@ -239,10 +229,7 @@ func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u
 	}()
 	for j := i; j < end; j++ {
 		r := &res[j]
-		target, err := fsutil.ResolveLinks(paths[j])
-		if err == nil {
-			_, err = os.Stat(target)
-		}
+		target, err := resolveTarget(paths[j])
 		if err != nil {
 			r.Outcome, r.Err = Failed, err
 			n++
@@ -258,26 +245,27 @@ func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u
 			continue
 		}
 		items = append(items, item{idx: j, target: target, lock: l})
-		out := decide(r, target, u, force)
+		out, st := decide(r, target, u, force)
 		if out == nil {
 			continue
 		}
-		st, err := fsutil.Stage(target, out, fsutil.Options{Perm: 0o644, NoSync: true})
+		staged, err := stage(target, st, out, true)
 		if err != nil {
 			r.Outcome, r.Err, r.After = Failed, err, r.Before
 			continue
 		}
-		items[len(items)-1].staged = st
+		items[len(items)-1].staged = staged
+		items[len(items)-1].dev = uint64(st.Dev)
 	}
 
 	// Flush the staged data before any rename.
-	var stagedDirs []string
+	devs = map[uint64]string{}
 	for _, it := range items {
 		if it.staged != nil {
-			stagedDirs = append(stagedDirs, it.staged.Dir)
+			devs[it.dev] = it.staged.Dir
 		}
 	}
-	if err := syncs.waitAll(stagedDirs); err != nil {
+	if err := syncs.waitAll(devs); err != nil {
 		for _, it := range items {
 			if it.staged != nil {
 				it.staged.Abort()
@@ -297,21 +285,14 @@ func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u
 			continue
 		}
 		committed = append(committed, it.idx)
-		dirs = append(dirs, it.staged.Dir)
 	}
-	return n, committed, dirs
+	return n, committed, devs
 }
 
-// waitAll waits for one sync of each distinct file system among dirs.
-func (g *syncGroups) waitAll(dirs []string) error {
-	seen := map[uint64]bool{}
-	for _, d := range dirs {
-		dev := devOf(d)
-		if seen[dev] && dev != 0 {
-			continue
-		}
-		seen[dev] = true
-		if err := g.wait(d); err != nil {
+// waitAll waits for one sync of each file system in devs.
+func (g *syncGroups) waitAll(devs map[uint64]string) error {
+	for dev, dir := range devs {
+		if err := g.wait(dev, dir); err != nil {
 			return err
 		}
 	}

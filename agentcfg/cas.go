@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"syscall"
@@ -67,15 +68,16 @@ func isLockName(name string) bool {
 	return len(b) > len(".x.lock") && b[0] == '.' && filepath.Ext(b) == ".lock"
 }
 
-type fileLock struct{ f *os.File }
+type fileLock struct{ fd int }
 
 // lockFile takes the exclusive flock guarding target. With wait=false it
-// returns errWouldBlock instead of waiting.
+// returns errWouldBlock instead of waiting. Raw system calls: a batch pays
+// for each one thousands of times.
 func lockFile(target string, wait bool) (*fileLock, error) {
 	lp := LockPath(target)
-	f, err := os.OpenFile(lp, os.O_RDWR|os.O_CREATE, 0o644)
-	if errors.Is(err, os.ErrPermission) {
-		f, err = os.Open(lp) // flock works on a read-only descriptor too
+	fd, err := openRetry(lp, syscall.O_RDWR|syscall.O_CREAT|syscall.O_CLOEXEC, 0o644)
+	if err == syscall.EACCES {
+		fd, err = openRetry(lp, syscall.O_RDONLY|syscall.O_CLOEXEC, 0) // flock works read-only too
 	}
 	if err != nil {
 		return nil, fmt.Errorf("lock %s: %w", lp, err)
@@ -85,36 +87,101 @@ func lockFile(target string, wait bool) (*fileLock, error) {
 		how |= syscall.LOCK_NB
 	}
 	for {
-		err = syscall.Flock(int(f.Fd()), how)
+		err = syscall.Flock(fd, how)
 		if err != syscall.EINTR {
 			break
 		}
 	}
 	if err != nil {
-		f.Close()
-		if errors.Is(err, syscall.EWOULDBLOCK) {
+		syscall.Close(fd)
+		if err == syscall.EWOULDBLOCK {
 			return nil, errWouldBlock
 		}
 		return nil, fmt.Errorf("lock %s: %w", lp, err)
 	}
-	return &fileLock{f}, nil
+	return &fileLock{fd}, nil
 }
 
 var errWouldBlock = errors.New("agentcfg: lock busy")
 
 func (l *fileLock) unlock() {
 	if l != nil {
-		l.f.Close() // closing the only descriptor releases the flock
+		syscall.Close(l.fd) // closing the only descriptor releases the flock
 	}
+}
+
+func openRetry(path string, flags int, perm uint32) (int, error) {
+	for {
+		fd, err := syscall.Open(path, flags, perm)
+		if err != syscall.EINTR {
+			return fd, err
+		}
+	}
+}
+
+// readTarget reads a whole file and returns its stat.
+func readTarget(path string) ([]byte, *syscall.Stat_t, error) {
+	fd, err := openRetry(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer syscall.Close(fd)
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return nil, nil, &fs.PathError{Op: "stat", Path: path, Err: err}
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
+		return nil, nil, &fs.PathError{Op: "read", Path: path, Err: errors.New("not a regular file")}
+	}
+	buf := make([]byte, 0, st.Size+512)
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, nil, &fs.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			return buf, &st, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+}
+
+// resolveTarget follows symbolic links at path and reports the file a write
+// replaces; a missing file is an error.
+func resolveTarget(path string) (string, error) {
+	for i := 0; i < 40; i++ {
+		fi, err := os.Lstat(path)
+		if err != nil {
+			return "", err
+		}
+		if fi.Mode()&fs.ModeSymlink == 0 {
+			return path, nil
+		}
+		dest, err := os.Readlink(path)
+		if err != nil {
+			return "", err
+		}
+		if !filepath.IsAbs(dest) {
+			dest = filepath.Join(filepath.Dir(path), dest)
+		}
+		path = dest
+	}
+	return "", fmt.Errorf("%s: too many levels of symbolic links", path)
 }
 
 // decide reads and parses the locked target and computes the new content.
 // It returns out == nil when nothing is to be written (r.Outcome set).
-func decide(r *Result, target string, u Update, force bool) []byte {
-	data, err := os.ReadFile(target)
+func decide(r *Result, target string, u Update, force bool) ([]byte, *syscall.Stat_t) {
+	data, st, err := readTarget(target)
 	if err != nil {
 		r.Outcome, r.Err = Failed, err
-		return nil
+		return nil, nil
 	}
 	d, err := load(data)
 	if err == nil {
@@ -122,24 +189,24 @@ func decide(r *Result, target string, u Update, force bool) []byte {
 	}
 	if err != nil {
 		r.Outcome, r.Err = Invalid, fmt.Errorf("%s: %w", r.Path, err)
-		return nil
+		return nil, nil
 	}
 	r.After = r.Before
 	if !force && r.Before.FailoverEpoch >= u.Epoch {
 		r.Outcome = Unchanged
-		return nil
+		return nil, nil
 	}
 	out, after, err := d.edit(u)
 	if err != nil {
 		r.Outcome, r.Err = Invalid, fmt.Errorf("%s: %w", r.Path, err)
-		return nil
+		return nil, nil
 	}
 	if bytes.Equal(out, data) {
 		r.Outcome = Unchanged
-		return nil
+		return nil, nil
 	}
 	r.After = after
-	return out
+	return out, st
 }
 
 // CompareAndSwap rewrites the address.yaml at path with u if its
@@ -155,10 +222,7 @@ func CompareAndSwap(path string, u Update, force bool) Result {
 		r.Outcome, r.Err = Failed, err
 		return r
 	}
-	target, err := fsutil.ResolveLinks(path)
-	if err == nil {
-		_, err = os.Stat(target)
-	}
+	target, err := resolveTarget(path)
 	if err != nil {
 		r.Outcome, r.Err = Failed, err
 		return r
@@ -169,16 +233,29 @@ func CompareAndSwap(path string, u Update, force bool) Result {
 		return r
 	}
 	defer l.unlock()
-	out := decide(&r, target, u, force)
+	out, st := decide(&r, target, u, force)
 	if out == nil {
 		return r
 	}
-	if err := fsutil.WriteFile(target, out, fsutil.Options{Perm: 0o644}); err != nil {
+	staged, err := stage(target, st, out, false)
+	if err == nil {
+		err = staged.Commit()
+	}
+	if err == nil {
+		err = fsutil.SyncDir(staged.Dir)
+	}
+	if err != nil {
 		r.Outcome, r.Err, r.After = Failed, err, r.Before
 		return r
 	}
 	r.Outcome = Rewritten
 	return r
+}
+
+// stage writes out to a temporary file beside target with target's mode and
+// owner.
+func stage(target string, st *syscall.Stat_t, out []byte, noSync bool) (*fsutil.Staged, error) {
+	return fsutil.StageAt(target, fs.FileMode(st.Mode&0o777), int(st.Uid), int(st.Gid), out, fsutil.Options{NoSync: noSync})
 }
 
 // devOf returns the device number of the file system holding path (0 when

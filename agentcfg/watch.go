@@ -2,8 +2,11 @@ package agentcfg
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/fsnotify/fsnotify"
@@ -20,6 +23,11 @@ import (
 // the channel has a buffer of one and a report is dropped only when one is
 // already waiting. The caller should re-read the file on each report.
 //
+// When inotify is exhausted (a host running many agents can reach
+// fs.inotify.max_user_instances or max_user_watches), Watch falls back to
+// polling the file's identity, size and modification time every
+// PollInterval (or debounce, if longer).
+//
 // Watch stops when ctx is done; the channel is then closed. The directory
 // must exist when Watch is called.
 func Watch(ctx context.Context, path string, debounce time.Duration) (<-chan struct{}, error) {
@@ -27,7 +35,16 @@ func Watch(ctx context.Context, path string, debounce time.Duration) (<-chan str
 	if err != nil {
 		return nil, err
 	}
+	if _, err := os.Stat(filepath.Dir(abs)); err != nil {
+		return nil, fmt.Errorf("watch %s: %w", path, err)
+	}
+	if forcePoll {
+		return poll(ctx, abs, debounce), nil
+	}
 	w, err := fsnotify.NewWatcher()
+	if isExhausted(err) {
+		return poll(ctx, abs, debounce), nil
+	}
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", path, err)
 	}
@@ -47,6 +64,9 @@ func Watch(ctx context.Context, path string, debounce time.Duration) (<-chan str
 	}
 	if err := add(abs); err != nil {
 		w.Close()
+		if isExhausted(err) {
+			return poll(ctx, abs, debounce), nil
+		}
 		return nil, fmt.Errorf("watch %s: %w", path, err)
 	}
 	// For a symlink also watch where it points; re-resolved on every event
@@ -129,4 +149,62 @@ func Watch(ctx context.Context, path string, debounce time.Duration) (<-chan str
 		}
 	}()
 	return out, nil
+}
+
+// PollInterval is how often Watch polls when inotify is not available.
+var PollInterval = 500 * time.Millisecond
+
+// forcePoll makes Watch poll (tests).
+var forcePoll = false
+
+func isExhausted(err error) bool {
+	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOSPC)
+}
+
+type fileState struct {
+	exists bool
+	ino    uint64
+	dev    uint64
+	size   int64
+	mtime  time.Time
+}
+
+func statOf(path string) fileState {
+	fi, err := os.Stat(path) // follows a symbolic link
+	if err != nil {
+		return fileState{}
+	}
+	s := fileState{exists: true, size: fi.Size(), mtime: fi.ModTime()}
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		s.ino, s.dev = uint64(st.Ino), uint64(st.Dev)
+	}
+	return s
+}
+
+// poll is Watch without inotify: it compares the file's state every
+// max(PollInterval, debounce), which also debounces.
+func poll(ctx context.Context, path string, debounce time.Duration) <-chan struct{} {
+	out := make(chan struct{}, 1)
+	every := max(PollInterval, debounce)
+	go func() {
+		defer close(out)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		last := statOf(path)
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			if cur := statOf(path); cur != last {
+				last = cur
+				select {
+				case out <- struct{}{}:
+				default:
+				}
+			}
+		}
+	}()
+	return out
 }

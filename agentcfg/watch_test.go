@@ -39,7 +39,17 @@ func drain(ch <-chan struct{}) {
 	}
 }
 
-func TestWatch(t *testing.T) {
+func TestWatch(t *testing.T) { testWatch(t) }
+
+// TestWatchPolling runs the same steps with the fallback used when inotify
+// is exhausted.
+func TestWatchPolling(t *testing.T) {
+	forcePoll, PollInterval = true, 10*time.Millisecond
+	defer func() { forcePoll, PollInterval = false, 500*time.Millisecond }()
+	testWatch(t)
+}
+
+func testWatch(t *testing.T) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "address.yaml")
 	writeFile(t, p, sample)

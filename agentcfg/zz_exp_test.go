@@ -11,8 +11,6 @@ func TestZZExp(t *testing.T) {
 	if os.Getenv("EXP") == "" {
 		return
 	}
-	b := &testing.B{}
-	_ = b
 	n := 10000
 	files := make([]string, 0)
 	dir := t.TempDir()
@@ -22,9 +20,9 @@ func TestZZExp(t *testing.T) {
 		files = append(files, p)
 	}
 	content, _ := Edit([]byte(sample), testUpdate)
-	for _, g := range []int{128, 512, 128, 512} {
+	for _, g := range []int{256, 256, 256} {
 		groupMax = g
-		for _, w := range []int{4, 8} {
+		for _, w := range []int{4} {
 			reset := func() {
 				for _, f := range files {
 					os.WriteFile(f, []byte(sample), 0o644)

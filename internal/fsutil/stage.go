@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strconv"
 	"syscall"
 )
 
@@ -27,10 +29,6 @@ func Stage(path string, data []byte, opt Options) (*Staged, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, base := filepath.Split(target)
-	if dir == "" {
-		dir = "."
-	}
 	perm := opt.Perm
 	if perm == 0 {
 		perm = 0o644
@@ -44,33 +42,61 @@ func Stage(path string, data []byte, opt Options) (*Staged, error) {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	tmp, err := os.CreateTemp(dir, TempPrefix+base+".tmp-*")
-	if err != nil {
-		return nil, err
+	return StageAt(target, perm, uid, gid, data, opt)
+}
+
+// StageAt is Stage for a caller that has already resolved the target and
+// knows the mode and owner to give it (uid < 0: keep the caller's). It uses
+// raw system calls only: a batch of thousands of files pays for every one.
+func StageAt(target string, perm fs.FileMode, uid, gid int, data []byte, opt Options) (*Staged, error) {
+	dir, base := filepath.Split(target)
+	if dir == "" {
+		dir = "."
 	}
-	s := &Staged{Target: target, Temp: tmp.Name(), Dir: dir}
+	s := &Staged{Target: target, Dir: dir}
+	var fd int
+	var err error
+	for try := 0; ; try++ {
+		s.Temp = filepath.Join(dir, TempPrefix+base+".tmp-"+strconv.FormatUint(rand.Uint64()%1e10, 10))
+		fd, err = syscall.Open(s.Temp, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL|syscall.O_CLOEXEC, uint32(perm.Perm()))
+		if err == syscall.EINTR || err == syscall.EEXIST && try < 100 {
+			continue
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "create", Path: s.Temp, Err: err}
+		}
+		break
+	}
 	fail := func(err error) (*Staged, error) {
-		tmp.Close()
-		os.Remove(s.Temp)
+		syscall.Close(fd)
+		syscall.Unlink(s.Temp)
 		return nil, err
 	}
-	if _, err := tmp.Write(data); err != nil {
-		return fail(fmt.Errorf("write %s: %w", s.Temp, err))
+	for b := data; len(b) > 0; {
+		n, err := syscall.Write(fd, b)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return fail(fmt.Errorf("write %s: %w", s.Temp, err))
+		}
+		b = b[n:]
 	}
-	if err := tmp.Chmod(perm); err != nil {
-		return fail(err)
+	// The umask may have narrowed the mode given to open.
+	if err := syscall.Fchmod(fd, uint32(perm.Perm())); err != nil {
+		return fail(&fs.PathError{Op: "chmod", Path: s.Temp, Err: err})
 	}
 	if uid >= 0 && (uid != os.Geteuid() || gid != os.Getegid()) {
-		_ = tmp.Chown(uid, gid) // best effort: only root may give a file away
+		_ = syscall.Fchown(fd, uid, gid) // best effort: only root may give a file away
 	}
 	if !opt.NoSync {
-		if err := tmp.Sync(); err != nil {
+		if err := syscall.Fsync(fd); err != nil {
 			return fail(fmt.Errorf("fsync %s: %w", s.Temp, err))
 		}
 	}
-	if err := tmp.Close(); err != nil {
-		os.Remove(s.Temp)
-		return nil, err
+	if err := syscall.Close(fd); err != nil {
+		syscall.Unlink(s.Temp)
+		return nil, &fs.PathError{Op: "close", Path: s.Temp, Err: err}
 	}
 	return s, nil
 }
@@ -78,12 +104,12 @@ func Stage(path string, data []byte, opt Options) (*Staged, error) {
 // Commit renames the temporary file over the target. The directory is not
 // synced: the caller does that (SyncDir or SyncFS) before relying on it.
 func (s *Staged) Commit() error {
-	if err := os.Rename(s.Temp, s.Target); err != nil {
-		os.Remove(s.Temp)
-		return err
+	if err := syscall.Rename(s.Temp, s.Target); err != nil {
+		syscall.Unlink(s.Temp)
+		return &os.LinkError{Op: "rename", Old: s.Temp, New: s.Target, Err: err}
 	}
 	return nil
 }
 
 // Abort removes the temporary file.
-func (s *Staged) Abort() { os.Remove(s.Temp) }
+func (s *Staged) Abort() { syscall.Unlink(s.Temp) }

@@ -292,12 +292,17 @@ func (s *Server) unsubscribe(sub *client.Subscription) {
 func (s *Server) route(f *frame.Frame) {
 	s.messages.Add(1)
 	dest := f.Header.Get(frame.Destination)
+	size := len(f.Body) + 64 // + the headers go-stomp adds per copy
+	for i := 0; i < f.Header.Len(); i++ {
+		k, v := f.Header.GetAt(i)
+		size += len(k) + len(v) + 2
+	}
 	s.topicsMu.RLock()
 	defer s.topicsMu.RUnlock()
 	for sub, c := range s.topics[dest] {
 		// Share the body; each subscriber needs its own header (the
 		// subscription and message-id headers are set per copy).
-		c.enqueue(sub, &frame.Frame{Command: f.Command, Header: f.Header.Clone(), Body: f.Body})
+		c.enqueue(sub, &frame.Frame{Command: f.Command, Header: f.Header.Clone(), Body: f.Body}, size)
 	}
 }
 
@@ -340,8 +345,9 @@ type serverConn struct {
 const maxInFlight = 8
 
 type queued struct {
-	sub *client.Subscription
-	f   *frame.Frame
+	sub  *client.Subscription
+	f    *frame.Frame
+	size int // bytes counted against MaxPendingBytes
 }
 
 func newServerConn(s *Server, nc net.Conn, log logrus.FieldLogger) *serverConn {
@@ -420,7 +426,7 @@ func (c *serverConn) Write(p []byte) (int, error) {
 			c.log.WithField("write_timeout", c.srv.cfg.WriteTimeout).Warn("slow client: not reading, disconnecting")
 		}
 		c.dead.Store(true)
-		go c.kill("write failed")
+		c.kill("write failed")
 		return n, err
 	}
 	// go-stomp ends the connection after it writes an ERROR frame (each
@@ -517,11 +523,10 @@ func (c *serverConn) forward() {
 
 // enqueue adds one message for sub; a connection whose backlog exceeds
 // MaxPendingBytes is dropped as a slow client.
-func (c *serverConn) enqueue(sub *client.Subscription, f *frame.Frame) {
+func (c *serverConn) enqueue(sub *client.Subscription, f *frame.Frame, size int) {
 	if c.dead.Load() {
 		return
 	}
-	size := len(f.Body) + 256
 	c.qmu.Lock()
 	if c.qbytes+size > c.srv.cfg.MaxPendingBytes {
 		c.qmu.Unlock()
@@ -530,7 +535,7 @@ func (c *serverConn) enqueue(sub *client.Subscription, f *frame.Frame) {
 		c.kill("backlog full")
 		return
 	}
-	c.queue = append(c.queue, queued{sub, f})
+	c.queue = append(c.queue, queued{sub, f, size})
 	c.qbytes += size
 	c.qmu.Unlock()
 	select {
@@ -563,7 +568,7 @@ func (c *serverConn) pump() {
 			q := c.queue[0]
 			c.queue[0] = queued{}
 			c.queue = c.queue[1:]
-			c.qbytes -= len(q.f.Body) + 256
+			c.qbytes -= q.size
 			c.qmu.Unlock()
 			for c.sent-c.written.Load() >= maxInFlight {
 				select {

@@ -178,7 +178,7 @@ func (a *Agent) Status() Status {
 // Run follows the file until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	log := a.cfg.Log.WithField("agent", a.cfg.ID)
-	changes, err := a.cfg.Watch(ctx, a.cfg.Path, 50*time.Millisecond)
+	changes, err := a.cfg.Watch(ctx, a.cfg.Path, 20*time.Millisecond)
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", a.cfg.Path, err)
 	}

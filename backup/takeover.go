@@ -69,10 +69,15 @@ func RunTakeover(ctx context.Context, cfg TakeoverConfig, st *failoverid.State, 
 
 	if at(failoverid.StepBeforeHook) {
 		// A failing hook is logged, not fatal: a broken hook must not keep
-		// the agents without a server.
-		_ = hooks.Run(ctx, "before_takeover", cfg.BeforeHook, cfg.HookTimeout, HookEnv(cfg.Node, cfg.ID, j), log)
-		if err := advance(failoverid.StepBeforeHook); err != nil {
-			return err
+		// the agents without a server. Without a hook there is nothing to
+		// journal (re-running nothing is harmless): skip the fsync.
+		if cfg.BeforeHook != "" {
+			_ = hooks.Run(ctx, "before_takeover", cfg.BeforeHook, cfg.HookTimeout, HookEnv(cfg.Node, cfg.ID, j), log)
+			if err := advance(failoverid.StepBeforeHook); err != nil {
+				return err
+			}
+		} else {
+			j.Step = failoverid.StepBeforeHook
 		}
 	}
 	if at(failoverid.StepAgentsRewritten) {

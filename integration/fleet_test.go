@@ -2,7 +2,9 @@ package integration
 
 import (
 	"fmt"
+	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -74,6 +76,14 @@ func BenchmarkAgentsFollow(b *testing.B) {
 				})
 				rewritten := time.Now()
 				eventually(b, 120*time.Second, "fleet connected to b", func() bool { return boundTo(b, bk) == n })
+				if os.Getenv("TANDEM_BENCH_DEBUG") != "" {
+					for _, l := range strings.Split(bk.p.logText(), "\n") {
+						if strings.Contains(l, "takeover") || strings.Contains(l, "rewritten") || strings.Contains(l, "role is now") || strings.Contains(l, "taking over") {
+							b.Log(l)
+						}
+					}
+					b.Logf("kill at %s, window end %s, rewritten seen %s", killed.Format("15:04:05.000"), windowEnd.Format("15:04:05.000"), rewritten.Format("15:04:05.000"))
+				}
 				rewrite += rewritten.Sub(windowEnd)
 				reconnect += time.Since(rewritten)
 				fleet.kill()

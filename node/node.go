@@ -225,6 +225,19 @@ func effectiveAdvertise(advertise, bound string) string {
 	return net.JoinHostPort(host, bport)
 }
 
+// warmEvery is how often a backup re-surveys the agent files: every 10
+// periods, between 1 s and 30 s.
+func warmEvery(period time.Duration) time.Duration {
+	d := 10 * period
+	if d < time.Second {
+		d = time.Second
+	}
+	if d > 30*time.Second {
+		d = 30 * time.Second
+	}
+	return d
+}
+
 // closeLater closes a link without waiting: closing a link to a frozen broker
 // can block until a timeout, and role changes must not wait for it.
 func (n *Node) closeLater(l *broker.Link) {
@@ -437,7 +450,26 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 		n.back = nil
 		n.mu.Unlock()
 	}()
+	// Keep the agent-file survey warm while waiting, so that choosing the
+	// takeover epoch (which reads every file) costs stats, not parses.
+	wctx, stopWarm := context.WithCancel(ctx)
+	warmDone := make(chan struct{})
+	go func() {
+		defer close(warmDone)
+		t := n.clock.NewTicker(warmEvery(n.cfg.Heartbeat.Period))
+		defer t.Stop()
+		for {
+			n.files.highestEpoch()
+			select {
+			case <-wctx.Done():
+				return
+			case <-t.C():
+			}
+		}
+	}()
 	end, err := role.Run(ctx)
+	stopWarm()
+	<-warmDone
 	if err != nil || !end.Takeover {
 		if err != nil && ctx.Err() == nil {
 			return err

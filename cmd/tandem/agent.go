@@ -153,6 +153,14 @@ Flags:
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
+	// One inotify instance for every agent of this process (the kernel's
+	// default limit is 128 instances per user).
+	mux, err := agentcfg.NewWatchMux()
+	if err != nil {
+		fmt.Fprintln(stderr, "tandem agent:", err)
+		return exitRuntime
+	}
+	defer mux.Close()
 	dest := protocol.NewDestinations(*prefix)
 	signer := protocol.NewSigner(key)
 	var wg sync.WaitGroup
@@ -167,7 +175,7 @@ Flags:
 				}
 			}
 		}
-		a := agent.New(agent.Config{Path: p, ID: aid, Period: *period, Dest: dest, Signer: signer, Dial: dial, Log: log, OnEvent: onEvent})
+		a := agent.New(agent.Config{Path: p, ID: aid, Period: *period, Dest: dest, Signer: signer, Dial: dial, Log: log, OnEvent: onEvent, Watch: mux.Watch})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

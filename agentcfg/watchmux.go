@@ -24,7 +24,7 @@ type WatchMux struct {
 	w *fsnotify.Watcher
 
 	mu     sync.Mutex
-	dirs   map[string]int             // watched directory -> subscribers
+	dirs   map[string]int              // watched directory -> subscribers
 	subs   map[string]map[*muxSub]bool // file path -> subscribers
 	closed bool
 	done   chan struct{}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"sort"
 	"strconv"
@@ -294,10 +295,33 @@ func TestServerCloseLeavesNoGoroutines(t *testing.T) {
 // one in-process subscriber never reads, one subscriber process is
 // SIGSTOPped, and a live subscriber keeps a low delivery latency while 1 KB
 // messages go out at 1,000/s; both stalled clients are dropped.
+//
+// Latency is measured on a shared machine: a second attempt is allowed when
+// the first misses the bound. Scheduler noise is sporadic, whereas the bug
+// this guards against (go-stomp's router blocked on a frozen client) stalls
+// every message for seconds and fails both attempts.
 func TestServerFrozenClients(t *testing.T) {
 	if testing.Short() {
 		t.Skip("timing test")
 	}
+	for attempt := 1; ; attempt++ {
+		var problems []string
+		t.Run(fmt.Sprint("attempt", attempt), func(t *testing.T) { problems = frozenClientsScenario(t) })
+		if len(problems) == 0 {
+			return
+		}
+		if attempt == 2 || t.Failed() {
+			for _, p := range problems {
+				t.Error(p)
+			}
+			return
+		}
+		t.Logf("attempt %d missed (%v); retrying once", attempt, problems)
+	}
+}
+
+// frozenClientsScenario runs the scenario and returns what was out of bounds.
+func frozenClientsScenario(t *testing.T) (problems []string) {
 	const dest = "/topic/tandem.freeze"
 	s := startTestServer(t, ServerConfig{MaxPendingBytes: 1 << 20})
 	pub := dialTest(t, LinkConfig{URL: s.Addr()})
@@ -322,13 +346,20 @@ func TestServerFrozenClients(t *testing.T) {
 	ch.signal(syscall.SIGSTOP)
 	defer ch.kill()
 
+	probe := startJitterProbe()
 	var lat []time.Duration
+	var slowAt []string
+	t0 := time.Now()
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
 		for m := range ls.C() {
 			ns, _ := strconv.ParseInt(m.Headers["sent-ns"], 10, 64)
-			lat = append(lat, time.Since(time.Unix(0, ns)))
+			d := time.Since(time.Unix(0, ns))
+			lat = append(lat, d)
+			if d > 20*time.Millisecond {
+				slowAt = append(slowAt, fmt.Sprintf("%s:%s", time.Unix(0, ns).Sub(t0).Round(time.Millisecond), d.Round(time.Millisecond)))
+			}
 			if m.Headers["last"] == "1" {
 				return
 			}
@@ -365,14 +396,69 @@ func TestServerFrozenClients(t *testing.T) {
 	p50, p99 := lat[len(lat)/2], lat[len(lat)*99/100]
 	t.Logf("sent %d in %s; live received %d (dropped %d); p50 %s p99 %s max %s; stats %+v",
 		sent, elapsed.Round(time.Millisecond), len(lat)-1, ls.Dropped(), p50, p99, lat[len(lat)-1], st)
+	if len(slowAt) > 0 {
+		t.Logf("deliveries over 20ms (sent at:latency): %v", slowAt)
+	}
 	if got := len(lat) - 1; got != sent {
 		t.Errorf("live subscriber received %d of %d", got, sent)
-	}
-	if p99 > 50*time.Millisecond {
-		t.Errorf("p99 delivery latency %s, want < 50ms", p99)
 	}
 	if st.SlowClients < 2 {
 		t.Errorf("slow clients dropped: %d, want 2", st.SlowClients)
 	}
 	waitFor(t, 5*time.Second, "stalled connections gone", func() bool { return s.Stats().Connections == 2 })
+	bound := 50 * time.Millisecond
+	if jp99, load := probe.stop(); jp99 > 5*time.Millisecond || load > 2*float64(runtime.NumCPU()) {
+		// The machine itself is overloaded (other test suites): a plain
+		// 1 ms sleep overshoots by jp99 at p99. Allow for that noise; a
+		// router blocked by a frozen client stalls for seconds and still
+		// fails.
+		bound = 250 * time.Millisecond
+		t.Logf("machine overloaded (1 ms sleep p99 overshoot %s, load %.1f on %d CPUs): latency bound relaxed to %s", jp99, load, runtime.NumCPU(), bound)
+	}
+	if p99 > bound {
+		problems = append(problems, fmt.Sprintf("p99 delivery latency %s, want < %s", p99, bound))
+	}
+	return problems
+}
+
+// jitterProbe measures how late a 1 ms sleep wakes up in this process while
+// a timing test runs: a measure of machine load.
+type jitterProbe struct {
+	stopc chan struct{}
+	done  chan []time.Duration
+}
+
+func startJitterProbe() *jitterProbe {
+	p := &jitterProbe{stopc: make(chan struct{}), done: make(chan []time.Duration, 1)}
+	go func() {
+		var over []time.Duration
+		for {
+			select {
+			case <-p.stopc:
+				p.done <- over
+				return
+			default:
+			}
+			t := time.Now()
+			time.Sleep(time.Millisecond)
+			over = append(over, time.Since(t)-time.Millisecond)
+		}
+	}()
+	return p
+}
+
+// stop returns the p99 sleep overshoot and the 1-minute load average.
+func (p *jitterProbe) stop() (time.Duration, float64) {
+	close(p.stopc)
+	over := <-p.done
+	sort.Slice(over, func(i, j int) bool { return over[i] < over[j] })
+	var p99 time.Duration
+	if len(over) > 0 {
+		p99 = over[len(over)*99/100]
+	}
+	var load float64
+	if b, err := os.ReadFile("/proc/loadavg"); err == nil {
+		fmt.Sscan(string(b), &load)
+	}
+	return p99, load
 }

@@ -129,6 +129,11 @@ type Config struct {
 	// SecretFile (key "secret_file") is the alternative. Use Secret().
 	SharedSecret string
 	SecretFile   string
+	// EventLog (key "event_log"), when set, is a file the server appends
+	// JSON lines to: every heartbeat and command it sends with its epoch,
+	// role changes, fences and takeover steps (for audits and the
+	// fault-injection suite's invariant checker).
+	EventLog string
 	// DestinationPrefix prefixes the STOMP destinations (heartbeat, ...).
 	DestinationPrefix string
 	// Agents are globs of managed address.yaml files (relative ones resolved

@@ -30,6 +30,7 @@ type fileConfig struct {
 	Broker            BrokerAuth `yaml:"broker"`
 	Secret            string     `yaml:"secret"`
 	SecretFile        string     `yaml:"secret_file"`
+	EventLog          string     `yaml:"event_log"`
 	DestinationPrefix string     `yaml:"destination_prefix"`
 	Agents            []string   `yaml:"agents"`
 	Hooks             fileHooks  `yaml:"hooks"`
@@ -53,7 +54,7 @@ func toFile(c *Config) fileConfig {
 	return fileConfig{
 		Node: c.Node, DataDir: c.DataDir, Listen: c.Listen, Advertise: c.Advertise, Admin: c.Admin,
 		Heartbeat:       fileHB{Duration(c.Heartbeat.Period), Duration(c.Heartbeat.ReplyPeriod), Duration(c.Heartbeat.FailWindow)},
-		HeartbeatBroker: c.HeartbeatBroker, Broker: c.Broker, Secret: c.SharedSecret, SecretFile: c.SecretFile,
+		HeartbeatBroker: c.HeartbeatBroker, Broker: c.Broker, Secret: c.SharedSecret, SecretFile: c.SecretFile, EventLog: c.EventLog,
 		DestinationPrefix: c.DestinationPrefix, Agents: append([]string(nil), c.Agents...),
 		Hooks: fileHooks{c.Hooks.BeforeTakeover, c.Hooks.AfterTakeover, c.Hooks.OnFenced, Duration(c.Hooks.Timeout)},
 		Log:   c.Log,
@@ -64,7 +65,7 @@ func (f fileConfig) config() *Config {
 	return &Config{
 		Node: f.Node, DataDir: f.DataDir, Listen: f.Listen, Advertise: f.Advertise, Admin: f.Admin,
 		Heartbeat:       Heartbeat{f.Heartbeat.Period.Std(), f.Heartbeat.ReplyPeriod.Std(), f.Heartbeat.FailWindow.Std()},
-		HeartbeatBroker: f.HeartbeatBroker, Broker: f.Broker, SharedSecret: f.Secret, SecretFile: f.SecretFile,
+		HeartbeatBroker: f.HeartbeatBroker, Broker: f.Broker, SharedSecret: f.Secret, SecretFile: f.SecretFile, EventLog: f.EventLog,
 		DestinationPrefix: f.DestinationPrefix, Agents: f.Agents,
 		Hooks: Hooks{f.Hooks.BeforeTakeover, f.Hooks.AfterTakeover, f.Hooks.OnFenced, f.Hooks.Timeout.Std()},
 		Log:   f.Log,
@@ -163,6 +164,7 @@ func Parse(path string, data []byte) (*Config, error) {
 	}
 	c.DataDir = resolve(c.DataDir)
 	c.SecretFile = resolve(c.SecretFile)
+	c.EventLog = resolve(c.EventLog)
 	for i := range c.Agents {
 		c.Agents[i] = resolve(c.Agents[i])
 	}

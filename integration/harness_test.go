@@ -246,8 +246,77 @@ const fastTiming = "{period: 100ms, reply_period: 1s, fail_window: 500ms}"
 
 func newCluster(t testing.TB) *cluster {
 	dir := t.TempDir()
-	return &cluster{t: t, dir: dir, agents: filepath.Join(dir, "agents", "*", "conf", "address.yaml"),
+	c := &cluster{t: t, dir: dir, agents: filepath.Join(dir, "agents", "*", "conf", "address.yaml"),
 		timing: fastTiming, servers: map[string]*server{}}
+	// Registered first, so it runs last: after every process is stopped.
+	t.Cleanup(func() { checkServerInvariants(t, c.serverEvents()) })
+	return c
+}
+
+// serverEvents is the event log every server of the cluster appends to.
+func (c *cluster) serverEvents() string { return filepath.Join(c.dir, "server-events.jsonl") }
+
+// serverEvent is one line of a server's event_log.
+type serverEvent struct {
+	TMS        int64  `json:"t_ms"`
+	Node       string `json:"node"`
+	Kind       string `json:"kind"`
+	FailoverID string `json:"failover_id"`
+	Epoch      uint64 `json:"epoch"`
+	Seq        uint64 `json:"seq"`
+	Role       string `json:"role"`
+	Detail     string `json:"detail"`
+}
+
+// checkServerInvariants reads the servers' event log and reports:
+// I4 — two servers heartbeating as primary for the same epoch;
+// I5 — a heartbeat or command sent by a server after it was fenced (until it
+// is restarted: a "role" event of "starting" is not logged, so a restart is
+// seen as its next role event).
+func checkServerInvariants(t testing.TB, path string) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return // no server ran
+	}
+	for _, v := range serverViolations(string(b)) {
+		t.Error(v)
+	}
+}
+
+func serverViolations(text string) []string {
+	var out []string
+	errorf := func(f string, a ...any) { out = append(out, fmt.Sprintf(f, a...)) }
+	owner := map[uint64]string{} // epoch -> failover id heartbeating at it
+	fencedAt := map[string]int64{}
+	for i, line := range strings.Split(strings.TrimSpace(text), "\n") {
+		if line == "" {
+			continue
+		}
+		var e serverEvent
+		if err := json.Unmarshal([]byte(line), &e); err != nil {
+			errorf("server event log line %d is not JSON: %q", i+1, line)
+			continue
+		}
+		switch e.Kind {
+		case "heartbeat", "command":
+			if e.Kind == "heartbeat" {
+				if o, ok := owner[e.Epoch]; ok && o != e.FailoverID {
+					errorf("I4 violated: %s and %s (node %s) both heartbeat as primary at epoch %d", o, e.FailoverID, e.Node, e.Epoch)
+				}
+				owner[e.Epoch] = e.FailoverID
+			}
+			if at, ok := fencedAt[e.Node]; ok {
+				errorf("I5 violated: node %s sent a %s at epoch %d, %d ms after it was fenced", e.Node, e.Kind, e.Epoch, e.TMS-at)
+			}
+		case "fenced":
+			fencedAt[e.Node] = e.TMS
+		case "role":
+			if e.Role != "fenced" {
+				delete(fencedAt, e.Node) // restarted and rejoined
+			}
+		}
+	}
+	return out
 }
 
 // addServer writes a config for a server; primaryOf names the server it backs up.
@@ -266,8 +335,9 @@ advertise: %s
 admin: %s
 heartbeat: %s
 agents: [%q]
+event_log: %q
 log: {format: text, level: debug}
-`, name, filepath.Join(s.dir, "data"), s.addr(), s.addr(), s.admin, c.timing, c.agents)
+`, name, filepath.Join(s.dir, "data"), s.addr(), s.addr(), s.admin, c.timing, c.agents, c.serverEvents())
 	if err := os.WriteFile(s.cfgPath, []byte(cfg), 0o644); err != nil {
 		c.t.Fatal(err)
 	}

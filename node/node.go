@@ -22,6 +22,7 @@ import (
 	"github.com/tandem-ha/tandem/config"
 	"github.com/tandem-ha/tandem/failoverid"
 	"github.com/tandem-ha/tandem/internal/clock"
+	"github.com/tandem-ha/tandem/internal/eventlog"
 	"github.com/tandem-ha/tandem/internal/hooks"
 	"github.com/tandem-ha/tandem/internal/sdnotify"
 	"github.com/tandem-ha/tandem/primary"
@@ -47,6 +48,7 @@ type Node struct {
 	signer *protocol.Signer
 	files  *agentFiles
 	notify *sdnotify.Notifier
+	events *eventlog.Log
 
 	// AdminAddr is the bound admin address once Run is serving (for tests
 	// that use port 0). Read it after Ready is closed.
@@ -105,6 +107,8 @@ func (n *Node) setRole(role string) {
 	n.role = role
 	n.mu.Unlock()
 	if changed {
+		st := n.state()
+		n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: "role", Role: role, FailoverID: n.id, Epoch: st.Epoch})
 		n.entry().Info("role is now " + role)
 		_ = n.notify.Send("STATUS=" + role)
 	}
@@ -149,6 +153,10 @@ func (n *Node) Run(ctx context.Context) error {
 	n.mu.Lock()
 	n.id, n.st, n.started = id, st, n.clock.Now()
 	n.mu.Unlock()
+	if n.events, err = eventlog.Open(n.cfg.EventLog); err != nil {
+		return fmt.Errorf("event_log: %w", err)
+	}
+	defer n.events.Close()
 	if created {
 		n.entry().WithField("failover_id", id).Info("created a new failover id")
 	}
@@ -594,8 +602,11 @@ func (n *Node) runPrimary(ctx context.Context, own string) (done bool, err error
 		},
 		Maintenance: func() bool { return n.state().Maintenance },
 		Ping:        true,
-		Alive:       n.notify.Alive,
-		Notify:      notify,
+		Sent: func(kind string, env protocol.Envelope) {
+			n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: kind, FailoverID: env.FailoverID, Epoch: env.Epoch, Seq: env.Seq, Role: "primary"})
+		},
+		Alive:  n.notify.Alive,
+		Notify: notify,
 	}, hb, agents)
 	n.mu.Lock()
 	n.prim = role
@@ -663,6 +674,7 @@ func (n *Node) fenced(ctx context.Context, end primary.End) error {
 	n.mu.Lock()
 	n.runbook = rb
 	n.mu.Unlock()
+	n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: "fenced", FailoverID: by.ID, Epoch: by.Epoch, Detail: end.Reason})
 	if err := n.save(func(s *failoverid.State) { s.FencedBy = &by; s.Role = "fenced" }); err != nil {
 		n.entry().WithError(err).Error("could not record the fence in state.json")
 	}

@@ -91,6 +91,9 @@ type Config struct {
 	Maintenance func() bool
 	// Alive, when set, is called on every tick of the loop (systemd watchdog).
 	Alive func()
+	// Sent, when set, is told of every heartbeat ("heartbeat") and command
+	// ("command") published, on the Run goroutine (the event log).
+	Sent func(kind string, env protocol.Envelope)
 	// Ping sends a harmless sequenced command to the agents every period, so
 	// that fencing can be observed end to end (agents count accepted and
 	// rejected commands per failover id and epoch).
@@ -359,6 +362,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		r.mu.Lock()
 		r.st.HeartbeatsSent++
 		r.mu.Unlock()
+		if r.cfg.Sent != nil {
+			r.cfg.Sent("heartbeat", env)
+		}
 		if r.cfg.Ping && handoverTo == "" {
 			cmd := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node, Seq: seq, Role: "primary"}
 			ch := cmd.Headers()
@@ -369,6 +375,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				r.mu.Lock()
 				r.st.CommandsSent++
 				r.mu.Unlock()
+				if r.cfg.Sent != nil {
+					r.cfg.Sent("command", cmd)
+				}
 			}
 			cancel()
 		}

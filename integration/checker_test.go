@@ -51,4 +51,3 @@ func (f *fakeTB) Helper() {}
 func (f *fakeTB) Errorf(format string, a ...any) {
 	f.errs = append(f.errs, fmt.Sprintf(format, a...))
 }
-

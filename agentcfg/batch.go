@@ -46,14 +46,16 @@ func groupSize(workers int) int {
 
 // groupSync is a group commit of syncfs calls on one file system: a caller
 // waits for a sync that started after it called, and one sync serves every
-// worker that was waiting for it.
+// worker that was waiting for it. The handle is opened before any data of
+// the batch is written on that file system, so syncfs reports every
+// writeback error of the batch; an error is sticky for the rest of the batch.
 type groupSync struct {
+	fs      *fsutil.FS
 	mu      sync.Mutex
 	cond    *sync.Cond
 	running bool
 	started uint64 // syncs started
 	done    uint64 // syncs finished
-	errGen  uint64 // last sync that failed
 	err     error
 }
 
@@ -62,19 +64,36 @@ type syncGroups struct {
 	dev map[uint64]*groupSync
 }
 
-func (g *syncGroups) wait(dev uint64, dir string) error {
+// register opens the file system of dev (through dir) if not yet open. Call
+// it before writing anything on that file system.
+func (g *syncGroups) register(dev uint64, dir string) (*groupSync, error) {
 	g.mu.Lock()
-	s := g.dev[dev]
-	if s == nil {
-		s = &groupSync{}
-		s.cond = sync.NewCond(&s.mu)
-		g.dev[dev] = s
+	defer g.mu.Unlock()
+	if s := g.dev[dev]; s != nil {
+		return s, nil
 	}
-	g.mu.Unlock()
+	f, err := fsutil.OpenFS(dir)
+	if err != nil {
+		return nil, err
+	}
+	s := &groupSync{fs: f}
+	s.cond = sync.NewCond(&s.mu)
+	g.dev[dev] = s
+	return s, nil
+}
+
+func (g *syncGroups) close() {
+	for _, s := range g.dev {
+		s.fs.Close()
+	}
+}
+
+// wait returns once a sync that started after the call has finished.
+func (s *groupSync) wait() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ticket := s.started + 1 // the next sync to start begins after this call
-	for s.done < ticket {
+	for s.done < ticket && s.err == nil {
 		if s.running {
 			s.cond.Wait()
 			continue
@@ -83,19 +102,16 @@ func (g *syncGroups) wait(dev uint64, dir string) error {
 		s.started++
 		n := s.started
 		s.mu.Unlock()
-		err := fsutil.SyncFS(dir)
+		err := s.fs.Sync()
 		s.mu.Lock()
 		s.running = false
 		s.done = n
-		if err != nil {
-			s.errGen, s.err = n, err
+		if err != nil && s.err == nil {
+			s.err = err
 		}
 		s.cond.Broadcast()
 	}
-	if s.err != nil && s.errGen >= ticket {
-		return s.err
-	}
-	return nil
+	return s.err
 }
 
 // RewriteAll compare-and-swaps every file in paths with u (the rule of
@@ -104,7 +120,7 @@ func (g *syncGroups) wait(dev uint64, dir string) error {
 // own Invalid or Failed result and is left byte-identical.
 //
 // Durability is batched, see the package documentation: a worker locks a
-// group of up to 128 files, stages their new content in temporary files
+// group of up to 256 files, stages their new content in temporary files
 // without fsync, flushes the file system once (syncfs), renames the
 // temporaries over the targets and unlocks; a final syncfs after all groups
 // makes the renames durable, and only then is a result reported Rewritten.
@@ -140,11 +156,11 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 
 	group := groupSize(workers)
 	syncs := &syncGroups{dev: map[uint64]*groupSync{}}
+	defer syncs.close()
 	var (
 		next    atomic.Int64
-		mu      sync.Mutex // guards done, devs, Progress calls
+		mu      sync.Mutex // guards done, Progress calls
 		done    int
-		devs    = map[uint64]string{} // file systems written: device → a directory on it
 		pending = make([]bool, total) // committed, durability not yet confirmed
 	)
 	progress := func(n int) {
@@ -167,13 +183,10 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 				}
 				end := min(start+group, total)
 				for i := start; i < end; {
-					n, committed, cdevs := rewriteGroup(syncs, paths, res, i, end, u, opt.Force)
+					n, committed := rewriteGroup(syncs, paths, res, i, end, u, opt.Force)
 					mu.Lock()
 					for _, j := range committed {
 						pending[j] = true
-					}
-					for dev, dir := range cdevs {
-						devs[dev] = dir
 					}
 					mu.Unlock()
 					progress(n)
@@ -186,8 +199,8 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 
 	// One closing sync per file system makes every rename durable.
 	var syncErr error
-	for _, dir := range devs {
-		if err := fsutil.SyncFS(dir); err != nil {
+	for _, s := range syncs.dev {
+		if err := s.wait(); err != nil {
 			syncErr = errors.Join(syncErr, err)
 		}
 	}
@@ -213,13 +226,13 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 // another, so groups cannot deadlock with each other, with other processes or
 // with a path listed twice. It returns how many paths it handled and the
 // indexes it renamed (pending durability).
-func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u Update, force bool) (n int, committed []int, devs map[uint64]string) {
+func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u Update, force bool) (n int, committed []int) {
 	type item struct {
 		idx    int
 		target string
 		lock   *fileLock
 		staged *fsutil.Staged
-		dev    uint64
+		fs     *groupSync
 	}
 	var items []item
 	defer func() {
@@ -249,23 +262,32 @@ func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u
 		if out == nil {
 			continue
 		}
+		gs, err := syncs.register(uint64(st.Dev), filepath.Dir(target))
+		if err != nil {
+			r.Outcome, r.Err, r.After = Failed, err, r.Before
+			continue
+		}
 		staged, err := stage(target, st, out, true)
 		if err != nil {
 			r.Outcome, r.Err, r.After = Failed, err, r.Before
 			continue
 		}
 		items[len(items)-1].staged = staged
-		items[len(items)-1].dev = uint64(st.Dev)
+		items[len(items)-1].fs = gs
 	}
 
 	// Flush the staged data before any rename.
-	devs = map[uint64]string{}
+	var err error
+	waited := map[*groupSync]bool{}
 	for _, it := range items {
-		if it.staged != nil {
-			devs[it.dev] = it.staged.Dir
+		if it.staged != nil && !waited[it.fs] {
+			waited[it.fs] = true
+			if err = it.fs.wait(); err != nil {
+				break
+			}
 		}
 	}
-	if err := syncs.waitAll(devs); err != nil {
+	if err != nil {
 		for _, it := range items {
 			if it.staged != nil {
 				it.staged.Abort()
@@ -273,7 +295,7 @@ func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u
 				r.Outcome, r.Err, r.After = Failed, err, r.Before
 			}
 		}
-		return n, nil, nil
+		return n, nil
 	}
 	for _, it := range items {
 		if it.staged == nil {
@@ -286,17 +308,7 @@ func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u
 		}
 		committed = append(committed, it.idx)
 	}
-	return n, committed, devs
-}
-
-// waitAll waits for one sync of each file system in devs.
-func (g *syncGroups) waitAll(devs map[uint64]string) error {
-	for dev, dir := range devs {
-		if err := g.wait(dev, dir); err != nil {
-			return err
-		}
-	}
-	return nil
+	return n, committed
 }
 
 // Expand expands the managed globs (filepath.Glob syntax; "**" is not

@@ -258,15 +258,3 @@ func stage(target string, st *syscall.Stat_t, out []byte, noSync bool) (*fsutil.
 	return fsutil.StageAt(target, fs.FileMode(st.Mode&0o777), int(st.Uid), int(st.Gid), out, fsutil.Options{NoSync: noSync})
 }
 
-// devOf returns the device number of the file system holding path (0 when
-// unknown).
-func devOf(path string) uint64 {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return 0
-	}
-	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-		return uint64(st.Dev)
-	}
-	return 0
-}

@@ -257,4 +257,3 @@ func CompareAndSwap(path string, u Update, force bool) Result {
 func stage(target string, st *syscall.Stat_t, out []byte, noSync bool) (*fsutil.Staged, error) {
 	return fsutil.StageAt(target, fs.FileMode(st.Mode&0o777), int(st.Uid), int(st.Gid), out, fsutil.Options{NoSync: noSync})
 }
-

@@ -64,6 +64,9 @@ type syncGroups struct {
 	dev map[uint64]*groupSync
 }
 
+// syncFS is the flush; a variable so tests can make it fail.
+var syncFS = (*fsutil.FS).Sync
+
 // register opens the file system of dev (through dir) if not yet open. Call
 // it before writing anything on that file system.
 func (g *syncGroups) register(dev uint64, dir string) (*groupSync, error) {
@@ -102,7 +105,7 @@ func (s *groupSync) wait() error {
 		s.started++
 		n := s.started
 		s.mu.Unlock()
-		err := s.fs.Sync()
+		err := syncFS(s.fs)
 		s.mu.Lock()
 		s.running = false
 		s.done = n

@@ -274,3 +274,54 @@ func TestOutcomeString(t *testing.T) {
 }
 
 var _ = bytes.Equal
+
+// TestRewriteAllSyncFailure: a result is Rewritten only after a successful
+// sync. A failed flush before the renames leaves the files untouched; a
+// failed closing flush leaves new content that is reported Failed.
+func TestRewriteAllSyncFailure(t *testing.T) {
+	defer func(f func(*fsutil.FS) error) { syncFS = f }(syncFS)
+	files := makeAgents(t, 5, sample)
+	boom := errors.New("EIO")
+
+	syncFS = func(*fsutil.FS) error { return boom }
+	for _, r := range RewriteAll(files, testUpdate, BatchOptions{}) {
+		if r.Outcome != Failed || !errors.Is(r.Err, boom) {
+			t.Fatalf("%+v", r)
+		}
+		if readFile(t, r.Path) != sample {
+			t.Fatal("file renamed although its data was not flushed")
+		}
+	}
+
+	calls := 0
+	var mu sync.Mutex
+	syncFS = func(f *fsutil.FS) error {
+		mu.Lock()
+		defer mu.Unlock()
+		if calls++; calls > 1 { // the group flush passes, the closing one fails
+			return boom
+		}
+		return f.Sync()
+	}
+	for _, r := range RewriteAll(files, testUpdate, BatchOptions{Workers: 1}) {
+		if r.Outcome != Failed || !errors.Is(r.Err, boom) || !strings.Contains(r.Err.Error(), "not confirmed durable") {
+			t.Fatalf("%+v", r)
+		}
+	}
+}
+
+func TestRewriteAllKeepsMode(t *testing.T) {
+	files := makeAgents(t, 3, sample)
+	os.Chmod(files[1], 0o600)
+	os.Chmod(files[2], 0o640)
+	for _, r := range RewriteAll(files, testUpdate, BatchOptions{}) {
+		if r.Outcome != Rewritten {
+			t.Fatal(r.Err)
+		}
+	}
+	for i, want := range []fs.FileMode{0o644, 0o600, 0o640} {
+		if fi, _ := os.Stat(files[i]); fi.Mode().Perm() != want {
+			t.Fatalf("%s: mode %v, want %v", files[i], fi.Mode(), want)
+		}
+	}
+}

@@ -49,22 +49,38 @@
 //
 // # Batches and durability
 //
-// CompareAndSwap writes one file with fsync of the file and of its
+// CompareAndSwap writes one file with an fsync of the file and of its
 // directory. Doing that for 10,000 agents costs two fsyncs per file, so
-// RewriteAll batches durability without weakening it: each worker locks a
-// group of up to 128 files (waiting only for the first lock of a group and
-// otherwise trying, so no worker waits while holding a lock and groups
-// cannot deadlock), stages their new content in temporary files without
-// fsync, makes them durable with one syncfs(2) of the file system, renames
-// them over the targets and unlocks. After all groups one more syncfs makes
-// the renames durable, and only then are the results marked Rewritten (a
-// failing sync turns them into Failed). Because the data is on disk before
-// any rename, a power cut leaves every file either old or new — never a
-// renamed empty file. syncfs flushes the whole file system, which on a host
-// with a lot of unrelated dirty data makes a batch slower but never wrong.
+// RewriteAll batches durability without weakening it:
+//
+//  1. Each worker locks a group of up to 256 files (bounded by the open-file
+//     limit). It waits only for the first lock of a group and merely tries
+//     the others, so no worker ever waits while holding a lock: groups cannot
+//     deadlock with each other, with other processes, or with a file listed
+//     twice.
+//  2. Under the locks it reads, compares and edits each file and stages the
+//     new content in a temporary file beside it, without fsync.
+//  3. It waits for one syncfs(2) of the file system that started after its
+//     staging (group commit: one syncfs serves every worker waiting for it),
+//     so the staged data is on disk before any rename.
+//  4. It renames the temporaries over the targets and unlocks.
+//  5. After all groups, one more syncfs makes the renames durable; only then
+//     are results marked Rewritten. A failed sync marks them Failed (before
+//     the renames the files stay untouched; after them the result says the
+//     new content is not confirmed durable).
+//
+// The file system is opened before the batch writes anything on it, because
+// Linux reports a writeback error to syncfs only through descriptors opened
+// before the error; a sync error fails the rest of the batch. Because data is
+// durable before any rename, a power cut leaves every file either old or new,
+// never a renamed empty file. syncfs flushes the whole file system, so on a
+// host with a lot of unrelated dirty data a batch is slower, never wrong.
+// Outside Linux the flush is sync(2).
 //
 // # Watching
 //
 // Watch watches the directory rather than the file, so it follows the
 // rename-over that every writer here uses and survives delete-and-recreate.
+// When inotify is exhausted it falls back to polling. WatchMux shares one
+// inotify instance between many files.
 package agentcfg

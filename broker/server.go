@@ -373,7 +373,14 @@ func (c *serverConn) kill(reason string) {
 	c.killOnce.Do(func() {
 		c.dead.Store(true)
 		close(c.disconnect)
-		c.Conn.Close()
+		// Close the TCP socket itself: tls.Conn.Close would first try to
+		// write close_notify, which blocks (up to 5 s) on a client that
+		// does not read, and kill runs on the routing path.
+		if tc, ok := c.Conn.(*tls.Conn); ok {
+			tc.NetConn().Close()
+		} else {
+			c.Conn.Close()
+		}
 		c.log.WithField("reason", reason).Debug("connection closed by broker")
 	})
 }

@@ -117,3 +117,59 @@ func TestLinkCloseLeavesNoGoroutines(t *testing.T) {
 	s.Close()
 	goroutinesSettle(t, base, 2, 5*time.Second)
 }
+
+// TestServerTLSNonReaderDropped: dropping a TLS client that does not read
+// must not wait on a close_notify it will never take.
+func TestServerTLSNonReaderDropped(t *testing.T) {
+	cert, pool := selfSigned(t)
+	s := startTestServer(t, ServerConfig{TLS: &tls.Config{Certificates: []tls.Certificate{cert}}, MaxPendingBytes: 256 << 10, MaxFrameSize: 64 << 10})
+	tc := &tls.Config{RootCAs: pool}
+	pub := dialTest(t, LinkConfig{URL: "stomp+ssl://" + s.Addr(), TLS: tc})
+	live := dialTest(t, LinkConfig{URL: "stomp+ssl://" + s.Addr(), TLS: tc, BufferSize: 1 << 14})
+	ls, _ := live.Subscribe("/topic/t")
+
+	raw, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	_ = raw.(*net.TCPConn).SetReadBuffer(4 << 10)
+	nc := tls.Client(raw, &tls.Config{RootCAs: pool, ServerName: "127.0.0.1"})
+	if _, err := nc.Write([]byte("CONNECT\naccept-version:1.2\nhost:/\nheart-beat:0,0\n\n\x00SUBSCRIBE\nid:1\ndestination:/topic/t\n\n\x00")); err != nil {
+		t.Fatal(err)
+	}
+	waitSubscribed(t, s, "/topic/t", 2)
+	body := make([]byte, 1024)
+	var sent int
+	start := time.Now()
+	for s.Stats().SlowClients == 0 && time.Since(start) < 10*time.Second {
+		for i := 0; i < 20; i++ { // about 2,000 messages/s
+			if err := pub.Publish(context.Background(), "/topic/t", nil, body); err != nil {
+				t.Fatal(err)
+			}
+			sent++
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if st := s.Stats(); st.SlowClients != 1 || st.Connections != 3 && st.Connections != 2 {
+		t.Fatalf("after %d messages in %s: %+v", sent, time.Since(start), st)
+	}
+	t.Logf("non-reader dropped after %d messages in %s", sent, time.Since(start))
+	must(t, pub.Publish(context.Background(), "/topic/t", map[string]string{"last": "1"}, body))
+	sent++
+	deadline := time.After(3 * time.Second)
+	for got := 0; ; {
+		select {
+		case m := <-ls.C():
+			got++
+			if m.Headers["last"] == "1" {
+				if got+int(ls.Dropped()) != sent {
+					t.Fatalf("live got %d + dropped %d of %d", got, ls.Dropped(), sent)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatalf("live subscriber stalled: %d of %d", got, sent)
+		}
+	}
+}

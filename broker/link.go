@@ -27,6 +27,9 @@ const (
 	DefaultDialTimeout    = 5 * time.Second
 	unsubscribeReceiptTTL = time.Second
 	disconnectReceiptTTL  = time.Second
+	// stableConnection: a connection that lasted less than this counts as
+	// a failed attempt for the reconnect backoff.
+	stableConnection = time.Second
 )
 
 // LinkConfig configures a Link.
@@ -375,6 +378,7 @@ func (l *Link) drain(ss *stomp.Subscription, s *linkSub) {
 	defer l.wg.Done()
 	for m := range ss.C {
 		if m.Err != nil {
+			l.log.WithError(m.Err).WithField("destination", s.dest).Debug("subscription ended")
 			continue
 		}
 		s.buf.push(fromStomp(m))
@@ -457,7 +461,6 @@ func (l *Link) run() {
 			}
 			continue
 		}
-		attempt = 0
 		l.subMu.Lock()
 		for s := range l.subs {
 			if err := l.subscribeOn(conn, s); err != nil {
@@ -475,6 +478,7 @@ func (l *Link) run() {
 			close(l.firstAttempt)
 		}
 
+		connectedAt := time.Now()
 		var reason error
 		select {
 		case <-wc.dead:
@@ -493,10 +497,19 @@ func (l *Link) run() {
 			return
 		}
 		_ = conn.MustDisconnect()
-		l.report(State{State: StateDisconnected, Addr: l.ep.addr, Err: reason})
-		// Reconnect at once the first time (a broker restart is usually
-		// quick), then back off.
-		if !l.sleep(time.Duration(rand.Int64N(int64(l.cfg.BackoffMin) + 1))) {
+		// A connection that lived a while earns a quick reconnect (a broker
+		// restart is usually quick); one that died at once (the broker
+		// refuses a subscription with an ERROR frame, say) counts as a
+		// failed attempt, so the link backs off instead of spinning.
+		delay := time.Duration(rand.Int64N(int64(l.cfg.BackoffMin) + 1))
+		if time.Since(connectedAt) < stableConnection {
+			attempt++
+			delay = l.backoff(attempt)
+		} else {
+			attempt = 0
+		}
+		l.report(State{State: StateDisconnected, Addr: l.ep.addr, Err: reason, Attempt: attempt})
+		if !l.sleep(delay) {
 			return
 		}
 	}

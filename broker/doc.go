@@ -34,6 +34,14 @@
 //   - MaxConns, constant-time login/passcode check with counted and logged
 //     failures (never the passcode), optional TLS, logrus logs.
 //
+// Each connection runs four goroutines: go-stomp's read and process loops and
+// the broker's forward and pump. All of them, and the accept loop, end by
+// the time Close returns (Close gives up after 5 s and says so, which the
+// tests would catch).
+//
+// go-stomp's server never sends RECEIPT for SUBSCRIBE or UNSUBSCRIBE (it does
+// for SEND, DISCONNECT and transactions); clients must not wait for those.
+//
 // Queues (go-stomp's /queue/ prefix) are not supported: tandem uses topics,
 // and every destination is a topic. Acknowledgement modes other than auto are
 // accepted but meaningless (topic messages are never redelivered).

@@ -51,15 +51,19 @@ type LinkConfig struct {
 	// HeartBeatError is the slack go-stomp adds to the read timeout: a
 	// silent broker is noticed after HeartBeat+HeartBeatError. Default
 	// HeartBeat (so about 2× the heart-beat). ActiveMQ's heart-beats come
-	// up to 2× the interval apart: give it more than that.
+	// up to 2× the interval apart: give it more than that (2.5× works).
+	// A broker may raise the interval (the embedded one to its HeartBeat
+	// minimum, 1s by default); the slack stays HeartBeatError, so keep
+	// HeartBeat at or above the broker's minimum.
 	HeartBeatError time.Duration
 	// BackoffMin and BackoffMax bound the jittered exponential delay
 	// between reconnect attempts. Defaults 100ms and 5s.
 	BackoffMin, BackoffMax time.Duration
 	// DialTimeout bounds one TCP+TLS+CONNECT attempt. Default 5s.
 	DialTimeout time.Duration
-	// OnState is called on every connect and disconnect, from the link's
-	// goroutine, in order. It must not block long.
+	// OnState is called on every connect and disconnect (and failed
+	// attempt), from the link's goroutine, in order; StateClosed last, from
+	// Close. It must not block long: the link waits for it.
 	OnState func(State)
 	// Log receives structured logs; default logrus.StandardLogger().
 	Log logrus.FieldLogger

@@ -182,6 +182,9 @@ func (d *doc) replace(idx *lineIndex, p pair, key, val string, isString bool, eq
 	if !ok {
 		return nil, fmt.Errorf("%w: %s: cannot locate the value at line %d", ErrUnsupported, key, v.Line)
 	}
+	if start < len(d.data) && (d.data[start] == '&' || d.data[start] == '!') && v.Value != "" {
+		return nil, fmt.Errorf("%w: %s: anchored or tagged value at line %d; rewrite it as a plain value", ErrUnsupported, key, v.Line)
+	}
 	flow := d.root.Style&yaml.FlowStyle != 0
 	switch {
 	case v.Style&yaml.DoubleQuotedStyle != 0:

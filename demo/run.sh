@@ -8,7 +8,11 @@
 #   bash demo/run.sh                 # or: make demo
 #   KEEP=1 bash demo/run.sh          # keep the temp dir (configs, data dirs, logs)
 #   HEARTBEAT_BROKER=stomp://127.0.0.1:61613 bash demo/run.sh
-#                                    # heartbeat channel on an external broker (ActiveMQ)
+#                                    # heartbeat channel on an external broker
+#   ACTIVEMQ=1 bash demo/run.sh      # make demo-activemq: starts a private ActiveMQ
+#                                    # Classic (Debian's activemq package, or
+#                                    # ACTIVEMQ_JAR=.../bin/activemq.jar) on port 47613
+#                                    # for the heartbeat channel, and stops it at the end
 #
 # Ports (loopback only; the script stops if one is taken): embedded brokers
 # 47620 (a) and 47621 (b), admin APIs 47630 (a) and 47631 (b).
@@ -174,6 +178,59 @@ done
 
 DIR=$(mktemp -d "${TMPDIR:-/tmp}/tandem-demo.XXXXXX")
 mkdir -p "$DIR/logs" "$DIR/a" "$DIR/b/data" "$DIR/before"
+
+# ---- optional: a private ActiveMQ for the heartbeat channel ---------------------
+
+if [ "${ACTIVEMQ:-0}" = 1 ]; then
+	AMQ_JAR=${ACTIVEMQ_JAR:-/usr/share/activemq/bin/activemq.jar}
+	AMQ_HOME=$(dirname "$(dirname "$AMQ_JAR")")
+	AMQ_PORT=47613
+	[ -f "$AMQ_JAR" ] || die "ActiveMQ not found at $AMQ_JAR (apt-get install activemq, or set ACTIVEMQ_JAR)"
+	command -v java >/dev/null || die "ActiveMQ needs java"
+	port_free $AMQ_PORT || die "port 127.0.0.1:$AMQ_PORT is in use"
+	A=$DIR/activemq
+	mkdir -p "$A/conf" "$A/data" "$A/tmp"
+	# persistent=false: nothing kept on disk. hbGracePeriodMultiplier=1.5:
+	# with ActiveMQ's default (1.0) it drops STOMP clients whose heart-beats
+	# are on time.
+	cat >"$A/conf/activemq.xml" <<EOF
+<beans xmlns="http://www.springframework.org/schema/beans"
+  xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"
+  xsi:schemaLocation="http://www.springframework.org/schema/beans http://www.springframework.org/schema/beans/spring-beans.xsd
+  http://activemq.apache.org/schema/core http://activemq.apache.org/schema/core/activemq-core.xsd">
+  <broker xmlns="http://activemq.apache.org/schema/core" brokerName="tandem-demo"
+          persistent="false" useJmx="false" advisorySupport="false" dataDirectory="$A/data">
+    <transportConnectors>
+      <transportConnector name="stomp" uri="stomp://127.0.0.1:$AMQ_PORT?transport.hbGracePeriodMultiplier=1.5"/>
+    </transportConnectors>
+  </broker>
+</beans>
+EOF
+	printf '%s\n' 'log4j.rootLogger=WARN, stdout' 'log4j.logger.org.apache.activemq.broker.BrokerService=INFO' \
+		'log4j.appender.stdout=org.apache.log4j.ConsoleAppender' 'log4j.appender.stdout.layout=org.apache.log4j.PatternLayout' \
+		'log4j.appender.stdout.layout.ConversionPattern=%d %-5p %c{1} - %m%n' >"$A/conf/log4j.properties"
+	# The JVM directly (Debian's wrapper overrides the base dir), with the
+	# module flags Java 17 needs.
+	(cd "$A" && exec java -Xmx256m -XX:+UseSerialGC -XX:TieredStopAtLevel=1 \
+		--add-opens java.base/java.security=ALL-UNNAMED --add-opens java.base/java.net=ALL-UNNAMED \
+		--add-opens java.base/java.lang=ALL-UNNAMED --add-opens java.base/java.util=ALL-UNNAMED \
+		--add-opens java.naming/javax.naming.spi=ALL-UNNAMED --add-opens java.rmi/sun.rmi.transport.tcp=ALL-UNNAMED \
+		--add-opens java.base/java.util.concurrent=ALL-UNNAMED --add-opens java.base/java.util.concurrent.atomic=ALL-UNNAMED \
+		-Dactivemq.home="$AMQ_HOME" -Dactivemq.base="$A" -Dactivemq.conf="$A/conf" -Dactivemq.data="$A/data" \
+		-Dactivemq.classpath="$A/conf" -Djava.io.tmpdir="$A/tmp" \
+		-jar "$AMQ_JAR" start "xbean:file:$A/conf/activemq.xml") >"$DIR/logs/activemq.log" 2>&1 &
+	AMQ_PID=$!
+	PIDS+=("$AMQ_PID")
+	say "starting ActiveMQ (pid $AMQ_PID) on 127.0.0.1:$AMQ_PORT for the heartbeat channel"
+	deadline=$(($(now_ms) + 60000))
+	while port_free $AMQ_PORT; do
+		[ "$(now_ms)" -lt "$deadline" ] || die "ActiveMQ did not listen within 60s (see $DIR/logs/activemq.log)"
+		kill -0 "$AMQ_PID" 2>/dev/null || die "ActiveMQ exited (see $DIR/logs/activemq.log)"
+		sleep 0.2
+	done
+	say "ActiveMQ is up"
+	HB_BROKER=stomp://127.0.0.1:$AMQ_PORT
+fi
 
 # ---- configs -------------------------------------------------------------------
 

@@ -2,6 +2,7 @@ package backup
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -26,6 +27,9 @@ type RoleConfig struct {
 	Signer      *protocol.Signer
 	Clock       clock.Clock
 	Log         logrus.FieldLogger
+	// Instance and StartedMS identify this process (cloned-VM detection).
+	Instance  string
+	StartedMS int64
 	// Seed is the primary known from an earlier run, if any.
 	Seed *failoverid.Peer
 	// Alive, when set, is called on every tick of the loop (systemd watchdog).
@@ -37,7 +41,9 @@ type RoleConfig struct {
 
 // End is why Run returned a takeover.
 type End struct {
-	Takeover  bool // false: the context ended
+	Takeover bool // false: the context ended, or Duplicate
+	// Duplicate: another, earlier-started process uses our failover id.
+	Duplicate string
 	Reason    string
 	Switch    bool   // a planned switchover, not a failure
 	SeenEpoch uint64 // highest epoch seen on the channel
@@ -136,6 +142,12 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		return End{}, err
 	}
 	defer sub.Close()
+	// Replies are read only to notice a clone of this backup.
+	rsub, err := r.bus.Subscribe(r.cfg.Dest.Reply)
+	if err != nil {
+		return End{}, err
+	}
+	defer rsub.Close()
 
 	now := r.cfg.Clock.Now()
 	det := NewDetector(DetectorConfig{Window: r.cfg.Window, Period: r.cfg.Period, Self: r.cfg.Token.ID}, now)
@@ -157,7 +169,8 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		maint := r.cfg.Maintenance
 		r.mu.Unlock()
 		env := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node,
-			Advertise: r.cfg.Advertise, Role: "backup", Maintenance: maint, SentMS: time.Now().UnixMilli()}
+			Advertise: r.cfg.Advertise, Role: "backup", Maintenance: maint, SentMS: time.Now().UnixMilli(),
+			Instance: r.cfg.Instance, StartedMS: r.cfg.StartedMS}
 		h := env.Headers()
 		r.cfg.Signer.Sign(r.cfg.Dest.Reply, h, nil)
 		pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)
@@ -207,6 +220,18 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			}
 		case <-replyT.C():
 			reply()
+		case m, ok := <-rsub.C():
+			if !ok {
+				return End{}, broker.ErrClosed
+			}
+			if r.cfg.Signer.Verify(m.Destination, m.Headers, m.Body) != nil {
+				continue
+			}
+			if env, err := protocol.Decode(m.Headers); err == nil {
+				if end, stop := r.clone(env); stop {
+					return end, nil
+				}
+			}
 		case m, ok := <-sub.C():
 			if !ok {
 				return End{}, broker.ErrClosed
@@ -225,6 +250,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				r.mu.Unlock()
 				log.WithError(err).Debug("dropped heartbeat")
 				continue
+			}
+			if end, stop := r.clone(env); stop {
+				return end, nil
 			}
 			r.mu.Lock()
 			r.st.Received++
@@ -245,4 +273,16 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			}
 		}
 	}
+}
+
+// clone handles a message from another process using our failover id: the
+// later-started of the two stops.
+func (r *Role) clone(env protocol.Envelope) (End, bool) {
+	if !env.Clone(r.cfg.Token.ID, r.cfg.Instance) || !env.StartedBefore(r.cfg.StartedMS, r.cfg.Instance) {
+		return End{}, false
+	}
+	msg := fmt.Sprintf("duplicate failover_id %s: node %s (instance %s) started earlier with the same id; a cloned server must get its own id: stop this one and run `tandem id --config FILE --regenerate`",
+		env.FailoverID, env.Node, env.Instance)
+	r.cfg.Log.Error(msg)
+	return End{Duplicate: msg}, true
 }

@@ -6,10 +6,13 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/tandem-ha/tandem/broker"
 	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/protocol"
 )
 
 func takeoverCfg(t *testing.T, dir string, rewrite func(ctx context.Context, epoch uint64)) TakeoverConfig {
@@ -107,5 +110,38 @@ func TestResumeAfterRenameButBeforeJournal(t *testing.T) {
 	}
 	if st.Takeover.Step != failoverid.StepLocationDormant {
 		t.Fatal(st.Takeover.Step)
+	}
+}
+
+func TestACloneBackupStartedLaterStops(t *testing.T) {
+	hub := broker.NewMemHub()
+	log, _ := test.NewNullLogger()
+	mk := func(inst string, started int64) *Role {
+		return NewRole(RoleConfig{Node: "b", Token: failoverid.Token{ID: self}, Period: 100 * time.Millisecond,
+			ReplyPeriod: time.Hour, Window: time.Hour, Dest: protocol.NewDestinations(""), Signer: protocol.NewSigner(nil),
+			Log: log, Instance: inst, StartedMS: started}, hub.Client(inst))
+	}
+	early := mk("i-early", 1000)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	earlyEnd := make(chan End, 1)
+	go func() { e, _ := early.Run(ctx); earlyEnd <- e }()
+	// Let the early one subscribe and reply before the clone starts.
+	time.Sleep(50 * time.Millisecond)
+	late := mk("i-late", 2000)
+	lateEnd := make(chan End, 1)
+	go func() { e, _ := late.Run(ctx); lateEnd <- e }()
+	select {
+	case e := <-lateEnd:
+		if e.Duplicate == "" || !strings.Contains(e.Duplicate, "duplicate failover_id") || e.Takeover {
+			t.Fatalf("%+v", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the later clone did not stop")
+	}
+	select {
+	case e := <-earlyEnd:
+		t.Fatalf("the earlier clone stopped: %+v", e)
+	case <-time.After(100 * time.Millisecond):
 	}
 }

@@ -5,6 +5,8 @@ package node
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -35,6 +37,9 @@ var (
 	ErrFenced = errors.New("node: refused to act as primary: a higher epoch exists")
 	// ErrBadInput: a file in the data dir is malformed (exit 2).
 	ErrBadInput = errors.New("node: bad input")
+	// ErrDuplicateID: another, earlier-started server uses this failover id
+	// (a cloned VM); this one stops (exit 2).
+	ErrDuplicateID = errors.New("node: duplicate failover_id")
 	// ErrNotPrimary / ErrNotBackup: a control request for the wrong role.
 	ErrNotPrimary = errors.New("node: not the active primary")
 )
@@ -61,6 +66,10 @@ type Node struct {
 
 	wg sync.WaitGroup // goroutines the node starts (after_takeover)
 
+	// instance and startedMS identify this process on the wire.
+	instance  string
+	startedMS int64
+
 	mu        sync.Mutex
 	id        string
 	st        failoverid.State
@@ -83,12 +92,14 @@ func New(cfg *config.Config, log *logrus.Logger) (*Node, error) {
 	}
 	return &Node{
 		cfg: cfg, log: log, clock: clock.Real{},
-		dest:   protocol.NewDestinations(cfg.DestinationPrefix),
-		signer: protocol.NewSigner(key),
-		files:  newAgentFiles(cfg.Agents, log.WithField("node", cfg.Node)),
-		notify: sdnotify.FromEnv(),
-		ready:  make(chan struct{}),
-		role:   "starting",
+		dest:      protocol.NewDestinations(cfg.DestinationPrefix),
+		signer:    protocol.NewSigner(key),
+		files:     newAgentFiles(cfg.Agents, log.WithField("node", cfg.Node)),
+		notify:    sdnotify.FromEnv(),
+		ready:     make(chan struct{}),
+		role:      "starting",
+		instance:  newInstance(),
+		startedMS: time.Now().UnixMilli(),
 	}, nil
 }
 
@@ -312,6 +323,15 @@ func (b *lazyBus) Close() error {
 	return nil
 }
 
+// newInstance is a random per-process nonce.
+func newInstance() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return strconv.FormatInt(time.Now().UnixNano(), 36)
+	}
+	return hex.EncodeToString(b[:])
+}
+
 func badInput(err error) error { return fmt.Errorf("%w: %v", ErrBadInput, err) }
 
 // loopback turns a listen address into one this host can dial.
@@ -443,6 +463,7 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 		Node: n.cfg.Node, Token: failoverid.Token{ID: n.id, Epoch: st.Epoch}, Advertise: n.advertise,
 		Period: n.cfg.Heartbeat.Period, ReplyPeriod: n.cfg.Heartbeat.ReplyPeriod, Window: n.cfg.Heartbeat.FailWindow,
 		Maintenance: st.Maintenance, Dest: n.dest, Signer: n.signer, Clock: n.clock, Alive: n.notify.Alive,
+		Instance: n.instance, StartedMS: n.startedMS,
 		Log: n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "role": "backup"}), Seed: st.Peer,
 		OnPrimary: func(p failoverid.Peer) {
 			if err := n.save(func(s *failoverid.State) { s.Peer = &p }); err != nil {
@@ -478,6 +499,9 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 	end, err := role.Run(ctx)
 	stopWarm()
 	<-warmDone
+	if end.Duplicate != "" {
+		return fmt.Errorf("%w: %s", ErrDuplicateID, end.Duplicate)
+	}
 	if err != nil || !end.Takeover {
 		if err != nil && ctx.Err() == nil {
 			return err
@@ -580,8 +604,9 @@ func (n *Node) runPrimary(ctx context.Context, own string) (done bool, err error
 		Node: n.cfg.Node, Token: token, Advertise: n.advertise,
 		Period: n.cfg.Heartbeat.Period, ReplyPeriod: n.cfg.Heartbeat.ReplyPeriod, FailWindow: n.cfg.Heartbeat.FailWindow,
 		Dest: n.dest, Signer: n.signer, Clock: n.clock,
-		Log:     n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "role": "primary", "epoch": st.Epoch}),
-		SeqBase: uint64(time.Now().UnixMilli()),
+		Log:      n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "role": "primary", "epoch": st.Epoch}),
+		SeqBase:  uint64(time.Now().UnixMilli()),
+		Instance: n.instance, StartedMS: n.startedMS,
 		CheckFiles: func() (*failoverid.Token, error) {
 			return n.files.scan(token, &upd)
 		},
@@ -625,6 +650,8 @@ func (n *Node) runPrimary(ctx context.Context, own string) (done bool, err error
 		return true, n.fenced(ctx, end)
 	case primary.HandedOver:
 		return false, n.becomeBackupOf(end)
+	case primary.Duplicate:
+		return true, fmt.Errorf("%w: %s", ErrDuplicateID, end.Reason)
 	}
 	return true, nil
 }

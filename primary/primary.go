@@ -40,10 +40,11 @@ const (
 	Stopped    EndKind = iota // context done
 	Fenced                    // a higher epoch exists
 	HandedOver                // a planned switchover completed
+	Duplicate                 // another, earlier process uses our failover id
 )
 
 func (k EndKind) String() string {
-	return [...]string{"stopped", "fenced", "handed-over"}[k]
+	return [...]string{"stopped", "fenced", "handed-over", "duplicate"}[k]
 }
 
 // End is Run's result.
@@ -69,6 +70,10 @@ type Config struct {
 	Signer      *protocol.Signer
 	Clock       clock.Clock
 	Log         logrus.FieldLogger
+	// Instance and StartedMS identify this process (see protocol.Envelope):
+	// they let two servers with one failover id (a cloned VM) be told apart.
+	Instance  string
+	StartedMS int64
 	// SeqBase starts the heartbeat sequence; use a value that grows across
 	// restarts (wall-clock milliseconds at start) so receivers can drop replays.
 	SeqBase uint64
@@ -131,6 +136,7 @@ type Role struct {
 	lastReply time.Time
 	started   time.Time
 	agents    map[string]*AgentView
+	dup       string // duplicate failover id warning, if any
 }
 
 // AgentView is what the primary knows of one agent from its status reports.
@@ -343,7 +349,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		seq++
 		env := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node,
 			Seq: seq, Advertise: r.cfg.Advertise, PeriodMS: r.cfg.Period.Milliseconds(), Role: "primary",
-			SentMS: time.Now().UnixMilli(), HandoverTo: handoverTo}
+			SentMS: time.Now().UnixMilli(), HandoverTo: handoverTo, Instance: r.cfg.Instance, StartedMS: r.cfg.StartedMS}
 		if r.cfg.Maintenance != nil {
 			env.Maintenance = r.cfg.Maintenance()
 		}
@@ -495,6 +501,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				drop(err, m)
 				continue
 			}
+			if end, stop := r.clone(env); stop {
+				return end, nil
+			}
 			if env.FailoverID == r.cfg.Token.ID {
 				continue // our own heartbeat
 			}
@@ -516,6 +525,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			if err != nil {
 				drop(err, m)
 				continue
+			}
+			if end, stop := r.clone(env); stop {
+				return end, nil
 			}
 			if env.FailoverID == r.cfg.Token.ID {
 				continue
@@ -562,6 +574,30 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	}
 }
 
+// clone handles a message from another process using our failover id (a
+// cloned VM). The later-started of the two stops; the earlier one warns.
+func (r *Role) clone(env protocol.Envelope) (End, bool) {
+	if !env.Clone(r.cfg.Token.ID, r.cfg.Instance) {
+		return End{}, false
+	}
+	msg := fmt.Sprintf("duplicate failover_id %s: node %s (instance %s) uses it too; a cloned server must get its own id: stop it and run `tandem id --config FILE --regenerate` on the clone",
+		env.FailoverID, env.Node, env.Instance)
+	if env.StartedBefore(r.cfg.StartedMS, r.cfg.Instance) {
+		r.cfg.Log.Error(msg + " — this process started later and stops")
+		return End{Kind: Duplicate, Reason: msg, ByNode: env.Node}, true
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, w := range r.st.Warnings {
+		if w == msg {
+			return End{}, false
+		}
+	}
+	r.cfg.Log.Error(msg)
+	r.dup = msg
+	return End{}, false
+}
+
 func (r *Role) decode(m broker.Message) (protocol.Envelope, error) {
 	if err := r.cfg.Signer.Verify(m.Destination, m.Headers, m.Body); err != nil {
 		return protocol.Envelope{}, err
@@ -595,6 +631,9 @@ func (r *Role) updateWarnings(now time.Time) {
 	}
 	if len(w) > 0 && len(r.st.Warnings) == 0 {
 		r.cfg.Log.Warn(w[0])
+	}
+	if r.dup != "" {
+		w = append(w, r.dup)
 	}
 	r.st.Warnings = w
 }

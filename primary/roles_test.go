@@ -6,6 +6,7 @@ package primary_test
 
 import (
 	"context"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -410,5 +411,57 @@ func TestASlowFileScanDoesNotDelayHeartbeats(t *testing.T) {
 	}
 	if calls.Load() < 2 {
 		t.Fatal("no periodic scan was started")
+	}
+}
+
+func TestACloneOfThePrimaryThatStartedEarlierStopsUs(t *testing.T) {
+	hub := broker.NewMemHub()
+	clk := clock.NewFake(time.Unix(1_700_000_000, 0))
+	mk := func(inst string, started int64) *primary.Role {
+		bus := hub.Client("p-" + inst)
+		return primary.New(primary.Config{Node: "a", Token: failoverid.Token{ID: primID, Epoch: 3}, Period: period,
+			ReplyPeriod: time.Second, Dest: dest, Signer: protocol.NewSigner(nil), Clock: clk, Log: quietLog(),
+			Instance: inst, StartedMS: started}, bus, bus)
+	}
+	early, late := mk("i-early", 1000), mk("i-late", 2000)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ends := make(chan primary.End, 2)
+	go func() { e, _ := early.Run(ctx); ends <- e }()
+	go func() { e, _ := late.Run(ctx); ends <- e }()
+	var end primary.End
+	deadline := time.After(5 * time.Second)
+	for end.Kind != primary.Duplicate {
+		select {
+		case end = <-ends:
+		case <-deadline:
+			t.Fatal("no clone detected")
+		default:
+			clk.Advance(period)
+			time.Sleep(time.Millisecond)
+		}
+	}
+	if !strings.Contains(end.Reason, "duplicate failover_id") {
+		t.Fatal(end.Reason)
+	}
+	// The survivor is the earlier one, and it says so in its status.
+	if late.Status().HeartbeatsSent == 0 || early.Status().Epoch != 3 {
+		t.Fatal("status")
+	}
+	found := false
+	for i := 0; i < 50 && !found; i++ {
+		clk.Advance(period)
+		time.Sleep(time.Millisecond)
+		for _, w := range early.Status().Warnings {
+			found = found || strings.Contains(w, "duplicate failover_id")
+		}
+	}
+	if !found {
+		t.Fatalf("earlier clone shows no warning: %v", early.Status().Warnings)
+	}
+	select {
+	case e := <-ends:
+		t.Fatalf("the earlier clone stopped too: %+v", e)
+	default:
 	}
 }

@@ -39,6 +39,8 @@ const (
 	HSentMS      = "sent-ms" // wall clock, informational only
 	HHandoverTo  = "handover-to"
 	HMaintenance = "maintenance"
+	HInstance    = "instance"   // random per process start: tells clones apart
+	HStartedMS   = "started-ms" // when that process started (wall clock, ms)
 	HSignature   = "signature"
 )
 
@@ -82,6 +84,26 @@ type Envelope struct {
 	SentMS      int64
 	HandoverTo  string
 	Maintenance bool
+	// Instance and StartedMS identify the sending process, so that two
+	// servers sharing a failover id (a cloned VM) can be told apart.
+	Instance  string
+	StartedMS int64
+}
+
+// Clone reports whether e comes from another process that uses the failover
+// id id (whose own process is instance): a duplicate failover id.
+func (e Envelope) Clone(id, instance string) bool {
+	return e.FailoverID == id && e.Instance != "" && instance != "" && e.Instance != instance
+}
+
+// StartedBefore reports whether the sender of e started before a process
+// that started at startedMS with instance (ties broken by instance), i.e.
+// whether that process is the later of two clones.
+func (e Envelope) StartedBefore(startedMS int64, instance string) bool {
+	if e.StartedMS != startedMS {
+		return e.StartedMS < startedMS
+	}
+	return e.Instance < instance
 }
 
 // Headers encodes the envelope (without signature).
@@ -116,6 +138,12 @@ func (e Envelope) Headers() map[string]string {
 	}
 	if e.Maintenance {
 		h[HMaintenance] = "true"
+	}
+	if e.Instance != "" {
+		h[HInstance] = e.Instance
+	}
+	if e.StartedMS != 0 {
+		h[HStartedMS] = strconv.FormatInt(e.StartedMS, 10)
 	}
 	return h
 }
@@ -166,6 +194,12 @@ func Decode(h map[string]string) (Envelope, error) {
 			return e, fmt.Errorf("%w: %s=%q: expected an integer", ErrBadHeader, HSentMS, v)
 		}
 	}
+	if v, ok := h[HStartedMS]; ok {
+		if e.StartedMS, err = strconv.ParseInt(v, 10, 64); err != nil {
+			return e, fmt.Errorf("%w: %s=%q: expected an integer", ErrBadHeader, HStartedMS, v)
+		}
+	}
+	e.Instance = h[HInstance]
 	e.Advertise = h[HAdvertise]
 	e.Role = h[HRole]
 	e.HandoverTo = strings.ToLower(h[HHandoverTo])

@@ -9,7 +9,7 @@ import (
 func TestEnvelopeRoundTrip(t *testing.T) {
 	e := Envelope{FailoverID: "aaaaaaaa-0000-4000-8000-000000000000", Epoch: 7, Node: "a", Seq: 42,
 		Advertise: "127.0.0.1:61620", PeriodMS: 100, Role: "primary", SentMS: 1700000000000,
-		HandoverTo: "bbbbbbbb-0000-4000-8000-000000000000", Maintenance: true}
+		HandoverTo: "bbbbbbbb-0000-4000-8000-000000000000", Maintenance: true, Instance: "i1", StartedMS: 1699999999000}
 	got, err := Decode(e.Headers())
 	if err != nil {
 		t.Fatal(err)
@@ -103,4 +103,14 @@ func copyH(h map[string]string) map[string]string {
 		c[k] = v
 	}
 	return c
+}
+
+func TestCloneDetection(t *testing.T) {
+	e := Envelope{FailoverID: "x", Instance: "i2", StartedMS: 100}
+	if !e.Clone("x", "i1") || e.Clone("x", "i2") || e.Clone("y", "i1") || (Envelope{FailoverID: "x"}).Clone("x", "i1") {
+		t.Fatal("clone")
+	}
+	if !e.StartedBefore(200, "i1") || e.StartedBefore(50, "i1") || !e.StartedBefore(100, "i3") || e.StartedBefore(100, "i1") {
+		t.Fatal("started before")
+	}
 }

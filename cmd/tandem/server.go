@@ -36,7 +36,9 @@ the primary. A server that would start as primary but finds a higher epoch
 channel) refuses and exits 3; make it a backup with 'tandem rejoin'.
 
 Exit codes: 0 stopped cleanly, 1 runtime failure, 2 bad config or data-dir
-file (one line naming the file), 3 refused: a higher epoch exists.
+file (one line naming the file), or another server that started earlier uses
+this failover_id (a cloned VM: run 'tandem id --regenerate' on the clone),
+3 refused: a higher epoch exists.
 
 Flags:
 `)
@@ -75,7 +77,7 @@ Flags:
 	case errors.Is(err, node.ErrFenced):
 		fmt.Fprintln(stderr, "tandem server:", err)
 		return exitFenced
-	case errors.Is(err, node.ErrBadInput):
+	case errors.Is(err, node.ErrBadInput), errors.Is(err, node.ErrDuplicateID):
 		fmt.Fprintln(stderr, "tandem server:", err)
 		return exitUsage
 	default:

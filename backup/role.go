@@ -230,6 +230,12 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			if env, err := protocol.Decode(m.Headers); err == nil {
 				if end, stop := r.clone(env); stop {
 					return end, nil
+				} else if env.Clone(r.cfg.Token.ID, r.cfg.Instance) {
+					// A later clone: answer at once so that it learns it is
+					// the later one and stops (replies are otherwise rare).
+					log.WithFields(logrus.Fields{"clone_node": env.Node, "clone_instance": env.Instance}).
+						Error("duplicate failover_id: a server that started later uses this server's id; it should stop by itself")
+					reply()
 				}
 			}
 		case m, ok := <-sub.C():

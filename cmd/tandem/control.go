@@ -215,6 +215,19 @@ itself (it writes its own primary_location). Fails when no backup replies.
 }
 
 func runMaintenance(args []string, stdout, stderr io.Writer) int {
+	// The contract puts on|off first (tandem maintenance on --admin …), and
+	// Go's flag parsing stops at the first argument that is not a flag: take
+	// the state out wherever it stands.
+	state := ""
+	rest := make([]string, 0, len(args))
+	for i, a := range args {
+		if state == "" && (a == "on" || a == "off") && (i == 0 || !strings.HasPrefix(args[i-1], "-") || strings.Contains(args[i-1], "=")) {
+			state = a
+			continue
+		}
+		rest = append(rest, a)
+	}
+	args = rest
 	fs, resolve, code, ok := parseControl("maintenance", `Usage: tandem maintenance on|off [--admin HOST:PORT | --config FILE]
 
 Pauses (on) or resumes (off) automatic failover. On the backup it stops the
@@ -225,8 +238,8 @@ the silence window, so it never fails over at once.
 	if !ok {
 		return code
 	}
-	if fs.NArg() != 1 || (fs.Arg(0) != "on" && fs.Arg(0) != "off") {
-		fmt.Fprintln(stderr, "tandem maintenance: expected on or off")
+	if state == "" || fs.NArg() != 0 {
+		fmt.Fprintln(stderr, "tandem maintenance: expected on or off (tandem maintenance on|off [--admin HOST:PORT | --config FILE])")
 		return exitUsage
 	}
 	admin, err := resolve()
@@ -234,11 +247,11 @@ the silence window, so it never fails over at once.
 		fmt.Fprintln(stderr, "tandem maintenance:", err)
 		return exitUsage
 	}
-	if _, err := call(http.MethodPost, admin, "/maintenance?state="+fs.Arg(0), "", nil); err != nil {
+	if _, err := call(http.MethodPost, admin, "/maintenance?state="+state, "", nil); err != nil {
 		fmt.Fprintln(stderr, "tandem maintenance:", err)
 		return exitRuntime
 	}
-	if fs.Arg(0) == "on" {
+	if state == "on" {
 		fmt.Fprintln(stdout, "maintenance on: automatic failover paused")
 	} else {
 		fmt.Fprintln(stdout, "maintenance off: automatic failover resumed (the silence window starts now)")

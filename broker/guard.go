@@ -34,10 +34,15 @@ const (
 
 const maxGuardLine = 64 // enough to recognise content-length:NNNNNNNNNN
 
-// scan inspects p and reports how many frames it completed; the error is
-// errFrameTooLarge (wrapping ErrFrameTooLarge) when a frame exceeds max.
-func (g *frameGuard) scan(p []byte) (frames int, err error) {
-	for i := 0; i < len(p); {
+// scan inspects p and reports how many frames it completed; the error wraps
+// ErrFrameTooLarge when a frame exceeds max. With stop set it stops right
+// after the first frame it completes; n is how many bytes of p it inspected.
+func (g *frameGuard) scan(p []byte, stop bool) (n, frames int, err error) {
+	i := 0
+	for i < len(p) {
+		if stop && frames > 0 {
+			return i, frames, nil
+		}
 		switch g.state {
 		case gBodyLen:
 			n := min(g.bodyLeft, len(p)-i)
@@ -58,13 +63,13 @@ func (g *frameGuard) scan(p []byte) (frames int, err error) {
 			if j < 0 {
 				g.size += len(p) - i
 				if g.size > g.max {
-					return frames, g.tooLarge()
+					return i, frames, g.tooLarge()
 				}
-				return frames, nil
+				return len(p), frames, nil
 			}
 			g.size += j + 1
 			if g.size > g.max {
-				return frames, g.tooLarge()
+				return i, frames, g.tooLarge()
 			}
 			i += j + 1
 			frames++
@@ -76,7 +81,7 @@ func (g *frameGuard) scan(p []byte) (frames int, err error) {
 		i++
 		g.size++
 		if g.size > g.max {
-			return frames, g.tooLarge()
+			return i, frames, g.tooLarge()
 		}
 		if b != '\n' {
 			g.lineLen++
@@ -106,7 +111,7 @@ func (g *frameGuard) scan(p []byte) (frames int, err error) {
 				} else {
 					g.clValue = int(v)
 					if g.size+g.clValue+1 > g.max {
-						return frames, g.tooLarge()
+						return i, frames, g.tooLarge()
 					}
 				}
 			}
@@ -125,7 +130,7 @@ func (g *frameGuard) scan(p []byte) (frames int, err error) {
 			g.state = gBodyNul
 		}
 	}
-	return frames, nil
+	return i, frames, nil
 }
 
 func (g *frameGuard) tooLarge() error {

@@ -317,13 +317,17 @@ type serverConn struct {
 	log  logrus.FieldLogger
 	reqs chan client.Request
 
-	guard      frameGuard
-	sawFrame   atomic.Bool
-	connectDL  time.Time
-	wmu        sync.Mutex // serialises writes to the socket
-	dead       atomic.Bool
-	killOnce   sync.Once
-	disconnect chan struct{} // closed by kill
+	guard       frameGuard
+	sawFrame    atomic.Bool
+	connectDL   time.Time
+	wmu         sync.Mutex    // serialises writes to the socket
+	dead        atomic.Bool   // no more traffic: set by markDead
+	deadOnce    sync.Once     //
+	deadCh      chan struct{} // closed by markDead
+	killOnce    sync.Once
+	connected   atomic.Bool   // go-stomp accepted CONNECT
+	connectedCh chan struct{} // closed when connected is set
+	held        []byte        // read but not yet handed to go-stomp (before CONNECT)
 
 	qmu      sync.Mutex
 	queue    []queued
@@ -352,15 +356,16 @@ type queued struct {
 
 func newServerConn(s *Server, nc net.Conn, log logrus.FieldLogger) *serverConn {
 	c := &serverConn{
-		Conn:       nc,
-		srv:        s,
-		log:        log,
-		reqs:       make(chan client.Request, 64),
-		connectDL:  time.Now().Add(s.cfg.ConnectTimeout),
-		disconnect: make(chan struct{}),
-		qsignal:    make(chan struct{}, 1),
-		pumpDone:   make(chan struct{}),
-		credit:     make(chan struct{}, 1),
+		Conn:        nc,
+		srv:         s,
+		log:         log,
+		reqs:        make(chan client.Request, 64),
+		connectDL:   time.Now().Add(s.cfg.ConnectTimeout),
+		deadCh:      make(chan struct{}),
+		connectedCh: make(chan struct{}),
+		qsignal:     make(chan struct{}, 1),
+		pumpDone:    make(chan struct{}),
+		credit:      make(chan struct{}, 1),
 	}
 	c.guard.max = s.cfg.MaxFrameSize
 	_ = nc.SetReadDeadline(c.connectDL)
@@ -371,8 +376,7 @@ func newServerConn(s *Server, nc net.Conn, log logrus.FieldLogger) *serverConn {
 // clean up, after which forward and pump end.
 func (c *serverConn) kill(reason string) {
 	c.killOnce.Do(func() {
-		c.dead.Store(true)
-		close(c.disconnect)
+		c.markDead()
 		// Close the TCP socket itself: tls.Conn.Close would first try to
 		// write close_notify, which blocks (up to 5 s) on a client that
 		// does not read, and kill runs on the routing path.
@@ -385,12 +389,39 @@ func (c *serverConn) kill(reason string) {
 	})
 }
 
-// Read implements net.Conn for go-stomp with the frame-size guard.
+// markDead stops all traffic to the connection (the socket may stay open a
+// moment longer).
+func (c *serverConn) markDead() {
+	c.dead.Store(true)
+	c.deadOnce.Do(func() { close(c.deadCh) })
+}
+
+// Read implements net.Conn for go-stomp with the frame-size guard. Until
+// go-stomp has accepted CONNECT it hands over one frame only and holds the
+// rest back: go-stomp's read loop would otherwise block for ever on its
+// 16-frame queue when the process loop gives up on the connection (failed
+// authentication, say) while the client keeps sending.
 func (c *serverConn) Read(p []byte) (int, error) {
-	n, err := c.Conn.Read(p)
+	gated := !c.connected.Load()
+	if gated && c.sawFrame.Load() {
+		select {
+		case <-c.connectedCh:
+			gated = false
+		case <-c.deadCh:
+			return 0, net.ErrClosed
+		}
+	}
+	var n int
+	var err error
+	if len(c.held) > 0 {
+		n = copy(p, c.held)
+		c.held = c.held[n:]
+	} else {
+		n, err = c.Conn.Read(p)
+	}
 	if n > 0 {
-		frames, gerr := c.guard.scan(p[:n])
-		if frames > 0 && !c.sawFrame.Load() {
+		used, frames, gerr := c.guard.scan(p[:n], gated)
+		if frames > 0 {
 			c.sawFrame.Store(true)
 		}
 		if gerr != nil {
@@ -400,9 +431,13 @@ func (c *serverConn) Read(p []byte) (int, error) {
 			c.kill("oversized frame")
 			return 0, gerr
 		}
+		if used < n {
+			c.held = append(append([]byte(nil), p[used:n]...), c.held...)
+			n = used
+		}
 	}
 	if err != nil {
-		c.dead.Store(true)
+		c.markDead()
 	}
 	return n, err
 }
@@ -432,7 +467,7 @@ func (c *serverConn) Write(p []byte) (int, error) {
 			c.srv.slow.Add(1)
 			c.log.WithField("write_timeout", c.srv.cfg.WriteTimeout).Warn("slow client: not reading, disconnecting")
 		}
-		c.dead.Store(true)
+		c.markDead()
 		c.kill("write failed")
 		return n, err
 	}
@@ -440,7 +475,7 @@ func (c *serverConn) Write(p []byte) (int, error) {
 	// frame up to 4 KiB is one Write). Mark it dead now so the pump stops
 	// handing it messages before go-stomp's process loop is gone.
 	if len(p) >= 6 && string(p[:6]) == "ERROR\n" {
-		c.dead.Store(true)
+		c.markDead()
 	}
 	if len(p) >= 8 && string(p[:8]) == "MESSAGE\n" {
 		c.written.Add(1)
@@ -463,7 +498,7 @@ func (c *serverConn) writeError(msg, detail string) {
 	f.Body = []byte(detail)
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
 	_ = frame.NewWriter(c.Conn).Write(f)
-	c.dead.Store(true)
+	c.markDead()
 }
 
 // client.Config for go-stomp.
@@ -510,6 +545,8 @@ func (c *serverConn) forward() {
 		case client.EnqueueOp:
 			c.srv.route(r.Frame)
 		case client.ConnectedOp:
+			c.connected.Store(true)
+			close(c.connectedCh)
 			c.log.Debug("client connected")
 		case client.DisconnectedOp:
 			for sub := range subs {
@@ -562,7 +599,7 @@ func (c *serverConn) pump() {
 	for {
 		select {
 		case <-c.qsignal:
-		case <-c.disconnect:
+		case <-c.deadCh:
 			return
 		}
 		for {
@@ -580,7 +617,7 @@ func (c *serverConn) pump() {
 			for c.sent-c.written.Load() >= maxInFlight {
 				select {
 				case <-c.credit:
-				case <-c.disconnect:
+				case <-c.deadCh:
 					return
 				}
 			}

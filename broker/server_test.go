@@ -51,9 +51,13 @@ func TestFrameGuard(t *testing.T) {
 			frames := 0
 			var err error
 			for i := 0; i < len(in) && err == nil; i += step {
-				var n int
-				n, err = g.scan(in[i:min(i+step, len(in))])
+				var n, used int
+				chunk := in[i:min(i+step, len(in))]
+				used, n, err = g.scan(chunk, false)
 				frames += n
+				if err == nil && used != len(chunk) {
+					t.Fatalf("scan used %d of %d bytes", used, len(chunk))
+				}
 			}
 			if (err == nil) != tc.ok {
 				t.Fatalf("err = %v, want ok=%v", err, tc.ok)
@@ -461,4 +465,35 @@ func (p *jitterProbe) stop() (time.Duration, float64) {
 		fmt.Sscan(string(b), &load)
 	}
 	return p99, load
+}
+
+// TestServerAuthFailureFloodNoLeak: a client that fails authentication and
+// keeps sending frames leaves no goroutine behind (go-stomp's read loop would
+// block for ever on its frame queue without the pre-CONNECT gate).
+func TestServerAuthFailureFloodNoLeak(t *testing.T) {
+	s := startTestServer(t, ServerConfig{Login: "tandem", Passcode: "right"})
+	base := runtime.NumGoroutine()
+	var b strings.Builder
+	b.WriteString("CONNECT\naccept-version:1.2\nhost:/\nlogin:tandem\npasscode:wrong\n\n\x00")
+	for i := 0; i < 100; i++ {
+		b.WriteString("SEND\ndestination:/topic/x\n\nflood\x00")
+	}
+	for i := 0; i < 3; i++ {
+		nc, err := net.Dial("tcp", s.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		if _, err := nc.Write([]byte(b.String())); err != nil {
+			t.Fatal(err)
+		}
+	}
+	waitFor(t, 10*time.Second, "failed connections closed", func() bool {
+		st := s.Stats()
+		return st.AuthFailures == 3 && st.Connections == 0
+	})
+	goroutinesSettle(t, base, 2, 5*time.Second)
+	if st := s.Stats(); st.Messages != 0 {
+		t.Fatalf("unauthenticated SENDs routed: %+v", st)
+	}
 }

@@ -582,7 +582,14 @@ func (l *Link) connect() (*stomp.Conn, *watchedConn, error) {
 	if l.cfg.Login != "" {
 		opts = append(opts, stomp.ConnOpt.Login(l.cfg.Login, l.cfg.Passcode))
 	}
+	// go-stomp only applies ctx's deadline to the CONNECTED wait; close the
+	// socket on cancellation (Close) too.
+	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	conn, err := stomp.ConnectWithContext(ctx, wc, opts...)
+	if !stop() && err == nil {
+		err = ctx.Err()
+		_ = conn.MustDisconnect()
+	}
 	if err != nil {
 		wc.Close()
 		return nil, nil, err

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -124,6 +125,12 @@ func TestLinkReconnectResubscribe(t *testing.T) {
 	if m := recvWithin(t, ss, 5*time.Second); m.Headers["n"] != "2" {
 		t.Fatalf("got %+v", m)
 	}
+	// OnState runs just after the link is usable.
+	waitFor(t, 5*time.Second, "connected reported", func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return states[len(states)-1] == StateConnected
+	})
 	mu.Lock()
 	defer mu.Unlock()
 	want := []ConnState{StateConnected, StateDisconnected}
@@ -180,5 +187,34 @@ func TestLinkSlowConsumer(t *testing.T) {
 	slow.Close()
 	if d := time.Since(start); d > 100*time.Millisecond {
 		t.Fatalf("Subscription.Close took %s", d)
+	}
+}
+
+// TestLinkCloseDuringConnect: Close does not wait out DialTimeout when the
+// broker accepts TCP but never answers CONNECT.
+func TestLinkCloseDuringConnect(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // accept, say nothing
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	_, err = Dial(ctx, LinkConfig{URL: ln.Addr().String(), DialTimeout: 30 * time.Second, Log: testLog(t)})
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Dial: %v", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("Dial+Close took %s", d)
 	}
 }

@@ -1,7 +1,6 @@
 package agentcfg
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -10,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/tandem-ha/tandem/internal/fsutil"
 )
@@ -273,7 +273,6 @@ func TestOutcomeString(t *testing.T) {
 	}
 }
 
-var _ = bytes.Equal
 
 // TestRewriteAllSyncFailure: a result is Rewritten only after a successful
 // sync. A failed flush before the renames leaves the files untouched; a
@@ -323,5 +322,24 @@ func TestRewriteAllKeepsMode(t *testing.T) {
 		if fi, _ := os.Stat(files[i]); fi.Mode().Perm() != want {
 			t.Fatalf("%s: mode %v, want %v", files[i], fi.Mode(), want)
 		}
+	}
+}
+
+// A path listed twice in the same group must not deadlock on its own lock.
+func TestRewriteAllDuplicateInGroup(t *testing.T) {
+	files := makeAgents(t, 2, sample)
+	paths := []string{files[0], files[0], files[1], files[0]}
+	done := make(chan []Result)
+	go func() { done <- RewriteAll(paths, testUpdate, BatchOptions{Workers: 1}) }()
+	select {
+	case res := <-done:
+		want := []Outcome{Rewritten, Unchanged, Rewritten, Unchanged}
+		for i, r := range res {
+			if r.Outcome != want[i] {
+				t.Fatalf("%d: %v %v, want %v", i, r.Outcome, r.Err, want[i])
+			}
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("deadlock")
 	}
 }

@@ -273,7 +273,6 @@ func TestOutcomeString(t *testing.T) {
 	}
 }
 
-
 // TestRewriteAllSyncFailure: a result is Rewritten only after a successful
 // sync. A failed flush before the renames leaves the files untouched; a
 // failed closing flush leaves new content that is reported Failed.

@@ -332,6 +332,10 @@ deadline=$(($(now_ms) + 30000))
 while [ "$(now_ms)" -lt "$deadline" ]; do
 	read -r role epoch conn _ _ silent <<<"$(status $ADMIN_B)"
 	t=$(now_ms)
+	if [ "$role" = taking-over ] && [ "$last_role" != taking-over ]; then
+		say "b: TAKING-OVER: new epoch persisted, rewriting the agent files"
+		last_role=$role
+	fi
 	views=$(agent_views)
 	if [ "$views" != "$seen_files" ]; then
 		read -ra old <<<"$seen_files"
@@ -345,7 +349,6 @@ while [ "$(now_ms)" -lt "$deadline" ]; do
 	fi
 	if [ "$role" != down ] && [ "$role" != "$last_role" ]; then
 		case "$role" in
-		taking-over) say "b: TAKING-OVER at epoch $epoch: rewriting the agent files" ;;
 		primary) say "b: PRIMARY at epoch $epoch, $(secs $((t - T_KILL))) after the kill" ;;
 		*) say "b: $(upper "$role") epoch $epoch" ;;
 		esac

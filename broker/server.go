@@ -453,23 +453,28 @@ func (c *serverConn) SetReadDeadline(t time.Time) error {
 
 // Write implements net.Conn for go-stomp: every write has a deadline, and a
 // client that does not take the bytes in time is disconnected.
+//
+// Failed writes are not reported to go-stomp: the socket is closed and the
+// bytes dropped, so go-stomp's process loop keeps draining its 16-frame read
+// queue until its read loop sees the closed socket and ends. (Had the
+// process loop returned on the write error, a read loop blocked on a full
+// queue would never end.)
 func (c *serverConn) Write(p []byte) (int, error) {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	if c.dead.Load() {
-		return 0, net.ErrClosed
+		return len(p), nil
 	}
 	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
-	n, err := c.Conn.Write(p)
+	_, err := c.Conn.Write(p)
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
 			c.srv.slow.Add(1)
 			c.log.WithField("write_timeout", c.srv.cfg.WriteTimeout).Warn("slow client: not reading, disconnecting")
 		}
-		c.markDead()
 		c.kill("write failed")
-		return n, err
+		return len(p), nil
 	}
 	// go-stomp ends the connection after it writes an ERROR frame (each
 	// frame up to 4 KiB is one Write). Mark it dead now so the pump stops
@@ -484,7 +489,7 @@ func (c *serverConn) Write(p []byte) (int, error) {
 		default:
 		}
 	}
-	return n, err
+	return len(p), nil
 }
 
 // writeError sends a best-effort ERROR frame directly on the socket.

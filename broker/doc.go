@@ -39,6 +39,16 @@
 // the time Close returns (Close gives up after 5 s and says so, which the
 // tests would catch).
 //
+// go-stomp's per-connection loops have one more trap: the read loop blocks
+// on a 16-frame queue that nobody drains once the process loop has returned.
+// The wrapper keeps the process loop running until the socket is closed
+// (write failures are absorbed, not returned) and hands go-stomp nothing
+// but the CONNECT frame until CONNECT is accepted, so neither a slow client
+// nor a failed login leaves a goroutine behind. One case remains: an
+// authenticated client that sends an invalid frame followed by 16 more
+// before go-stomp rejects it leaves go-stomp's read loop (and those frames)
+// behind until the process exits.
+//
 // go-stomp's server never sends RECEIPT for SUBSCRIBE or UNSUBSCRIBE (it does
 // for SEND, DISCONNECT and transactions); clients must not wait for those.
 //

@@ -14,9 +14,10 @@ all: build
 build:
 	$(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/tandem
 
-# The README's test command: gofmt + vet, the race-enabled suite
-# (integration included), each fuzzer briefly, then a short fault soak.
-test: lint unit fuzz soak
+# The README's test command: gofmt + vet, each fuzzer briefly, a short
+# fault soak, then the race-enabled suite (integration included) — last, so
+# its summary closes the output.
+test: lint fuzz soak unit
 
 unit:
 	$(GO) test -race -count=1 -timeout 15m $(PKGS)

@@ -56,6 +56,8 @@ var (
 	ErrSelfCheck = errors.New("agentcfg: edit self-check failed")
 	// ErrBadPattern: a managed glob is malformed.
 	ErrBadPattern = errors.New("agentcfg: malformed glob")
+	// ErrMuxClosed: Watch on a closed WatchMux.
+	ErrMuxClosed = errors.New("agentcfg: watch multiplexer closed")
 )
 
 // ValueError reports a key whose value has the wrong form. Its message reads

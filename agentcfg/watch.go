@@ -80,28 +80,22 @@ func Watch(ctx context.Context, path string, debounce time.Duration) (<-chan str
 	}
 	follow()
 
-	out := make(chan struct{}, 1)
-	go func() {
-		defer close(out)
-		defer w.Close()
-		var (
-			timer    *time.Timer
-			fire     <-chan time.Time
-			burstAt  time.Time
-			maxDelay = 4 * debounce
-		)
-		notify := func() {
-			select {
-			case out <- struct{}{}:
-			default:
-			}
+	// One goroutine filters the events, one debounces them (debounceLoop,
+	// shared with WatchMux). The second stops when the first does.
+	raw := make(chan struct{}, 1)
+	stopped := make(chan struct{})
+	poke := func() {
+		select {
+		case raw <- struct{}{}:
+		default:
 		}
+	}
+	go func() {
+		defer close(stopped)
+		defer w.Close()
 		for {
 			select {
 			case <-ctx.Done():
-				if timer != nil {
-					timer.Stop()
-				}
 				return
 			case ev, ok := <-w.Events:
 				if !ok {
@@ -113,40 +107,19 @@ func Watch(ctx context.Context, path string, debounce time.Duration) (<-chan str
 				if filepath.Clean(ev.Name) == abs {
 					follow()
 				}
-				if debounce <= 0 {
-					notify()
-					continue
-				}
-				now := time.Now()
-				if fire == nil {
-					burstAt = now
-				}
-				d := debounce
-				if left := burstAt.Add(maxDelay).Sub(now); left < d {
-					d = max(left, 0)
-				}
-				if timer == nil {
-					timer = time.NewTimer(d)
-				} else {
-					timer.Stop()
-					select {
-					case <-timer.C:
-					default:
-					}
-					timer.Reset(d)
-				}
-				fire = timer.C
-			case <-fire:
-				fire = nil
-				notify()
+				poke()
 			case _, ok := <-w.Errors:
 				if !ok {
 					return
 				}
-				// An overflow loses events: report, so the caller re-reads.
-				notify()
+				poke() // an overflow loses events: report, so the caller re-reads
 			}
 		}
+	}()
+	out := make(chan struct{}, 1)
+	go func() {
+		defer close(out)
+		debounceLoop(ctx, stopped, raw, out, debounce)
 	}()
 	return out, nil
 }

@@ -2,7 +2,6 @@ package agentcfg
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"path/filepath"
 	"sync"
@@ -12,9 +11,6 @@ import (
 
 	"github.com/tandem-ha/tandem/internal/fsutil"
 )
-
-// ErrMuxClosed: Watch on a closed WatchMux.
-var ErrMuxClosed = errors.New("agentcfg: watch multiplexer closed")
 
 // WatchMux watches many address.yaml files with one inotify instance (the
 // kernel allows 128 per user by default, so one Watch per agent does not

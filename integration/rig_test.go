@@ -1,0 +1,412 @@
+package integration
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A rig is a primary/backup pair with agents in which every link runs
+// through a proxy the test controls:
+//
+//	backup ──to[primary]──► primary's broker   (primary_location; embedded heartbeat channel)
+//	agents ──ag[server]───► server's broker     (each server advertises its own agents proxy)
+//	server ──hb[server]───► external broker     (heartbeat_broker, when one is used)
+//
+// so a test can cut backup↔primary only, primary↔agents only, or everything.
+
+const testSecret = "fault-suite-shared-secret-0123456789"
+
+type rigOpts struct {
+	timing string // heartbeat: {...}; default fastTiming (embedded) or extTiming
+	hooks  string // hooks: {...}
+	agents int    // agent files and agent processes (default 3)
+	signed bool   // configure the shared secret (servers and agents)
+}
+
+// extTiming is a little wider than fastTiming: an external broker adds a
+// hop (and ActiveMQ/RabbitMQ share 2 cores with race-built tandems).
+const extTiming = "{period: 200ms, reply_period: 1s, fail_window: 1s}"
+
+type rig struct {
+	t      testing.TB
+	c      *cluster
+	kind   string     // embedded | activemq | rabbitmq
+	ext    *extBroker // nil for embedded
+	opts   rigOpts
+	secret string // path of the secret file (for agents)
+
+	to, ag, hb map[string]*proxy // per server name
+	a, b       *server
+	files      []string
+	evPath     string
+	agents     []*proc
+	samp       *epochSampler
+}
+
+func newRig(t testing.TB, kind string, ext *extBroker, o rigOpts) *rig {
+	t.Helper()
+	if o.agents == 0 {
+		o.agents = 3
+	}
+	if o.timing == "" {
+		o.timing = fastTiming
+		if ext != nil {
+			o.timing = extTiming
+		}
+	}
+	c := newCluster(t)
+	c.timing = o.timing
+	r := &rig{t: t, c: c, kind: kind, ext: ext, opts: o,
+		to: map[string]*proxy{}, ag: map[string]*proxy{}, hb: map[string]*proxy{},
+		evPath: filepath.Join(c.dir, "events.jsonl")}
+	if o.signed {
+		r.secret = filepath.Join(c.dir, "secret")
+		mustOK(t, os.WriteFile(r.secret, []byte(testSecret+"\n"), 0o600))
+	}
+	return r
+}
+
+// addServer writes a server config whose advertise is its agents proxy and
+// whose heartbeat_broker (if any) is reached through its own proxy;
+// primaryOf (may be nil) is reached through its to-proxy.
+func (r *rig) addServer(name string, primaryOf *server) *server {
+	r.t.Helper()
+	c := r.c
+	s := &server{name: name, dir: filepath.Join(c.dir, name), brokerPort: freePort(r.t)}
+	s.admin = fmt.Sprintf("127.0.0.1:%d", freePort(r.t))
+	s.cfgPath = filepath.Join(c.dir, name+".yaml")
+	mustOK(r.t, os.MkdirAll(filepath.Join(s.dir, "data"), 0o700))
+	r.to[name] = newProxy(r.t, s.addr())
+	r.ag[name] = newProxy(r.t, s.addr())
+	var extra strings.Builder
+	if r.ext != nil {
+		r.hb[name] = newProxy(r.t, r.ext.addr)
+		fmt.Fprintf(&extra, "heartbeat_broker: stomp://%s\n", r.hb[name].addr())
+		if r.ext.vhost != "" {
+			fmt.Fprintf(&extra, "broker: {vhost: %q}\n", r.ext.vhost)
+		}
+	}
+	if r.secret != "" {
+		fmt.Fprintf(&extra, "secret: %q\n", testSecret)
+	}
+	if r.opts.hooks != "" {
+		fmt.Fprintf(&extra, "hooks: %s\n", r.opts.hooks)
+	}
+	cfg := fmt.Sprintf(`node: %s
+data_dir: %s
+listen: %s
+advertise: %s
+admin: %s
+heartbeat: %s
+agents: [%q]
+event_log: %q
+log: {format: text, level: debug}
+%s`, name, filepath.Join(s.dir, "data"), s.addr(), r.ag[name].addr(), s.admin, c.timing, c.agents,
+		c.serverEvents(), extra.String())
+	mustOK(r.t, os.WriteFile(s.cfgPath, []byte(cfg), 0o644))
+	if primaryOf != nil {
+		mustOK(r.t, os.WriteFile(filepath.Join(s.dir, "data", "primary_location"), []byte(r.to[primaryOf.name].addr()+"\n"), 0o644))
+	}
+	c.servers[name] = s
+	return s
+}
+
+// pairUp starts a (primary) and b (its backup), the agent files pointing at
+// a's agents proxy, and waits until they know each other.
+func (r *rig) pairUp() {
+	r.t.Helper()
+	r.a = r.addServer("a", nil)
+	r.b = r.addServer("b", r.a)
+	r.files = r.c.writeAgents(r.opts.agents, &server{brokerPort: r.ag["a"].port()})
+	r.samp = startEpochSampler(r.t, r.files)
+	r.c.start(r.a)
+	r.c.waitRole(r.a, "primary", 20*time.Second)
+	r.c.start(r.b)
+	r.c.waitRole(r.b, "backup", 20*time.Second)
+	r.waitPaired(r.a, r.b, 20*time.Second)
+}
+
+// waitPaired waits until backup hears primary and primary knows its backup.
+func (r *rig) waitPaired(prim, back *server, d time.Duration) {
+	r.t.Helper()
+	eventually(r.t, d, back.name+" hears "+prim.name+" and "+prim.name+" knows its backup", func() bool {
+		sb, err1 := getStatus(back.admin)
+		sa, err2 := getStatus(prim.admin)
+		return err1 == nil && err2 == nil && sb.Role == "backup" && sb.Primary != nil && sb.Primary.Node == prim.name &&
+			sb.Primary.Epoch == sa.Epoch && sa.Role == "primary" && sa.BackupConfigured
+	})
+}
+
+// startAgents runs one reference agent per file, all logging to evPath.
+func (r *rig) startAgents() {
+	r.t.Helper()
+	for i, f := range r.files {
+		args := []string{"agent", "--config", f, "--id", fmt.Sprintf("agent%d", i), "--period", "100ms", "--events", r.evPath}
+		if r.secret != "" {
+			args = append(args, "--secret-file", r.secret)
+		}
+		r.agents = append(r.agents, start(r.t, r.c.dir, fmt.Sprintf("agent%d", i), args...))
+	}
+}
+
+func (r *rig) other(s *server) *server {
+	if s == r.a {
+		return r.b
+	}
+	return r.a
+}
+
+// partition cuts backup↔primary only: the backup's way to the primary's
+// broker (embedded heartbeat channel) or to the heartbeat broker.
+func (r *rig) partition(backup *server) {
+	if r.ext != nil {
+		r.hb[backup.name].Cut()
+		return
+	}
+	r.to[r.other(backup).name].Cut()
+}
+
+func (r *rig) heal() {
+	for _, m := range []map[string]*proxy{r.to, r.ag, r.hb} {
+		for _, p := range m {
+			p.Heal()
+		}
+	}
+}
+
+// cutAgents cuts primary↔agents only.
+func (r *rig) cutAgents(s *server) { r.ag[s.name].Cut() }
+
+// cutAll isolates s from everything.
+func (r *rig) cutAll(s *server) {
+	for _, m := range []map[string]*proxy{r.to, r.ag, r.hb} {
+		if p := m[s.name]; p != nil {
+			p.Cut()
+		}
+	}
+	if r.ext == nil {
+		r.to[r.other(s).name].Cut()
+	}
+}
+
+// filesAt reports whether every agent file points at s's agents proxy at epoch.
+func (r *rig) filesAt(s *server, epoch uint64) bool {
+	want := strconv.FormatUint(epoch, 10)
+	port := strconv.Itoa(r.ag[s.name].port())
+	for _, f := range r.files {
+		b, err := os.ReadFile(f)
+		if err != nil {
+			return false
+		}
+		p, e := quickFacts(string(b))
+		if e != want || p != port {
+			return false
+		}
+	}
+	return true
+}
+
+// settled waits for the system to settle on prim at epoch: prim is primary,
+// every file names it at epoch, every running agent obeyed it at epoch.
+func (r *rig) settled(prim *server, epoch uint64, d time.Duration) {
+	r.t.Helper()
+	st := r.c.waitRole(prim, "primary", d)
+	if st.Epoch != epoch {
+		r.t.Fatalf("%s is primary at epoch %d, want %d", prim.name, st.Epoch, epoch)
+	}
+	eventually(r.t, d, fmt.Sprintf("all agent files on %s at epoch %d", prim.name, epoch), func() bool { return r.filesAt(prim, epoch) })
+	if n := r.runningAgents(); n > 0 {
+		eventually(r.t, d, fmt.Sprintf("%d agents obey %s at epoch %d", n, prim.name, epoch), func() bool {
+			return acceptedFrom(readEvents(r.t, r.evPath), st.FailoverID, epoch) >= n
+		})
+	}
+}
+
+func (r *rig) runningAgents() int {
+	n := 0
+	for _, p := range r.agents {
+		select {
+		case <-p.done:
+		default:
+			n++
+		}
+	}
+	return n
+}
+
+// check asserts I1 (agents' events), per-agent monotone accepted epochs
+// ("no agent obeys both"), I2 (sampled file epochs) and I3 (files intact).
+// I4/I5 are checked by the cluster's cleanup from the server event log.
+func (r *rig) check() {
+	r.t.Helper()
+	evs := readEvents(r.t, r.evPath)
+	checkI1(r.t, evs)
+	checkMonotoneAccepts(r.t, evs)
+	if r.samp != nil {
+		r.samp.check(r.t)
+	}
+	for i, f := range r.files {
+		checkAgentFileIntact(r.t, f, i)
+	}
+}
+
+// checkMonotoneAccepts: once an agent obeyed epoch e it never obeys a lower one.
+func checkMonotoneAccepts(t testing.TB, evs []event) int {
+	t.Helper()
+	bad := 0
+	last := map[string]event{}
+	for _, e := range evs {
+		if !e.Accepted {
+			continue
+		}
+		if l, ok := last[e.Agent]; ok && e.From.Epoch < l.From.Epoch {
+			bad++
+			t.Errorf("agent %s obeyed %s@%d (node %s) at t=%d after obeying %s@%d (node %s) at t=%d",
+				e.Agent, e.From.ID, e.From.Epoch, e.FromNode, e.T, l.From.ID, l.From.Epoch, l.FromNode, l.T)
+		}
+		last[e.Agent] = e
+	}
+	return bad
+}
+
+// quickFacts extracts stomp_port and failover_epoch from a file's text.
+func quickFacts(text string) (port, epoch string) {
+	for _, line := range strings.Split(text, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok {
+			continue
+		}
+		v = strings.TrimSpace(strings.SplitN(v, "#", 2)[0])
+		switch strings.TrimSpace(k) {
+		case "stomp_port":
+			port = v
+		case "failover_epoch":
+			epoch = v
+		}
+	}
+	return
+}
+
+// epochSampler reads every agent file every 20 ms during a test: I2 (an
+// epoch never goes down) and I3 (no sample is ever truncated or missing a
+// line, which catches a non-atomic rewrite in the act).
+type epochSampler struct {
+	mu      sync.Mutex
+	stop    chan struct{}
+	done    chan struct{}
+	last    map[string]uint64
+	samples int
+	errs    []string
+}
+
+var requiredLines = []string{"# DataStax agent address file", "use_ssl: 0", "# keep this", "jmx_port: 7199", "# the OpsCenter server"}
+
+func startEpochSampler(t testing.TB, files []string) *epochSampler {
+	s := &epochSampler{stop: make(chan struct{}), done: make(chan struct{}), last: map[string]uint64{}}
+	go func() {
+		defer close(s.done)
+		tk := time.NewTicker(20 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			for _, f := range files {
+				s.sample(f)
+			}
+			select {
+			case <-s.stop:
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	t.Cleanup(s.halt)
+	return s
+}
+
+func (s *epochSampler) sample(f string) {
+	b, err := os.ReadFile(f)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.samples++
+	if err != nil {
+		s.errs = append(s.errs, fmt.Sprintf("I3 violated: %s unreadable: %v", f, err))
+		return
+	}
+	text := string(b)
+	for _, w := range requiredLines {
+		if !strings.Contains(text, w) {
+			s.errs = append(s.errs, fmt.Sprintf("I3 violated: %s sampled without %q:\n%s", f, w, text))
+			return
+		}
+	}
+	_, es := quickFacts(text)
+	var e uint64
+	if es != "" {
+		if e, err = strconv.ParseUint(es, 10, 64); err != nil {
+			s.errs = append(s.errs, fmt.Sprintf("I3 violated: %s has failover_epoch %q", f, es))
+			return
+		}
+	}
+	if l, ok := s.last[f]; ok && e < l {
+		s.errs = append(s.errs, fmt.Sprintf("I2 violated: %s epoch went from %d down to %d", f, l, e))
+	}
+	s.last[f] = e
+}
+
+func (s *epochSampler) halt() {
+	select {
+	case <-s.stop:
+	default:
+		close(s.stop)
+	}
+	<-s.done
+}
+
+// check reports the violations seen so far (and forgets them).
+func (s *epochSampler) check(t testing.TB) int {
+	t.Helper()
+	s.mu.Lock()
+	errs := s.errs
+	s.errs = nil
+	s.mu.Unlock()
+	for _, e := range errs {
+		t.Error(e)
+	}
+	return len(errs)
+}
+
+// holdsRole is the I6 detector: it polls s for d and fails if s ever leaves
+// role (a false failover while heartbeats flow).
+func holdsRole(t testing.TB, s *server, role string, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for time.Now().Before(deadline) {
+		st, err := getStatus(s.admin)
+		if err == nil && st.Role != role {
+			t.Fatalf("I6 violated: %s became %s (epoch %d) while it should stay %s", s.name, st.Role, st.Epoch, role)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// serverFailovers counts the takeovers in the server event log.
+func serverFailovers(path string) int {
+	n := 0
+	for _, line := range strings.Split(readFile(path), "\n") {
+		var e serverEvent
+		if json.Unmarshal([]byte(line), &e) == nil && e.Kind == "role" && e.Role == "taking-over" {
+			n++
+		}
+	}
+	return n
+}
+
+// signalProc sends sig to p, ignoring an ended process.
+func signalProc(p *proc, sig syscall.Signal) { _ = syscall.Kill(p.pid(), sig) }

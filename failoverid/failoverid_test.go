@@ -173,3 +173,26 @@ func TestParseIDNormalisesCase(t *testing.T) {
 		t.Fatalf("%q %v", got, err)
 	}
 }
+
+func TestDataDirLock(t *testing.T) {
+	dir := t.TempDir()
+	unlock, err := Lock(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Lock(dir); !errors.Is(err, ErrLocked) || !strings.Contains(err.Error(), dir) {
+		t.Fatalf("second lock: %v", err)
+	}
+	if !Locked(dir) {
+		t.Fatal("Locked says free while held")
+	}
+	unlock()
+	if Locked(dir) {
+		t.Fatal("Locked says held after unlock")
+	}
+	again, err := Lock(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	again()
+}

@@ -149,6 +149,11 @@ func (n *Node) Run(ctx context.Context) error {
 	if err := os.MkdirAll(n.cfg.DataDir, 0o700); err != nil {
 		return err
 	}
+	unlock, err := failoverid.Lock(n.cfg.DataDir)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	id, created, err := failoverid.LoadOrCreateID(n.cfg.DataDir)
 	if err != nil {
 		return badInput(err)

@@ -567,3 +567,25 @@ func TestAgentsRepointNeedsIDAndEpoch(t *testing.T) {
 		t.Fatalf("%d %q", code, errs)
 	}
 }
+
+func TestRejoinAndRegenerateRefusedWhileTheDataDirIsLocked(t *testing.T) {
+	e := newCLIEnv(t, "")
+	e.node(t, cliTestID, failoverid.State{Epoch: 2, Role: "fenced"})
+	unlock, err := failoverid.Lock(e.data) // what a running server holds
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer unlock()
+	before := cliReadFile(t, filepath.Join(e.data, failoverid.StateFile))
+	code, _, errs := runCLI(rejoinCmd, "--config", e.cfg, "--primary", "10.0.0.1")
+	if code != exitRuntime || !strings.Contains(errs, "stop the server first") {
+		t.Fatalf("rejoin while locked: %d %q", code, errs)
+	}
+	code, _, errs = runCLI(idCmd, "--config", e.cfg, "--regenerate")
+	if code != exitRuntime || !strings.Contains(errs, "stop the server first") {
+		t.Fatalf("id --regenerate while locked: %d %q", code, errs)
+	}
+	if cliExists(filepath.Join(e.data, config.PrimaryLocationFile)) || cliReadFile(t, filepath.Join(e.data, failoverid.StateFile)) != before {
+		t.Fatal("a refused command wrote something")
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/tandem-ha/tandem/config"
+	"github.com/tandem-ha/tandem/failoverid"
 )
 
 // offlineCmd is the flag handling shared by the commands that work on a
@@ -114,6 +115,9 @@ func serverRunning(cfg *config.Config) (bool, string) {
 // refuseIfRunning prints why and returns (exitRuntime, true) when the
 // server is up.
 func (c *offlineCmd) refuseIfRunning(cfg *config.Config) (int, bool) {
+	if failoverid.Locked(cfg.DataDir) {
+		return c.fail(exitRuntime, "a tandem server is running on %s (it holds %s): stop the server first", cfg.DataDir, failoverid.LockFile), true
+	}
 	if up, url := serverRunning(cfg); up {
 		return c.fail(exitRuntime, "a tandem server is running (it answers %s): stop the server first", url), true
 	}

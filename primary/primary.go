@@ -408,9 +408,11 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		}
 	}
 	beat()
+	lastBeat = r.cfg.Clock.Now() // the start-up check's time is not lateness
 	if r.cfg.Started != nil {
 		r.cfg.Started()
 	}
+	var holdSince time.Time
 
 	for {
 		select {
@@ -453,14 +455,24 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 					startScan()
 					holdUntil = gen
 				}
+				holdSince = now
 				lastCheck = now
 			} else if now.Sub(lastCheck) >= r.cfg.CheckEvery {
 				lastCheck = now
 				startScan()
 			}
 			if holdUntil >= 0 {
-				lastBeat = now
-				continue
+				// Hold at most one period: a slow scan (many files, a busy
+				// machine) must not silence a live primary past the backup's
+				// window. A stale heartbeat is harmless (agents check the
+				// epoch); a false failover is not. The scan's result still
+				// fences us when it arrives.
+				if now.Sub(holdSince) < r.cfg.Period {
+					lastBeat = now
+					continue
+				}
+				log.Warn("the epoch check is still running after a period: heartbeating meanwhile")
+				holdUntil = -1
 			}
 			if handoverTo != "" && now.Sub(handoverStart) > r.cfg.FailWindow {
 				log.WithField("backup_failover_id", handoverTo).Warn("switchover: the backup did not take over in time; staying primary")

@@ -257,12 +257,22 @@ expect_role b primary
 [ "$(field b epoch)" = "$E" ] || fail "opsc-b epoch $(field b epoch), want $E"
 ok "5b. corrupt state.json on the primary: back at epoch $E"
 
-# 6. a is a clone of b (same failover_id): regenerate and rejoin.
+# 6. a is a clone of b (same failover_id), started later: it stops by
+# itself with exit 2; then regenerate and rejoin.
 cp "$L/b/data/failover_id" "$L/a/data/failover_id"
+start_server a
+pid=$(cat "$L/a.pid")
+for i in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+kill -0 "$pid" 2>/dev/null && fail "the clone kept running with a duplicate failover_id"
+rc=0
+wait "$pid" || rc=$?
+rm -f "$L/a.pid"
+[ "$rc" = 2 ] || fail "the clone exited $rc, want 2"
+grep -q "duplicate failover_id" "$L/logs/a.log" || fail "no duplicate failover_id message"
 run 6. 1 a
 expect_role a backup
 [ "$(field a failover_id)" != "$(field b failover_id)" ] || fail "ids still equal"
-ok "6. duplicate failover_id: the clone has a new id and is the backup"
+ok "6. duplicate failover_id: the clone stopped by itself (exit 2), got a new id and is the backup"
 
 # 7. Agents not rewritten: a stale file and a broken one, fixed and repointed.
 mkdir -p "$L/agents/a3/conf" "$L/agents/a4/conf"

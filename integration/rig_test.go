@@ -230,6 +230,30 @@ func (r *rig) settled(prim *server, epoch uint64, d time.Duration) {
 	}
 }
 
+// movedTo is settled for a new primary that may be cut from the heartbeat
+// channel: with an external heartbeat broker the product sends agent
+// commands only after a heartbeat was published (primary.go, beat), so
+// while the new primary cannot reach that broker the agents connect to it
+// (files rewritten, registry counts them) but get no commands. With the
+// embedded broker it is settled.
+func (r *rig) movedTo(prim *server, epoch uint64, d time.Duration) {
+	r.t.Helper()
+	if r.ext == nil {
+		r.settled(prim, epoch, d)
+		return
+	}
+	st := r.c.waitRole(prim, "primary", d)
+	if st.Epoch != epoch {
+		r.t.Fatalf("%s is primary at epoch %d, want %d", prim.name, st.Epoch, epoch)
+	}
+	eventually(r.t, d, fmt.Sprintf("all agent files on %s at epoch %d", prim.name, epoch), func() bool { return r.filesAt(prim, epoch) })
+	n := r.runningAgents()
+	eventually(r.t, d, fmt.Sprintf("%d agents connected to %s", n, prim.name), func() bool {
+		s, err := getStatus(prim.admin)
+		return err == nil && s.Agents.Connected >= n
+	})
+}
+
 func (r *rig) runningAgents() int {
 	n := 0
 	for _, p := range r.agents {

@@ -110,7 +110,7 @@ type fileFacts struct {
 // server must fence itself), and re-applies u to files still below own.Epoch
 // (new agents, or files a rewrite failed on).
 func (a *agentFiles) scan(own failoverid.Token, u *agentcfg.Update) (*failoverid.Token, error) {
-	max, behind, err := a.survey()
+	max, behind, err := a.survey(context.Background())
 	if err != nil {
 		return nil, err
 	}
@@ -131,10 +131,11 @@ func (a *agentFiles) scan(own failoverid.Token, u *agentcfg.Update) (*failoverid
 	return higher, nil
 }
 
-// highestEpoch is the highest failover_epoch among the managed files.
-func (a *agentFiles) highestEpoch() uint64 {
-	max, _, err := a.survey()
-	if err != nil {
+// highestEpoch is the highest failover_epoch among the managed files. A
+// cancelled ctx stops it early (its partial work still warms the cache).
+func (a *agentFiles) highestEpoch(ctx context.Context) uint64 {
+	max, _, err := a.survey(ctx)
+	if err != nil && ctx.Err() == nil {
 		a.log.WithError(err).Warn("reading the managed agent files")
 	}
 	return max.Epoch
@@ -146,7 +147,9 @@ type pathToken struct {
 }
 
 // survey returns the highest token among the files and every file's token.
-func (a *agentFiles) survey() (failoverid.Token, []pathToken, error) {
+// When ctx ends it stops, merges what it read into the cache and returns
+// ctx's error.
+func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken, error) {
 	paths, err := agentcfg.Expand(a.globs)
 	if err != nil {
 		return failoverid.Token{}, nil, err
@@ -160,7 +163,15 @@ func (a *agentFiles) survey() (failoverid.Token, []pathToken, error) {
 	var max failoverid.Token
 	all := make([]pathToken, 0, len(paths))
 	seen := make(map[string]fileFacts, len(paths))
-	for _, p := range paths {
+	for i, p := range paths {
+		if i%256 == 0 && ctx.Err() != nil {
+			a.mu.Lock()
+			for k, v := range seen {
+				a.cache[k] = v
+			}
+			a.mu.Unlock()
+			return max, all, ctx.Err()
+		}
 		fi, err := os.Stat(p)
 		if err != nil {
 			continue

@@ -493,7 +493,7 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 		t := n.clock.NewTicker(warmEvery(n.cfg.Heartbeat.Period))
 		defer t.Stop()
 		for {
-			n.files.highestEpoch()
+			n.files.highestEpoch(wctx)
 			select {
 			case <-wctx.Done():
 				return
@@ -531,7 +531,7 @@ func (n *Node) takeOver(ctx context.Context, reason string, from *failoverid.Pee
 		// The epoch must be above the primary's even if this backup never
 		// heard it (it started during a primary stall): the managed files
 		// carry the primary's epoch.
-		if fe := n.files.highestEpoch(); fe > seen {
+		if fe := n.files.highestEpoch(ctx); fe > seen {
 			seen = fe
 		}
 	}

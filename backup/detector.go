@@ -129,8 +129,14 @@ func (d *Detector) SilentFor(now time.Time) time.Duration { return now.Sub(d.sin
 // SetMaintenance pauses or resumes automatic takeover. Leaving maintenance
 // restarts the window, so that resuming never fails over at once.
 func (d *Detector) SetMaintenance(on bool, now time.Time) Decision {
-	was := d.maintenance
+	was := d.Maintenance()
 	d.maintenance = on
+	if !on {
+		// An operator turning maintenance off here also overrides what the
+		// primary last announced (it may have died while in maintenance);
+		// the primary's next heartbeat announces it again if still set.
+		d.primaryMaint = false
+	}
 	if was && !on {
 		d.since = now
 		return Decision{Action: WindowRestarted, Reason: "maintenance ended"}

@@ -226,3 +226,24 @@ func TestMaintenanceAnnouncedByThePrimaryPausesTakeover(t *testing.T) {
 		t.Fatal(got)
 	}
 }
+
+func TestMaintenanceOffOnTheBackupOverridesTheDeadPrimarysAnnouncement(t *testing.T) {
+	m := hb(prim, 1, 1)
+	m.Maintenance = true
+	d := NewDetector(DetectorConfig{Window: 500 * time.Millisecond, Period: 100 * time.Millisecond, Self: self}, t0)
+	d.Observe(m, t0)
+	for at := 100 * time.Millisecond; at < 3*time.Second; at += 100 * time.Millisecond {
+		if got := d.Tick(t0.Add(at)); got.Action != None {
+			t.Fatalf("at %v: %v", at, got)
+		}
+	}
+	if !d.Maintenance() {
+		t.Fatal("the primary's maintenance is not reported")
+	}
+	if got := d.SetMaintenance(false, t0.Add(3*time.Second)); got.Action != WindowRestarted || d.Maintenance() {
+		t.Fatalf("off: %v, maintenance %v", got, d.Maintenance())
+	}
+	if got := d.Tick(t0.Add(3500 * time.Millisecond)); got.Action != Takeover {
+		t.Fatalf("after maintenance off the silent primary must be taken over: %v", got)
+	}
+}

@@ -110,6 +110,7 @@ func (r *Role) Status() Status {
 	s.Maintenance = r.cfg.Maintenance
 	s.LastHeartbeatAgeMS = -1
 	if r.det != nil {
+		s.Maintenance = r.det.Maintenance() // also when the primary announced it
 		now := r.cfg.Clock.Now()
 		s.Primary = r.det.Primary()
 		s.SeenEpoch = r.det.SeenEpoch()

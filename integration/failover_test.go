@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -120,6 +121,9 @@ func TestFrozenPrimaryIsFencedWhenItResumes(t *testing.T) {
 	t.Logf("old primary fenced %s after SIGCONT", time.Since(resumed))
 	if st.Epoch != 1 {
 		t.Errorf("fenced node epoch %d", st.Epoch)
+	}
+	if !strings.Contains(st.Runbook, "tandem rejoin") || !strings.Contains(st.Runbook, b.addr()) {
+		t.Errorf("the fenced node's next step should name the new primary %s: %q", b.addr(), st.Runbook)
 	}
 	// It stays fenced, and the agents stay with b (I2: epochs never go down).
 	time.Sleep(time.Second)

@@ -196,6 +196,7 @@ type status struct {
 		Managed, Rewritten, Failed, Connected int
 	} `json:"agents"`
 	Takeover *struct{ Step string } `json:"takeover"`
+	Runbook  string                 `json:"runbook"`
 }
 
 var client = &http.Client{Timeout: 2 * time.Second}

@@ -2,8 +2,11 @@ package node
 
 import (
 	"context"
+	"net"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -55,7 +58,8 @@ func (a *agentFiles) apply(paths []string, u agentcfg.Update, all bool) {
 		}
 		if fi, err := os.Stat(r.Path); err == nil {
 			f := fileFacts{mod: fi.ModTime(), size: fi.Size(), valid: true,
-				token: failoverid.Token{ID: r.After.FailoverID, Epoch: r.After.FailoverEpoch}}
+				token: failoverid.Token{ID: r.After.FailoverID, Epoch: r.After.FailoverEpoch},
+				addr:  net.JoinHostPort(r.After.StompInterface, strconv.Itoa(r.After.StompPort))}
 			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 				f.ino = st.Ino
 			}
@@ -86,7 +90,7 @@ func (a *agentFiles) apply(paths []string, u agentcfg.Update, all bool) {
 			a.failTotal++
 			why := r.Outcome.String()
 			if r.Err != nil {
-				why = r.Err.Error()
+				why = strings.TrimPrefix(r.Err.Error(), r.Path+": ") // the path is the key already
 			}
 			a.failed[r.Path] = why
 		}
@@ -102,6 +106,7 @@ type fileFacts struct {
 	size  int64
 	ino   uint64
 	token failoverid.Token
+	addr  string // stomp_interface:stomp_port
 	valid bool
 }
 
@@ -186,6 +191,7 @@ func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken,
 			if addr, err := agentcfg.ReadFile(p); err == nil {
 				f.valid = true
 				f.token = failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}
+				f.addr = net.JoinHostPort(addr.StompInterface, strconv.Itoa(addr.StompPort))
 			}
 		}
 		seen[p] = f
@@ -202,6 +208,19 @@ func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken,
 	a.managed = len(paths)
 	a.mu.Unlock()
 	return max, all, nil
+}
+
+// addressOf is the stomp_interface:stomp_port of a managed file bound to t,
+// as last surveyed ("" if none): where the server holding t is.
+func (a *agentFiles) addressOf(t failoverid.Token) string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, f := range a.cache {
+		if f.valid && f.token == t {
+			return f.addr
+		}
+	}
+	return ""
 }
 
 func (a *agentFiles) status() AgentsStatus {

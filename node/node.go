@@ -535,6 +535,23 @@ func (n *Node) takeOver(ctx context.Context, reason string, from *failoverid.Pee
 			seen = fe
 		}
 	}
+	// Keep the systemd watchdog fed while hooks and rewrites run.
+	tctx, stopPings := context.WithCancel(ctx)
+	pingsDone := make(chan struct{})
+	go func() {
+		defer close(pingsDone)
+		t := n.clock.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-tctx.Done():
+				return
+			case <-t.C():
+				n.notify.Alive()
+			}
+		}
+	}()
+	defer func() { stopPings(); <-pingsDone }()
 	err := backup.RunTakeover(ctx, backup.TakeoverConfig{
 		DataDir: n.cfg.DataDir, Node: n.cfg.Node, ID: n.id,
 		LocationFile: filepath.Join(n.cfg.DataDir, config.PrimaryLocationFile),
@@ -700,6 +717,11 @@ func (n *Node) finishTakeover(ctx context.Context) {
 // keeps answering status, and runs on_fenced.
 func (n *Node) fenced(ctx context.Context, end primary.End) error {
 	by := end.By
+	if end.ByAdvertise == "" {
+		// Fenced by a file or an agent's report: the files bound to the
+		// higher token name where its server is.
+		end.ByAdvertise = n.files.addressOf(by)
+	}
 	n.setRole("fenced")
 	rb := fmt.Sprintf("this node was replaced by %s at epoch %d. Stop it, then make it a backup: tandem rejoin --config FILE --primary %s (see docs/runbook.md, 'after a network split')",
 		nonEmpty(end.ByNode, by.ID), by.Epoch, nonEmpty(end.ByAdvertise, "NEW_PRIMARY_HOST:PORT"))

@@ -27,12 +27,12 @@ import (
 )
 
 func init() {
-	register("agent", "run the reference agent: follow an address.yaml, obey only the server it names", func(a []string) int { return runAgent(a, os.Stderr) })
+	register("agent", "run the reference agent: follow an address.yaml, obey only the server it names", func(a []string) int { return runAgent(a, os.Stdout, os.Stderr) })
 }
 
-func runAgent(args []string, stderr io.Writer) int {
+func runAgent(args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("agent", flag.ContinueOnError)
-	flags.SetOutput(stderr)
+	flags.SetOutput(helpOut(args, stdout, stderr))
 	cfgPath := flags.String("config", "", "the agent's address.yaml (read only, never written)")
 	id := flags.String("id", "", "agent id in status reports (default: the address.yaml path)")
 	fleet := flags.String("fleet", "", "run one agent per address.yaml found under this directory, in one process")
@@ -45,7 +45,7 @@ func runAgent(args []string, stderr io.Writer) int {
 	logFormat := flags.String("log-format", "text", "text or json")
 	logLevel := flags.String("log-level", "info", "log level")
 	flags.Usage = func() {
-		fmt.Fprint(stderr, `Usage: tandem agent --config ADDRESS_YAML [--id ID]
+		fmt.Fprint(flags.Output(), `Usage: tandem agent --config ADDRESS_YAML [--id ID]
        tandem agent --fleet DIR
 
 The reference managed agent. It connects to stomp_interface:stomp_port from

@@ -75,15 +75,16 @@ func call(method, admin, path, body string, out any) (int, error) {
 	return resp.StatusCode, nil
 }
 
-func parseControl(name, usage string, args []string, stderr io.Writer, extra func(fs *flag.FlagSet)) (*flag.FlagSet, func() (string, error), int, bool) {
+func parseControl(name, usage string, args []string, stdout, stderr io.Writer, extra func(fs *flag.FlagSet)) (*flag.FlagSet, func() (string, error), int, bool) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	out := helpOut(args, stdout, stderr)
+	fs.SetOutput(out)
 	resolve := adminFlags(fs)
 	if extra != nil {
 		extra(fs)
 	}
 	fs.Usage = func() {
-		fmt.Fprint(stderr, usage+"\nFlags:\n")
+		fmt.Fprint(out, usage+"\nFlags:\n")
 		fs.PrintDefaults()
 	}
 	if err := fs.Parse(args); err != nil {
@@ -102,7 +103,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 Shows a running server's role, epoch, the primary it watches (backup) or
 whether a backup is configured (primary), maintenance mode, agents, warnings
 and, when something needs doing, the runbook step.
-`, args, stderr, func(fs *flag.FlagSet) { asJSON = fs.Bool("json", false, "print the status JSON object") })
+`, args, stdout, stderr, func(fs *flag.FlagSet) { asJSON = fs.Bool("json", false, "print the status JSON object") })
 	if !ok {
 		return code
 	}
@@ -191,7 +192,7 @@ func runSwitchover(args []string, stdout, stderr io.Writer) int {
 Run on (or against) the primary: the backup takes over at once with epoch+1,
 rewrites every agent's address.yaml, and this primary becomes its backup by
 itself (it writes its own primary_location). Fails when no backup replies.
-`, args, stderr, nil)
+`, args, stdout, stderr, nil)
 	if !ok {
 		return code
 	}
@@ -234,7 +235,7 @@ Pauses (on) or resumes (off) automatic failover. On the backup it stops the
 failure detector; on the primary its heartbeats announce maintenance and the
 backup pauses. The setting survives restarts. Leaving maintenance restarts
 the silence window, so it never fails over at once.
-`, args, stderr, nil)
+`, args, stdout, stderr, nil)
 	if !ok {
 		return code
 	}

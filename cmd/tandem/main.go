@@ -75,3 +75,15 @@ func usage(w io.Writer) {
 	b.WriteString("\nExit codes: 0 ok, 1 runtime failure, 2 bad usage/config/input, 3 fenced (a higher epoch exists).\n")
 	io.WriteString(w, b.String())
 }
+
+// helpOut is where a command's flag set prints: stdout when help was asked
+// for (so it can be piped to a pager), stderr for usage errors.
+func helpOut(args []string, stdout, stderr io.Writer) io.Writer {
+	for _, a := range args {
+		switch a {
+		case "-h", "-help", "--help":
+			return stdout
+		}
+	}
+	return stderr
+}

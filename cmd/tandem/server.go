@@ -19,14 +19,14 @@ func init() {
 	register("server", "run a server (role from the data dir: primary, or backup when primary_location exists)", cmdServer)
 }
 
-func cmdServer(args []string) int { return runServer(args, os.Stderr) }
+func cmdServer(args []string) int { return runServer(args, os.Stdout, os.Stderr) }
 
-func runServer(args []string, stderr io.Writer) int {
+func runServer(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("server", flag.ContinueOnError)
-	fs.SetOutput(stderr)
+	fs.SetOutput(helpOut(args, stdout, stderr))
 	cfgPath := fs.String("config", "", "server config file (tandem.yaml); required")
 	fs.Usage = func() {
-		fmt.Fprint(stderr, `Usage: tandem server --config FILE
+		fmt.Fprint(fs.Output(), `Usage: tandem server --config FILE
 
 Runs one tandem server until SIGTERM or SIGINT. The role comes from the data
 dir: with a primary_location file the server is a backup of that primary and

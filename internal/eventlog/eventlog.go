@@ -15,7 +15,7 @@ import (
 type Event struct {
 	TMS        int64  `json:"t_ms"`
 	Node       string `json:"node"`
-	Kind       string `json:"kind"` // heartbeat, command, role, fenced, takeover-step
+	Kind       string `json:"kind"` // heartbeat, command, role, fenced
 	FailoverID string `json:"failover_id,omitempty"`
 	Epoch      uint64 `json:"epoch"`
 	Seq        uint64 `json:"seq,omitempty"`

@@ -7,7 +7,7 @@ FUZZTIME  ?= 5s
 BENCHTIME ?= 1x
 PKGS      := ./...
 
-.PHONY: all build test unit fuzz bench lint demo soak clean
+.PHONY: all build test unit fuzz bench lint demo demo-activemq soak clean
 
 all: build
 
@@ -45,6 +45,10 @@ lint:
 # primary and watch the backup take over and the agents move (under a minute).
 demo: build
 	bash demo/run.sh
+
+# The same with the heartbeat channel on a local ActiveMQ (apt-get install activemq).
+demo-activemq: build
+	ACTIVEMQ=1 bash demo/run.sh
 
 # Randomized fault soak: make soak SEED=42 CYCLES=300 (SEED default: time).
 SEED   ?=

@@ -33,6 +33,8 @@ type scenario struct {
 	extOnly bool
 	// slow: on these brokers only with TANDEM_FULL=1.
 	slowOn []string
+	// knownBug: skipped (with this reason) unless TANDEM_KNOWN_BUGS=1.
+	knownBug string
 }
 
 var scenarios = []scenario{
@@ -45,6 +47,7 @@ var scenarios = []scenario{
 	{name: "DuplicateFailoverID", run: scDuplicateID},
 	{name: "WallClockStamps", run: scWallClock},
 	{name: "SwitchoverDuringPartition", run: scSwitchoverPartition},
+	{name: "SignedPair", run: scSignedPair, knownBug: "with `secret` set, messages through go-stomp's server fail verification: it adds an `id` header to every MESSAGE and broker.transportHeaders does not strip it"},
 }
 
 func TestFaults(t *testing.T) {
@@ -58,6 +61,9 @@ func TestFaults(t *testing.T) {
 				t.Run(sc.name, func(t *testing.T) {
 					if sc.extOnly && ext == nil {
 						t.Skip("the embedded broker is the primary itself: restarting it is KillPrimary")
+					}
+					if sc.knownBug != "" && os.Getenv("TANDEM_KNOWN_BUGS") == "" {
+						t.Skipf("known product bug (TANDEM_KNOWN_BUGS=1 runs it): %s", sc.knownBug)
 					}
 					for _, k := range sc.slowOn {
 						if k == kind && os.Getenv("TANDEM_FULL") == "" {
@@ -401,4 +407,20 @@ func newUUID() string {
 	b[6] = b[6]&0x0f | 0x40
 	b[8] = b[8]&0x3f | 0x80
 	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}
+
+// With a shared secret on servers and agents, a pair forms, heartbeats flow
+// without a false failover, the agents obey, and a kill -9 fails over.
+func scSignedPair(t *testing.T, kind string, ext *extBroker) {
+	r := newRig(t, kind, ext, rigOpts{signed: true})
+	r.pairUp()
+	r.startAgents()
+	r.settled(r.a, 1, 20*time.Second)
+	holdsRole(t, r.b, "backup", 2*time.Second)
+	if n := metric(t, r.b.admin, "tandem_signature_failures_total"); n != 0 {
+		t.Errorf("b dropped %v correctly signed messages", n)
+	}
+	r.a.p.signal(syscall.SIGKILL)
+	r.settled(r.b, 2, 20*time.Second)
+	r.check()
 }

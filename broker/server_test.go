@@ -305,9 +305,6 @@ func TestServerCloseLeavesNoGoroutines(t *testing.T) {
 // this guards against (go-stomp's router blocked on a frozen client) stalls
 // every message for seconds and fails both attempts.
 func TestServerFrozenClients(t *testing.T) {
-	if testing.Short() {
-		t.Skip("timing test")
-	}
 	for attempt := 1; ; attempt++ {
 		var problems []string
 		t.Run(fmt.Sprint("attempt", attempt), func(t *testing.T) { problems = frozenClientsScenario(t) })

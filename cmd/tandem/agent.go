@@ -148,7 +148,7 @@ Flags:
 		return broker.Dial(ctx, broker.LinkConfig{
 			URL:   scheme + net.JoinHostPort(addr.StompInterface, strconv.Itoa(addr.StompPort)),
 			Login: *login, Passcode: passcode, TLS: tc,
-			HeartBeat: *period, Log: log.WithField("agent_link", addr.StompInterface),
+			HeartBeat: *period, BackoffMin: 500 * time.Millisecond, Log: log.WithField("agent_link", addr.StompInterface),
 		})
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

@@ -60,18 +60,23 @@ func (m *WatchMux) Close() error {
 
 func (m *WatchMux) loop() {
 	defer m.wg.Done()
+	signal := func(set map[*muxSub]bool) {
+		for s := range set {
+			select {
+			case s.raw <- struct{}{}:
+			default:
+			}
+		}
+	}
 	poke := func(name string, all bool) {
 		m.mu.Lock()
 		defer m.mu.Unlock()
-		for p, set := range m.subs {
-			if all || p == name {
-				for s := range set {
-					select {
-					case s.raw <- struct{}{}:
-					default:
-					}
-				}
-			}
+		if !all {
+			signal(m.subs[name]) // one lookup: a fleet's rewrite makes thousands of events
+			return
+		}
+		for _, set := range m.subs {
+			signal(set)
 		}
 	}
 	for {

@@ -47,6 +47,10 @@ var scenarios = []scenario{
 	{name: "DuplicateFailoverID", run: scDuplicateID},
 	{name: "WallClockStamps", run: scWallClock},
 	{name: "SwitchoverDuringPartition", run: scSwitchoverPartition},
+	{name: "BlackholeBackupPrimary", run: scBlackhole},
+	{name: "CutPrimaryAgents", run: scCutAgents},
+	{name: "IsolatePrimary", run: scIsolatePrimary},
+	{name: "SlowLinkWithinWindow", run: scSlowLink},
 	{name: "SignedPair", run: scSignedPair, knownBug: "with `secret` set, messages through go-stomp's server fail verification: it adds an `id` header to every MESSAGE and broker.transportHeaders does not strip it"},
 }
 
@@ -422,5 +426,88 @@ func scSignedPair(t *testing.T, kind string, ext *extBroker) {
 	}
 	r.a.p.signal(syscall.SIGKILL)
 	r.settled(r.b, 2, 20*time.Second)
+	r.check()
+}
+
+// The backup↔primary link goes silent without a reset (a blackholed
+// route: only time tells): the backup takes over as on a partition.
+func scBlackhole(t *testing.T, kind string, ext *extBroker) {
+	r := newRig(t, kind, ext, rigOpts{})
+	r.pairUp()
+	r.startAgents()
+	r.settled(r.a, 1, 20*time.Second)
+	if ext != nil {
+		r.hb["b"].Blackhole()
+	} else {
+		r.to["a"].Blackhole()
+	}
+	r.movedTo(r.b, 2, 20*time.Second)
+	r.c.waitRole(r.a, "fenced", 20*time.Second)
+	r.heal()
+	r.settled(r.b, 2, 20*time.Second)
+	holdsRole(t, r.a, "fenced", 500*time.Millisecond)
+	r.check()
+}
+
+// Primary↔agents cut only: heartbeats still flow, so no failover (I6); the
+// agents come back to the same primary after the heal.
+func scCutAgents(t *testing.T, kind string, ext *extBroker) {
+	r := newRig(t, kind, ext, rigOpts{})
+	r.pairUp()
+	r.startAgents()
+	r.settled(r.a, 1, 20*time.Second)
+	r.cutAgents(r.a)
+	holdsRole(t, r.b, "backup", 2*time.Second)
+	r.heal()
+	n := len(readEvents(t, r.evPath))
+	eventually(t, 20*time.Second, "agents obey a again", func() bool {
+		seen := map[string]bool{}
+		for _, e := range readEvents(t, r.evPath)[n:] {
+			if e.Accepted && e.From.Epoch == 1 {
+				seen[e.Agent] = true
+			}
+		}
+		return len(seen) == len(r.agents)
+	})
+	if st := mustStatus(t, r.a); st.Role != "primary" || st.Epoch != 1 {
+		t.Fatalf("a: %s@%d", st.Role, st.Epoch)
+	}
+	r.check()
+}
+
+// The primary loses every link (backup, agents, heartbeat broker): the
+// backup takes over, the agents follow, the isolated primary is fenced by
+// the files it still shares with the backup, and stays fenced after the heal.
+func scIsolatePrimary(t *testing.T, kind string, ext *extBroker) {
+	r := newRig(t, kind, ext, rigOpts{})
+	r.pairUp()
+	r.startAgents()
+	r.settled(r.a, 1, 20*time.Second)
+	r.cutAll(r.a)
+	r.settled(r.b, 2, 20*time.Second)
+	r.c.waitRole(r.a, "fenced", 20*time.Second)
+	r.heal()
+	holdsRole(t, r.a, "fenced", time.Second)
+	r.settled(r.b, 2, 10*time.Second)
+	r.check()
+}
+
+// Every byte between backup and primary arrives late, but well within the
+// window: no failover (I6).
+func scSlowLink(t *testing.T, kind string, ext *extBroker) {
+	r := newRig(t, kind, ext, rigOpts{})
+	r.pairUp()
+	r.startAgents()
+	r.settled(r.a, 1, 20*time.Second)
+	d := 100 * time.Millisecond // fail_window 500ms (1s on external brokers)
+	if ext != nil {
+		r.hb["b"].Delay(d)
+		r.hb["a"].Delay(d)
+	} else {
+		r.to["a"].Delay(d)
+	}
+	holdsRole(t, r.b, "backup", 3*time.Second)
+	r.heal()
+	r.settled(r.a, 1, 5*time.Second)
 	r.check()
 }

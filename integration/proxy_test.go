@@ -144,37 +144,52 @@ func (p *proxy) waitChange(c net.Conn) bool {
 }
 
 // pipe copies src to dst, honouring blackhole (hold the bytes back, forward
-// nothing) and delay.
+// nothing) and delay (each chunk leaves d after it arrived: latency, not a
+// bandwidth limit).
 func (p *proxy) pipe(dst, src net.Conn) {
 	defer dst.Close()
 	defer src.Close()
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := src.Read(buf)
-		if n > 0 {
-			for {
-				p.mu.Lock()
-				mode, d, alive := p.mode, p.delay, p.conns[src] && p.conns[dst] && !p.closed
-				p.mu.Unlock()
-				if !alive {
-					return
-				}
-				if mode == modeHole {
-					time.Sleep(5 * time.Millisecond) // held, never delivered while frozen
-					continue
-				}
-				if d > 0 {
-					time.Sleep(d)
-				}
-				break
+	type chunk struct {
+		b  []byte
+		at time.Time
+	}
+	ch := make(chan chunk, 1024)
+	go func() {
+		defer close(ch)
+		for {
+			buf := make([]byte, 32<<10)
+			n, err := src.Read(buf)
+			if n > 0 {
+				ch <- chunk{buf[:n], time.Now()}
 			}
-			if _, werr := dst.Write(buf[:n]); werr != nil {
+			if err != nil {
 				return
 			}
 		}
-		if err != nil {
-			if err != io.EOF {
+	}()
+	for c := range ch {
+		for {
+			p.mu.Lock()
+			mode, d, alive := p.mode, p.delay, p.conns[src] && p.conns[dst] && !p.closed
+			p.mu.Unlock()
+			if !alive {
+				src.Close()
+				for range ch {
+				}
 				return
+			}
+			if mode == modeHole {
+				time.Sleep(5 * time.Millisecond) // held, never delivered while frozen
+				continue
+			}
+			if w := time.Until(c.at.Add(d)); w > 0 {
+				time.Sleep(w)
+			}
+			break
+		}
+		if _, err := dst.Write(c.b); err != nil {
+			src.Close()
+			for range ch {
 			}
 			return
 		}

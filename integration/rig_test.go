@@ -401,7 +401,7 @@ func (s *epochSampler) check(t testing.TB) int {
 	s.errs = nil
 	s.mu.Unlock()
 	for _, e := range errs {
-		t.Error(e)
+		t.Errorf("%s", e)
 	}
 	return len(errs)
 }

@@ -354,7 +354,7 @@ func (s *soak) switchover() {
 		// address" instead of becoming its backup.
 		s.anomalies++
 		s.t.Logf("cycle %d: ANOMALY (product bug): after a switchover %s exited %d instead of becoming the backup: %q (seed %d)",
-			s.cycle, old.name, old.p.wait(0), lastLine(old.p.logText()), s.seed)
+			s.cycle, old.name, old.p.wait(5*time.Second), lastLine(old.p.logText()), s.seed)
 	default:
 	}
 	// The old primary now watches next through next's advertise (its agents

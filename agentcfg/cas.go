@@ -155,24 +155,14 @@ func readTarget(path string) ([]byte, *syscall.Stat_t, error) {
 // resolveTarget follows symbolic links at path and reports the file a write
 // replaces; a missing file is an error.
 func resolveTarget(path string) (string, error) {
-	for i := 0; i < 40; i++ {
-		fi, err := os.Lstat(path)
-		if err != nil {
-			return "", err
-		}
-		if fi.Mode()&fs.ModeSymlink == 0 {
-			return path, nil
-		}
-		dest, err := os.Readlink(path)
-		if err != nil {
-			return "", err
-		}
-		if !filepath.IsAbs(dest) {
-			dest = filepath.Join(filepath.Dir(path), dest)
-		}
-		path = dest
+	target, err := fsutil.ResolveLinks(path)
+	if err != nil {
+		return "", err
 	}
-	return "", fmt.Errorf("%s: too many levels of symbolic links", path)
+	if _, err := os.Lstat(target); err != nil {
+		return "", err
+	}
+	return target, nil
 }
 
 // decide reads and parses the locked target and computes the new content.

@@ -399,6 +399,21 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		log.WithError(err).WithField("destination", m.Destination).Debug("dropped message")
 	}
 
+	// fromPeer decodes a heartbeat or reply from another server. skip: drop
+	// it (malformed or badly signed: counted; or our own echo). stop: a
+	// clone that started earlier uses our id, and we end with end.
+	fromPeer := func(m broker.Message) (env protocol.Envelope, end End, stop, skip bool) {
+		env, err := r.decode(m)
+		if err != nil {
+			drop(err, m)
+			return env, End{}, false, true
+		}
+		if end, stop := r.clone(env); stop {
+			return env, end, true, false
+		}
+		return env, End{}, false, env.FailoverID == r.cfg.Token.ID
+	}
+
 	// A fresh role checks before its first heartbeat, then beats at once.
 	if r.cfg.CheckFiles != nil {
 		if t, err := r.cfg.CheckFiles(); err != nil {
@@ -508,16 +523,12 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				chans[0] = nil
 				continue
 			}
-			env, err := r.decode(m)
-			if err != nil {
-				drop(err, m)
-				continue
-			}
-			if end, stop := r.clone(env); stop {
+			env, end, stop, skip := fromPeer(m)
+			if stop {
 				return end, nil
 			}
-			if env.FailoverID == r.cfg.Token.ID {
-				continue // our own heartbeat
+			if skip {
+				continue
 			}
 			if env.Epoch > r.cfg.Token.Epoch {
 				return fence(failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}, env.Node, env.Advertise,
@@ -533,15 +544,11 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				chans[1] = nil
 				continue
 			}
-			env, err := r.decode(m)
-			if err != nil {
-				drop(err, m)
-				continue
-			}
-			if end, stop := r.clone(env); stop {
+			env, end, stop, skip := fromPeer(m)
+			if stop {
 				return end, nil
 			}
-			if env.FailoverID == r.cfg.Token.ID {
+			if skip {
 				continue
 			}
 			if env.Epoch > r.cfg.Token.Epoch && env.Role != "backup" {

@@ -15,7 +15,6 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"syscall"
 )
 
 // TempPrefix starts the name of every temporary file WriteFile creates.
@@ -32,68 +31,21 @@ type Options struct {
 }
 
 // WriteFile atomically replaces path with data. If path is a symbolic link the
-// link's target is written and the link is kept.
+// link's target is written and the link is kept. Unless opt.NoSync, the file
+// and the directory are fsynced before it returns.
 func WriteFile(path string, data []byte, opt Options) error {
-	target, err := ResolveLinks(path)
+	st, err := Stage(path, data, opt)
 	if err != nil {
 		return err
 	}
-	dir, base := filepath.Split(target)
-	if dir == "" {
-		dir = "."
-	}
-	perm := opt.Perm
-	if perm == 0 {
-		perm = 0o644
-	}
-	uid, gid := -1, -1
-	if st, err := os.Stat(target); err == nil {
-		perm = st.Mode().Perm()
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-			uid, gid = int(sys.Uid), int(sys.Gid)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	if err := st.Commit(); err != nil {
+		st.Abort()
 		return err
 	}
-
-	tmp, err := os.CreateTemp(dir, TempPrefix+base+".tmp-*")
-	if err != nil {
-		return err
-	}
-	tmpName := tmp.Name()
-	ok := false
-	defer func() {
-		if !ok {
-			tmp.Close()
-			os.Remove(tmpName)
-		}
-	}()
-	if _, err := tmp.Write(data); err != nil {
-		return fmt.Errorf("write %s: %w", tmpName, err)
-	}
-	if err := tmp.Chmod(perm); err != nil {
-		return err
-	}
-	if uid >= 0 && (uid != os.Geteuid() || gid != os.Getegid()) {
-		// Best effort: only root may give a file away.
-		_ = tmp.Chown(uid, gid)
-	}
-	if !opt.NoSync {
-		if err := tmp.Sync(); err != nil {
-			return fmt.Errorf("fsync %s: %w", tmpName, err)
-		}
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmpName, target); err != nil {
-		return err
-	}
-	ok = true
 	if opt.NoSync {
 		return nil
 	}
-	return SyncDir(dir)
+	return SyncDir(st.Dir)
 }
 
 // SyncDir fsyncs a directory so that renames and creations in it are durable.

@@ -147,7 +147,7 @@ func benchServer(b *testing.B) *Server {
 }
 
 func benchLink(b *testing.B, addr string) *Link {
-	l, err := Dial(context.Background(), LinkConfig{URL: addr, Log: quietLog(), BufferSize: 4096})
+	l, err := Dial(context.Background(), LinkConfig{URL: addr, Log: quietLog(), BufferSize: 64})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -149,6 +149,8 @@ Flags:
 			URL:   scheme + net.JoinHostPort(addr.StompInterface, strconv.Itoa(addr.StompPort)),
 			Login: *login, Passcode: passcode, TLS: tc,
 			HeartBeat: *period, BackoffMin: 500 * time.Millisecond, Log: log.WithField("agent_link", addr.StompInterface),
+			// An agent reads a ping a period: a small buffer keeps a fleet lean.
+			BufferSize: 32,
 		})
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)

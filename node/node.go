@@ -752,6 +752,9 @@ func (n *Node) fenced(ctx context.Context, end primary.End) error {
 // becomeBackupOf turns a primary that handed over into the new primary's backup.
 func (n *Node) becomeBackupOf(end primary.End) error {
 	if end.ByAdvertise == "" {
+		end.ByAdvertise = n.files.addressOf(end.By)
+	}
+	if end.ByAdvertise == "" {
 		return fmt.Errorf("switchover: the new primary did not say its address")
 	}
 	if err := config.WritePrimaryLocation(n.cfg.DataDir, end.ByAdvertise); err != nil {

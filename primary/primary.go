@@ -307,6 +307,11 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 
 	fence := func(by failoverid.Token, node, adv, reason string) (End, error) {
 		if handoverTo != "" && by.ID == handoverTo {
+			if adv == "" && by.ID == peer.FailoverID {
+				// Learned from a file or an agent before the new primary's
+				// heartbeat: its reply told us where it is.
+				adv, node = peer.Address, peer.Node
+			}
 			log.WithFields(logrus.Fields{"new_primary": node, "new_epoch": by.Epoch}).Info("switchover complete: the backup is primary now")
 			return End{Kind: HandedOver, By: by, ByNode: node, ByAdvertise: adv, Reason: "switchover to " + node}, nil
 		}
@@ -363,14 +368,16 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		cancel()
 		if err != nil {
 			log.WithError(err).Debug("heartbeat not sent")
-			return
+		} else {
+			r.mu.Lock()
+			r.st.HeartbeatsSent++
+			r.mu.Unlock()
+			if r.cfg.Sent != nil {
+				r.cfg.Sent("heartbeat", env)
+			}
 		}
-		r.mu.Lock()
-		r.st.HeartbeatsSent++
-		r.mu.Unlock()
-		if r.cfg.Sent != nil {
-			r.cfg.Sent("heartbeat", env)
-		}
+		// Agent commands go through the agents' broker: they do not depend
+		// on the heartbeat channel (an external broker may be unreachable).
 		if r.cfg.Ping && handoverTo == "" {
 			cmd := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node, Seq: seq, Role: "primary"}
 			ch := cmd.Headers()

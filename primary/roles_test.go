@@ -460,3 +460,27 @@ func TestACloneOfThePrimaryThatStartedEarlierStopsUs(t *testing.T) {
 	default:
 	}
 }
+
+func TestSwitchoverLearnedFromTheFilesStillNamesTheNewPrimary(t *testing.T) {
+	p := newPair(t, nil, true)
+	p.beat(true)
+	if err := p.prim.Switchover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.backEnd:
+	case <-time.After(5 * time.Second):
+		t.Fatal("backup did not take over")
+	}
+	// The files show the new epoch before any heartbeat from b arrives.
+	p.higher.Store(&failoverid.Token{ID: backID, Epoch: 4})
+	p.clk.Advance(5 * period) // a late tick: the scan finds it
+	select {
+	case end := <-p.primEnd:
+		if end.Kind != primary.HandedOver || end.ByAdvertise != "127.0.0.1:1002" || end.ByNode != "b" {
+			t.Fatalf("%+v", end)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("primary did not end")
+	}
+}

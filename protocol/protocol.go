@@ -6,7 +6,7 @@
 // Heartbeats add seq, advertise (the host:port agents should use), period-ms
 // and role; a heartbeat that hands the primary role to a backup names it in
 // handover-to. With a shared secret, a signature header holds the hex
-// HMAC-SHA256 of the destination, every other header (sorted) and the body;
+// HMAC-SHA256 of the destination, tandem's own headers (sorted) and the body;
 // receivers drop unsigned or badly signed messages.
 package protocol
 
@@ -241,10 +241,19 @@ func (s *Signer) Verify(dest string, h map[string]string, body []byte) error {
 	return nil
 }
 
+// signed lists the headers the signature covers: tandem's own. Brokers add
+// transport headers of their own (go-stomp's server adds "id", others add
+// message-id, expires, ...), so anything else is left out of the MAC.
+var signed = map[string]bool{
+	HVersion: true, HFailoverID: true, HEpoch: true, HNode: true, HSeq: true, HAdvertise: true,
+	HPeriodMS: true, HRole: true, HSentMS: true, HHandoverTo: true, HMaintenance: true,
+	HInstance: true, HStartedMS: true,
+}
+
 func (s *Signer) mac(dest string, h map[string]string, body []byte) []byte {
 	keys := make([]string, 0, len(h))
 	for k := range h {
-		if k != HSignature {
+		if signed[k] {
 			keys = append(keys, k)
 		}
 	}

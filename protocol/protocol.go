@@ -18,7 +18,6 @@ import (
 	"fmt"
 	"sort"
 	"strconv"
-	"strings"
 
 	"github.com/tandem-ha/tandem/internal/version"
 )
@@ -167,7 +166,7 @@ func Decode(h map[string]string) (Envelope, error) {
 	if e.FailoverID, ok = h[HFailoverID]; !ok || e.FailoverID == "" {
 		return e, fmt.Errorf("%w: %s", ErrMissingHeader, HFailoverID)
 	}
-	e.FailoverID = strings.ToLower(e.FailoverID)
+	e.FailoverID = asciiLower(e.FailoverID)
 	if e.Node, ok = h[HNode]; !ok || e.Node == "" {
 		return e, fmt.Errorf("%w: %s", ErrMissingHeader, HNode)
 	}
@@ -202,9 +201,22 @@ func Decode(h map[string]string) (Envelope, error) {
 	e.Instance = h[HInstance]
 	e.Advertise = h[HAdvertise]
 	e.Role = h[HRole]
-	e.HandoverTo = strings.ToLower(h[HHandoverTo])
+	e.HandoverTo = asciiLower(h[HHandoverTo])
 	e.Maintenance = h[HMaintenance] == "true"
 	return e, nil
+}
+
+// asciiLower lower-cases ASCII letters only. strings.ToLower would turn each
+// invalid UTF-8 byte into a 3-byte U+FFFD and so grow a value past the bound
+// Decode checked (found by FuzzDecode).
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // Signer signs and verifies messages with a shared secret. A Signer with no

@@ -214,7 +214,7 @@ func TestBadInputUnsignedAndBadlySigned(t *testing.T) {
 	if s := mustStatus(t, a); s.Epoch != 1 {
 		t.Fatalf("a moved to epoch %d", s.Epoch)
 	}
-	if _, ep := quickFacts(readFile(r.files[0])); ep != "1" {
+	if _, ep, _ := textFacts(readFile(r.files[0])); ep != "1" {
 		t.Fatalf("forged epoch reached the agent file:\n%s", readFile(r.files[0]))
 	}
 	r.check()

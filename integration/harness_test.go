@@ -397,8 +397,8 @@ func (c *cluster) writeAgents(n int, srv *server) []string {
 	return paths
 }
 
-// fileEpoch reads failover_epoch and stomp_port of an agent file the simple
-// way, independently of agentcfg.
+// fileFacts reads stomp_port, failover_epoch and failover_id of an agent
+// file the simple way, independently of agentcfg, and returns its text.
 func fileFacts(t testing.TB, path string) (port string, epoch string, id string, text string) {
 	t.Helper()
 	b, err := os.ReadFile(path)
@@ -406,6 +406,13 @@ func fileFacts(t testing.TB, path string) (port string, epoch string, id string,
 		t.Fatal(err)
 	}
 	text = string(b)
+	port, epoch, id = textFacts(text)
+	return
+}
+
+// textFacts extracts stomp_port, failover_epoch and failover_id from an
+// agent file's text (top-level keys, comments stripped).
+func textFacts(text string) (port, epoch, id string) {
 	for _, line := range strings.Split(text, "\n") {
 		k, v, ok := strings.Cut(line, ":")
 		if !ok {

@@ -206,7 +206,7 @@ func (r *rig) filesAt(s *server, epoch uint64) bool {
 		if err != nil {
 			return false
 		}
-		p, e := quickFacts(string(b))
+		p, e, _ := textFacts(string(b))
 		if e != want || p != port {
 			return false
 		}
@@ -301,24 +301,6 @@ func checkMonotoneAccepts(t testing.TB, evs []event) int {
 	return bad
 }
 
-// quickFacts extracts stomp_port and failover_epoch from a file's text.
-func quickFacts(text string) (port, epoch string) {
-	for _, line := range strings.Split(text, "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		v = strings.TrimSpace(strings.SplitN(v, "#", 2)[0])
-		switch strings.TrimSpace(k) {
-		case "stomp_port":
-			port = v
-		case "failover_epoch":
-			epoch = v
-		}
-	}
-	return
-}
-
 // epochSampler reads every agent file every 20 ms during a test: I2 (an
 // epoch never goes down) and I3 (no sample is ever truncated or missing a
 // line, which catches a non-atomic rewrite in the act).
@@ -370,7 +352,7 @@ func (s *epochSampler) sample(f string) {
 			return
 		}
 	}
-	_, es := quickFacts(text)
+	_, es, _ := textFacts(text)
 	var e uint64
 	if es != "" {
 		if e, err = strconv.ParseUint(es, 10, 64); err != nil {

@@ -17,6 +17,8 @@ import (
 
 	"github.com/go-stomp/stomp/v3"
 	"github.com/sirupsen/logrus"
+
+	"github.com/tandem-ha/tandem/internal/testports"
 )
 
 // Child modes: the test binary re-executes itself to get a process it can
@@ -257,13 +259,9 @@ func goroutinesSettle(t testing.TB, base, allow int, timeout time.Duration) {
 	}
 }
 
-// freeAddr returns a loopback address with a port that was free a moment ago.
+// freeAddr returns a loopback address whose port is reserved for this test
+// process and outside the kernel's ephemeral range (see internal/testports).
 func freeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
+	return testports.Addr(t)
 }

@@ -11,18 +11,19 @@
 #                                    # heartbeat channel on an external broker
 #   ACTIVEMQ=1 bash demo/run.sh      # make demo-activemq: starts a private ActiveMQ
 #                                    # Classic (Debian's activemq package, or
-#                                    # ACTIVEMQ_JAR=.../bin/activemq.jar) on port 47613
+#                                    # ACTIVEMQ_JAR=.../bin/activemq.jar) on port 27613
 #                                    # for the heartbeat channel, and stops it at the end
 #
 # Ports (loopback only; the script stops if one is taken): embedded brokers
-# 47620 (a) and 47621 (b), admin APIs 47630 (a) and 47631 (b).
+# 27620 (a) and 27621 (b), admin APIs 27630 (a) and 27631 (b): below the
+# kernel's ephemeral range, so no outgoing connection is ever given one.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BIN=${TANDEM_BIN:-$ROOT/bin/tandem}
 HB_BROKER=${HEARTBEAT_BROKER:-}
-BROKER_A=47620 BROKER_B=47621 ADMIN_A=47630 ADMIN_B=47631
+BROKER_A=27620 BROKER_B=27621 ADMIN_A=27630 ADMIN_B=27631
 AGENTS=(a1 a2 a3)
 
 # ---- helpers ---------------------------------------------------------------
@@ -184,7 +185,7 @@ mkdir -p "$DIR/logs" "$DIR/a" "$DIR/b/data" "$DIR/before"
 if [ "${ACTIVEMQ:-0}" = 1 ]; then
 	AMQ_JAR=${ACTIVEMQ_JAR:-/usr/share/activemq/bin/activemq.jar}
 	AMQ_HOME=$(dirname "$(dirname "$AMQ_JAR")")
-	AMQ_PORT=47613
+	AMQ_PORT=27613
 	[ -f "$AMQ_JAR" ] || die "ActiveMQ not found at $AMQ_JAR (apt-get install activemq, or set ACTIVEMQ_JAR)"
 	command -v java >/dev/null || die "ActiveMQ needs java"
 	port_free $AMQ_PORT || die "port 127.0.0.1:$AMQ_PORT is in use"

@@ -7,9 +7,9 @@
 #
 # The runbook's ```sh blocks are extracted by section ("## N.") and order,
 # and run with bash -e after these substitutions: opsc-a's advertise
-# 10.0.0.1:61620 -> 127.0.0.1:47720, opsc-b's 10.0.0.2:61620 ->
-# 127.0.0.1:47721, the admin address 127.0.0.1:61630 -> the host's admin
-# port (47730 / 47731), and in procedure 5b the example epoch 4 -> the epoch
+# 10.0.0.1:61620 -> 127.0.0.1:27720, opsc-b's 10.0.0.2:61620 ->
+# 127.0.0.1:27721, the admin address 127.0.0.1:61630 -> the host's admin
+# port (27730 / 27731), and in procedure 5b the example epoch 4 -> the epoch
 # the previous block printed. `systemctl stop|start tandem` stops/starts the
 # host's server process (start returns once the admin API answers, like
 # Type=notify); `install` is a no-op. CONF and DATA are set per host.
@@ -19,7 +19,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BIN=${TANDEM_BIN:-$ROOT/bin/tandem}
 RUNBOOK=$ROOT/docs/runbook.md
-declare -A BPORT=([a]=47720 [b]=47721) APORT=([a]=47730 [b]=47731)
+declare -A BPORT=([a]=27720 [b]=27721) APORT=([a]=27730 [b]=27731)
 
 if [ ! -x "$BIN" ] || [ -n "$(find . -name '*.go' -newer "$BIN" -print -quit 2>/dev/null)" ]; then
 	go build -o "$BIN" ./cmd/tandem

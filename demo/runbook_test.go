@@ -21,7 +21,7 @@ func TestRunbook(t *testing.T) {
 	if err != nil {
 		t.Skip("bash not found")
 	}
-	for _, p := range []string{"47720", "47721", "47730", "47731"} {
+	for _, p := range []string{"27720", "27721", "27730", "27731"} {
 		if c, err := net.DialTimeout("tcp", "127.0.0.1:"+p, 200*time.Millisecond); err == nil {
 			c.Close()
 			t.Skipf("port %s is in use (another runbook check running?)", p)

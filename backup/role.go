@@ -57,7 +57,8 @@ type Status struct {
 	LastHeartbeatAgeMS int64 // -1: never heard
 	SilentForMS        int64
 	SeenEpoch          uint64
-	Received, Ignored  uint64
+	Received           uint64 // every well-formed heartbeat, counted or not
+	Ignored            uint64 // of those, not the watched primary's (stale, duplicate, unknown)
 	Dropped            uint64 // malformed
 	SignatureFails     uint64 // unsigned or badly signed
 }

@@ -212,6 +212,9 @@ func TestSwitchoverAndBack(t *testing.T) {
 	c.waitRole(b, "primary", 10*time.Second)
 	allAt(t, files, b, 2, 10*time.Second)
 	c.waitRole(a, "backup", 10*time.Second)
+	if st := mustStatus(t, a); st.Agents.Rewritten != 0 || st.Agents.Failed != 0 {
+		t.Errorf("a as backup still reports its term as primary: agents %+v", st.Agents)
+	}
 	eventually(t, 10*time.Second, "a watches b", func() bool {
 		s, err := getStatus(a.admin)
 		return err == nil && s.Primary != nil && s.Primary.Node == "b"

@@ -27,6 +27,7 @@ type Controller interface {
 type Metrics struct {
 	HeartbeatsSent     uint64
 	HeartbeatsReceived uint64
+	HeartbeatsIgnored  uint64
 	Takeovers          uint64
 	AgentRewritesOK    uint64
 	AgentRewritesFail  uint64
@@ -155,6 +156,7 @@ func renderMetrics(s Status, m Metrics) string {
 	}
 	g("tandem_heartbeats_sent_total", "Heartbeats published as primary.", "counter", m.HeartbeatsSent, "")
 	g("tandem_heartbeats_received_total", "Heartbeats received as backup.", "counter", m.HeartbeatsReceived, "")
+	g("tandem_heartbeats_ignored_total", "Heartbeats received as backup but not taken as the primary's (stale epoch, duplicate or reordered seq, unknown server).", "counter", m.HeartbeatsIgnored, "")
 	g("tandem_takeovers_total", "Takeovers completed by this node.", "counter", m.Takeovers, "")
 	fmt.Fprintf(&b, "# HELP tandem_agent_rewrites_total address.yaml rewrites by result.\n# TYPE tandem_agent_rewrites_total counter\n")
 	fmt.Fprintf(&b, "tandem_agent_rewrites_total{result=\"ok\"} %d\ntandem_agent_rewrites_total{result=\"failed\"} %d\n", m.AgentRewritesOK, m.AgentRewritesFail)

@@ -20,7 +20,7 @@ type fakeCtl struct {
 }
 
 func (f *fakeCtl) Status() Status   { return f.st }
-func (f *fakeCtl) Metrics() Metrics { return Metrics{HeartbeatsSent: 42, SignatureFailures: 3} }
+func (f *fakeCtl) Metrics() Metrics { return Metrics{HeartbeatsSent: 42, HeartbeatsIgnored: 7, SignatureFailures: 3} }
 func (f *fakeCtl) Switchover(ctx context.Context) error {
 	f.swCall++
 	return f.swErr
@@ -104,7 +104,7 @@ func TestMetricsAreWellFormedPrometheusText(t *testing.T) {
 	body := do(t, AdminHandler(c), "GET", "/metrics").Body.String()
 	for _, want := range []string{
 		`tandem_role{role="fenced"} 1`, `tandem_role{role="primary"} 0`, "tandem_epoch 3", "tandem_fenced 1",
-		"tandem_heartbeats_sent_total 42", "tandem_signature_failures_total 3", "tandem_last_heartbeat_age_seconds 1.5",
+		"tandem_heartbeats_sent_total 42", "tandem_heartbeats_ignored_total 7", "tandem_signature_failures_total 3", "tandem_last_heartbeat_age_seconds 1.5",
 	} {
 		if !strings.Contains(body, want+"\n") {
 			t.Errorf("metrics lack %q", want)

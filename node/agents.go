@@ -241,6 +241,17 @@ func (a *agentFiles) status() AgentsStatus {
 	return s
 }
 
+// endTerm forgets what this server rewrote as primary: once it is a backup
+// or fenced, the files are another server's to keep, so its status must not
+// go on reporting its old rewrites or failures (nor warn about retries it
+// no longer makes). Lifetime totals (metrics) are kept.
+func (a *agentFiles) endTerm() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.rewritten = 0
+	a.failed = map[string]string{}
+}
+
 func (a *agentFiles) totals() (ok, fail uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()

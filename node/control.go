@@ -74,6 +74,7 @@ func (n *Node) Metrics() Metrics {
 	if back != nil {
 		bs := back.Status()
 		m.HeartbeatsReceived = bs.Received
+		m.HeartbeatsIgnored = bs.Ignored
 		m.MessagesDropped += bs.Dropped
 		m.SignatureFailures += bs.SignatureFails
 	}

@@ -118,6 +118,9 @@ func (n *Node) setRole(role string) {
 	n.role = role
 	n.mu.Unlock()
 	if changed {
+		if role == "backup" || role == "fenced" {
+			n.files.endTerm()
+		}
 		st := n.state()
 		n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: "role", Role: role, FailoverID: n.id, Epoch: st.Epoch})
 		n.entry().Info("role is now " + role)
@@ -624,8 +627,11 @@ func (n *Node) runPrimary(ctx context.Context, own string) (done bool, err error
 	finishing := st.Takeover != nil
 	role := primary.New(primary.Config{
 		Node: n.cfg.Node, Token: token, Advertise: n.advertise,
-		Period: n.cfg.Heartbeat.Period, ReplyPeriod: n.cfg.Heartbeat.ReplyPeriod, FailWindow: n.cfg.Heartbeat.FailWindow,
-		Dest: n.dest, Signer: n.signer, Clock: n.clock,
+		Period: n.cfg.Heartbeat.Period, ReplyPeriod: n.cfg.Heartbeat.ReplyPeriod,
+		// The backup takes over at once on a handover, then runs its
+		// before_takeover hook (up to hooks.timeout) and rewrites the files.
+		HandoverTimeout: n.cfg.Heartbeat.FailWindow + n.cfg.Hooks.Timeout,
+		Dest:            n.dest, Signer: n.signer, Clock: n.clock,
 		Log:      n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "role": "primary", "epoch": st.Epoch}),
 		SeqBase:  uint64(time.Now().UnixMilli()),
 		Instance: n.instance, StartedMS: n.startedMS,

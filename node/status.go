@@ -47,9 +47,14 @@ type PeerStatus struct {
 
 // AgentsStatus counts the managed address.yaml files.
 type AgentsStatus struct {
-	Managed   int `json:"managed"`
+	// Managed is how many files the agents globs match.
+	Managed int `json:"managed"`
+	// Rewritten and Failed count this server's rewrites during its current
+	// term as primary (takeover, claim and retries); a backup or fenced
+	// server reports 0 for both.
 	Rewritten int `json:"rewritten"`
 	Failed    int `json:"failed"`
+	// Connected counts agents that reported to this primary recently.
 	Connected int `json:"connected"`
 	// FailedFiles lists up to 20 files that could not be rewritten, with why.
 	FailedFiles []FailedFile `json:"failed_files,omitempty"`

@@ -65,11 +65,15 @@ type Config struct {
 	Advertise   string // host:port agents should use
 	Period      time.Duration
 	ReplyPeriod time.Duration
-	FailWindow  time.Duration // bounds a switchover that gets no answer
-	Dest        protocol.Destinations
-	Signer      *protocol.Signer
-	Clock       clock.Clock
-	Log         logrus.FieldLogger
+	// HandoverTimeout bounds a switchover: how long this primary waits for
+	// the backup's higher epoch before it gives up and stays primary. It
+	// must cover the backup's before_takeover hook and its rewrite of every
+	// agent file (the server passes fail_window + hooks.timeout).
+	HandoverTimeout time.Duration
+	Dest            protocol.Destinations
+	Signer          *protocol.Signer
+	Clock           clock.Clock
+	Log             logrus.FieldLogger
 	// Instance and StartedMS identify this process (see protocol.Envelope):
 	// they let two servers with one failover id (a cloned VM) be told apart.
 	Instance  string
@@ -229,8 +233,8 @@ func New(cfg Config, hb, agents broker.Bus) *Role {
 	if cfg.CheckEvery == 0 {
 		cfg.CheckEvery = 10 * cfg.Period
 	}
-	if cfg.FailWindow == 0 {
-		cfg.FailWindow = 6 * cfg.Period
+	if cfg.HandoverTimeout == 0 {
+		cfg.HandoverTimeout = 6 * cfg.Period
 	}
 	return &Role{cfg: cfg, hb: hb, ag: agents, switchReq: make(chan chan error)}
 }
@@ -496,7 +500,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				log.Warn("the epoch check is still running after a period: heartbeating meanwhile")
 				holdUntil = -1
 			}
-			if handoverTo != "" && now.Sub(handoverStart) > r.cfg.FailWindow {
+			if handoverTo != "" && now.Sub(handoverStart) > r.cfg.HandoverTimeout {
 				log.WithField("backup_failover_id", handoverTo).Warn("switchover: the backup did not take over in time; staying primary")
 				handoverTo = ""
 				r.mu.Lock()

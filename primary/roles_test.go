@@ -60,7 +60,7 @@ func newPair(t *testing.T, key []byte, startBackup bool) *pair {
 	primBus := p.hub.Client("primary")
 	p.prim = primary.New(primary.Config{
 		Node: "a", Token: failoverid.Token{ID: primID, Epoch: 3}, Advertise: "127.0.0.1:1001",
-		Period: period, ReplyPeriod: time.Second, FailWindow: window, Dest: dest, Signer: p.signer,
+		Period: period, ReplyPeriod: time.Second, HandoverTimeout: window, Dest: dest, Signer: p.signer,
 		Clock: p.clk, Log: quietLog(), SeqBase: 1000, CheckEvery: time.Hour,
 		CheckFiles: func() (*failoverid.Token, error) { return p.higher.Load(), nil },
 		Ping:       true,
@@ -482,5 +482,58 @@ func TestSwitchoverLearnedFromTheFilesStillNamesTheNewPrimary(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("primary did not end")
+	}
+}
+
+// A switchover waits HandoverTimeout for the backup's higher epoch (its
+// before_takeover hook may be slow), then lapses and the primary stays.
+func TestASwitchoverLapsesOnlyAfterTheHandoverTimeout(t *testing.T) {
+	p := newPair(t, nil, true)
+	p.beat(true)
+	if err := p.prim.Switchover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-p.backEnd: // it took over, but its heartbeat never comes
+	case <-time.After(5 * time.Second):
+		t.Fatal("backup did not take over on switchover")
+	}
+	for i := 0; i < int(window/period)-1; i++ {
+		p.beat(false)
+	}
+	if s := p.prim.Status(); s.Handover != backID {
+		t.Fatalf("handover dropped before the timeout: %+v", s)
+	}
+	if err := p.prim.Switchover(context.Background()); err != primary.ErrSwitchoverState {
+		t.Fatalf("switchover during a handover: %v", err)
+	}
+	p.beat(false)
+	p.beat(false)
+	if s := p.prim.Status(); s.Handover != "" {
+		t.Fatalf("handover still pending %s after it began (timeout %s): %+v", window+period, window, s)
+	}
+	select {
+	case end := <-p.primEnd:
+		t.Fatalf("primary ended: %+v", end)
+	default:
+	}
+}
+
+// The backup counts every heartbeat it receives and, apart, those it did not
+// take as the watched primary's (here: an unknown server at a lower epoch),
+// so an operator can tell a stray sender from a live primary in the metrics.
+func TestTheBackupCountsIgnoredHeartbeatsApart(t *testing.T) {
+	p := newPair(t, nil, true)
+	p.beat(true)
+	s0 := p.back.Status()
+	p.raw("x", dest.Heartbeat, protocol.Envelope{FailoverID: evilID, Epoch: 1, Node: "x", Seq: 1, Role: "primary"}, false)
+	p.eventually("stray heartbeat counted as ignored", func() bool { return p.back.Status().Ignored == s0.Ignored+1 })
+	p.beat(true)
+	s := p.back.Status()
+	if s.Ignored != s0.Ignored+1 || s.Received < s0.Received+2 {
+		t.Fatalf("received %d -> %d, ignored %d -> %d; want +2 (or more) and +1", s0.Received, s.Received, s0.Ignored, s.Ignored)
+	}
+	if s.Primary.FailoverID != primID {
+		t.Fatalf("the stray heartbeat changed the watched primary: %+v", s.Primary)
 	}
 }

@@ -125,6 +125,13 @@ type endpoint struct {
 	host   string
 }
 
+// URLUsesTLS reports whether a broker URL asks for TLS (stomp+ssl:// and
+// its synonyms); false for a plain or malformed one.
+func URLUsesTLS(raw string) bool {
+	ep, err := parseURL(raw)
+	return err == nil && ep.useTLS
+}
+
 func parseURL(raw string) (endpoint, error) {
 	if raw == "" {
 		return endpoint{}, fmt.Errorf("%w: URL is empty", ErrInvalidConfig)

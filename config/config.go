@@ -9,6 +9,8 @@
 package config
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"net"
@@ -89,6 +91,20 @@ type BrokerAuth struct {
 	Vhost    string `yaml:"vhost"`
 }
 
+// TLS secures the embedded broker. With Cert and Key set, the broker serves
+// TLS only and this server dials its peer's embedded broker over TLS too (a
+// pair is configured alike). CA, if set, is the PEM bundle trusted when
+// this server dials any broker over TLS (the peer's, or a stomp+ssl://
+// heartbeat_broker); without it the system's roots are trusted.
+type TLS struct {
+	Cert string `yaml:"cert"`
+	Key  string `yaml:"key"`
+	CA   string `yaml:"ca"`
+}
+
+// Enabled reports whether the embedded broker serves TLS.
+func (t TLS) Enabled() bool { return t.Cert != "" }
+
 // Hooks are shell commands (run with /bin/sh -c) around a takeover.
 type Hooks struct {
 	BeforeTakeover string        `yaml:"before_takeover"`
@@ -125,6 +141,8 @@ type Config struct {
 	HeartbeatBroker string
 	// Broker holds STOMP credentials.
 	Broker BrokerAuth
+	// TLS secures the embedded broker and says which CA to trust.
+	TLS TLS
 	// SharedSecret (key "secret") signs every message with HMAC-SHA256;
 	// SecretFile (key "secret_file") is the alternative. Use Secret().
 	SharedSecret string
@@ -229,6 +247,12 @@ func (c *Config) Validate() error {
 			return fail("heartbeat_broker", "heartbeat_broker: %v", err)
 		}
 	}
+	if c.TLS.Cert != "" && c.TLS.Key == "" {
+		return fail("tls.key", "tls.cert is set but tls.key is empty: give both to serve TLS")
+	}
+	if c.TLS.Key != "" && c.TLS.Cert == "" {
+		return fail("tls.cert", "tls.key is set but tls.cert is empty: give both to serve TLS")
+	}
 	if c.Broker.Passcode != "" && c.Broker.Login == "" {
 		return fail("broker.passcode", "broker.passcode is set but broker.login is empty")
 	}
@@ -283,6 +307,40 @@ func (c *Config) HeartbeatBrokerAddr() (addr string, useTLS, external bool, err 
 		return "", false, false, &Error{Path: c.Path, Key: "heartbeat_broker", Line: c.lines["heartbeat_broker"], Msg: "heartbeat_broker: " + err.Error()}
 	}
 	return addr, useTLS, true, nil
+}
+
+// ServerTLS is the embedded broker's TLS configuration, nil without
+// tls.cert. Unreadable or mismatched files are an error naming the key.
+func (c *Config) ServerTLS() (*tls.Config, error) {
+	if !c.TLS.Enabled() {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.TLS.Cert, c.TLS.Key)
+	if err != nil {
+		return nil, &Error{Path: c.Path, Key: "tls.cert", Line: c.lines["tls.cert"],
+			Msg: fmt.Sprintf("tls.cert %s / tls.key %s: %v", c.TLS.Cert, c.TLS.Key, err)}
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// ClientTLS is the TLS configuration for dialing a broker over TLS: the
+// tls.ca bundle as roots, or nil (the system's roots) without tls.ca.
+func (c *Config) ClientTLS() (*tls.Config, error) {
+	if c.TLS.CA == "" {
+		return nil, nil
+	}
+	fail := func(format string, args ...any) error {
+		return &Error{Path: c.Path, Key: "tls.ca", Line: c.lines["tls.ca"], Msg: fmt.Sprintf(format, args...)}
+	}
+	b, err := os.ReadFile(c.TLS.CA)
+	if err != nil {
+		return nil, fail("tls.ca: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(b) {
+		return nil, fail("tls.ca %s: no PEM certificate found", c.TLS.CA)
+	}
+	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
 // Secret returns the shared HMAC secret: secret, or the content of

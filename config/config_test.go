@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/tandem-ha/tandem/internal/testtls"
 )
 
 const minimal = "node: opsc-a\ndata_dir: /var/lib/tandem\nadvertise: 10.0.0.1\n"
@@ -360,6 +362,59 @@ func TestSuggest(t *testing.T) {
 	} {
 		if got := suggest(in); got != want {
 			t.Errorf("suggest(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func TestTLS(t *testing.T) {
+	dir := t.TempDir()
+	cert, key, ca := testtls.New(t).Files(t, dir)
+	// Relative paths resolve against the config file's directory.
+	cfgPath := filepath.Join(dir, "tandem.yaml")
+	body := minimal + "tls: {cert: server.pem, key: server-key.pem, ca: ca.pem}\n"
+	if err := os.WriteFile(cfgPath, []byte(body), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c, err := Load(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.TLS.Cert != cert || c.TLS.Key != key || c.TLS.CA != ca || !c.TLS.Enabled() {
+		t.Fatalf("tls = %+v", c.TLS)
+	}
+	srv, err := c.ServerTLS()
+	if err != nil || srv == nil || len(srv.Certificates) != 1 {
+		t.Fatalf("ServerTLS: %v %v", srv, err)
+	}
+	cli, err := c.ClientTLS()
+	if err != nil || cli == nil || cli.RootCAs == nil {
+		t.Fatalf("ClientTLS: %v %v", cli, err)
+	}
+
+	// Without tls: no server TLS, system roots.
+	c, err = Load(writeConfig(t, minimal))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if s, _ := c.ServerTLS(); s != nil {
+		t.Fatal("ServerTLS without tls.cert")
+	}
+	if cl, _ := c.ClientTLS(); cl != nil {
+		t.Fatal("ClientTLS without tls.ca")
+	}
+
+	for _, tc := range []struct{ body, want string }{
+		{"tls: {cert: " + cert + "}\n", "tls.key"},
+		{"tls: {key: " + key + "}\n", "tls.cert"},
+		{"tls: {cert: " + filepath.Join(dir, "missing.pem") + ", key: " + key + "}\n", "tls.cert"},
+		{"tls: {cert: " + ca + ", key: " + key + "}\n", "tls.cert"}, // key does not match
+		{"tls: {ca: " + key + "}\n", "no PEM certificate"},
+		{"tls: {ca: " + filepath.Join(dir, "nope.pem") + "}\n", "tls.ca"},
+		{"tls: {cert: a, key: b, crt: c}\n", "crt"},
+	} {
+		_, err := Load(writeConfig(t, minimal+tc.body))
+		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: got %v, want one line mentioning %q", tc.body, err, tc.want)
 		}
 	}
 }

@@ -28,6 +28,7 @@ type fileConfig struct {
 	Heartbeat         fileHB     `yaml:"heartbeat"`
 	HeartbeatBroker   string     `yaml:"heartbeat_broker"`
 	Broker            BrokerAuth `yaml:"broker"`
+	TLS               TLS        `yaml:"tls"`
 	Secret            string     `yaml:"secret"`
 	SecretFile        string     `yaml:"secret_file"`
 	EventLog          string     `yaml:"event_log"`
@@ -54,7 +55,7 @@ func toFile(c *Config) fileConfig {
 	return fileConfig{
 		Node: c.Node, DataDir: c.DataDir, Listen: c.Listen, Advertise: c.Advertise, Admin: c.Admin,
 		Heartbeat:       fileHB{Duration(c.Heartbeat.Period), Duration(c.Heartbeat.ReplyPeriod), Duration(c.Heartbeat.FailWindow)},
-		HeartbeatBroker: c.HeartbeatBroker, Broker: c.Broker, Secret: c.SharedSecret, SecretFile: c.SecretFile, EventLog: c.EventLog,
+		HeartbeatBroker: c.HeartbeatBroker, Broker: c.Broker, TLS: c.TLS, Secret: c.SharedSecret, SecretFile: c.SecretFile, EventLog: c.EventLog,
 		DestinationPrefix: c.DestinationPrefix, Agents: append([]string(nil), c.Agents...),
 		Hooks: fileHooks{c.Hooks.BeforeTakeover, c.Hooks.AfterTakeover, c.Hooks.OnFenced, Duration(c.Hooks.Timeout)},
 		Log:   c.Log,
@@ -65,7 +66,7 @@ func (f fileConfig) config() *Config {
 	return &Config{
 		Node: f.Node, DataDir: f.DataDir, Listen: f.Listen, Advertise: f.Advertise, Admin: f.Admin,
 		Heartbeat:       Heartbeat{f.Heartbeat.Period.Std(), f.Heartbeat.ReplyPeriod.Std(), f.Heartbeat.FailWindow.Std()},
-		HeartbeatBroker: f.HeartbeatBroker, Broker: f.Broker, SharedSecret: f.Secret, SecretFile: f.SecretFile, EventLog: f.EventLog,
+		HeartbeatBroker: f.HeartbeatBroker, Broker: f.Broker, TLS: f.TLS, SharedSecret: f.Secret, SecretFile: f.SecretFile, EventLog: f.EventLog,
 		DestinationPrefix: f.DestinationPrefix, Agents: f.Agents,
 		Hooks: Hooks{f.Hooks.BeforeTakeover, f.Hooks.AfterTakeover, f.Hooks.OnFenced, f.Hooks.Timeout.Std()},
 		Log:   f.Log,
@@ -165,6 +166,7 @@ func Parse(path string, data []byte) (*Config, error) {
 	c.DataDir = resolve(c.DataDir)
 	c.SecretFile = resolve(c.SecretFile)
 	c.EventLog = resolve(c.EventLog)
+	c.TLS.Cert, c.TLS.Key, c.TLS.CA = resolve(c.TLS.Cert), resolve(c.TLS.Key), resolve(c.TLS.CA)
 	for i := range c.Agents {
 		c.Agents[i] = resolve(c.Agents[i])
 	}
@@ -172,6 +174,12 @@ func Parse(path string, data []byte) (*Config, error) {
 		return nil, err
 	}
 	if _, err := c.Secret(); err != nil {
+		return nil, err
+	}
+	if _, err := c.ServerTLS(); err != nil {
+		return nil, err
+	}
+	if _, err := c.ClientTLS(); err != nil {
 		return nil, err
 	}
 	return c, nil

@@ -192,8 +192,12 @@ type status struct {
 	Agents struct {
 		Managed, Rewritten, Failed, Connected int
 	} `json:"agents"`
-	Takeover *struct{ Step string } `json:"takeover"`
-	Runbook  string                 `json:"runbook"`
+	Takeover         *struct{ Step string } `json:"takeover"`
+	Runbook          string                 `json:"runbook"`
+	HeartbeatChannel struct {
+		URL       string `json:"url"`
+		Connected bool   `json:"connected"`
+	} `json:"heartbeat_channel"`
 }
 
 var client = &http.Client{Timeout: 2 * time.Second}
@@ -237,6 +241,7 @@ type cluster struct {
 	dir     string
 	agents  string // glob of the managed address.yaml files
 	timing  string
+	extra   string // appended to every server's tandem.yaml
 	servers map[string]*server
 }
 
@@ -335,7 +340,7 @@ heartbeat: %s
 agents: [%q]
 event_log: %q
 log: {format: text, level: debug}
-`, name, filepath.Join(s.dir, "data"), s.addr(), s.addr(), s.admin, c.timing, c.agents, c.serverEvents())
+%s`, name, filepath.Join(s.dir, "data"), s.addr(), s.addr(), s.admin, c.timing, c.agents, c.serverEvents(), c.extra)
 	if err := os.WriteFile(s.cfgPath, []byte(cfg), 0o644); err != nil {
 		c.t.Fatal(err)
 	}

@@ -19,8 +19,10 @@ type fakeCtl struct {
 	swCall int
 }
 
-func (f *fakeCtl) Status() Status   { return f.st }
-func (f *fakeCtl) Metrics() Metrics { return Metrics{HeartbeatsSent: 42, HeartbeatsIgnored: 7, SignatureFailures: 3} }
+func (f *fakeCtl) Status() Status { return f.st }
+func (f *fakeCtl) Metrics() Metrics {
+	return Metrics{HeartbeatsSent: 42, HeartbeatsIgnored: 7, SignatureFailures: 3}
+}
 func (f *fakeCtl) Switchover(ctx context.Context) error {
 	f.swCall++
 	return f.swErr

@@ -4,8 +4,11 @@
 package node
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -55,6 +58,12 @@ type Node struct {
 	notify *sdnotify.Notifier
 	events *eventlog.Log
 
+	// serverTLS secures the embedded broker (nil: plain STOMP); clientTLS
+	// verifies brokers this server dials over TLS (nil: system roots);
+	// ownTLS is for the primary's own link to its own broker.
+	serverTLS, clientTLS, ownTLS *tls.Config
+	ownURL                       string
+
 	// AdminAddr is the bound admin address once Run is serving (for tests
 	// that use port 0). Read it after Ready is closed.
 	AdminAddr  string
@@ -90,8 +99,17 @@ func New(cfg *config.Config, log *logrus.Logger) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
 	}
+	serverTLS, err := cfg.ServerTLS()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
+	clientTLS, err := cfg.ClientTLS()
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrBadInput, err)
+	}
 	return &Node{
 		cfg: cfg, log: log, clock: clock.Real{},
+		serverTLS: serverTLS, clientTLS: clientTLS, ownTLS: trustOnly(serverTLS),
 		dest:      protocol.NewDestinations(cfg.DestinationPrefix),
 		signer:    protocol.NewSigner(key),
 		files:     newAgentFiles(cfg.Agents, log.WithField("node", cfg.Node)),
@@ -189,7 +207,7 @@ func (n *Node) Run(ctx context.Context) error {
 
 	srv, err := broker.StartServer(broker.ServerConfig{
 		Listen: n.cfg.Listen, Login: n.cfg.Broker.Login, Passcode: n.cfg.Broker.Passcode,
-		Log: n.log.WithField("component", "broker"),
+		TLS: n.serverTLS, Log: n.log.WithField("component", "broker"),
 	})
 	if err != nil {
 		return fmt.Errorf("embedded broker: %w", err)
@@ -210,7 +228,8 @@ func (n *Node) Run(ctx context.Context) error {
 	close(n.ready)
 	_ = n.notify.Send("READY=1")
 
-	own := "stomp://" + loopback(srv.Addr())
+	own := n.brokerURL(loopback(srv.Addr()))
+	n.ownURL = own
 	defer n.wg.Wait()
 	for ctx.Err() == nil {
 		st := n.state()
@@ -361,13 +380,48 @@ func (n *Node) heartbeatURL(primaryLoc string) string {
 	if n.cfg.HeartbeatBroker != "" {
 		return n.cfg.HeartbeatBroker
 	}
-	return "stomp://" + primaryLoc
+	return n.brokerURL(primaryLoc)
+}
+
+// brokerURL is the URL of an embedded broker (ours or the peer's) at
+// host:port: a pair is configured alike, so both speak TLS when we do.
+func (n *Node) brokerURL(hostport string) string {
+	if n.serverTLS != nil {
+		return "stomp+ssl://" + hostport
+	}
+	return "stomp://" + hostport
+}
+
+// trustOnly is the client side of a link to our own TLS broker: it reaches
+// it on a loopback address its certificate need not name, so instead of a
+// host name check it accepts exactly the certificate the broker serves.
+func trustOnly(srv *tls.Config) *tls.Config {
+	if srv == nil || len(srv.Certificates) == 0 || len(srv.Certificates[0].Certificate) == 0 {
+		return nil
+	}
+	own := srv.Certificates[0].Certificate[0]
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // replaced by the exact match below
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) > 0 && bytes.Equal(raw[0], own) {
+				return nil
+			}
+			return errors.New("the broker on our own address did not present our own certificate")
+		},
+	}
 }
 
 func (n *Node) dial(ctx context.Context, url string, track bool) (*broker.Link, error) {
 	cfg := broker.LinkConfig{
 		URL: url, Login: n.cfg.Broker.Login, Passcode: n.cfg.Broker.Passcode, VHost: n.cfg.Broker.Vhost,
 		Log: n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "link": url}),
+	}
+	if broker.URLUsesTLS(url) {
+		cfg.TLS = n.clientTLS
+		if url == n.ownURL && n.ownTLS != nil {
+			cfg.TLS = n.ownTLS
+		}
 	}
 	if track {
 		n.mu.Lock()
@@ -617,7 +671,7 @@ func (n *Node) runPrimary(ctx context.Context, own string) (done bool, err error
 			peerAddr = st.Peer.Address
 		}
 		if peerAddr != "" && peerAddr != n.advertise {
-			lb := n.dialLazy(ctx, "stomp://"+peerAddr)
+			lb := n.dialLazy(ctx, n.brokerURL(peerAddr))
 			defer lb.Close()
 			notify = append(notify, lb)
 		}

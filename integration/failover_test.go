@@ -22,6 +22,14 @@ func pairUp(t *testing.T, c *cluster, n int) (a, b *server, files []string) {
 	a = c.addServer("a", nil)
 	b = c.addServer("b", a)
 	files = c.writeAgents(n, a)
+	startPair(t, c, a, b)
+	return a, b, files
+}
+
+// startPair starts a as primary, then b as its backup, and waits until each
+// knows the other.
+func startPair(t *testing.T, c *cluster, a, b *server) {
+	t.Helper()
 	c.start(a)
 	c.waitRole(a, "primary", 20*time.Second)
 	c.start(b)
@@ -29,9 +37,8 @@ func pairUp(t *testing.T, c *cluster, n int) (a, b *server, files []string) {
 	eventually(t, 20*time.Second, "b hears a and a knows b", func() bool {
 		sb, err1 := getStatus(b.admin)
 		sa, err2 := getStatus(a.admin)
-		return err1 == nil && err2 == nil && sb.Primary != nil && sb.Primary.Node == "a" && sa.BackupConfigured
+		return err1 == nil && err2 == nil && sb.Primary != nil && sb.Primary.Node == a.name && sa.BackupConfigured
 	})
-	return a, b, files
 }
 
 // allAt waits until every file has epoch and points at srv.

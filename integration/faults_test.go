@@ -207,8 +207,8 @@ func scBrokerRestart(t *testing.T, kind string, ext *extBroker) {
 
 	t.Run("WithinWindow", func(t *testing.T) {
 		down := time.Now()
-		ext.stop()
-		ext.start()
+		ext.Stop()
+		ext.Start(t)
 		t.Logf("%s restarted in %s (window %s)", kind, time.Since(down).Round(time.Millisecond), w)
 		eventually(t, w, "b hears a again", func() bool {
 			s, err := getStatus(r.b.admin)
@@ -226,9 +226,9 @@ func scBrokerRestart(t *testing.T, kind string, ext *extBroker) {
 		return
 	}
 	t.Run("BeyondWindow", func(t *testing.T) {
-		ext.stop()
+		ext.Stop()
 		r.c.waitRole(r.b, "primary", w+20*time.Second)
-		ext.start()
+		ext.Start(t)
 		r.settled(r.b, 2, 30*time.Second)
 		r.c.waitRole(r.a, "fenced", 30*time.Second)
 	})

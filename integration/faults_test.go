@@ -82,10 +82,7 @@ func TestFaults(t *testing.T) {
 }
 
 func scKillPrimary(t *testing.T, kind string, ext *extBroker) {
-	r := newRig(t, kind, ext, rigOpts{})
-	r.pairUp()
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r := settledRig(t, kind, ext, rigOpts{})
 	r.a.p.signal(syscall.SIGKILL)
 	r.a.p.wait(5 * time.Second)
 	r.settled(r.b, 2, 20*time.Second)
@@ -93,10 +90,7 @@ func scKillPrimary(t *testing.T, kind string, ext *extBroker) {
 }
 
 func scFreezePrimary(t *testing.T, kind string, ext *extBroker) {
-	r := newRig(t, kind, ext, rigOpts{})
-	r.pairUp()
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r := settledRig(t, kind, ext, rigOpts{})
 	r.a.p.signal(syscall.SIGSTOP)
 	r.settled(r.b, 2, 20*time.Second)
 	r.a.p.signal(syscall.SIGCONT)
@@ -111,10 +105,7 @@ func scFreezePrimary(t *testing.T, kind string, ext *extBroker) {
 // takes over and rewrites the files, the agents move to it, the old primary
 // is fenced by the higher epoch (files, agent status), no agent obeys both.
 func scPartition(t *testing.T, kind string, ext *extBroker) {
-	r := newRig(t, kind, ext, rigOpts{})
-	r.pairUp()
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r := settledRig(t, kind, ext, rigOpts{})
 	r.partition(r.b)
 	r.movedTo(r.b, 2, 20*time.Second)
 	r.c.waitRole(r.a, "fenced", 20*time.Second)
@@ -127,10 +118,7 @@ func scPartition(t *testing.T, kind string, ext *extBroker) {
 // The backup is killed during its takeover (held in a before_takeover hook)
 // and completes it after a restart (I7).
 func scKillBackupMidTakeover(t *testing.T, kind string, ext *extBroker) {
-	r := newRig(t, kind, ext, rigOpts{hooks: `{before_takeover: "sleep 1"}`})
-	r.pairUp()
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r := settledRig(t, kind, ext, rigOpts{hooks: `{before_takeover: "sleep 1"}`})
 	r.a.p.signal(syscall.SIGKILL)
 	// Status says taking-over a moment before the journal is on disk: wait
 	// for the journal (the hook then holds the takeover for a second).
@@ -156,10 +144,7 @@ func scKillBackupMidTakeover(t *testing.T, kind string, ext *extBroker) {
 
 // A frozen agent: no failover, the other agents are unaffected.
 func scFrozenAgent(t *testing.T, kind string, ext *extBroker) {
-	r := newRig(t, kind, ext, rigOpts{})
-	r.pairUp()
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r := settledRig(t, kind, ext, rigOpts{})
 	idA := mustStatus(t, r.a).FailoverID
 	count := func(agent string) int {
 		n := 0
@@ -200,10 +185,7 @@ func restartWindow(kind string) time.Duration {
 // primary is fenced once the channel is back.
 func scBrokerRestart(t *testing.T, kind string, ext *extBroker) {
 	w := restartWindow(kind)
-	r := newRig(t, kind, ext, rigOpts{timing: fmt.Sprintf("{period: 1s, reply_period: 2s, fail_window: %s}", w)})
-	r.pairUp()
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r := settledRig(t, kind, ext, rigOpts{timing: fmt.Sprintf("{period: 1s, reply_period: 2s, fail_window: %s}", w)})
 
 	t.Run("WithinWindow", func(t *testing.T) {
 		down := time.Now()
@@ -381,10 +363,7 @@ func scWallClock(t *testing.T, kind string, ext *extBroker) {
 // out safely; the backup takes over through the partition anyway. Never two
 // primaries at one epoch (I4, from the event log).
 func scSwitchoverPartition(t *testing.T, kind string, ext *extBroker) {
-	r := newRig(t, kind, ext, rigOpts{})
-	r.pairUp()
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r := settledRig(t, kind, ext, rigOpts{})
 	r.partition(r.b)
 	code, body := post(t, r.a.admin, "/switchover")
 	t.Logf("switchover during the partition: %d %s", code, strings.TrimSpace(body))
@@ -416,10 +395,7 @@ func newUUID() string {
 // With a shared secret on servers and agents, a pair forms, heartbeats flow
 // without a false failover, the agents obey, and a kill -9 fails over.
 func scSignedPair(t *testing.T, kind string, ext *extBroker) {
-	r := newRig(t, kind, ext, rigOpts{signed: true})
-	r.pairUp()
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r := settledRig(t, kind, ext, rigOpts{signed: true})
 	holdsRole(t, r.b, "backup", 2*time.Second)
 	if n := metric(t, r.b.admin, "tandem_signature_failures_total"); n != 0 {
 		t.Errorf("b dropped %v correctly signed messages", n)
@@ -432,10 +408,7 @@ func scSignedPair(t *testing.T, kind string, ext *extBroker) {
 // The backup↔primary link goes silent without a reset (a blackholed
 // route: only time tells): the backup takes over as on a partition.
 func scBlackhole(t *testing.T, kind string, ext *extBroker) {
-	r := newRig(t, kind, ext, rigOpts{})
-	r.pairUp()
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r := settledRig(t, kind, ext, rigOpts{})
 	if ext != nil {
 		r.hb["b"].Blackhole()
 	} else {
@@ -452,10 +425,7 @@ func scBlackhole(t *testing.T, kind string, ext *extBroker) {
 // Primary↔agents cut only: heartbeats still flow, so no failover (I6); the
 // agents come back to the same primary after the heal.
 func scCutAgents(t *testing.T, kind string, ext *extBroker) {
-	r := newRig(t, kind, ext, rigOpts{})
-	r.pairUp()
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r := settledRig(t, kind, ext, rigOpts{})
 	r.cutAgents(r.a)
 	holdsRole(t, r.b, "backup", 2*time.Second)
 	r.heal()
@@ -479,10 +449,7 @@ func scCutAgents(t *testing.T, kind string, ext *extBroker) {
 // backup takes over, the agents follow, the isolated primary is fenced by
 // the files it still shares with the backup, and stays fenced after the heal.
 func scIsolatePrimary(t *testing.T, kind string, ext *extBroker) {
-	r := newRig(t, kind, ext, rigOpts{})
-	r.pairUp()
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r := settledRig(t, kind, ext, rigOpts{})
 	r.cutAll(r.a)
 	r.settled(r.b, 2, 20*time.Second)
 	r.c.waitRole(r.a, "fenced", 20*time.Second)
@@ -495,10 +462,7 @@ func scIsolatePrimary(t *testing.T, kind string, ext *extBroker) {
 // Every byte between backup and primary arrives late, but well within the
 // window: no failover (I6).
 func scSlowLink(t *testing.T, kind string, ext *extBroker) {
-	r := newRig(t, kind, ext, rigOpts{})
-	r.pairUp()
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r := settledRig(t, kind, ext, rigOpts{})
 	d := 100 * time.Millisecond // fail_window 500ms (1s on external brokers)
 	if ext != nil {
 		r.hb["b"].Delay(d)

@@ -51,6 +51,17 @@ type rig struct {
 	samp       *epochSampler
 }
 
+// settledRig is the common start of a fault scenario: a rig with the pair
+// up, the agents running, and every agent on a at epoch 1.
+func settledRig(t testing.TB, kind string, ext *extBroker, o rigOpts) *rig {
+	t.Helper()
+	r := newRig(t, kind, ext, o)
+	r.pairUp()
+	r.startAgents()
+	r.settled(r.a, 1, 20*time.Second)
+	return r
+}
+
 func newRig(t testing.TB, kind string, ext *extBroker, o rigOpts) *rig {
 	t.Helper()
 	if o.agents == 0 {

@@ -1,7 +1,13 @@
 // Package agent is tandem's reference managed agent: it follows its
 // address.yaml (stomp_interface, stomp_port, use_ssl, failover_id,
 // failover_epoch), and acts only on commands from the server its file names
-// at that epoch (invariant I1). It only ever reads its address.yaml.
+// at that epoch (invariant I1). It only ever reads its address.yaml. It
+// reports its status every period, on connecting, and when its bound server
+// first speaks to it on a connection (a new primary may not have been
+// listening yet when the agent connected).
+//
+// The agents of one process may share their server connections through a
+// Pool; each still follows its own file and checks every command itself.
 //
 // The binding check happens when a command arrives, against the file as it
 // is at that moment (re-read when it changed), not against a cached copy: a
@@ -188,6 +194,15 @@ func (a *Agent) Run(ctx context.Context) error {
 	var bus broker.Bus
 	var sub broker.Subscription
 	var cur string // target of the current connection
+	// heard is the bound token last heard from on this connection. The
+	// first accepted command proves the bound server is acting as primary
+	// on this connection, which it may not have been when the agent
+	// connected: during a takeover the new primary's broker is up while
+	// its files are still being rewritten, and a report sent then reaches
+	// nobody. Reporting on that first command gets the agent into the
+	// new primary's registry a ping after it starts instead of up to a
+	// period later.
+	var heard failoverid.Token
 	// Closing a link to a frozen server can block until a timeout: close in
 	// the background so the agent moves to its new server at once.
 	var closing sync.WaitGroup
@@ -220,6 +235,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		disconnect()
 		cur = t
+		heard = failoverid.Token{}
 		a.mu.Lock()
 		a.server = t
 		a.mu.Unlock()
@@ -274,20 +290,26 @@ func (a *Agent) Run(ctx context.Context) error {
 				disconnect()
 				continue
 			}
-			a.command(m)
+			if addr, ok := a.command(m); ok && bus != nil {
+				if tok := (failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}); tok != heard {
+					heard = tok
+					a.report(ctx, bus, addr)
+				}
+			}
 		}
 	}
 }
 
-// command applies the binding check to one command.
-func (a *Agent) command(m broker.Message) {
+// command applies the binding check to one command. It returns the file it
+// checked against and whether the command was accepted.
+func (a *Agent) command(m broker.Message) (agentcfg.Address, bool) {
 	if err := a.cfg.Signer.Verify(m.Destination, m.Headers, m.Body); err != nil {
 		a.cfg.Log.WithError(err).WithField("agent", a.cfg.ID).Debug("dropped a command")
-		return
+		return agentcfg.Address{}, false
 	}
 	env, err := protocol.Decode(m.Headers)
 	if err != nil {
-		return
+		return agentcfg.Address{}, false
 	}
 	addr, _ := a.reload(false) // the file as it is now
 	bound := failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}
@@ -313,6 +335,7 @@ func (a *Agent) command(m broker.Message) {
 	if a.cfg.OnEvent != nil {
 		a.cfg.OnEvent(Event{Agent: a.cfg.ID, Accepted: ok, From: from, FromNode: env.Node, Bound: bound, Seq: env.Seq})
 	}
+	return addr, ok
 }
 
 // report publishes the agent's status, tagged with the token it is bound to.

@@ -196,3 +196,90 @@ func TestABadFileKeepsTheLastGoodConfiguration(t *testing.T) {
 	r.changes <- struct{}{}
 	r.eventually("picked up the good version", func() bool { return r.lastDial() == "server-b:1002" && r.a.Status().FileError == "" })
 }
+
+// published waits until n messages were published on the hub (the fake
+// clock does not move, so the agent publishes only when told to).
+func (r *rig) published(n uint64) {
+	r.t.Helper()
+	r.eventually(fmt.Sprintf("%d messages published", n), func() bool { return r.hub.Stats().Published >= n })
+}
+
+// statusFrom waits for one status report on st (or fails) and returns its
+// envelope.
+func statusFrom(t *testing.T, st broker.Subscription) protocol.Envelope {
+	t.Helper()
+	select {
+	case m := <-st.C():
+		e, err := protocol.Decode(m.Headers)
+		if err != nil {
+			t.Fatalf("status envelope: %v", err)
+		}
+		return e
+	case <-time.After(5 * time.Second):
+		t.Fatal("no status report")
+	}
+	return protocol.Envelope{}
+}
+
+func noStatus(t *testing.T, st broker.Subscription, why string) {
+	t.Helper()
+	select {
+	case m := <-st.C():
+		t.Fatalf("unexpected status report (%s): %v", why, m.Headers)
+	case <-time.After(20 * time.Millisecond):
+	}
+}
+
+// A takeover's new primary accepts connections before its primary role
+// listens to status reports: the report sent on connect is lost. The
+// agent reports again as soon as its bound server first speaks to it, not
+// a period later (the fake clock never moves here).
+func TestReportsWhenItsBoundServerFirstSpeaks(t *testing.T) {
+	r := newRig(t)
+	// The status report made on connect went to nobody.
+	r.published(1)
+	st, _ := r.hub.Client("server-a:1001").Subscribe(dest.AgentStatus)
+	r.command("server-a:1001", idB, 1, 1) // not its server: no report
+	r.decided(1)
+	noStatus(t, st, "a rejected command")
+	r.command("server-a:1001", idA, 1, 2)
+	if e := statusFrom(t, st); e.FailoverID != idA || e.Epoch != 1 || e.Node != "agent-1" {
+		t.Fatalf("status envelope %+v", e)
+	}
+	// Once per connection and binding: the next command does not report.
+	r.command("server-a:1001", idA, 1, 3)
+	r.decided(3)
+	noStatus(t, st, "a second command from the same server")
+
+	// The file moves it to server-b, whose primary role is not listening yet.
+	writeFile(t, r.path, "server-b", 1002, idB, 2)
+	r.changes <- struct{}{}
+	r.eventually("reconnected to server-b", func() bool { return r.lastDial() == "server-b:1002" && r.a.Status().Connected })
+	r.published(6) // 2 reports, 3 commands, the report on connect to server-b
+	stB, _ := r.hub.Client("server-b:1002").Subscribe(dest.AgentStatus)
+	r.command("server-b:1002", idB, 2, 1)
+	if e := statusFrom(t, stB); e.FailoverID != idB || e.Epoch != 2 {
+		t.Fatalf("status envelope at server-b %+v", e)
+	}
+}
+
+// A new binding on the same connection (a server that claims the file with
+// a higher epoch) is reported when that token is first heard.
+func TestReportsANewBindingOnTheSameConnection(t *testing.T) {
+	r := newRig(t)
+	r.published(1)
+	st, _ := r.hub.Client("server-a:1001").Subscribe(dest.AgentStatus)
+	r.command("server-a:1001", idA, 1, 1)
+	statusFrom(t, st)
+	time.Sleep(10 * time.Millisecond) // a distinct mtime on coarse file systems
+	writeFile(t, r.path, "server-a", 1001, idA, 2)
+	r.command("server-a:1001", idA, 2, 2)
+	if e := statusFrom(t, st); e.Epoch != 2 {
+		t.Fatalf("status envelope %+v", e)
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if len(r.dialed) != 1 {
+		t.Fatalf("reconnected for a new epoch at the same server: %v", r.dialed)
+	}
+}

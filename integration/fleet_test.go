@@ -1,9 +1,12 @@
 package integration
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sort"
 	"strings"
 	"syscall"
 	"testing"
@@ -44,6 +47,11 @@ func TestFleetFollowsAKilledPrimary(t *testing.T) {
 // the fleet's resident memory per agent.
 //
 //	go test -run '^$' -bench AgentsFollow -benchtime 1x ./integration
+//
+// TANDEM_BENCH_DEBUG=1 prints a timeline of each run (see benchTimeline);
+// TANDEM_BENCH_PERF=DIR records a perf profile of the fleet and the new
+// primary from just before the kill to the last agent reported
+// (DIR/perf-N.data; perf report --pid splits it by process).
 func BenchmarkAgentsFollow(b *testing.B) {
 	for _, n := range []int{10, 100, 1000} {
 		b.Run(fmt.Sprintf("agents=%d", n), func(b *testing.B) {
@@ -59,7 +67,12 @@ func BenchmarkAgentsFollow(b *testing.B) {
 				c.start(bk)
 				c.waitRole(bk, "backup", 60*time.Second)
 				waitFiles(b, files, a, "1")
-				fleet := start(b, c.dir, "fleet", "agent", "--fleet", filepath.Join(c.dir, "agents"), "--period", "1s", "--log-level", "warn")
+				debug := os.Getenv("TANDEM_BENCH_DEBUG") != ""
+				level := "warn"
+				if debug {
+					level = "info" // the timeline reads the agents' connect lines
+				}
+				fleet := start(b, c.dir, "fleet", "agent", "--fleet", filepath.Join(c.dir, "agents"), "--period", "1s", "--log-level", level)
 				eventually(b, 120*time.Second, "fleet connected to a", func() bool { return boundTo(b, a) == n })
 				time.Sleep(2 * time.Second) // settle
 				rssPerAgent = rssMB(b, fleet.pid()) * 1024 / float64(n)
@@ -67,6 +80,17 @@ func BenchmarkAgentsFollow(b *testing.B) {
 					s, err := getStatus(bk.admin)
 					return err == nil && s.Primary != nil && s.Primary.LastHeartbeatAgeMS >= 0 && s.Primary.LastHeartbeatAgeMS < 50
 				})
+				var perf *exec.Cmd
+				if d := os.Getenv("TANDEM_BENCH_PERF"); d != "" {
+					perf = exec.Command("perf", "record", "-g", "-F", "2000", "-o", filepath.Join(d, fmt.Sprintf("perf-%d.data", n)),
+						"-p", fmt.Sprintf("%d,%d", fleet.pid(), bk.p.pid()))
+					perf.Stderr = os.Stderr
+					if err := perf.Start(); err != nil {
+						b.Fatal(err)
+					}
+					time.Sleep(300 * time.Millisecond)
+					fmt.Fprintf(os.Stderr, "perf: fleet pid %d, b pid %d\n", fleet.pid(), bk.p.pid())
+				}
 				killed := time.Now()
 				a.p.signal(syscall.SIGKILL)
 				windowEnd := killed.Add(500 * time.Millisecond)
@@ -75,17 +99,24 @@ func BenchmarkAgentsFollow(b *testing.B) {
 					return err == nil && s.Role == "primary" && s.Agents.Rewritten == n
 				})
 				rewritten := time.Now()
-				eventually(b, 120*time.Second, "fleet connected to b", func() bool { return boundTo(b, bk) == n })
-				if os.Getenv("TANDEM_BENCH_DEBUG") != "" {
-					for _, l := range strings.Split(bk.p.logText(), "\n") {
-						if strings.Contains(l, "takeover") || strings.Contains(l, "rewritten") || strings.Contains(l, "role is now") || strings.Contains(l, "taking over") {
-							b.Log(l)
-						}
+				var half time.Time
+				eventually(b, 120*time.Second, "fleet connected to b", func() bool {
+					k := boundTo(b, bk)
+					if half.IsZero() && 2*k >= n {
+						half = time.Now()
 					}
-					b.Logf("kill at %s, window end %s, rewritten seen %s", killed.Format("15:04:05.000"), windowEnd.Format("15:04:05.000"), rewritten.Format("15:04:05.000"))
+					return k == n
+				})
+				connected := time.Now()
+				if perf != nil {
+					perf.Process.Signal(syscall.SIGINT)
+					perf.Wait()
+				}
+				if debug {
+					benchTimeline(windowEnd, rewritten, half, connected, bk, fleet, c.serverEvents())
 				}
 				rewrite += rewritten.Sub(windowEnd)
-				reconnect += time.Since(rewritten)
+				reconnect += connected.Sub(rewritten)
 				fleet.kill()
 				a.p.kill()
 				bk.p.kill()
@@ -96,4 +127,60 @@ func BenchmarkAgentsFollow(b *testing.B) {
 			b.ReportMetric(rssPerAgent, "rss-KB/agent")
 		})
 	}
+}
+
+// benchTimeline prints (on stderr: benchmark logs are cut at 10 lines) when
+// each step of a takeover happened, in ms after the end of the fail window:
+// the new primary's takeover steps and first agent command (from the event
+// log), the fleet's connects to it (first, median, last) and when its
+// registry counted half and all of the fleet.
+func benchTimeline(windowEnd, rewritten, half, all time.Time, bk *server, fleet *proc, events string) {
+	ms := func(t time.Time) string {
+		if t.IsZero() {
+			return "-"
+		}
+		return fmt.Sprintf("%+d", t.Sub(windowEnd).Milliseconds())
+	}
+	at := func(l string) time.Time {
+		i := strings.Index(l, `time="`)
+		if i < 0 {
+			return time.Time{}
+		}
+		rest := l[i+len(`time="`):]
+		if j := strings.IndexByte(rest, '"'); j >= 0 {
+			t, _ := time.Parse(time.RFC3339Nano, rest[:j])
+			return t
+		}
+		return time.Time{}
+	}
+	var steps []string
+	for _, l := range strings.Split(bk.p.logText(), "\n") {
+		for _, key := range []string{"msg=\"taking over\"", "epoch persisted", "agent files rewritten", "role is now primary", "takeover complete"} {
+			if strings.Contains(l, key) {
+				steps = append(steps, fmt.Sprintf("%s %s", strings.Trim(key, `msg="`), ms(at(l))))
+			}
+		}
+	}
+	if text, err := os.ReadFile(events); err == nil {
+		for _, l := range strings.Split(string(text), "\n") {
+			var e serverEvent
+			if json.Unmarshal([]byte(l), &e) == nil && e.Node == bk.name && e.Kind == "command" {
+				steps = append(steps, "first ping "+ms(time.UnixMilli(e.TMS)))
+				break
+			}
+		}
+	}
+	var conns []time.Time
+	for _, l := range strings.Split(fleet.logText(), "\n") {
+		if strings.Contains(l, "following address.yaml") && strings.Contains(l, bk.addr()) {
+			conns = append(conns, at(l))
+		}
+	}
+	sort.Slice(conns, func(i, j int) bool { return conns[i].Before(conns[j]) })
+	agents := "fleet connects to b: none logged"
+	if len(conns) > 0 {
+		agents = fmt.Sprintf("fleet connects to b: %d, first %s, median %s, last %s", len(conns), ms(conns[0]), ms(conns[len(conns)/2]), ms(conns[len(conns)-1]))
+	}
+	fmt.Fprintf(os.Stderr, "timeline (ms after window end): %s; takeover done seen %s; %s; registry half %s, all %s\n",
+		strings.Join(steps, ", "), ms(rewritten), agents, ms(half), ms(all))
 }

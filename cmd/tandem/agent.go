@@ -54,7 +54,8 @@ acts only on commands whose failover id and epoch equal the file's
 failover_id and failover_epoch (it counts and reports the rest). It watches
 the file and reconnects within a second of a rewrite; a malformed file is
 logged and the last good configuration kept. --fleet runs one such agent
-per address.yaml under DIR.
+per address.yaml under DIR; the agents of one process share a connection
+per server (each still follows and checks its own file).
 
 Flags:
 `)
@@ -149,10 +150,12 @@ Flags:
 			URL:   scheme + net.JoinHostPort(addr.StompInterface, strconv.Itoa(addr.StompPort)),
 			Login: *login, Passcode: passcode, TLS: tc,
 			HeartBeat: *period, BackoffMin: 500 * time.Millisecond, Log: log.WithField("agent_link", addr.StompInterface),
-			// An agent reads a ping a period: a small buffer keeps a fleet lean.
-			BufferSize: 32,
 		})
 	}
+	// The agents of this process share one link per server (the pool gives
+	// each agent its own small command buffer): a takeover moves a fleet
+	// with one connect, and a dead server is retried once, not per agent.
+	pool := agent.NewPool(dial, agent.DefaultPoolBuffer)
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
 	// One inotify instance for every agent of this process (the kernel's
@@ -177,7 +180,7 @@ Flags:
 				}
 			}
 		}
-		a := agent.New(agent.Config{Path: p, ID: aid, Period: *period, Dest: dest, Signer: signer, Dial: dial, Log: log, OnEvent: onEvent, Watch: mux.Watch})
+		a := agent.New(agent.Config{Path: p, ID: aid, Period: *period, Dest: dest, Signer: signer, Dial: pool.Dial, Log: log, OnEvent: onEvent, Watch: mux.Watch})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()

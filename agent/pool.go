@@ -1,0 +1,301 @@
+package agent
+
+import (
+	"context"
+	"sync"
+	"sync/atomic"
+
+	"github.com/tandem-ha/tandem/agentcfg"
+	"github.com/tandem-ha/tandem/broker"
+)
+
+// DefaultPoolBuffer is each agent's command buffer in a Pool: an agent reads
+// a ping a period, so a small buffer keeps a fleet lean.
+const DefaultPoolBuffer = 32
+
+// Pool shares one broker connection per server among the agents of one
+// process (tandem agent --fleet): agents whose files name the same
+// stomp_interface, stomp_port and use_ssl use one link, with one STOMP
+// subscription per destination fanned out to each agent's own buffer.
+//
+// Each agent keeps its own semantics: it watches its own file, moves to a
+// new server on its own, checks every command against its own file (I1),
+// and reports its own status. What is shared is the transport: a takeover
+// moves a fleet with one connect instead of one per agent, a dead server is
+// retried by one link instead of one per agent, and a server sends each
+// command once per fleet instead of once per agent.
+//
+// A slow agent loses its oldest buffered commands (counted in its
+// subscription's Dropped) and never delays the others. Messages are shared
+// between the agents of a fan-out: consumers must not modify them.
+type Pool struct {
+	dial DialFunc
+	buf  int
+
+	mu    sync.Mutex
+	links map[string]*poolLink // by target(addr)
+}
+
+// NewPool returns a pool over dial, which must depend only on the address's
+// stomp_interface, stomp_port and use_ssl (the first agent's address is the
+// one dialled). buffer is each agent subscription's size (0:
+// DefaultPoolBuffer).
+func NewPool(dial DialFunc, buffer int) *Pool {
+	if buffer <= 0 {
+		buffer = DefaultPoolBuffer
+	}
+	return &Pool{dial: dial, buf: buffer, links: map[string]*poolLink{}}
+}
+
+// Links is how many server connections the pool holds now.
+func (p *Pool) Links() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.links)
+}
+
+// Dial is a DialFunc: it returns a handle on the shared link to addr's
+// server, dialling it if no agent holds one. Closing the handle closes its
+// subscriptions; the link closes with the last handle.
+func (p *Pool) Dial(ctx context.Context, addr agentcfg.Address) (broker.Bus, error) {
+	key := target(addr)
+	p.mu.Lock()
+	if l := p.links[key]; l != nil {
+		l.refs++
+		p.mu.Unlock()
+		select {
+		case <-l.ready:
+		case <-ctx.Done():
+			l.release()
+			return nil, ctx.Err()
+		}
+		if l.err != nil {
+			l.release()
+			return nil, l.err
+		}
+		return &poolBus{l: l, subs: map[*poolSub]struct{}{}}, nil
+	}
+	l := &poolLink{p: p, key: key, ready: make(chan struct{}), refs: 1, fans: map[string]*fan{}}
+	p.links[key] = l
+	p.mu.Unlock()
+	l.bus, l.err = p.dial(ctx, addr)
+	if l.err != nil {
+		// Forget it before waking the waiters: the next Dial tries again.
+		p.mu.Lock()
+		if p.links[key] == l {
+			delete(p.links, key)
+		}
+		p.mu.Unlock()
+	}
+	close(l.ready)
+	if l.err != nil {
+		l.release()
+		return nil, l.err
+	}
+	return &poolBus{l: l, subs: map[*poolSub]struct{}{}}, nil
+}
+
+// poolLink is one shared connection and its fan-outs.
+type poolLink struct {
+	p     *Pool
+	key   string
+	ready chan struct{} // closed once bus or err is set
+	bus   broker.Bus
+	err   error
+	refs  int // guarded by p.mu
+
+	mu   sync.Mutex // guards fans
+	fans map[string]*fan
+}
+
+func (l *poolLink) release() {
+	p := l.p
+	p.mu.Lock()
+	l.refs--
+	last := l.refs == 0
+	if last && p.links[l.key] == l {
+		delete(p.links, l.key)
+	}
+	p.mu.Unlock()
+	if last && l.bus != nil {
+		l.bus.Close()
+	}
+}
+
+// fan is one subscription on the shared link, copied to every member.
+type fan struct {
+	dest  string
+	under broker.Subscription
+
+	mu      sync.Mutex
+	members map[*poolSub]struct{}
+}
+
+func (l *poolLink) join(dest string, size int) (*poolSub, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := l.fans[dest]
+	if f == nil {
+		under, err := l.bus.Subscribe(dest)
+		if err != nil {
+			return nil, err
+		}
+		f = &fan{dest: dest, under: under, members: map[*poolSub]struct{}{}}
+		l.fans[dest] = f
+		go l.forward(f)
+	}
+	s := &poolSub{l: l, f: f, ch: make(chan broker.Message, size)}
+	f.mu.Lock()
+	f.members[s] = struct{}{}
+	f.mu.Unlock()
+	return s, nil
+}
+
+// leave detaches s; the last member closes the shared subscription.
+func (l *poolLink) leave(s *poolSub) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	f := s.f
+	f.mu.Lock()
+	delete(f.members, s)
+	empty := len(f.members) == 0
+	f.mu.Unlock()
+	if empty && l.fans[f.dest] == f {
+		delete(l.fans, f.dest)
+		f.under.Close()
+	}
+}
+
+// forward copies the shared subscription's messages to every member until
+// it closes (its last member left, or the link closed).
+func (l *poolLink) forward(f *fan) {
+	for m := range f.under.C() {
+		f.mu.Lock()
+		for s := range f.members {
+			s.push(m)
+		}
+		f.mu.Unlock()
+	}
+	l.mu.Lock()
+	if l.fans[f.dest] == f {
+		delete(l.fans, f.dest)
+	}
+	l.mu.Unlock()
+	f.mu.Lock()
+	members := f.members
+	f.members = map[*poolSub]struct{}{}
+	f.mu.Unlock()
+	for s := range members {
+		s.closeChan()
+	}
+}
+
+// poolBus is one agent's handle on a shared link.
+type poolBus struct {
+	l      *poolLink
+	mu     sync.Mutex
+	closed bool
+	subs   map[*poolSub]struct{}
+}
+
+func (b *poolBus) Publish(ctx context.Context, dest string, headers map[string]string, body []byte) error {
+	b.mu.Lock()
+	closed := b.closed
+	b.mu.Unlock()
+	if closed {
+		return broker.ErrClosed
+	}
+	return b.l.bus.Publish(ctx, dest, headers, body)
+}
+
+func (b *poolBus) Subscribe(dest string) (broker.Subscription, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed {
+		return nil, broker.ErrClosed
+	}
+	s, err := b.l.join(dest, b.l.p.buf)
+	if err != nil {
+		return nil, err
+	}
+	s.b = b
+	b.subs[s] = struct{}{}
+	return s, nil
+}
+
+// Close closes the handle's subscriptions and releases the link. Safe twice.
+func (b *poolBus) Close() error {
+	b.mu.Lock()
+	if b.closed {
+		b.mu.Unlock()
+		return nil
+	}
+	b.closed = true
+	subs := b.subs
+	b.subs = nil
+	b.mu.Unlock()
+	for s := range subs {
+		s.Close()
+	}
+	b.l.release()
+	return nil
+}
+
+// poolSub is one agent's subscription: a drop-oldest buffer fed by a fan.
+type poolSub struct {
+	l       *poolLink
+	f       *fan
+	b       *poolBus
+	once    sync.Once
+	mu      sync.Mutex // serialises push and close
+	closed  bool
+	ch      chan broker.Message
+	dropped atomic.Uint64
+}
+
+func (s *poolSub) C() <-chan broker.Message { return s.ch }
+func (s *poolSub) Dropped() uint64          { return s.dropped.Load() }
+
+// push never blocks: a full buffer loses its oldest message.
+func (s *poolSub) push(m broker.Message) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	for {
+		select {
+		case s.ch <- m:
+			return
+		default:
+		}
+		select {
+		case <-s.ch:
+			s.dropped.Add(1)
+		default:
+		}
+	}
+}
+
+func (s *poolSub) closeChan() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closed {
+		s.closed = true
+		close(s.ch)
+	}
+}
+
+// Close ends the subscription. Safe twice.
+func (s *poolSub) Close() error {
+	s.once.Do(func() {
+		s.l.leave(s)
+		s.closeChan()
+		if b := s.b; b != nil {
+			b.mu.Lock()
+			delete(b.subs, s)
+			b.mu.Unlock()
+		}
+	})
+	return nil
+}

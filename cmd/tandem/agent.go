@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -41,6 +42,7 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	secretFile := flags.String("secret-file", "", "file holding the servers' shared secret (messages are then signed and checked)")
 	login := flags.String("login", "", "STOMP login for the server's broker")
 	passFile := flags.String("passcode-file", "", "file holding the STOMP passcode")
+	caFile := flags.String("ca", "", "PEM `FILE` of the CAs to trust for use_ssl: 1 (default: the system's roots; the servers' tls.ca)")
 	events := flags.String("events", "", "append every accepted/rejected command as a JSON line to this file")
 	logFormat := flags.String("log-format", "text", "text or json")
 	logLevel := flags.String("log-level", "info", "log level")
@@ -98,6 +100,19 @@ Flags:
 		}
 		passcode = strings.TrimSpace(string(b))
 	}
+	var roots *x509.CertPool // nil: the system's
+	if *caFile != "" {
+		b, err := os.ReadFile(*caFile)
+		if err != nil {
+			fmt.Fprintln(stderr, "tandem agent: --ca:", err)
+			return exitUsage
+		}
+		roots = x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(b) {
+			fmt.Fprintf(stderr, "tandem agent: --ca %s: no PEM certificate found\n", *caFile)
+			return exitUsage
+		}
+	}
 	var paths []string
 	if *fleet != "" {
 		err := filepath.WalkDir(*fleet, func(p string, d fs.DirEntry, err error) error {
@@ -144,7 +159,7 @@ Flags:
 		var tc *tls.Config
 		if addr.UseSSL {
 			scheme = "stomp+ssl://"
-			tc = &tls.Config{ServerName: addr.StompInterface, MinVersion: tls.VersionTLS12}
+			tc = &tls.Config{ServerName: addr.StompInterface, RootCAs: roots, MinVersion: tls.VersionTLS12}
 		}
 		return broker.Dial(ctx, broker.LinkConfig{
 			URL:   scheme + net.JoinHostPort(addr.StompInterface, strconv.Itoa(addr.StompPort)),

@@ -67,6 +67,7 @@ func runCLI(fn func([]string, *bytes.Buffer, *bytes.Buffer) int, args ...string)
 }
 
 func idCmd(args []string, o, e *bytes.Buffer) int     { return runID(args, o, e) }
+func agentCmd(args []string, o, e *bytes.Buffer) int  { return runAgent(args, o, e) }
 func rejoinCmd(args []string, o, e *bytes.Buffer) int { return runRejoin(args, o, e) }
 func agentsCmd(args []string, o, e *bytes.Buffer) int { return runAgents(args, o, e) }
 
@@ -200,6 +201,8 @@ func TestUsageErrors(t *testing.T) {
 		{agentsCmd, []string{"list"}, "--config FILE is required"},
 		{agentsCmd, []string{"repoint", "--config", e.cfg}, "--to HOST[:PORT] is required"},
 		{agentsCmd, []string{"repoint", "--config", e.cfg, "--to", "0.0.0.0"}, "not an address"},
+		{agentCmd, []string{"--config", e.cfg, "--ca", filepath.Join(e.dir, "missing.pem")}, "--ca: open"},
+		{agentCmd, []string{"--config", e.cfg, "--ca", e.cfg}, "no PEM certificate found"},
 	}
 	for _, tc := range cases {
 		code, out, errs := runCLI(tc.fn, tc.args...)

@@ -383,6 +383,10 @@ func (n *Node) heartbeatURL(primaryLoc string) string {
 	return n.brokerURL(primaryLoc)
 }
 
+// ownLinkBuffer is the per-subscription buffer of the primary's link to its
+// own broker: at least one status report per agent of a 10,000-agent fleet.
+const ownLinkBuffer = 16384
+
 // brokerURL is the URL of an embedded broker (ours or the peer's) at
 // host:port: a pair is configured alike, so both speak TLS when we do.
 func (n *Node) brokerURL(hostport string) string {
@@ -422,6 +426,12 @@ func (n *Node) dial(ctx context.Context, url string, track bool) (*broker.Link, 
 		if url == n.ownURL && n.ownTLS != nil {
 			cfg.TLS = n.ownTLS
 		}
+	}
+	if url == n.ownURL {
+		// The primary's own link carries agent statuses, which come in a
+		// burst (every agent reports on the first ping after a takeover):
+		// room for a large fleet's burst before the oldest are dropped.
+		cfg.BufferSize = ownLinkBuffer
 	}
 	if track {
 		n.mu.Lock()

@@ -78,7 +78,14 @@ func (p *Pool) Dial(ctx context.Context, addr agentcfg.Address) (broker.Bus, err
 	l := &poolLink{p: p, key: key, ready: make(chan struct{}), refs: 1, fans: map[string]*fan{}}
 	p.links[key] = l
 	p.mu.Unlock()
-	l.bus, l.err = p.dial(ctx, addr)
+	bus, err := p.dial(ctx, addr)
+	if err != nil {
+		// Keep no bus on failure: a dial function may return a typed nil
+		// (a nil *Link in a non-nil Bus) with its error.
+		l.err = err
+	} else {
+		l.bus = bus
+	}
 	if l.err != nil {
 		// Forget it before waking the waiters: the next Dial tries again.
 		p.mu.Lock()

@@ -409,3 +409,19 @@ func TestPooledAgentsKeepTheirOwnBinding(t *testing.T) {
 		}
 	}
 }
+
+// A dial function that returns a typed nil with its error (a nil *Link in a
+// non-nil Bus, as broker.Dial's result would be if passed on as is) must
+// not leave the pool holding, and later closing, that nil.
+func TestPoolFailedDialWithATypedNilDoesNotCrash(t *testing.T) {
+	pool := NewPool(func(ctx context.Context, addr agentcfg.Address) (broker.Bus, error) {
+		var l *broker.Link
+		return l, errors.New("dial refused")
+	}, 0)
+	if _, err := pool.Dial(context.Background(), addrOf("server-a", 1001)); err == nil {
+		t.Fatal("the dial error was not returned")
+	}
+	if pool.Links() != 0 {
+		t.Fatal("a failed link is kept")
+	}
+}

@@ -161,11 +161,15 @@ Flags:
 			scheme = "stomp+ssl://"
 			tc = &tls.Config{ServerName: addr.StompInterface, RootCAs: roots, MinVersion: tls.VersionTLS12}
 		}
-		return broker.Dial(ctx, broker.LinkConfig{
+		link, err := broker.Dial(ctx, broker.LinkConfig{
 			URL:   scheme + net.JoinHostPort(addr.StompInterface, strconv.Itoa(addr.StompPort)),
 			Login: *login, Passcode: passcode, TLS: tc,
 			HeartBeat: *period, BackoffMin: 500 * time.Millisecond, Log: log.WithField("agent_link", addr.StompInterface),
 		})
+		if err != nil {
+			return nil, err // not a nil *Link inside a non-nil Bus
+		}
+		return link, nil
 	}
 	// The agents of this process share one link per server (the pool gives
 	// each agent its own small command buffer): a takeover moves a fleet

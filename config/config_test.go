@@ -406,13 +406,35 @@ func TestTLS(t *testing.T) {
 	for _, tc := range []struct{ body, want string }{
 		{"tls: {cert: " + cert + "}\n", "tls.key"},
 		{"tls: {key: " + key + "}\n", "tls.cert"},
-		{"tls: {cert: " + filepath.Join(dir, "missing.pem") + ", key: " + key + "}\n", "tls.cert"},
-		{"tls: {cert: " + ca + ", key: " + key + "}\n", "tls.cert"}, // key does not match
-		{"tls: {ca: " + key + "}\n", "no PEM certificate"},
-		{"tls: {ca: " + filepath.Join(dir, "nope.pem") + "}\n", "tls.ca"},
 		{"tls: {cert: a, key: b, crt: c}\n", "crt"},
 	} {
 		_, err := Load(writeConfig(t, minimal+tc.body))
+		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%q: got %v, want one line mentioning %q", tc.body, err, tc.want)
+		}
+	}
+	// The files themselves are read only by ServerTLS and ClientTLS (the
+	// server), so that other commands can load a config whose key they may
+	// not read.
+	for _, tc := range []struct {
+		body, want string
+		client     bool
+	}{
+		{"tls: {cert: " + filepath.Join(dir, "missing.pem") + ", key: " + key + "}\n", "tls.cert", false},
+		{"tls: {cert: " + ca + ", key: " + key + "}\n", "tls.cert", false}, // key does not match
+		{"tls: {ca: " + key + "}\n", "no PEM certificate", true},
+		{"tls: {ca: " + filepath.Join(dir, "nope.pem") + "}\n", "tls.ca", true},
+	} {
+		c, err := Load(writeConfig(t, minimal+tc.body))
+		if err != nil {
+			t.Errorf("%q: Load: %v", tc.body, err)
+			continue
+		}
+		if tc.client {
+			_, err = c.ClientTLS()
+		} else {
+			_, err = c.ServerTLS()
+		}
 		if err == nil || !errors.Is(err, ErrInvalid) || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
 			t.Errorf("%q: got %v, want one line mentioning %q", tc.body, err, tc.want)
 		}

@@ -176,12 +176,9 @@ func Parse(path string, data []byte) (*Config, error) {
 	if _, err := c.Secret(); err != nil {
 		return nil, err
 	}
-	if _, err := c.ServerTLS(); err != nil {
-		return nil, err
-	}
-	if _, err := c.ClientTLS(); err != nil {
-		return nil, err
-	}
+	// The TLS files are read by the server only (ServerTLS, ClientTLS):
+	// the CLI's other commands load this file too, often as a user who may
+	// not read a 0600 private key.
 	return c, nil
 }
 

@@ -592,3 +592,27 @@ func TestRejoinAndRegenerateRefusedWhileTheDataDirIsLocked(t *testing.T) {
 		t.Fatal("a refused command wrote something")
 	}
 }
+
+// A TLS key the server cannot load stops `tandem server` with exit 2 and one
+// line naming the key, before anything is written; the other commands,
+// which never read the key, still work with the same config.
+func TestServerWithABadTLSKeyExits2OtherCommandsWork(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "missing-key.pem")
+	cert := filepath.Join(dir, "cert.pem")
+	if err := os.WriteFile(cert, []byte("not a certificate\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	e := newCLIEnv(t, "listen: 127.0.0.1:0\ntls: {cert: "+cert+", key: "+missing+"}\n")
+	code, out, errs := runCLI(func(a []string, o, e *bytes.Buffer) int { return runServer(a, o, e) }, "--config", e.cfg)
+	if code != exitUsage || out != "" || !strings.Contains(errs, "tls.cert") {
+		t.Fatalf("server: %d %q %q, want exit 2 naming tls.cert", code, out, errs)
+	}
+	cliOneLineErr(t, errs)
+	if cliExists(e.data) {
+		t.Fatal("a bad TLS key wrote the data dir")
+	}
+	if code, _, errs := runCLI(agentsCmd, "list", "--config", e.cfg); code != exitOK {
+		t.Fatalf("agents list with the same config: %d %q", code, errs)
+	}
+}

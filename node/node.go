@@ -130,10 +130,18 @@ func (n *Node) entry() *logrus.Entry {
 	return n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "role": n.role, "epoch": n.st.Epoch})
 }
 
-func (n *Node) setRole(role string) {
+func (n *Node) setRole(role string) { n.setRoleWithRunbook(role, "") }
+
+// setRoleWithRunbook changes the role and, when runbook is not empty, the
+// operator's next step in the same instant: status never shows a fenced
+// node without its way out.
+func (n *Node) setRoleWithRunbook(role, runbook string) {
 	n.mu.Lock()
 	changed := n.role != role
 	n.role = role
+	if runbook != "" {
+		n.runbook = runbook
+	}
 	n.mu.Unlock()
 	if changed {
 		if role == "backup" || role == "fenced" {
@@ -792,16 +800,14 @@ func (n *Node) fenced(ctx context.Context, end primary.End) error {
 		// higher token name where its server is.
 		end.ByAdvertise = n.files.addressOf(by)
 	}
-	n.setRole("fenced")
 	rb := fmt.Sprintf("this node was replaced by %s at epoch %d. Stop it, then make it a backup: tandem rejoin --config FILE --primary %s (see docs/runbook.md, 'after a network split')",
 		nonEmpty(end.ByNode, by.ID), by.Epoch, nonEmpty(end.ByAdvertise, "NEW_PRIMARY_HOST:PORT"))
-	n.mu.Lock()
-	n.runbook = rb
-	n.mu.Unlock()
-	n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: "fenced", FailoverID: by.ID, Epoch: by.Epoch, Detail: end.Reason})
+	// Persisted first, so that status shows fenced_by as soon as the role.
 	if err := n.save(func(s *failoverid.State) { s.FencedBy = &by; s.Role = "fenced" }); err != nil {
 		n.entry().WithError(err).Error("could not record the fence in state.json")
 	}
+	n.setRoleWithRunbook("fenced", rb)
+	n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: "fenced", FailoverID: by.ID, Epoch: by.Epoch, Detail: end.Reason})
 	n.entry().WithField("runbook", rb).Error("FENCED: " + end.Reason)
 	env := []string{"TANDEM_NODE=" + n.cfg.Node, "TANDEM_FAILOVER_ID=" + n.id, "TANDEM_EPOCH=" + strconv.FormatUint(n.state().Epoch, 10),
 		"TANDEM_FENCED_BY=" + by.ID, "TANDEM_FENCED_BY_EPOCH=" + strconv.FormatUint(by.Epoch, 10)}

@@ -3,7 +3,6 @@ package agent
 import (
 	"context"
 	"sync"
-	"sync/atomic"
 
 	"github.com/tandem-ha/tandem/agentcfg"
 	"github.com/tandem-ha/tandem/broker"
@@ -151,7 +150,7 @@ func (l *poolLink) join(dest string, size int) (*poolSub, error) {
 		l.fans[dest] = f
 		go l.forward(f)
 	}
-	s := &poolSub{l: l, f: f, ch: make(chan broker.Message, size)}
+	s := &poolSub{l: l, f: f, buf: broker.NewDropBuffer(size)}
 	f.mu.Lock()
 	f.members[s] = struct{}{}
 	f.mu.Unlock()
@@ -250,48 +249,19 @@ func (b *poolBus) Close() error {
 
 // poolSub is one agent's subscription: a drop-oldest buffer fed by a fan.
 type poolSub struct {
-	l       *poolLink
-	f       *fan
-	b       *poolBus
-	once    sync.Once
-	mu      sync.Mutex // serialises push and close
-	closed  bool
-	ch      chan broker.Message
-	dropped atomic.Uint64
+	l    *poolLink
+	f    *fan
+	b    *poolBus
+	once sync.Once
+	buf  *broker.DropBuffer
 }
 
-func (s *poolSub) C() <-chan broker.Message { return s.ch }
-func (s *poolSub) Dropped() uint64          { return s.dropped.Load() }
+func (s *poolSub) C() <-chan broker.Message { return s.buf.C() }
+func (s *poolSub) Dropped() uint64          { return s.buf.Dropped() }
 
 // push never blocks: a full buffer loses its oldest message.
-func (s *poolSub) push(m broker.Message) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return
-	}
-	for {
-		select {
-		case s.ch <- m:
-			return
-		default:
-		}
-		select {
-		case <-s.ch:
-			s.dropped.Add(1)
-		default:
-		}
-	}
-}
-
-func (s *poolSub) closeChan() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.closed {
-		s.closed = true
-		close(s.ch)
-	}
-}
+func (s *poolSub) push(m broker.Message) { s.buf.Push(m) }
+func (s *poolSub) closeChan()            { s.buf.Close() }
 
 // Close ends the subscription. Safe twice.
 func (s *poolSub) Close() error {

@@ -309,7 +309,7 @@ func (l *Link) Close() error {
 		l.subs = map[*linkSub]struct{}{}
 		l.subMu.Unlock()
 		for s := range subs {
-			s.buf.close()
+			s.buf.Close()
 		}
 		l.wg.Wait()
 		l.report(State{State: StateClosed, Addr: l.ep.addr})
@@ -360,7 +360,7 @@ func (l *Link) Subscribe(dest string) (Subscription, error) {
 	if closed {
 		return nil, ErrClosed
 	}
-	s := &linkSub{link: l, dest: dest, buf: newDropBuffer(l.cfg.BufferSize)}
+	s := &linkSub{link: l, dest: dest, buf: NewDropBuffer(l.cfg.BufferSize)}
 	l.subs[s] = struct{}{}
 	if conn != nil {
 		if err := l.subscribeOn(conn, s); err != nil {
@@ -395,7 +395,7 @@ func (l *Link) drain(ss *stomp.Subscription, s *linkSub) {
 			l.log.WithError(m.Err).WithField("destination", s.dest).Debug("subscription ended")
 			continue
 		}
-		s.buf.push(fromStomp(m))
+		s.buf.Push(fromStomp(m))
 	}
 }
 
@@ -653,11 +653,11 @@ func (w *watchedConn) Close() error {
 type linkSub struct {
 	link *Link
 	dest string
-	buf  *dropBuffer
+	buf  *DropBuffer
 	cur  *stomp.Subscription // guarded by link.subMu
 }
 
-func (s *linkSub) C() <-chan Message { return s.buf.ch }
+func (s *linkSub) C() <-chan Message { return s.buf.C() }
 func (s *linkSub) Dropped() uint64   { return s.buf.Dropped() }
 
 // Close ends the subscription at once. The UNSUBSCRIBE is sent in the
@@ -677,6 +677,6 @@ func (s *linkSub) Close() error {
 		}()
 	}
 	l.subMu.Unlock()
-	s.buf.close()
+	s.buf.Close()
 	return nil
 }

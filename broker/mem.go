@@ -267,18 +267,18 @@ func (c *memClient) Close() error {
 // memSub is a subscription backed by a dropBuffer.
 type memSub struct {
 	dest    string
-	buf     *dropBuffer
+	buf     *DropBuffer
 	onClose func()
 }
 
 func newMemSub(dest string, size int) *memSub {
-	return &memSub{dest: dest, buf: newDropBuffer(size)}
+	return &memSub{dest: dest, buf: NewDropBuffer(size)}
 }
 
-func (s *memSub) C() <-chan Message       { return s.buf.ch }
+func (s *memSub) C() <-chan Message       { return s.buf.C() }
 func (s *memSub) Dropped() uint64         { return s.buf.Dropped() }
-func (s *memSub) push(m Message)          { s.buf.push(m) }
-func (s *memSub) closeChan() (first bool) { return s.buf.close() }
+func (s *memSub) push(m Message)          { s.buf.Push(m) }
+func (s *memSub) closeChan() (first bool) { return s.buf.Close() }
 
 func (s *memSub) Close() error {
 	if s.closeChan() && s.onClose != nil {
@@ -287,26 +287,30 @@ func (s *memSub) Close() error {
 	return nil
 }
 
-// dropBuffer is a bounded channel whose writer never blocks: when the channel
+// DropBuffer is a bounded channel whose writer never blocks: when the channel
 // is full the oldest message is taken out and counted as dropped. Writers are
-// serialised by mu; the reader receives from ch directly.
-type dropBuffer struct {
+// serialised by mu; the reader receives from C directly. It backs every
+// Subscription here, and agent's pool uses it for each agent's share of a
+// shared subscription.
+type DropBuffer struct {
 	mu      sync.Mutex
 	ch      chan Message
 	closed  bool
 	dropped atomic.Uint64
 }
 
-func newDropBuffer(size int) *dropBuffer {
+// NewDropBuffer makes a DropBuffer of size messages (DefaultBufferSize if
+// size <= 0).
+func NewDropBuffer(size int) *DropBuffer {
 	if size <= 0 {
 		size = DefaultBufferSize
 	}
-	return &dropBuffer{ch: make(chan Message, size)}
+	return &DropBuffer{ch: make(chan Message, size)}
 }
 
-// push adds m, discarding the oldest buffered message if the buffer is full.
+// Push adds m, discarding the oldest buffered message if the buffer is full.
 // It returns false if the buffer is closed.
-func (b *dropBuffer) push(m Message) bool {
+func (b *DropBuffer) Push(m Message) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
@@ -326,10 +330,14 @@ func (b *dropBuffer) push(m Message) bool {
 	}
 }
 
-func (b *dropBuffer) Dropped() uint64 { return b.dropped.Load() }
+// C is the channel the reader receives from; it is closed by Close.
+func (b *DropBuffer) C() <-chan Message { return b.ch }
 
-// close closes the channel once; it reports whether this call closed it.
-func (b *dropBuffer) close() bool {
+// Dropped counts the messages lost to a full buffer.
+func (b *DropBuffer) Dropped() uint64 { return b.dropped.Load() }
+
+// Close closes the channel once; it reports whether this call closed it.
+func (b *DropBuffer) Close() bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {

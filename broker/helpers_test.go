@@ -242,17 +242,26 @@ func recvWithin(t testing.TB, s Subscription, timeout time.Duration) Message {
 }
 
 // goroutinesSettle waits until the goroutine count is at most base+allow.
-func goroutinesSettle(t testing.TB, base, allow int, timeout time.Duration) {
+func goroutinesSettle(t testing.TB, base, allow int, timeout time.Duration, ignore ...string) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		n := runtime.NumGoroutine()
+		buf := make([]byte, 1<<20)
+		buf = buf[:runtime.Stack(buf, true)]
+		n := 0
+		for _, g := range strings.Split(string(buf), "\n\n") {
+			skip := false
+			for _, s := range ignore {
+				skip = skip || strings.Contains(g, s)
+			}
+			if !skip && strings.HasPrefix(g, "goroutine ") {
+				n++
+			}
+		}
 		if n <= base+allow {
 			return
 		}
 		if time.Now().After(deadline) {
-			buf := make([]byte, 1<<20)
-			buf = buf[:runtime.Stack(buf, true)]
 			t.Fatalf("goroutines: %d, want at most %d+%d\n%s", n, base, allow, buf)
 		}
 		time.Sleep(10 * time.Millisecond)

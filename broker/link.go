@@ -125,6 +125,10 @@ type endpoint struct {
 	host   string
 }
 
+// readChannelCapacity is go-stomp's read channel size per connection (its
+// default is 20); see Dial's options.
+const readChannelCapacity = 256
+
 // URLUsesTLS reports whether a broker URL asks for TLS (stomp+ssl:// and
 // its synonyms); false for a plain or malformed one.
 func URLUsesTLS(raw string) bool {
@@ -588,6 +592,11 @@ func (l *Link) connect() (*stomp.Conn, *watchedConn, error) {
 		stomp.ConnOpt.UnsubscribeReceiptTimeout(unsubscribeReceiptTTL),
 		stomp.ConnOpt.DisconnectReceiptTimeout(disconnectReceiptTTL),
 		stomp.ConnOpt.Logger(stompLogger{l.log}),
+		// go-stomp's read goroutine blocks for good on a full read channel
+		// once its processing goroutine has ended (a write error while
+		// messages are in flight). Room for what a closing socket can still
+		// deliver lets it reach the read error and exit.
+		stomp.ConnOpt.ReadChannelCapacity(readChannelCapacity),
 	}
 	if l.cfg.Login != "" {
 		opts = append(opts, stomp.ConnOpt.Login(l.cfg.Login, l.cfg.Passcode))

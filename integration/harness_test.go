@@ -322,6 +322,21 @@ func serverViolations(text string) []string {
 	return out
 }
 
+// serverConfig is the tandem.yaml of s: loopback, the cluster's timing,
+// agents and event log, agents told to use advertise, plus extra lines.
+func (c *cluster) serverConfig(s *server, advertise, extra string) string {
+	return fmt.Sprintf(`node: %s
+data_dir: %s
+listen: %s
+advertise: %s
+admin: %s
+heartbeat: %s
+agents: [%q]
+event_log: %q
+log: {format: text, level: debug}
+%s`, s.name, filepath.Join(s.dir, "data"), s.addr(), advertise, s.admin, c.timing, c.agents, c.serverEvents(), extra)
+}
+
 // addServer writes a config for a server; primaryOf names the server it backs up.
 func (c *cluster) addServer(name string, primaryOf *server) *server {
 	c.t.Helper()
@@ -331,16 +346,7 @@ func (c *cluster) addServer(name string, primaryOf *server) *server {
 	if err := os.MkdirAll(filepath.Join(s.dir, "data"), 0o700); err != nil {
 		c.t.Fatal(err)
 	}
-	cfg := fmt.Sprintf(`node: %s
-data_dir: %s
-listen: %s
-advertise: %s
-admin: %s
-heartbeat: %s
-agents: [%q]
-event_log: %q
-log: {format: text, level: debug}
-%s`, name, filepath.Join(s.dir, "data"), s.addr(), s.addr(), s.admin, c.timing, c.agents, c.serverEvents(), c.extra)
+	cfg := c.serverConfig(s, s.addr(), c.extra)
 	if err := os.WriteFile(s.cfgPath, []byte(cfg), 0o644); err != nil {
 		c.t.Fatal(err)
 	}

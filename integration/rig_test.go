@@ -111,17 +111,7 @@ func (r *rig) addServer(name string, primaryOf *server) *server {
 	if r.opts.hooks != "" {
 		fmt.Fprintf(&extra, "hooks: %s\n", r.opts.hooks)
 	}
-	cfg := fmt.Sprintf(`node: %s
-data_dir: %s
-listen: %s
-advertise: %s
-admin: %s
-heartbeat: %s
-agents: [%q]
-event_log: %q
-log: {format: text, level: debug}
-%s`, name, filepath.Join(s.dir, "data"), s.addr(), r.ag[name].addr(), s.admin, c.timing, c.agents,
-		c.serverEvents(), extra.String())
+	cfg := c.serverConfig(s, r.ag[name].addr(), extra.String())
 	mustOK(r.t, os.WriteFile(s.cfgPath, []byte(cfg), 0o644))
 	if primaryOf != nil {
 		mustOK(r.t, os.WriteFile(filepath.Join(s.dir, "data", "primary_location"), []byte(r.to[primaryOf.name].addr()+"\n"), 0o644))

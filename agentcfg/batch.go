@@ -26,15 +26,25 @@ type BatchOptions struct {
 	// The final call (done == total) comes after the closing sync, when
 	// every result is final.
 	Progress func(done, total int)
+	// GroupSize bounds how many files one worker holds locked and staged at
+	// once; 0 means DefaultGroupSize. It is further bounded by the open-file
+	// limit.
+	GroupSize int
+
+	// flush is the file system flush; nil means (*fsutil.FS).Sync. Tests set
+	// it to make a flush fail.
+	flush func(*fsutil.FS) error
 }
 
-// groupMax bounds how many files one worker holds locked and staged at once
-// (further bounded by the open-file limit, see groupSize).
-var groupMax = 256
+// DefaultGroupSize is BatchOptions.GroupSize's default.
+const DefaultGroupSize = 256
 
 // groupSize keeps workers × group lock descriptors well under RLIMIT_NOFILE.
-func groupSize(workers int) int {
-	g := groupMax
+func groupSize(workers, want int) int {
+	g := want
+	if g <= 0 {
+		g = DefaultGroupSize
+	}
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < 1<<20 {
 		if per := (int(lim.Cur) - 128) / (2 * workers); per < g {
@@ -51,6 +61,7 @@ func groupSize(workers int) int {
 // writeback error of the batch; an error is sticky for the rest of the batch.
 type groupSync struct {
 	fs      *fsutil.FS
+	flush   func(*fsutil.FS) error
 	mu      sync.Mutex
 	cond    *sync.Cond
 	running bool
@@ -60,12 +71,10 @@ type groupSync struct {
 }
 
 type syncGroups struct {
-	mu  sync.Mutex
-	dev map[uint64]*groupSync
+	mu    sync.Mutex
+	dev   map[uint64]*groupSync
+	flush func(*fsutil.FS) error
 }
-
-// syncFS is the flush; a variable so tests can make it fail.
-var syncFS = (*fsutil.FS).Sync
 
 // register opens the file system of dev (through dir) if not yet open. Call
 // it before writing anything on that file system.
@@ -79,7 +88,7 @@ func (g *syncGroups) register(dev uint64, dir string) (*groupSync, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &groupSync{fs: f}
+	s := &groupSync{fs: f, flush: g.flush}
 	s.cond = sync.NewCond(&s.mu)
 	g.dev[dev] = s
 	return s, nil
@@ -105,7 +114,7 @@ func (s *groupSync) wait() error {
 		s.started++
 		n := s.started
 		s.mu.Unlock()
-		err := syncFS(s.fs)
+		err := s.flush(s.fs)
 		s.mu.Lock()
 		s.running = false
 		s.done = n
@@ -123,7 +132,7 @@ func (s *groupSync) wait() error {
 // own Invalid or Failed result and is left byte-identical.
 //
 // Durability is batched, see the package documentation: a worker locks a
-// group of up to 256 files, stages their new content in temporary files
+// group of up to GroupSize (256) files, stages their new content in temporary files
 // without fsync, flushes the file system once (syncfs), renames the
 // temporaries over the targets and unlocks; a final syncfs after all groups
 // makes the renames durable, and only then is a result reported Rewritten.
@@ -157,8 +166,12 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 		workers = total
 	}
 
-	group := groupSize(workers)
-	syncs := &syncGroups{dev: map[uint64]*groupSync{}}
+	group := groupSize(workers, opt.GroupSize)
+	flush := opt.flush
+	if flush == nil {
+		flush = (*fsutil.FS).Sync
+	}
+	syncs := &syncGroups{dev: map[uint64]*groupSync{}, flush: flush}
 	defer syncs.close()
 	var (
 		next    atomic.Int64

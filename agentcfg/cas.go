@@ -152,6 +152,44 @@ func readTarget(path string) ([]byte, *syscall.Stat_t, error) {
 	}
 }
 
+// DefaultMaxFileSize is the largest address.yaml read (1 MiB).
+const DefaultMaxFileSize = 1 << 20
+
+// readAgentFile reads a regular file of at most max bytes without blocking
+// on a FIFO.
+func readAgentFile(path string, max int64) ([]byte, *syscall.Stat_t, error) {
+	fd, err := openRetry(path, syscall.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, &fs.PathError{Op: "open", Path: path, Err: err}
+	}
+	defer syscall.Close(fd)
+	var st syscall.Stat_t
+	if err := syscall.Fstat(fd, &st); err != nil {
+		return nil, nil, &fs.PathError{Op: "stat", Path: path, Err: err}
+	}
+	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Size > max {
+		return nil, nil, &fs.PathError{Op: "read", Path: path, Err: errors.New("not a small regular file")}
+	}
+	buf := make([]byte, 0, st.Size+1)
+	for int64(len(buf)) <= max {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := syscall.Read(fd, buf[len(buf):min(cap(buf), int(max)+1)])
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != nil {
+			return nil, nil, &fs.PathError{Op: "read", Path: path, Err: err}
+		}
+		if n == 0 {
+			return buf, &st, nil
+		}
+		buf = buf[:len(buf)+n]
+	}
+	return nil, nil, &fs.PathError{Op: "read", Path: path, Err: errors.New("file too large")}
+}
+
 // resolveTarget follows symbolic links at path and reports the file a write
 // replaces; a missing file is an error.
 func resolveTarget(path string) (string, error) {

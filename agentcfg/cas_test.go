@@ -277,12 +277,10 @@ func TestOutcomeString(t *testing.T) {
 // sync. A failed flush before the renames leaves the files untouched; a
 // failed closing flush leaves new content that is reported Failed.
 func TestRewriteAllSyncFailure(t *testing.T) {
-	defer func(f func(*fsutil.FS) error) { syncFS = f }(syncFS)
 	files := makeAgents(t, 5, sample)
 	boom := errors.New("EIO")
 
-	syncFS = func(*fsutil.FS) error { return boom }
-	for _, r := range RewriteAll(files, testUpdate, BatchOptions{}) {
+	for _, r := range RewriteAll(files, testUpdate, BatchOptions{flush: func(*fsutil.FS) error { return boom }}) {
 		if r.Outcome != Failed || !errors.Is(r.Err, boom) {
 			t.Fatalf("%+v", r)
 		}
@@ -293,7 +291,7 @@ func TestRewriteAllSyncFailure(t *testing.T) {
 
 	calls := 0
 	var mu sync.Mutex
-	syncFS = func(f *fsutil.FS) error {
+	secondFails := func(f *fsutil.FS) error {
 		mu.Lock()
 		defer mu.Unlock()
 		if calls++; calls > 1 { // the group flush passes, the closing one fails
@@ -301,10 +299,32 @@ func TestRewriteAllSyncFailure(t *testing.T) {
 		}
 		return f.Sync()
 	}
-	for _, r := range RewriteAll(files, testUpdate, BatchOptions{Workers: 1}) {
+	for _, r := range RewriteAll(files, testUpdate, BatchOptions{Workers: 1, flush: secondFails}) {
 		if r.Outcome != Failed || !errors.Is(r.Err, boom) || !strings.Contains(r.Err.Error(), "not confirmed durable") {
 			t.Fatalf("%+v", r)
 		}
+	}
+}
+
+// GroupSize 1 makes every file its own group (one flush each); the batch
+// result is the same.
+func TestRewriteAllGroupSize(t *testing.T) {
+	files := makeAgents(t, 5, sample)
+	var mu sync.Mutex
+	flushes := 0
+	count := func(f *fsutil.FS) error {
+		mu.Lock()
+		flushes++
+		mu.Unlock()
+		return f.Sync()
+	}
+	for _, r := range RewriteAll(files, testUpdate, BatchOptions{Workers: 1, GroupSize: 1, flush: count}) {
+		if r.Outcome != Rewritten {
+			t.Fatalf("%+v", r)
+		}
+	}
+	if flushes != len(files)+1 { // one per group, one closing
+		t.Fatalf("%d flushes, want %d", flushes, len(files)+1)
 	}
 }
 

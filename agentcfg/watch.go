@@ -2,6 +2,7 @@ package agentcfg
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"os"
@@ -25,12 +26,38 @@ import (
 //
 // When inotify is exhausted (a host running many agents can reach
 // fs.inotify.max_user_instances or max_user_watches), Watch falls back to
-// polling the file's identity, size and modification time every
-// PollInterval (or debounce, if longer).
+// polling (see WatchOptions.Poll) every DefaultPollInterval (or debounce, if
+// longer).
 //
 // Watch stops when ctx is done; the channel is then closed. The directory
-// must exist when Watch is called.
+// must exist when Watch is called. Watch is WatchWith with only a debounce.
 func Watch(ctx context.Context, path string, debounce time.Duration) (<-chan struct{}, error) {
+	return WatchWith(ctx, path, WatchOptions{Debounce: debounce})
+}
+
+// DefaultPollInterval is how often a polling Watch looks at the file.
+const DefaultPollInterval = 500 * time.Millisecond
+
+// WatchOptions tune WatchWith. The zero value is Watch's behaviour with no
+// debounce.
+type WatchOptions struct {
+	// Debounce: see Watch.
+	Debounce time.Duration
+	// Poll watches by polling instead of inotify: for file systems where
+	// inotify misses other hosts' changes (NFS, some FUSE mounts). Watch
+	// also polls when inotify is exhausted. A poll compares the file's
+	// identity, size, times and content (files up to DefaultMaxFileSize), so
+	// a change within one timestamp tick is seen too.
+	Poll bool
+	// PollInterval is the polling period; 0 means DefaultPollInterval. The
+	// period used is max(PollInterval, Debounce), which also debounces.
+	PollInterval time.Duration
+}
+
+// WatchWith is Watch with options. Changes made after it returns are
+// reported, also when it polls: the baseline is taken before it returns.
+func WatchWith(ctx context.Context, path string, opt WatchOptions) (<-chan struct{}, error) {
+	debounce := opt.Debounce
 	abs, err := filepath.Abs(path)
 	if err != nil {
 		return nil, err
@@ -38,12 +65,12 @@ func Watch(ctx context.Context, path string, debounce time.Duration) (<-chan str
 	if _, err := os.Stat(filepath.Dir(abs)); err != nil {
 		return nil, fmt.Errorf("watch %s: %w", path, err)
 	}
-	if forcePoll {
-		return poll(ctx, abs, debounce), nil
+	if opt.Poll {
+		return poll(ctx, abs, opt), nil
 	}
 	w, err := fsnotify.NewWatcher()
 	if isExhausted(err) {
-		return poll(ctx, abs, debounce), nil
+		return poll(ctx, abs, opt), nil
 	}
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", path, err)
@@ -65,7 +92,7 @@ func Watch(ctx context.Context, path string, debounce time.Duration) (<-chan str
 	if err := add(abs); err != nil {
 		w.Close()
 		if isExhausted(err) {
-			return poll(ctx, abs, debounce), nil
+			return poll(ctx, abs, opt), nil
 		}
 		return nil, fmt.Errorf("watch %s: %w", path, err)
 	}
@@ -124,22 +151,21 @@ func Watch(ctx context.Context, path string, debounce time.Duration) (<-chan str
 	return out, nil
 }
 
-// PollInterval is how often Watch polls when inotify is not available.
-var PollInterval = 500 * time.Millisecond
-
-// forcePoll makes Watch poll (tests).
-var forcePoll = false
-
 func isExhausted(err error) bool {
 	return errors.Is(err, syscall.EMFILE) || errors.Is(err, syscall.ENFILE) || errors.Is(err, syscall.ENOSPC)
 }
 
+// fileState is what a poll compares. Identity, size and times alone miss
+// an in-place rewrite of the same size within one timestamp tick (file
+// systems stamp times with a coarse clock, and a freed inode number is
+// reused by the next rename-over), so the content's digest is part of it.
 type fileState struct {
 	exists bool
 	ino    uint64
 	dev    uint64
 	size   int64
 	mtime  time.Time
+	sum    [sha256.Size]byte // of the content; zero when it could not be read safely
 }
 
 func statOf(path string) fileState {
@@ -151,19 +177,29 @@ func statOf(path string) fileState {
 	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 		s.ino, s.dev = uint64(st.Ino), uint64(st.Dev)
 	}
+	if fi.Mode().IsRegular() {
+		if data, _, err := readAgentFile(path, DefaultMaxFileSize); err == nil {
+			s.sum = sha256.Sum256(data)
+		}
+	}
 	return s
 }
 
 // poll is Watch without inotify: it compares the file's state every
-// max(PollInterval, debounce), which also debounces.
-func poll(ctx context.Context, path string, debounce time.Duration) <-chan struct{} {
+// max(PollInterval, Debounce), which also debounces. The baseline is taken
+// before poll returns, so a change made right after Watch returns counts.
+func poll(ctx context.Context, path string, opt WatchOptions) <-chan struct{} {
 	out := make(chan struct{}, 1)
-	every := max(PollInterval, debounce)
+	every := opt.PollInterval
+	if every <= 0 {
+		every = DefaultPollInterval
+	}
+	every = max(every, opt.Debounce)
+	last := statOf(path)
 	go func() {
 		defer close(out)
 		t := time.NewTicker(every)
 		defer t.Stop()
-		last := statOf(path)
 		for {
 			select {
 			case <-ctx.Done():

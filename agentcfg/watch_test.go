@@ -39,23 +39,73 @@ func drain(ch <-chan struct{}) {
 	}
 }
 
-func TestWatch(t *testing.T) { testWatch(t) }
+func TestWatch(t *testing.T) { testWatch(t, WatchOptions{Debounce: 20 * time.Millisecond}) }
 
 // TestWatchPolling runs the same steps with the fallback used when inotify
 // is exhausted.
 func TestWatchPolling(t *testing.T) {
-	forcePoll, PollInterval = true, 10*time.Millisecond
-	defer func() { forcePoll, PollInterval = false, 500*time.Millisecond }()
-	testWatch(t)
+	testWatch(t, WatchOptions{Debounce: 20 * time.Millisecond, Poll: true, PollInterval: 10 * time.Millisecond})
 }
 
-func testWatch(t *testing.T) {
+// A change made right after WatchWith returns is reported. The polling
+// watch used to take its baseline in its goroutine, after returning, and
+// then missed such a change most of the time (48 of 50 here).
+func TestWatchPollingSeesAChangeRightAfterReturn(t *testing.T) {
+	for _, opt := range []WatchOptions{{}, {Poll: true, PollInterval: 5 * time.Millisecond}} {
+		for i := 0; i < 20; i++ {
+			p := filepath.Join(t.TempDir(), "address.yaml")
+			writeFile(t, p, sample)
+			ctx, cancel := context.WithCancel(context.Background())
+			ch, err := WatchWith(ctx, p, opt)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(p, []byte(sample+"# changed\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			waitEvent(t, ch, "change right after Watch returned")
+			cancel()
+		}
+	}
+}
+
+// A same-size in-place rewrite that keeps the modification time (as one
+// within a single timestamp tick does) is still seen by a poll.
+func TestWatchPollingSeesASameSizeSameMtimeChange(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "address.yaml")
+	writeFile(t, p, "stomp_interface: 10.0.0.1\n")
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	ch, err := WatchWith(ctx, p, WatchOptions{Poll: true, PollInterval: 5 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.WriteAt([]byte("2"), int64(len("stomp_interface: 10.0.0.")))
+	f.Close()
+	if err := os.Chtimes(p, fi.ModTime(), fi.ModTime()); err != nil {
+		t.Fatal(err)
+	}
+	if after, _ := os.Stat(p); after.Size() != fi.Size() || !after.ModTime().Equal(fi.ModTime()) {
+		t.Fatal("setup: size or mtime differs")
+	}
+	waitEvent(t, ch, "same size, same mtime")
+}
+
+func testWatch(t *testing.T, opt WatchOptions) {
 	dir := t.TempDir()
 	p := filepath.Join(dir, "address.yaml")
 	writeFile(t, p, sample)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
-	ch, err := Watch(ctx, p, 20*time.Millisecond)
+	ch, err := WatchWith(ctx, p, opt)
 	if err != nil {
 		t.Fatal(err)
 	}

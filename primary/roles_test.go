@@ -26,6 +26,7 @@ const (
 	primID = "aaaaaaaa-0000-4000-8000-000000000000"
 	backID = "bbbbbbbb-0000-4000-8000-000000000000"
 	evilID = "eeeeeeee-0000-4000-8000-000000000000"
+	lowID  = "00000000-0000-4000-8000-000000000000" // orders below primID
 	period = 100 * time.Millisecond
 	window = 500 * time.Millisecond
 )
@@ -224,7 +225,8 @@ func TestHigherEpochHeartbeatFencesAndSilencesThePrimary(t *testing.T) {
 
 func TestEqualOrLowerEpochDoesNotFence(t *testing.T) {
 	p := newPair(t, nil, false)
-	p.raw("x", dest.Heartbeat, protocol.Envelope{FailoverID: evilID, Epoch: 3, Node: "x", Seq: 1, Role: "primary"}, false)
+	// Equal epoch with a lower failover id, and a lower epoch: not above us.
+	p.raw("x", dest.Heartbeat, protocol.Envelope{FailoverID: lowID, Epoch: 3, Node: "x", Seq: 1, Role: "primary"}, false)
 	p.raw("x", dest.Heartbeat, protocol.Envelope{FailoverID: evilID, Epoch: 1, Node: "x", Seq: 1, Role: "primary"}, false)
 	p.beat(false)
 	p.beat(false)

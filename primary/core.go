@@ -1,0 +1,455 @@
+package primary
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+// The primary's decisions live in core, a pure state machine in the manner
+// of etcd-io/raft and backup.Detector: inputs come in as method calls that
+// carry the receiver's clock reading (now) and what the driver decoded or
+// scanned; what to do comes out as an Output. The core starts no goroutine,
+// reads no clock and does no IO, so its transitions are tested with tables.
+//
+// Inputs: start (with the start-up scan of the managed files), tick,
+// heartbeat, reply, agentStatus, scanDone, switchover. Outputs: a heartbeat
+// (and an agent ping) to publish, a file scan to start, a changed backup to
+// remember (OnPeer), log lines, and the End of the role. Once an End came
+// out, every later input yields an empty Output: a fenced primary sends
+// nothing more (I5).
+
+// coreConfig is the part of Config the core decides with.
+type coreConfig struct {
+	Node            string
+	Token           failoverid.Token
+	Advertise       string
+	Period          time.Duration
+	ReplyPeriod     time.Duration
+	HandoverTimeout time.Duration
+	CheckEvery      time.Duration
+	Files           bool // a scan of the managed files is available (Config.CheckFiles)
+	Ping            bool
+	Instance        string
+	StartedMS       int64
+	SeqBase         uint64
+}
+
+// Output is what the driver does after one input: write Logs, then, if End
+// is set, end the role at once (nothing else is done); otherwise call OnPeer
+// with Peer, start scan number Scan (> 0), publish Beat and then Command.
+type Output struct {
+	Logs []LogLine
+	End  *End
+	Peer *failoverid.Peer
+	Scan int
+	// Beat is a heartbeat to publish. The driver stamps it with what it
+	// reads at send time: the wall clock (SentMS) and Config.Maintenance.
+	Beat *protocol.Envelope
+	// Command is the ping to the agents that goes with Beat (Config.Ping).
+	Command *protocol.Envelope
+}
+
+// LogLine is one log entry the core asks for.
+type LogLine struct {
+	Level  logrus.Level
+	Msg    string
+	Fields logrus.Fields
+}
+
+func (o *Output) log(level logrus.Level, msg string, fields logrus.Fields) {
+	o.Logs = append(o.Logs, LogLine{Level: level, Msg: msg, Fields: fields})
+}
+
+// higher reports whether other outranks own in the total order of tokens:
+// by epoch, then by failover id (string order). Two primaries at one epoch
+// thus end with the one with the lower failover id fenced. (It is the order
+// failoverid.Token.Compare is being given; kept here until it lands.)
+func higher(other, own failoverid.Token) bool {
+	return other.Epoch > own.Epoch || (other.Epoch == own.Epoch && other.ID > own.ID)
+}
+
+// above says why other outranks own, for a fence's reason.
+func above(other, own failoverid.Token) string {
+	if other.Epoch > own.Epoch {
+		return fmt.Sprintf("at epoch %d, above ours (%d)", other.Epoch, own.Epoch)
+	}
+	return fmt.Sprintf("at our epoch %d with a greater failover id (%s > %s)", other.Epoch, other.ID, own.ID)
+}
+
+// core is the primary's state machine. See the comment at the top of the file.
+type core struct {
+	cfg coreConfig
+
+	seq       uint64
+	started   time.Time
+	lastBeat  time.Time // last tick that beat or held (stall detection)
+	lastCheck time.Time // last periodic file scan
+	ended     bool
+
+	// The backup, as its replies describe it.
+	peer             failoverid.Peer
+	lastReply        time.Time
+	backupConfigured bool
+
+	// A planned switchover in progress.
+	handoverTo    string
+	handoverStart time.Time
+
+	// File scans run one at a time; holdUntil >= 0: no heartbeat until scan
+	// number holdUntil (or later) completed, for at most one period.
+	scanning, rescan bool
+	gen, holdUntil   int
+	holdSince        time.Time
+
+	dup      string // duplicate failover id warning, if any
+	warnings []string
+	agents   map[string]*AgentView
+}
+
+func newCore(cfg coreConfig) *core {
+	return &core{cfg: cfg, seq: cfg.SeqBase, holdUntil: -1}
+}
+
+// stallThreshold: a tick more than half a period late means the process may
+// have been frozen while a backup took over, so it looks before it speaks.
+// The check is cheap next to the cost of a stale heartbeat.
+func (c *core) stallThreshold() time.Duration { return c.cfg.Period + c.cfg.Period/2 }
+
+// connectedWindow: an agent counts as connected if it reported within
+// 3 periods, and at least 3 s (agents report at their own pace).
+func (c *core) connectedWindow() time.Duration {
+	w := 3 * c.cfg.Period
+	if w < 3*time.Second {
+		w = 3 * time.Second
+	}
+	return w
+}
+
+// scanResult is the outcome of one scan of the managed files.
+type scanResult struct {
+	higher *failoverid.Token
+	err    error
+	gen    int
+}
+
+// start begins the role at now. files is the start-up scan (nil: no files
+// to scan); a fresh role checks before its first heartbeat, then beats.
+func (c *core) start(now time.Time, files *scanResult) Output {
+	var out Output
+	c.started, c.lastBeat, c.lastCheck = now, now, now
+	if files != nil && c.scanned(*files, &out) {
+		return out
+	}
+	c.beat(&out)
+	return out
+}
+
+// scanned handles a scan's result; true: it fenced.
+func (c *core) scanned(res scanResult, out *Output) bool {
+	if res.err != nil {
+		out.log(logrus.WarnLevel, "checking managed agent files for a higher epoch", logrus.Fields{logrus.ErrorKey: res.err})
+	}
+	if res.higher != nil && higher(*res.higher, c.cfg.Token) {
+		c.fence(out, *res.higher, "", "", "a managed address.yaml is "+above(*res.higher, c.cfg.Token))
+		return true
+	}
+	return false
+}
+
+// tick is the period's timer firing at now.
+func (c *core) tick(now time.Time) Output {
+	var out Output
+	if c.ended {
+		return out
+	}
+	if late := now.Sub(c.lastBeat); late > c.stallThreshold() && c.cfg.Files {
+		// We may have been frozen while a backup took over: say nothing
+		// until a scan started after waking has looked.
+		out.log(logrus.WarnLevel, fmt.Sprintf("primary woke %s late: checking for a higher epoch before sending anything", late.Round(time.Millisecond)), nil)
+		if c.scanning {
+			c.rescan = true
+			c.holdUntil = c.gen + 1
+		} else {
+			c.startScan(&out)
+			c.holdUntil = c.gen
+		}
+		c.holdSince, c.lastCheck = now, now
+	} else if now.Sub(c.lastCheck) >= c.cfg.CheckEvery {
+		c.lastCheck = now
+		c.startScan(&out)
+	}
+	if c.holdUntil >= 0 {
+		// Hold at most one period: a slow scan (many files, a busy machine)
+		// must not silence a live primary past the backup's window. A stale
+		// heartbeat is harmless (agents check the epoch); a false failover
+		// is not. The scan's result still fences us when it arrives.
+		if now.Sub(c.holdSince) < c.cfg.Period {
+			c.lastBeat = now
+			return out
+		}
+		out.log(logrus.WarnLevel, "the epoch check is still running after a period: heartbeating meanwhile", nil)
+		c.holdUntil = -1
+	}
+	if c.handoverTo != "" && now.Sub(c.handoverStart) > c.cfg.HandoverTimeout {
+		out.log(logrus.WarnLevel, "switchover: the backup did not take over in time; staying primary", logrus.Fields{"backup_failover_id": c.handoverTo})
+		c.handoverTo = ""
+	}
+	c.lastBeat = now
+	c.beat(&out)
+	c.updateWarnings(now, &out)
+	return out
+}
+
+// scanDone is the result of scan number res.gen, arrived at now.
+func (c *core) scanDone(now time.Time, res scanResult) Output {
+	var out Output
+	if c.ended {
+		return out
+	}
+	c.scanning = false
+	if c.scanned(res, &out) {
+		return out
+	}
+	if c.holdUntil >= 0 && res.gen >= c.holdUntil {
+		c.holdUntil = -1
+		c.lastBeat = now
+		c.beat(&out)
+	}
+	if c.rescan {
+		c.rescan = false
+		c.startScan(&out)
+	}
+	return out
+}
+
+// switchover is an operator's request for a planned handover at now.
+func (c *core) switchover(now time.Time) (Output, error) {
+	var out Output
+	switch {
+	case c.ended:
+		return out, ErrNotRunning
+	case c.handoverTo != "":
+		return out, ErrSwitchoverState
+	case c.peer.FailoverID == "" || !c.backupAlive(now):
+		return out, ErrNoBackup
+	}
+	c.handoverTo, c.handoverStart = c.peer.FailoverID, now
+	out.log(logrus.InfoLevel, "switchover: asking the backup to take over", logrus.Fields{"backup": c.peer.Node, "backup_failover_id": c.peer.FailoverID})
+	c.beat(&out)
+	return out, nil
+}
+
+// heartbeat is a valid message on the heartbeat channel.
+func (c *core) heartbeat(now time.Time, env protocol.Envelope, _ []byte) Output {
+	var out Output
+	if c.ended || c.clone(env, &out) || env.FailoverID == c.cfg.Token.ID {
+		return out // a clone's verdict, or our own echo
+	}
+	if t := token(env); higher(t, c.cfg.Token) {
+		c.fence(&out, t, env.Node, env.Advertise, fmt.Sprintf("server %s heartbeats as primary %s", env.Node, above(t, c.cfg.Token)))
+		return out
+	}
+	if env.Role == "primary" {
+		out.log(logrus.ErrorLevel, "another server heartbeats as primary with a token not above ours; ignoring it",
+			logrus.Fields{"other_node": env.Node, "other_failover_id": env.FailoverID, "other_epoch": env.Epoch})
+	}
+	return out
+}
+
+// reply is a valid message on the reply channel (a backup's answer).
+func (c *core) reply(now time.Time, env protocol.Envelope, _ []byte) Output {
+	var out Output
+	if c.ended || c.clone(env, &out) || env.FailoverID == c.cfg.Token.ID {
+		return out
+	}
+	if t := token(env); higher(t, c.cfg.Token) && env.Role != "backup" {
+		c.fence(&out, t, env.Node, env.Advertise, fmt.Sprintf("server %s replies %s", env.Node, above(t, c.cfg.Token)))
+		return out
+	}
+	np := failoverid.Peer{Node: env.Node, FailoverID: env.FailoverID, Epoch: env.Epoch, Address: env.Advertise}
+	c.lastReply, c.backupConfigured = now, true
+	if np != c.peer {
+		if c.peer.FailoverID != np.FailoverID {
+			out.log(logrus.InfoLevel, "backup replied: failover is enabled", logrus.Fields{"backup": np.Node, "backup_failover_id": np.FailoverID})
+		}
+		c.peer = np
+		out.Peer = &np
+	}
+	c.updateWarnings(now, &out)
+	return out
+}
+
+// agentReport is the part of an agent's status body the registry keeps.
+type agentReport struct {
+	Path      string `json:"path"`
+	Accepted  uint64 `json:"accepted"`
+	Rejected  uint64 `json:"rejected"`
+	FileError string `json:"file_error"`
+}
+
+// maxAgents bounds the registry against a flood of made-up agent ids.
+const maxAgents = 100000
+
+// agentStatus is a valid agent status report with its body.
+func (c *core) agentStatus(now time.Time, env protocol.Envelope, body []byte) Output {
+	var out Output
+	if c.ended {
+		return out
+	}
+	if t := token(env); higher(t, c.cfg.Token) {
+		c.fence(&out, t, "", "", fmt.Sprintf("agent %s is bound %s", env.Node, above(t, c.cfg.Token)))
+		return out
+	}
+	var rep agentReport
+	_ = json.Unmarshal(body, &rep) // a malformed body still counts as a sighting
+	if c.agents == nil {
+		c.agents = map[string]*AgentView{}
+	}
+	if _, ok := c.agents[env.Node]; !ok && len(c.agents) >= maxAgents {
+		return out
+	}
+	if len(rep.Path) > 4096 {
+		rep.Path = ""
+	}
+	c.agents[env.Node] = &AgentView{ID: env.Node, Path: rep.Path, FailoverID: env.FailoverID, Epoch: env.Epoch,
+		Accepted: rep.Accepted, Rejected: rep.Rejected, FileError: rep.FileError, LastSeen: now}
+	return out
+}
+
+func token(env protocol.Envelope) failoverid.Token {
+	return failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}
+}
+
+// fence ends the role on a higher token: HandedOver if it is the backup we
+// are handing over to, Fenced otherwise.
+func (c *core) fence(out *Output, by failoverid.Token, node, adv, reason string) {
+	c.ended = true
+	if c.handoverTo != "" && by.ID == c.handoverTo {
+		if adv == "" && by.ID == c.peer.FailoverID {
+			// Learned from a file or an agent before the new primary's
+			// heartbeat: its reply told us where it is.
+			adv, node = c.peer.Address, c.peer.Node
+		}
+		out.log(logrus.InfoLevel, "switchover complete: the backup is primary now", logrus.Fields{"new_primary": node, "new_epoch": by.Epoch})
+		out.End = &End{Kind: HandedOver, By: by, ByNode: node, ByAdvertise: adv, Reason: "switchover to " + node}
+		return
+	}
+	out.log(logrus.WarnLevel, "fenced: "+reason, logrus.Fields{"by_failover_id": by.ID, "by_epoch": by.Epoch, "by_node": node})
+	out.End = &End{Kind: Fenced, By: by, ByNode: node, ByAdvertise: adv, Reason: reason}
+}
+
+// clone handles a message from another process using our failover id (a
+// cloned VM): the later-started of the two stops (End Duplicate), the
+// earlier one warns. True: the message was a clone's.
+func (c *core) clone(env protocol.Envelope, out *Output) bool {
+	if !env.Clone(c.cfg.Token.ID, c.cfg.Instance) {
+		return false
+	}
+	msg := fmt.Sprintf("duplicate failover_id %s: node %s (instance %s) uses it too; a cloned server must get its own id: stop it and run `tandem id --config FILE --regenerate` on the clone",
+		env.FailoverID, env.Node, env.Instance)
+	if env.StartedBefore(c.cfg.StartedMS, c.cfg.Instance) {
+		c.ended = true
+		out.log(logrus.ErrorLevel, msg+" — this process started later and stops", nil)
+		out.End = &End{Kind: Duplicate, Reason: msg, ByNode: env.Node}
+		return true
+	}
+	for _, w := range c.warnings {
+		if w == msg {
+			return true
+		}
+	}
+	out.log(logrus.ErrorLevel, msg, nil)
+	c.dup = msg
+	return true
+}
+
+// beat puts the next heartbeat (and ping) into out.
+func (c *core) beat(out *Output) {
+	c.seq++
+	tok := c.cfg.Token
+	out.Beat = &protocol.Envelope{FailoverID: tok.ID, Epoch: tok.Epoch, Node: c.cfg.Node, Seq: c.seq,
+		Advertise: c.cfg.Advertise, PeriodMS: c.cfg.Period.Milliseconds(), Role: "primary",
+		HandoverTo: c.handoverTo, Instance: c.cfg.Instance, StartedMS: c.cfg.StartedMS}
+	// Agent commands go through the agents' broker: they do not depend on
+	// the heartbeat channel (an external broker may be unreachable).
+	if c.cfg.Ping && c.handoverTo == "" {
+		out.Command = &protocol.Envelope{FailoverID: tok.ID, Epoch: tok.Epoch, Node: c.cfg.Node, Seq: c.seq, Role: "primary"}
+	}
+}
+
+func (c *core) startScan(out *Output) {
+	if !c.cfg.Files {
+		return
+	}
+	if c.scanning {
+		c.rescan = true
+		return
+	}
+	c.scanning = true
+	c.gen++
+	out.Scan = c.gen
+}
+
+func (c *core) backupAlive(now time.Time) bool {
+	return !c.lastReply.IsZero() && now.Sub(c.lastReply) <= 2*c.cfg.ReplyPeriod
+}
+
+// updateWarnings keeps OpsCenter's "failover enabled" best-practice check:
+// warn when no backup replied for 2 × reply_period.
+func (c *core) updateWarnings(now time.Time, out *Output) {
+	var w []string
+	ref := c.lastReply
+	if ref.IsZero() {
+		ref = c.started
+	}
+	if now.Sub(ref) > 2*c.cfg.ReplyPeriod {
+		c.backupConfigured = false
+		if c.lastReply.IsZero() {
+			w = append(w, fmt.Sprintf("no backup has replied since start (%s): automatic failover is not enabled", now.Sub(ref).Round(time.Second)))
+		} else {
+			w = append(w, fmt.Sprintf("no reply from backup for %s (more than 2 × reply_period): automatic failover may be broken", now.Sub(ref).Round(time.Second)))
+		}
+	}
+	if len(w) > 0 && len(c.warnings) == 0 {
+		out.log(logrus.WarnLevel, w[0], nil)
+	}
+	if c.dup != "" {
+		w = append(w, c.dup)
+	}
+	c.warnings = w
+}
+
+// status fills the core's part of a Status snapshot at now.
+func (c *core) status(now time.Time, s *Status) {
+	s.Epoch = c.cfg.Token.Epoch
+	s.BackupConfigured = c.backupConfigured
+	if c.peer.FailoverID != "" || !c.lastReply.IsZero() {
+		p := c.peer
+		s.Backup = &p
+	}
+	s.LastReplyAgeMS = -1
+	if !c.lastReply.IsZero() {
+		s.LastReplyAgeMS = now.Sub(c.lastReply).Milliseconds()
+	}
+	s.Handover = c.handoverTo
+	s.Warnings = append([]string(nil), c.warnings...)
+}
+
+// agentViews is the registry at now, sorted by id.
+func (c *core) agentViews(now time.Time) []AgentView {
+	out := make([]AgentView, 0, len(c.agents))
+	for _, a := range c.agents {
+		v := *a
+		v.Connected = now.Sub(v.LastSeen) <= c.connectedWindow()
+		out = append(out, v)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}

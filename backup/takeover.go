@@ -17,89 +17,136 @@ import (
 	"github.com/tandem-ha/tandem/internal/hooks"
 )
 
+// ErrSuperseded: the takeover's journal was replaced or closed by another
+// step of the node (nothing of this takeover is written after that).
+var ErrSuperseded = errors.New("backup: takeover journal superseded")
+
 // TakeoverConfig is what the takeover procedure needs from the node.
 type TakeoverConfig struct {
-	DataDir string
-	Node    string
-	ID      string // this server's failover id
+	// Store is the node's state store, the one writer of state.json: the
+	// takeover hands it mutations and keeps no copy of its own, so an
+	// operator's change (maintenance) made meanwhile is kept.
+	Store *failoverid.Store
+	Node  string
+	ID    string // this server's failover id
 	// LocationFile is the path of primary_location; on takeover it is
 	// renamed to LocationFile + ".dormant".
 	LocationFile string
 	BeforeHook   string
 	HookTimeout  time.Duration
+	// RunHook runs a hook (default hooks.Run).
+	RunHook hooks.Func
+	// NextEpoch picks the takeover's epoch from this server's and the
+	// highest seen (default failoverid.NextEpoch): the epoch-source seam.
+	NextEpoch func(ctx context.Context, own, seen uint64) (uint64, error)
 	// RewriteAgents CAS-rewrites every managed address.yaml to point at this
 	// server at epoch. Files it could not rewrite are the node's to retry;
-	// the takeover goes on.
+	// the takeover goes on. It stops early when ctx ends.
 	RewriteAgents func(ctx context.Context, epoch uint64)
 	Log           logrus.FieldLogger
 }
 
-// RunTakeover runs the takeover journal in st forward to StepLocationDormant,
-// persisting st after every step, so that a crash at any step resumes from
-// the next one on restart (I7). If st has no journal yet, it starts one:
-// epoch = max(own, seen) + 1, written to disk before anything else happens.
-// The node then starts heartbeating as primary and finishes the journal
-// (StepPrimaryHeartbeat, after_takeover, clear).
-func RunTakeover(ctx context.Context, cfg TakeoverConfig, st *failoverid.State, reason string, from *failoverid.Peer, seenEpoch uint64) error {
+// RunTakeover runs the takeover journal forward to StepLocationDormant,
+// persisting every step through the store, so that a crash at any step
+// resumes from the next one on restart (I7). With no journal in the store
+// it starts one: epoch = max(own, seen) + 1, written to disk before
+// anything else happens. The node then starts heartbeating as primary and
+// finishes the journal (StepPrimaryHeartbeat, after_takeover, clear).
+//
+// A before_takeover hook that was cancelled (the node is stopping) or
+// killed by a signal is not journaled as done: it runs again on resume.
+// The data dir is probed writable before the agents are repointed, so a
+// read-only disk cannot leave a fleet pointing at a server that cannot
+// record that it took over.
+func RunTakeover(ctx context.Context, cfg TakeoverConfig, reason string, from *failoverid.Peer, seenEpoch uint64) (failoverid.Journal, error) {
 	log := cfg.Log
+	run := cfg.RunHook
+	if run == nil {
+		run = hooks.Run
+	}
+	next := cfg.NextEpoch
+	if next == nil {
+		next = func(_ context.Context, own, seen uint64) (uint64, error) { return failoverid.NextEpoch(own, seen) }
+	}
+	st := cfg.Store.Get()
 	if st.Takeover == nil {
-		epoch := failoverid.NextEpoch(st.Epoch, seenEpoch)
-		next := *st
-		next.Epoch = epoch
-		next.Role = "taking-over"
-		next.Takeover = &failoverid.Journal{Epoch: epoch, Reason: reason, Step: failoverid.StepEpochPersisted, Started: time.Now().UTC(), From: from}
-		if err := failoverid.SaveState(cfg.DataDir, next); err != nil {
-			return fmt.Errorf("persist epoch %d before takeover: %w", epoch, err)
+		epoch, err := next(ctx, st.Epoch, seenEpoch)
+		if err != nil {
+			return failoverid.Journal{}, fmt.Errorf("choose the takeover epoch (ours %d, seen %d): %w", st.Epoch, seenEpoch, err)
 		}
-		*st = next
+		st, err = cfg.Store.Update(func(s *failoverid.State) error {
+			if s.Takeover != nil {
+				return ErrSuperseded
+			}
+			s.Epoch = epoch
+			s.Role = "taking-over"
+			s.Takeover = &failoverid.Journal{Epoch: epoch, Reason: reason, Step: failoverid.StepEpochPersisted, Started: time.Now().UTC(), From: from}
+			return nil
+		})
+		if err != nil {
+			return failoverid.Journal{}, fmt.Errorf("persist epoch %d before takeover: %w", epoch, err)
+		}
 		log.WithFields(logrus.Fields{"epoch": epoch, "reason": reason}).Info("takeover: epoch persisted")
 	} else {
 		log.WithFields(logrus.Fields{"epoch": st.Takeover.Epoch, "step": st.Takeover.Step}).Warn("takeover: resuming an interrupted takeover")
 	}
-	j := st.Takeover
+	j := *st.Takeover
 	advance := func(step string) error {
-		j.Step = step
-		if err := failoverid.SaveState(cfg.DataDir, *st); err != nil {
+		st, err := cfg.Store.Update(func(s *failoverid.State) error {
+			if s.Takeover == nil || s.Takeover.Epoch != j.Epoch {
+				return ErrSuperseded
+			}
+			s.Takeover.Step = step
+			return nil
+		})
+		if err != nil {
 			return fmt.Errorf("takeover journal (%s): %w", step, err)
 		}
+		j = *st.Takeover
 		log.WithField("step", step).Info("takeover: step done")
 		return nil
 	}
 	at := func(step string) bool { return failoverid.StepIndex(j.Step) < failoverid.StepIndex(step) }
 
-	if at(failoverid.StepBeforeHook) {
+	if at(failoverid.StepBeforeHook) && cfg.BeforeHook != "" {
 		// A failing hook is logged, not fatal: a broken hook must not keep
 		// the agents without a server. Without a hook there is nothing to
-		// journal (re-running nothing is harmless): skip the fsync.
-		if cfg.BeforeHook != "" {
-			_ = hooks.Run(ctx, "before_takeover", cfg.BeforeHook, cfg.HookTimeout, HookEnv(cfg.Node, cfg.ID, j), log)
-			if err := advance(failoverid.StepBeforeHook); err != nil {
-				return err
-			}
-		} else {
-			j.Step = failoverid.StepBeforeHook
+		// journal (re-running nothing is harmless): no fsync.
+		err := run(ctx, "before_takeover", cfg.BeforeHook, cfg.HookTimeout, HookEnv(cfg.Node, cfg.ID, &j), log)
+		if cerr := ctx.Err(); cerr != nil {
+			return j, cerr
+		}
+		if errors.Is(err, hooks.ErrSignaled) {
+			// Killed from outside before it finished: do not record it as
+			// done, so a restart runs it again; this run goes on.
+			log.WithError(err).Warn("takeover: before_takeover was killed; not journaled as done")
+		} else if err := advance(failoverid.StepBeforeHook); err != nil {
+			return j, err
 		}
 	}
 	if at(failoverid.StepAgentsRewritten) {
+		if err := cfg.Store.Probe(); err != nil {
+			return j, fmt.Errorf("takeover stopped before repointing any agent: %w", err)
+		}
 		if cfg.RewriteAgents != nil {
 			cfg.RewriteAgents(ctx, j.Epoch)
 		}
 		if err := ctx.Err(); err != nil {
-			return err
+			return j, err
 		}
 		if err := advance(failoverid.StepAgentsRewritten); err != nil {
-			return err
+			return j, err
 		}
 	}
 	if at(failoverid.StepLocationDormant) {
 		if err := MakeDormant(cfg.LocationFile); err != nil {
-			return err
+			return j, err
 		}
 		if err := advance(failoverid.StepLocationDormant); err != nil {
-			return err
+			return j, err
 		}
 	}
-	return nil
+	return j, nil
 }
 
 // MakeDormant renames primary_location to primary_location.dormant, durably.

@@ -2,12 +2,16 @@ package backup
 
 import (
 	"context"
+	"errors"
+	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
 	"github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/tandem-ha/tandem/broker"
@@ -21,7 +25,7 @@ func takeoverCfg(t *testing.T, dir string, rewrite func(ctx context.Context, epo
 	if err := os.WriteFile(loc, []byte("127.0.0.1:61620\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	return TakeoverConfig{DataDir: dir, Node: "b", ID: self, LocationFile: loc, RewriteAgents: rewrite, Log: log,
+	return TakeoverConfig{Store: failoverid.NewStore(dir, failoverid.State{}, failoverid.StoreOptions{}), Node: "b", ID: self, LocationFile: loc, RewriteAgents: rewrite, Log: log,
 		BeforeHook: "echo $TANDEM_EPOCH >> " + filepath.Join(dir, "hook.log")}
 }
 
@@ -38,9 +42,9 @@ func TestTakeoverPersistsEpochBeforeTouchingAgents(t *testing.T) {
 			t.Errorf("rewrite epoch %d, want 8", epoch)
 		}
 	})
-	st := failoverid.State{Epoch: 2}
+	cfg.Store = failoverid.NewStore(dir, failoverid.State{Epoch: 2}, failoverid.StoreOptions{})
 	from := &failoverid.Peer{Node: "a", FailoverID: prim, Epoch: 7}
-	if err := RunTakeover(context.Background(), cfg, &st, "failover", from, 7); err != nil {
+	if _, err := RunTakeover(context.Background(), cfg, "failover", from, 7); err != nil {
 		t.Fatal(err)
 	}
 	if seenOnDisk != 8 {
@@ -72,8 +76,8 @@ func TestInterruptedTakeoverResumesWithoutANewEpoch(t *testing.T) {
 			cancel() // "crash" in the middle of rewriting agents
 		}
 	})
-	st := failoverid.State{Epoch: 4}
-	if err := RunTakeover(ctx, cfg, &st, "failover", nil, 0); err == nil {
+	cfg.Store = failoverid.NewStore(dir, failoverid.State{Epoch: 4}, failoverid.StoreOptions{})
+	if _, err := RunTakeover(ctx, cfg, "failover", nil, 0); err == nil {
 		t.Fatal("want the interrupted takeover to fail")
 	}
 	disk, err := failoverid.LoadState(dir)
@@ -85,9 +89,11 @@ func TestInterruptedTakeoverResumesWithoutANewEpoch(t *testing.T) {
 	}
 	// Restart: resume from the journal on disk, with a higher seen epoch
 	// that must not bump the epoch again.
-	if err := RunTakeover(context.Background(), cfg, &disk, "failover", nil, 9); err != nil {
+	cfg.Store = failoverid.NewStore(dir, disk, failoverid.StoreOptions{})
+	if _, err := RunTakeover(context.Background(), cfg, "failover", nil, 9); err != nil {
 		t.Fatal(err)
 	}
+	disk = cfg.Store.Get()
 	if calls != 2 || disk.Epoch != 5 || disk.Takeover.Step != failoverid.StepLocationDormant {
 		t.Fatalf("resume: calls=%d state=%+v", calls, disk)
 	}
@@ -104,12 +110,13 @@ func TestResumeAfterRenameButBeforeJournal(t *testing.T) {
 	if err := MakeDormant(cfg.LocationFile); err != nil {
 		t.Fatal(err)
 	}
-	st := failoverid.State{Epoch: 3, Takeover: &failoverid.Journal{Epoch: 3, Step: failoverid.StepAgentsRewritten}}
-	if err := RunTakeover(context.Background(), cfg, &st, "failover", nil, 0); err != nil {
+	cfg.Store = failoverid.NewStore(dir, failoverid.State{Epoch: 3, Takeover: &failoverid.Journal{Epoch: 3, Step: failoverid.StepAgentsRewritten}}, failoverid.StoreOptions{})
+	j, err := RunTakeover(context.Background(), cfg, "failover", nil, 0)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if st.Takeover.Step != failoverid.StepLocationDormant {
-		t.Fatal(st.Takeover.Step)
+	if j.Step != failoverid.StepLocationDormant || cfg.Store.Get().Takeover.Step != failoverid.StepLocationDormant {
+		t.Fatal(j.Step)
 	}
 }
 
@@ -143,5 +150,115 @@ func TestACloneBackupStartedLaterStops(t *testing.T) {
 	case e := <-earlyEnd:
 		t.Fatalf("the earlier clone stopped: %+v", e)
 	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+func TestAnOperatorsChangeDuringTheHookIsKept(t *testing.T) {
+	dir := t.TempDir()
+	cfg := takeoverCfg(t, dir, nil)
+	cfg.Store = failoverid.NewStore(dir, failoverid.State{Epoch: 1}, failoverid.StoreOptions{})
+	cfg.BeforeHook = "sleep"
+	cfg.RunHook = func(ctx context.Context, name, command string, timeout time.Duration, env []string, log logrus.FieldLogger) error {
+		// "tandem maintenance on" while before_takeover runs.
+		_, err := cfg.Store.Update(func(s *failoverid.State) error { s.Maintenance = true; return nil })
+		return err
+	}
+	if _, err := RunTakeover(context.Background(), cfg, "failover", nil, 1); err != nil {
+		t.Fatal(err)
+	}
+	disk, err := failoverid.LoadState(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if disk.Epoch != 2 || disk.Takeover == nil || !disk.Maintenance {
+		t.Fatalf("on disk after the takeover: epoch %d journal %+v maintenance %v; want 2, kept, true", disk.Epoch, disk.Takeover, disk.Maintenance)
+	}
+}
+
+func TestABeforeHookKilledBySignalIsNotJournaled(t *testing.T) {
+	dir := t.TempDir()
+	cfg := takeoverCfg(t, dir, nil)
+	cfg.BeforeHook = "kill -TERM $$"
+	var journaled []string
+	cfg.Store = failoverid.NewStore(dir, failoverid.State{Epoch: 1}, failoverid.StoreOptions{Save: func(d string, s failoverid.State) error {
+		if s.Takeover != nil {
+			journaled = append(journaled, s.Takeover.Step)
+		}
+		return failoverid.SaveState(d, s)
+	}})
+	if _, err := RunTakeover(context.Background(), cfg, "failover", nil, 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, st := range journaled {
+		if st == failoverid.StepBeforeHook {
+			t.Fatalf("a hook killed by SIGTERM was journaled as done: %v", journaled)
+		}
+	}
+}
+
+func TestACancelledBeforeHookIsNotJournaled(t *testing.T) {
+	dir := t.TempDir()
+	cfg := takeoverCfg(t, dir, nil)
+	cfg.Store = failoverid.NewStore(dir, failoverid.State{Epoch: 1}, failoverid.StoreOptions{})
+	ctx, cancel := context.WithCancel(context.Background())
+	cfg.RunHook = func(ctx context.Context, name, command string, timeout time.Duration, env []string, log logrus.FieldLogger) error {
+		cancel() // SIGTERM of the node while the hook runs
+		return ctx.Err()
+	}
+	if _, err := RunTakeover(ctx, cfg, "failover", nil, 1); err == nil {
+		t.Fatal("want the stopped takeover to fail")
+	}
+	if st := cfg.Store.Get(); st.Takeover == nil || st.Takeover.Step != failoverid.StepEpochPersisted {
+		t.Fatalf("journal %+v: the hook must run again on resume", st.Takeover)
+	}
+}
+
+func TestAReadOnlyDataDirStopsTheTakeoverBeforeAnyAgent(t *testing.T) {
+	dir := t.TempDir()
+	rewrote := false
+	cfg := takeoverCfg(t, dir, func(context.Context, uint64) { rewrote = true })
+	cfg.BeforeHook = ""
+	// The disk turns read-only right after the epoch is persisted (as root:
+	// a read-only bind mount of the data dir; otherwise mode 0500).
+	cfg.Store = failoverid.NewStore(dir, failoverid.State{Epoch: 1}, failoverid.StoreOptions{Save: func(d string, s failoverid.State) error {
+		if err := failoverid.SaveState(d, s); err != nil {
+			return err
+		}
+		makeReadOnly(t, d)
+		return nil
+	}})
+	_, err := RunTakeover(context.Background(), cfg, "failover", nil, 1)
+	if !errors.Is(err, failoverid.ErrNotWritable) || rewrote {
+		t.Fatalf("err %v, rewrote %v: a takeover must not repoint agents when the data dir is read-only", err, rewrote)
+	}
+}
+
+func makeReadOnly(t *testing.T, dir string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		if err := os.Chmod(dir, 0o500); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { os.Chmod(dir, 0o700) })
+		return
+	}
+	if out, err := exec.Command("mount", "--bind", dir, dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot bind-mount %s read-only here (%v: %s)", dir, err, out)
+	}
+	t.Cleanup(func() { exec.Command("umount", dir).Run() })
+	if out, err := exec.Command("mount", "-o", "remount,ro,bind", dir).CombinedOutput(); err != nil {
+		t.Skipf("cannot remount %s read-only here (%v: %s)", dir, err, out)
+	}
+}
+
+func TestAnExhaustedEpochRefusesTheTakeover(t *testing.T) {
+	dir := t.TempDir()
+	rewrote := false
+	cfg := takeoverCfg(t, dir, func(context.Context, uint64) { rewrote = true })
+	if _, err := RunTakeover(context.Background(), cfg, "failover", nil, math.MaxUint64); !errors.Is(err, failoverid.ErrEpochExhausted) || rewrote {
+		t.Fatalf("err %v rewrote %v", err, rewrote)
+	}
+	if st := cfg.Store.Get(); st.Epoch != 0 || st.Takeover != nil {
+		t.Fatalf("state %+v", st)
 	}
 }

@@ -33,17 +33,28 @@ type Token struct {
 	Epoch uint64 `json:"epoch"`
 }
 
-// Compare orders tokens by epoch: -1 if t is older than o, +1 if newer, 0 if
-// the epochs are equal. Ids do not order; see Same.
+// Compare orders tokens totally: by epoch, and an equal epoch by failover
+// id (byte order of the canonical lower-case UUID). It returns -1 if t is
+// older than o, +1 if newer, 0 only for the same token. Two servers that
+// claimed one epoch without hearing each other (a split at start-up) are
+// thereby ordered: the one with the greater id wins and the other, on
+// seeing its token, is fenced.
 func (t Token) Compare(o Token) int {
 	switch {
 	case t.Epoch < o.Epoch:
 		return -1
 	case t.Epoch > o.Epoch:
 		return 1
+	case t.ID < o.ID:
+		return -1
+	case t.ID > o.ID:
+		return 1
 	}
 	return 0
 }
+
+// Above reports whether t is newer than o (t.Compare(o) > 0).
+func (t Token) Above(o Token) bool { return t.Compare(o) > 0 }
 
 // Same reports whether both tokens name the same server at the same epoch.
 func (t Token) Same(o Token) bool { return t.ID == o.ID && t.Epoch == o.Epoch }

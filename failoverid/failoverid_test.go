@@ -2,6 +2,7 @@ package failoverid
 
 import (
 	"errors"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -153,14 +154,29 @@ func TestCorruptStateIsAnErrorNeverAReset(t *testing.T) {
 func TestTokenCompare(t *testing.T) {
 	a := Token{ID: "a", Epoch: 3}
 	b := Token{ID: "b", Epoch: 4}
-	if a.Compare(b) != -1 || b.Compare(a) != 1 || a.Compare(Token{ID: "z", Epoch: 3}) != 0 {
+	if a.Compare(b) != -1 || b.Compare(a) != 1 || a.Compare(a) != 0 {
 		t.Fatal("compare orders by epoch")
+	}
+	// An equal epoch is broken by the failover id: no two servers tie.
+	z := Token{ID: "z", Epoch: 3}
+	if a.Compare(z) != -1 || z.Compare(a) != 1 || !z.Above(a) || a.Above(z) || a.Above(a) {
+		t.Fatal("an equal epoch must be ordered by failover id")
+	}
+	// The epoch decides before the id does.
+	if (Token{ID: "z", Epoch: 2}).Above(Token{ID: "a", Epoch: 3}) {
+		t.Fatal("epoch first")
 	}
 	if a.Same(Token{ID: "z", Epoch: 3}) || !a.Same(Token{ID: "a", Epoch: 3}) {
 		t.Fatal("same needs id and epoch")
 	}
-	if NextEpoch(3, 9) != 10 || NextEpoch(9, 3) != 10 || NextEpoch(0, 0) != 1 {
-		t.Fatal("next epoch")
+	for _, c := range []struct{ own, seen, want uint64 }{{3, 9, 10}, {9, 3, 10}, {0, 0, 1}, {math.MaxUint64 - 1, 0, math.MaxUint64}} {
+		if got, err := NextEpoch(c.own, c.seen); err != nil || got != c.want {
+			t.Fatalf("NextEpoch(%d, %d) = %d, %v; want %d", c.own, c.seen, got, err, c.want)
+		}
+	}
+	// A file claiming 2^64-1 must not wrap a takeover to epoch 0.
+	if got, err := NextEpoch(5, math.MaxUint64); !errors.Is(err, ErrEpochExhausted) {
+		t.Fatalf("NextEpoch(5, max) = %d, %v; want ErrEpochExhausted", got, err)
 	}
 	if StepIndex(StepEpochPersisted) != 0 || StepIndex("x") != -1 {
 		t.Fatal("step index")

@@ -108,10 +108,6 @@ func SaveState(dataDir string, s State) error {
 }
 
 // NextEpoch is the epoch a takeover claims: one above both this server's
-// epoch and the highest epoch it has seen.
-func NextEpoch(own, seen uint64) uint64 {
-	if seen > own {
-		own = seen
-	}
-	return own + 1
-}
+// epoch and the highest epoch it has seen. There is none above 2^64-1
+// (ErrEpochExhausted): a file claiming it cannot wrap a takeover to 0.
+func NextEpoch(own, seen uint64) (uint64, error) { return nextEpoch(own, seen) }

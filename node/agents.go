@@ -17,6 +17,31 @@ import (
 	"github.com/tandem-ha/tandem/failoverid"
 )
 
+// Fleet is the set of agents a server repoints when it becomes primary and
+// watches for a higher token while it is. Today's fleet is the local
+// address.yaml files the agents globs match (agentFiles); agents on their
+// own hosts plug in here.
+type Fleet interface {
+	// Rewrite CAS-rewrites every agent to u (takeover or claim); it stops
+	// early when ctx ends.
+	Rewrite(ctx context.Context, u agentcfg.Update)
+	// Scan returns the highest token above own, if any (this server must
+	// fence itself), and re-applies u (when not nil) to agents still below
+	// own.
+	Scan(own failoverid.Token, u *agentcfg.Update) (*failoverid.Token, error)
+	// Highest is the highest token among the agents (a takeover's epoch
+	// must be above it); a cancelled ctx stops it early.
+	Highest(ctx context.Context) failoverid.Token
+	// AddressOf is where the server holding t is, as its agents say ("").
+	AddressOf(t failoverid.Token) string
+	// Status counts the agents for status JSON.
+	Status() AgentsStatus
+	// EndTerm forgets this server's term as primary (rewrites, failures).
+	EndTerm()
+	// Totals are lifetime rewrite counts (metrics).
+	Totals() (ok, fail uint64)
+}
+
 // agentFiles keeps track of the managed address.yaml files: rewrites them
 // (takeover, claim, retry) and scans them for a higher epoch (fencing).
 type agentFiles struct {
@@ -39,17 +64,23 @@ func newAgentFiles(globs []string, log logrus.FieldLogger) *agentFiles {
 // rewrite CAS-rewrites every managed file to u (takeover or claim). Only
 // files below u.Epoch change. Files that could not be rewritten are kept in
 // the failed list for status and retried by scan.
-func (a *agentFiles) rewrite(ctx context.Context, u agentcfg.Update) {
+func (a *agentFiles) Rewrite(ctx context.Context, u agentcfg.Update) {
 	paths, err := agentcfg.Expand(a.globs)
 	if err != nil {
 		a.log.WithError(err).Error("expanding the managed agent globs")
 		return
 	}
-	a.apply(paths, u, true)
+	a.apply(ctx, paths, u, true)
 }
 
-func (a *agentFiles) apply(paths []string, u agentcfg.Update, all bool) {
-	res := agentcfg.RewriteAll(paths, u, agentcfg.BatchOptions{})
+func (a *agentFiles) apply(ctx context.Context, paths []string, u agentcfg.Update, all bool) {
+	// In slices, so that a cancelled context (the role ended, the process
+	// is stopping) stops a large rewrite within one slice.
+	const slice = 2048
+	res := make([]agentcfg.Result, 0, len(paths))
+	for i := 0; i < len(paths) && ctx.Err() == nil; i += slice {
+		res = append(res, agentcfg.RewriteAll(paths[i:min(i+slice, len(paths))], u, agentcfg.BatchOptions{})...)
+	}
 	// Keep survey's cache warm: what we just wrote need not be re-parsed.
 	fresh := make(map[string]fileFacts, len(res))
 	for _, r := range res {
@@ -114,36 +145,43 @@ type fileFacts struct {
 // or inode changed). It returns the highest token above own, if any (this
 // server must fence itself), and re-applies u to files still below own.Epoch
 // (new agents, or files a rewrite failed on).
-func (a *agentFiles) scan(own failoverid.Token, u *agentcfg.Update) (*failoverid.Token, error) {
+func (a *agentFiles) Scan(own failoverid.Token, u *agentcfg.Update) (*failoverid.Token, error) {
 	max, behind, err := a.survey(context.Background())
 	if err != nil {
 		return nil, err
 	}
 	var higher *failoverid.Token
-	if max.Epoch > own.Epoch {
+	if max.Above(own) {
 		higher = &max
 	}
 	var below []string
+	a.mu.Lock()
 	for _, b := range behind {
-		if b.token.Epoch < own.Epoch {
+		switch {
+		case b.token.Compare(own) < 0:
 			below = append(below, b.path)
+		case b.token == own:
+			// Bound to us (fixed by hand, `agents repoint`, or by an
+			// earlier retry): no longer a failure to report.
+			delete(a.failed, b.path)
 		}
 	}
+	a.mu.Unlock()
 	if higher == nil && u != nil && len(below) > 0 {
 		a.log.WithField("files", len(below)).Info("rewriting agent files still below our epoch")
-		a.apply(below, *u, false)
+		a.apply(context.Background(), below, *u, false)
 	}
 	return higher, nil
 }
 
-// highestEpoch is the highest failover_epoch among the managed files. A
-// cancelled ctx stops it early (its partial work still warms the cache).
-func (a *agentFiles) highestEpoch(ctx context.Context) uint64 {
+// Highest is the highest token among the managed files. A cancelled ctx
+// stops it early (its partial work still warms the cache).
+func (a *agentFiles) Highest(ctx context.Context) failoverid.Token {
 	max, _, err := a.survey(ctx)
 	if err != nil && ctx.Err() == nil {
 		a.log.WithError(err).Warn("reading the managed agent files")
 	}
-	return max.Epoch
+	return max
 }
 
 type pathToken struct {
@@ -198,7 +236,7 @@ func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken,
 		if !f.valid {
 			continue // invalid files are reported by rewrites and `agents list`
 		}
-		if f.token.Epoch > max.Epoch {
+		if f.token.Above(max) {
 			max = f.token
 		}
 		all = append(all, pathToken{p, f.token})
@@ -212,7 +250,7 @@ func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken,
 
 // addressOf is the stomp_interface:stomp_port of a managed file bound to t,
 // as last surveyed ("" if none): where the server holding t is.
-func (a *agentFiles) addressOf(t failoverid.Token) string {
+func (a *agentFiles) AddressOf(t failoverid.Token) string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, f := range a.cache {
@@ -223,7 +261,7 @@ func (a *agentFiles) addressOf(t failoverid.Token) string {
 	return ""
 }
 
-func (a *agentFiles) status() AgentsStatus {
+func (a *agentFiles) Status() AgentsStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := AgentsStatus{Managed: a.managed, Rewritten: a.rewritten, Failed: len(a.failed)}
@@ -245,14 +283,14 @@ func (a *agentFiles) status() AgentsStatus {
 // or fenced, the files are another server's to keep, so its status must not
 // go on reporting its old rewrites or failures (nor warn about retries it
 // no longer makes). Lifetime totals (metrics) are kept.
-func (a *agentFiles) endTerm() {
+func (a *agentFiles) EndTerm() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.rewritten = 0
 	a.failed = map[string]string{}
 }
 
-func (a *agentFiles) totals() (ok, fail uint64) {
+func (a *agentFiles) Totals() (ok, fail uint64) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.okTotal, a.failTotal

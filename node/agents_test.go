@@ -32,19 +32,19 @@ func TestRewriteCountsEndWithTheTerm(t *testing.T) {
 	log := logrus.New()
 	log.SetOutput(testWriter{t})
 	f := newAgentFiles([]string{filepath.Join(dir, "*", "address.yaml")}, log)
-	f.rewrite(context.Background(), agentcfg.Update{StompInterface: "127.0.0.1", StompPort: 4000, FailoverID: "a9a9a9a9-0000-4000-8000-000000000001", Epoch: 1})
-	s := f.status()
+	f.Rewrite(context.Background(), agentcfg.Update{StompInterface: "127.0.0.1", StompPort: 4000, FailoverID: "a9a9a9a9-0000-4000-8000-000000000001", Epoch: 1})
+	s := f.Status()
 	if s.Managed != 3 || s.Rewritten != 2 || s.Failed != 1 || len(s.FailedFiles) != 1 {
 		t.Fatalf("after the takeover rewrite: %+v, want 3 managed, 2 rewritten, 1 failed", s)
 	}
-	okBefore, failBefore := f.totals()
+	okBefore, failBefore := f.Totals()
 
-	f.endTerm()
-	s = f.status()
+	f.EndTerm()
+	s = f.Status()
 	if s.Managed != 3 || s.Rewritten != 0 || s.Failed != 0 || len(s.FailedFiles) != 0 {
 		t.Fatalf("after the term ended: %+v, want 3 managed, 0 rewritten, 0 failed", s)
 	}
-	if ok, fail := f.totals(); ok != okBefore || fail != failBefore {
+	if ok, fail := f.Totals(); ok != okBefore || fail != failBefore {
 		t.Fatalf("lifetime totals changed: %d/%d -> %d/%d", okBefore, failBefore, ok, fail)
 	}
 }

@@ -11,26 +11,27 @@ import (
 
 // Status implements Controller.
 func (n *Node) Status() Status {
+	st := n.state()
 	n.mu.Lock()
 	s := Status{
-		Node: n.cfg.Node, Role: n.role, FailoverID: n.id, Epoch: n.st.Epoch,
-		Maintenance: n.st.Maintenance, Advertise: n.advertise, Listen: n.BrokerAddr,
-		HeartbeatChannel: ChannelInfo{URL: n.hbURL, Connected: n.hbUp},
+		Node: n.cfg.Node, Role: n.role.String(), FailoverID: n.id, Epoch: st.Epoch,
+		Maintenance: st.Maintenance, Advertise: n.advertise, Listen: n.BrokerAddr,
+		HeartbeatChannel: ChannelInfo{URL: n.channel.url, Connected: n.channel.up},
 		Runbook:          n.runbook, Warnings: []string{}, Version: version.Version,
 	}
 	if !n.started.IsZero() {
 		s.UptimeMS = n.clock.Now().Sub(n.started).Milliseconds()
 	}
-	if j := n.st.Takeover; j != nil {
+	if j := st.Takeover; j != nil {
 		s.Takeover = &Takeover{Epoch: j.Epoch, Reason: j.Reason, Step: j.Step}
 	}
-	if f := n.st.FencedBy; f != nil && n.role == "fenced" {
+	if f := st.FencedBy; f != nil && n.role == RoleFenced {
 		s.FencedBy = &PeerStatus{FailoverID: f.ID, Epoch: f.Epoch}
 	}
 	prim, back := n.prim, n.back
 	n.mu.Unlock()
 
-	s.Agents = n.files.status()
+	s.Agents = n.files.Status()
 	if prim != nil {
 		ps := prim.Status()
 		s.BackupConfigured = ps.BackupConfigured
@@ -64,7 +65,7 @@ func (n *Node) Metrics() Metrics {
 	prim, back := n.prim, n.back
 	m := Metrics{Takeovers: n.takeovers}
 	n.mu.Unlock()
-	m.AgentRewritesOK, m.AgentRewritesFail = n.files.totals()
+	m.AgentRewritesOK, m.AgentRewritesFail = n.files.Totals()
 	if prim != nil {
 		ps := prim.Status()
 		m.HeartbeatsSent = ps.HeartbeatsSent
@@ -87,7 +88,7 @@ func (n *Node) Switchover(ctx context.Context) error {
 	prim := n.prim
 	role := n.role
 	n.mu.Unlock()
-	if prim == nil || role != "primary" {
+	if prim == nil || role != RolePrimary {
 		return fmt.Errorf("%w (this node is %s): run switchover on the primary", ErrNotPrimary, role)
 	}
 	if n.state().Takeover != nil {

@@ -64,7 +64,7 @@ Flags:
 		fmt.Fprintf(stderr, "tandem server: %s: %v\n", *cfgPath, err)
 		return exitUsage
 	}
-	n, err := node.New(cfg, log)
+	n, err := node.New(cfg, log, node.Options{})
 	if err != nil {
 		fmt.Fprintln(stderr, "tandem server:", err)
 		return exitUsage

@@ -1,0 +1,234 @@
+package node
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"net"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tandem-ha/tandem/broker"
+)
+
+// Dialer opens a bus to the broker at url. The production dialer is a
+// broker.Link (reconnecting STOMP); tests pass MemHub clients.
+type Dialer func(ctx context.Context, url string, o DialOptions) (broker.Bus, error)
+
+// DialOptions are what a role asks of a link.
+type DialOptions struct {
+	// OnState, when set, is told whether the link is connected, on every
+	// change (the heartbeat channel shown in status).
+	OnState func(connected bool)
+	// BufferSize is the per-subscription buffer (0: the dialer's default).
+	BufferSize int
+}
+
+// EmbeddedBroker is the node's own broker, as the node uses it.
+type EmbeddedBroker interface {
+	Addr() string
+	Close() error
+}
+
+// BrokerStarter starts the embedded broker.
+type BrokerStarter func(broker.ServerConfig) (EmbeddedBroker, error)
+
+func startEmbedded(cfg broker.ServerConfig) (EmbeddedBroker, error) {
+	return broker.StartServer(cfg)
+}
+
+func (n *Node) brokerConfig() broker.ServerConfig {
+	return broker.ServerConfig{
+		Listen: n.cfg.Listen, Login: n.cfg.Broker.Login, Passcode: n.cfg.Broker.Passcode,
+		TLS: n.serverTLS, Log: n.log.WithField("component", "broker"),
+	}
+}
+
+// ownLinkBuffer is the per-subscription buffer of the primary's link to its
+// own broker: at least one status report per agent of a 10,000-agent fleet.
+const ownLinkBuffer = 16384
+
+// dialSTOMP is the production Dialer.
+func (n *Node) dialSTOMP(ctx context.Context, url string, o DialOptions) (broker.Bus, error) {
+	cfg := broker.LinkConfig{
+		URL: url, Login: n.cfg.Broker.Login, Passcode: n.cfg.Broker.Passcode, VHost: n.cfg.Broker.Vhost,
+		Log: n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "link": url}), BufferSize: o.BufferSize,
+	}
+	if broker.URLUsesTLS(url) {
+		cfg.TLS = n.clientTLS
+		if url == n.ownURL && n.ownTLS != nil {
+			cfg.TLS = n.ownTLS
+		}
+	}
+	if o.OnState != nil {
+		cfg.OnState = func(s broker.State) { o.OnState(s.State == broker.StateConnected) }
+	}
+	l, err := broker.Dial(ctx, cfg)
+	if err != nil {
+		return nil, err // a plain nil: never a typed-nil Bus
+	}
+	return l, nil
+}
+
+// channelState is the heartbeat channel shown in status. Each new link
+// takes a new generation; a callback of an older link (still closing in
+// the background) changes nothing.
+type channelState struct {
+	url string
+	up  bool
+	gen uint64
+}
+
+// dial opens a link for a role. With track, the link is the heartbeat
+// channel that status shows.
+func (n *Node) dial(ctx context.Context, url string, track bool) (broker.Bus, error) {
+	o := DialOptions{}
+	if url == n.ownURL {
+		// The primary's own link carries agent statuses, which come in a
+		// burst (every agent reports on the first ping after a takeover):
+		// room for a large fleet's burst before the oldest are dropped.
+		o.BufferSize = ownLinkBuffer
+	}
+	if track {
+		n.mu.Lock()
+		n.channel.gen++
+		gen := n.channel.gen
+		n.channel.url, n.channel.up = url, false
+		n.mu.Unlock()
+		o.OnState = func(up bool) {
+			n.mu.Lock()
+			defer n.mu.Unlock()
+			if n.channel.gen == gen {
+				n.channel.up = up
+			}
+		}
+	}
+	return n.opts.Dial(ctx, url, o)
+}
+
+// closeLater closes a bus without waiting: closing a link to a frozen broker
+// can block until a timeout, and role changes must not wait for it.
+func (n *Node) closeLater(b broker.Bus) {
+	n.g.Go(func() { b.Close() })
+}
+
+// lazyBus is a publish-only bus whose link is dialed in the background, so a
+// frozen or unreachable peer never delays the role that uses it. Until the
+// link exists, Publish reports broker.ErrNotConnected.
+type lazyBus struct {
+	mu   sync.Mutex
+	link broker.Bus
+	done bool
+}
+
+func (n *Node) dialLazy(ctx context.Context, url string) *lazyBus {
+	lb := &lazyBus{}
+	n.g.Go(func() {
+		l, err := n.dial(ctx, url, false)
+		if err != nil {
+			return
+		}
+		lb.mu.Lock()
+		defer lb.mu.Unlock()
+		if lb.done {
+			n.closeLater(l)
+			return
+		}
+		lb.link = l
+	})
+	return lb
+}
+
+func (b *lazyBus) Publish(ctx context.Context, dest string, h map[string]string, body []byte) error {
+	b.mu.Lock()
+	l := b.link
+	b.mu.Unlock()
+	if l == nil {
+		return broker.ErrNotConnected
+	}
+	return l.Publish(ctx, dest, h, body)
+}
+
+func (b *lazyBus) Subscribe(string) (broker.Subscription, error) {
+	return nil, errors.New("node: lazy notify bus is publish-only")
+}
+
+// Close releases the link (in the background) and stops a pending dial from
+// keeping its link.
+func (b *lazyBus) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.done = true
+	if b.link != nil {
+		go b.link.Close()
+		b.link = nil
+	}
+	return nil
+}
+
+// effectiveAdvertise replaces port 0 in advertise with the bound port.
+func effectiveAdvertise(advertise, bound string) string {
+	host, port, err := net.SplitHostPort(advertise)
+	if err != nil || port != "0" {
+		return advertise
+	}
+	_, bport, err := net.SplitHostPort(bound)
+	if err != nil {
+		return advertise
+	}
+	return net.JoinHostPort(host, bport)
+}
+
+// loopback turns a listen address into one this host can dial.
+func loopback(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); host == "" || (ip != nil && ip.IsUnspecified()) {
+		host = "127.0.0.1"
+		if ip != nil && ip.To4() == nil {
+			host = "::1"
+		}
+	}
+	return net.JoinHostPort(host, port)
+}
+
+func (n *Node) heartbeatURL(primaryLoc string) string {
+	if n.cfg.HeartbeatBroker != "" {
+		return n.cfg.HeartbeatBroker
+	}
+	return n.brokerURL(primaryLoc)
+}
+
+// brokerURL is the URL of an embedded broker (ours or the peer's) at
+// host:port: a pair is configured alike, so both speak TLS when we do.
+func (n *Node) brokerURL(hostport string) string {
+	if n.serverTLS != nil {
+		return "stomp+ssl://" + hostport
+	}
+	return "stomp://" + hostport
+}
+
+// trustOnly is the client side of a link to our own TLS broker: it reaches
+// it on a loopback address its certificate need not name, so instead of a
+// host name check it accepts exactly the certificate the broker serves.
+func trustOnly(srv *tls.Config) *tls.Config {
+	if srv == nil || len(srv.Certificates) == 0 || len(srv.Certificates[0].Certificate) == 0 {
+		return nil
+	}
+	own := srv.Certificates[0].Certificate[0]
+	return &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		InsecureSkipVerify: true, // replaced by the exact match below
+		VerifyPeerCertificate: func(raw [][]byte, _ [][]*x509.Certificate) error {
+			if len(raw) > 0 && bytes.Equal(raw[0], own) {
+				return nil
+			}
+			return errors.New("the broker on our own address did not present our own certificate")
+		},
+	}
+}

@@ -1,0 +1,136 @@
+package node
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/internal/eventlog"
+	"github.com/tandem-ha/tandem/primary"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+// runPrimary runs the primary role until it ends. done is true when the node
+// should stop (context ended, or fenced and then stopped).
+//
+// The role's work runs under rctx, which is cancelled the instant
+// primary.Role.Run returns, whatever the end; the role's goroutines
+// (after_takeover) are waited for before the end is acted on, so on_fenced
+// never runs beside after_takeover and nothing of the old term is written
+// after the fence.
+func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
+	st := n.state()
+	if st.Epoch == 0 {
+		if err := n.save(func(s *failoverid.State) { s.Epoch = 1 }); err != nil {
+			return true, err
+		}
+		st = n.state()
+		n.entry().Info("fresh primary: epoch 1")
+	}
+	if st.Takeover == nil {
+		// Claim: files with no epoch or a lower one point at us.
+		n.files.Rewrite(ctx, n.update(st.Epoch))
+	}
+	n.setRole(RolePrimary)
+
+	rctx, endRole := context.WithCancel(ctx)
+	defer endRole()
+	var work sync.WaitGroup // the role's own goroutines
+	defer work.Wait()
+
+	var hb, agents broker.Bus
+	ownLink, err := n.dial(rctx, n.ownURL, n.cfg.HeartbeatBroker == "")
+	if err != nil {
+		return true, err
+	}
+	defer n.closeLater(ownLink)
+	agents, hb = ownLink, ownLink
+	if n.cfg.HeartbeatBroker != "" {
+		l, err := n.dial(rctx, n.cfg.HeartbeatBroker, true)
+		if err != nil {
+			return true, err
+		}
+		defer n.closeLater(l)
+		hb = l
+	}
+	var notify []broker.Bus
+	if n.cfg.HeartbeatBroker == "" {
+		peerAddr := ""
+		if st.Takeover != nil && st.Takeover.From != nil {
+			peerAddr = st.Takeover.From.Address
+		} else if st.Peer != nil {
+			peerAddr = st.Peer.Address
+		}
+		if peerAddr != "" && peerAddr != n.advertise {
+			lb := n.dialLazy(rctx, n.brokerURL(peerAddr))
+			defer lb.Close()
+			notify = append(notify, lb)
+		}
+	}
+	upd := n.update(st.Epoch)
+	token := failoverid.Token{ID: n.id, Epoch: st.Epoch}
+	finishing := st.Takeover != nil
+	role := primary.New(primary.Config{
+		Node: n.cfg.Node, Token: token, Advertise: n.advertise,
+		Period: n.cfg.Heartbeat.Period, ReplyPeriod: n.cfg.Heartbeat.ReplyPeriod,
+		// The backup takes over at once on a handover, then runs its
+		// before_takeover hook (up to hooks.timeout) and rewrites the files.
+		HandoverTimeout: n.cfg.Heartbeat.FailWindow + n.cfg.Hooks.Timeout,
+		Dest:            n.dest, Signer: n.signer, Clock: n.clock,
+		Log:      n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "role": "primary", "epoch": st.Epoch}),
+		SeqBase:  uint64(time.Now().UnixMilli()),
+		Instance: n.instance, StartedMS: n.startedMS,
+		CheckFiles: func() (*failoverid.Token, error) {
+			return n.files.Scan(token, &upd)
+		},
+		OnPeer: func(p failoverid.Peer) {
+			if err := n.save(func(s *failoverid.State) { s.Peer = &p }); err != nil {
+				n.entry().WithError(err).Warn("could not remember the backup in state.json")
+			}
+		},
+		Started: func() {
+			if finishing {
+				// after_takeover may take a while: not on the heartbeat loop.
+				work.Add(1)
+				go func() {
+					defer work.Done()
+					n.finishTakeover(rctx)
+				}()
+			}
+		},
+		Maintenance: func() bool { return n.state().Maintenance },
+		Ping:        true,
+		Sent: func(kind string, env protocol.Envelope) {
+			n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: kind, FailoverID: env.FailoverID, Epoch: env.Epoch, Seq: env.Seq, Role: "primary"})
+		},
+		Alive:  n.notify.Alive,
+		Notify: notify,
+	}, hb, agents)
+	n.mu.Lock()
+	n.prim = role
+	n.mu.Unlock()
+	end, err := role.Run(rctx)
+	// The role has ended: stop its work before anything else happens.
+	endRole()
+	n.mu.Lock()
+	n.prim = nil
+	n.mu.Unlock()
+	work.Wait()
+	if err != nil {
+		return true, err
+	}
+	switch end.Kind {
+	case primary.Fenced:
+		return true, n.fenced(ctx, end)
+	case primary.HandedOver:
+		return false, n.becomeBackupOf(end)
+	case primary.Duplicate:
+		return true, fmt.Errorf("%w: %s", ErrDuplicateID, end.Reason)
+	}
+	return true, nil
+}

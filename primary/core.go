@@ -108,6 +108,7 @@ type core struct {
 	gen, holdUntil   int
 	holdSince        time.Time
 
+	received uint64 // messages from other servers and agents handled
 	dup      string // duplicate failover id warning, if any
 	warnings []string
 	agents   map[string]*AgentView
@@ -249,8 +250,12 @@ func (c *core) switchover(now time.Time) (Output, error) {
 // heartbeat is a valid message on the heartbeat channel.
 func (c *core) heartbeat(now time.Time, env protocol.Envelope, _ []byte) Output {
 	var out Output
-	if c.ended || c.clone(env, &out) || env.FailoverID == c.cfg.Token.ID {
-		return out // a clone's verdict, or our own echo
+	if c.ended || c.echo(env) {
+		return out
+	}
+	c.received++
+	if c.clone(env, &out) {
+		return out // a clone's verdict
 	}
 	if t := token(env); higher(t, c.cfg.Token) {
 		c.fence(&out, t, env.Node, env.Advertise, fmt.Sprintf("server %s heartbeats as primary %s", env.Node, above(t, c.cfg.Token)))
@@ -266,8 +271,12 @@ func (c *core) heartbeat(now time.Time, env protocol.Envelope, _ []byte) Output 
 // reply is a valid message on the reply channel (a backup's answer).
 func (c *core) reply(now time.Time, env protocol.Envelope, _ []byte) Output {
 	var out Output
-	if c.ended || c.clone(env, &out) || env.FailoverID == c.cfg.Token.ID {
+	if c.ended || c.echo(env) {
 		return out
+	}
+	c.received++
+	if c.clone(env, &out) {
+		return out // a clone's verdict
 	}
 	if t := token(env); higher(t, c.cfg.Token) && env.Role != "backup" {
 		c.fence(&out, t, env.Node, env.Advertise, fmt.Sprintf("server %s replies %s", env.Node, above(t, c.cfg.Token)))
@@ -303,6 +312,7 @@ func (c *core) agentStatus(now time.Time, env protocol.Envelope, body []byte) Ou
 	if c.ended {
 		return out
 	}
+	c.received++
 	if t := token(env); higher(t, c.cfg.Token) {
 		c.fence(&out, t, "", "", fmt.Sprintf("agent %s is bound %s", env.Node, above(t, c.cfg.Token)))
 		return out
@@ -321,6 +331,11 @@ func (c *core) agentStatus(now time.Time, env protocol.Envelope, body []byte) Ou
 	c.agents[env.Node] = &AgentView{ID: env.Node, Path: rep.Path, FailoverID: env.FailoverID, Epoch: env.Epoch,
 		Accepted: rep.Accepted, Rejected: rep.Rejected, FileError: rep.FileError, LastSeen: now}
 	return out
+}
+
+// echo: a message of our own process (not a clone's).
+func (c *core) echo(env protocol.Envelope) bool {
+	return env.FailoverID == c.cfg.Token.ID && !env.Clone(c.cfg.Token.ID, c.cfg.Instance)
 }
 
 func token(env protocol.Envelope) failoverid.Token {
@@ -439,6 +454,7 @@ func (c *core) status(now time.Time, s *Status) {
 		s.LastReplyAgeMS = now.Sub(c.lastReply).Milliseconds()
 	}
 	s.Handover = c.handoverTo
+	s.Received = c.received
 	s.Warnings = append([]string(nil), c.warnings...)
 }
 

@@ -116,7 +116,7 @@ type Status struct {
 	LastReplyAgeMS   int64 // -1: never
 	HeartbeatsSent   uint64
 	CommandsSent     uint64
-	Received         uint64 // valid messages handled (heartbeats, replies, agent statuses)
+	Received         uint64 // valid messages from other servers and agents handled (own echoes not counted)
 	Dropped          uint64 // messages dropped as malformed
 	SignatureFails   uint64 // messages dropped: unsigned or badly signed
 	Handover         string // failover id of the backup being handed to
@@ -333,11 +333,7 @@ func (r *Role) message(m broker.Message, ok bool, ch <-chan broker.Message, h fu
 		r.cfg.Log.WithError(err).WithField("destination", m.Destination).Debug("dropped message")
 		return Output{}, ch
 	}
-	out := r.step(func(c *core, now time.Time) Output { return h(c, now, env, m.Body) })
-	r.mu.Lock()
-	r.st.Received++
-	r.mu.Unlock()
-	return out, ch
+	return r.step(func(c *core, now time.Time) Output { return h(c, now, env, m.Body) }), ch
 }
 
 // publish sends a heartbeat (on the heartbeat channel and every Notify bus)

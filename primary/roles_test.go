@@ -1,8 +1,11 @@
 package primary_test
 
 // Role-level tests: a primary and a backup role on the in-memory bus, driven
-// by a fake clock. No sleeps: the test advances time and waits (with a
-// deadline) for the loops to react.
+// by a fake clock that hands its ticks over (clock.NewHandoverFake). No
+// sleeps: the test advances time and waits (with a deadline) for the loops to
+// react. An absence ("did not end", "did not take over") is asserted with
+// took: a loop takes a tick only once it handled everything it consumed
+// before, and a loop that ended stopped its ticker.
 
 import (
 	"context"
@@ -54,7 +57,7 @@ func quietLog() logrus.FieldLogger {
 
 func newPair(t *testing.T, key []byte, startBackup bool) *pair {
 	t.Helper()
-	p := &pair{t: t, hub: broker.NewMemHub(), clk: clock.NewFake(time.Unix(1_700_000_000, 0)),
+	p := &pair{t: t, hub: broker.NewMemHub(), clk: clock.NewHandoverFake(time.Unix(1_700_000_000, 0)),
 		primEnd: make(chan primary.End, 1), backEnd: make(chan backup.End, 1), signer: protocol.NewSigner(key)}
 	ctx, cancel := context.WithCancel(context.Background())
 	p.cancel = cancel
@@ -141,6 +144,21 @@ func (p *pair) beat(expectDelivery bool) {
 	}
 }
 
+// backTick is the backup's loop tick for period (backup.Role's tickEvery):
+// off the 100 ms grid of the primary's ticker and of the backup's reply
+// ticker, so one such step falls due for the backup's loop alone.
+const backTick = period / 4
+
+// took advances the clock by d and fails unless exactly want loops took the
+// tick that fell due: each one that did had handled every input it consumed
+// before and was still running.
+func (p *pair) took(d time.Duration, want int, what string) {
+	p.t.Helper()
+	if n := p.clk.Step(d); n != want {
+		p.t.Fatalf("%s: %d loops took the tick, want %d", what, n, want)
+	}
+}
+
 // raw publishes a message as some other endpoint.
 func (p *pair) raw(from, d string, env protocol.Envelope, sign bool) {
 	h := env.Headers()
@@ -157,17 +175,13 @@ func TestNoTakeoverWhileHeartbeatsFlow(t *testing.T) {
 	for i := 0; i < 100; i++ { // 10 s of fake time
 		p.beat(true)
 	}
-	select {
-	case e := <-p.backEnd:
-		t.Fatalf("backup ended while heartbeats flowed: %+v", e)
-	default:
-	}
 	if !p.prim.Status().BackupConfigured {
 		t.Fatal("primary does not know a backup replied")
 	}
 	if s := p.back.Status(); s.Primary.FailoverID != primID || s.Primary.Epoch != 3 || s.LastHeartbeatAgeMS != 0 {
 		t.Fatalf("backup's view of the primary: %+v", s)
 	}
+	p.took(backTick, 1, "backup ended while heartbeats flowed")
 }
 
 func TestPartitionTakesOverAfterTheWindow(t *testing.T) {
@@ -177,11 +191,8 @@ func TestPartitionTakesOverAfterTheWindow(t *testing.T) {
 	for i := 0; i < 4; i++ {
 		p.beat(false)
 	}
-	select {
-	case e := <-p.backEnd:
-		t.Fatalf("took over before the window: %+v", e)
-	default:
-	}
+	// 425 ms of silence, window 500 ms: the backup still runs.
+	p.took(backTick, 1, "took over before the window")
 	var end backup.End
 	p.eventually("takeover", func() bool {
 		p.clk.Advance(25 * time.Millisecond)
@@ -216,7 +227,7 @@ func TestHigherEpochHeartbeatFencesAndSilencesThePrimary(t *testing.T) {
 	// I5: nothing more from the fenced primary, however long we wait.
 	drain(witness)
 	for i := 0; i < 20; i++ {
-		p.clk.Advance(period)
+		p.took(period, 0, "the fenced primary's loop still runs")
 	}
 	if m := drain(witness); len(m) != 0 {
 		t.Fatalf("fenced primary sent %d heartbeats", len(m))
@@ -228,12 +239,22 @@ func TestEqualOrLowerEpochDoesNotFence(t *testing.T) {
 	// Equal epoch with a lower failover id, and a lower epoch: not above us.
 	p.raw("x", dest.Heartbeat, protocol.Envelope{FailoverID: lowID, Epoch: 3, Node: "x", Seq: 1, Role: "primary"}, false)
 	p.raw("x", dest.Heartbeat, protocol.Envelope{FailoverID: evilID, Epoch: 1, Node: "x", Seq: 1, Role: "primary"}, false)
-	p.beat(false)
-	p.beat(false)
+	p.eventually("both heartbeats handled", func() bool { return p.prim.Status().Received >= 2 })
+	p.took(period, 1, "the primary ended on a heartbeat not above its token")
+}
+
+// Two primaries at one epoch: the one with the lower failover id is fenced
+// by a heartbeat of the other (primID orders above lowID, below evilID).
+func TestEqualEpochGreaterIDFences(t *testing.T) {
+	p := newPair(t, nil, false)
+	p.raw("x", dest.Heartbeat, protocol.Envelope{FailoverID: evilID, Epoch: 3, Node: "x", Seq: 1, Role: "primary", Advertise: "x:1"}, false)
 	select {
-	case e := <-p.primEnd:
-		t.Fatalf("primary ended: %+v", e)
-	default:
+	case end := <-p.primEnd:
+		if end.Kind != primary.Fenced || end.By != (failoverid.Token{ID: evilID, Epoch: 3}) || end.ByNode != "x" {
+			t.Fatalf("%+v", end)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("a primary at the same epoch with a greater failover id did not fence us")
 	}
 }
 
@@ -278,22 +299,13 @@ func TestForgedMessagesAreDroppedWithASecret(t *testing.T) {
 	h := protocol.Envelope{FailoverID: evilID, Epoch: 99, Node: "evil", Seq: 2, Role: "primary", HandoverTo: backID}.Headers()
 	protocol.NewSigner([]byte("wrong")).Sign(dest.Heartbeat, h, nil)
 	p.hub.Client("evil").Publish(context.Background(), dest.Heartbeat, h, nil)
+	p.eventually("both forged heartbeats dropped by both", func() bool {
+		return p.prim.Status().SignatureFails >= 2 && p.back.Status().SignatureFails >= 2
+	})
 	for i := 0; i < 10; i++ {
-		p.beat(true)
+		p.beat(true) // the primary still heartbeats, the backup still counts them
 	}
-	select {
-	case e := <-p.primEnd:
-		t.Fatalf("primary ended on a forged message: %+v", e)
-	case e := <-p.backEnd:
-		t.Fatalf("backup ended on a forged message: %+v", e)
-	default:
-	}
-	if d := p.prim.Status().SignatureFails; d < 2 {
-		t.Fatalf("primary counted %d signature failures, want 2", d)
-	}
-	if d := p.back.Status().SignatureFails; d < 2 {
-		t.Fatalf("backup counted %d signature failures, want 2", d)
-	}
+	p.took(backTick, 1, "backup ended on a forged message")
 }
 
 func TestSwitchoverHandsOverAndThePrimaryLearnsIt(t *testing.T) {
@@ -418,7 +430,7 @@ func TestASlowFileScanDoesNotDelayHeartbeats(t *testing.T) {
 
 func TestACloneOfThePrimaryThatStartedEarlierStopsUs(t *testing.T) {
 	hub := broker.NewMemHub()
-	clk := clock.NewFake(time.Unix(1_700_000_000, 0))
+	clk := clock.NewHandoverFake(time.Unix(1_700_000_000, 0))
 	mk := func(inst string, started int64) *primary.Role {
 		bus := hub.Client("p-" + inst)
 		return primary.New(primary.Config{Node: "a", Token: failoverid.Token{ID: primID, Epoch: 3}, Period: period,
@@ -439,8 +451,7 @@ func TestACloneOfThePrimaryThatStartedEarlierStopsUs(t *testing.T) {
 		case <-deadline:
 			t.Fatal("no clone detected")
 		default:
-			clk.Advance(period)
-			time.Sleep(time.Millisecond)
+			clk.Advance(period) // returns once both loops took the tick
 		}
 	}
 	if !strings.Contains(end.Reason, "duplicate failover_id") {
@@ -450,17 +461,12 @@ func TestACloneOfThePrimaryThatStartedEarlierStopsUs(t *testing.T) {
 	// its status only if it heard the later one before that one stopped.)
 	sent := early.Status().HeartbeatsSent
 	for i := 0; i < 5; i++ {
-		clk.Advance(period)
-		time.Sleep(time.Millisecond)
+		if n := clk.Step(period); n != 1 { // the later clone's loop ended: only the earlier takes ticks
+			t.Fatalf("the earlier clone stopped too (%d loops took the tick)", n)
+		}
 	}
-	if early.Status().HeartbeatsSent <= sent {
-		t.Fatal("the earlier clone stopped heartbeating")
-	}
-	select {
-	case e := <-ends:
-		t.Fatalf("the earlier clone stopped too: %+v", e)
-	default:
-	}
+	p := &pair{t: t, clk: clk}
+	p.eventually("the earlier clone heartbeats", func() bool { return early.Status().HeartbeatsSent > sent })
 }
 
 func TestSwitchoverLearnedFromTheFilesStillNamesTheNewPrimary(t *testing.T) {
@@ -514,11 +520,7 @@ func TestASwitchoverLapsesOnlyAfterTheHandoverTimeout(t *testing.T) {
 	if s := p.prim.Status(); s.Handover != "" {
 		t.Fatalf("handover still pending %s after it began (timeout %s): %+v", window+period, window, s)
 	}
-	select {
-	case end := <-p.primEnd:
-		t.Fatalf("primary ended: %+v", end)
-	default:
-	}
+	p.took(period, 1, "the primary ended when the switchover lapsed")
 }
 
 // The backup counts every heartbeat it receives and, apart, those it did not

@@ -100,6 +100,23 @@ type Agent struct {
 	conn     bool
 	counts   map[failoverid.Token]*Counts
 	acc, rej uint64
+	gen      uint64 // connection generation: a report about an older one does not touch conn
+
+	// Status reports are published by one short-lived goroutine at a
+	// time, never by Run: a publish on a link to a server that stopped
+	// reading must not delay the agent's reaction to its file. A report
+	// asked for while one is in flight replaces any still waiting.
+	repMu   sync.Mutex
+	repNext *reportReq
+	repBusy bool
+	repWG   sync.WaitGroup
+}
+
+type reportReq struct {
+	ctx  context.Context
+	bus  broker.Bus
+	addr agentcfg.Address
+	gen  uint64
 }
 
 // New returns an agent; call Run.
@@ -190,6 +207,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	tick := a.cfg.Clock.NewTicker(a.cfg.Period)
 	defer tick.Stop()
+	defer a.repWG.Wait() // a report in flight ends with ctx
 
 	var bus broker.Bus
 	var sub broker.Subscription
@@ -225,6 +243,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 		a.mu.Lock()
 		a.conn = false
+		a.gen++
 		a.mu.Unlock()
 	}
 	defer disconnect()
@@ -253,6 +272,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		bus, sub = b, s
 		a.mu.Lock()
 		a.conn = true
+		a.gen++
 		a.mu.Unlock()
 		log.WithFields(logrus.Fields{"server": t, "failover_id": addr.FailoverID, "epoch": addr.FailoverEpoch}).Info("following address.yaml")
 		a.report(ctx, bus, addr) // the new server knows us at once
@@ -338,24 +358,57 @@ func (a *Agent) command(m broker.Message) (agentcfg.Address, bool) {
 	return addr, ok
 }
 
-// report publishes the agent's status, tagged with the token it is bound to.
+// report asks for the agent's status to be published on bus, tagged with
+// the token it is bound to. It never waits for the publish.
 func (a *Agent) report(ctx context.Context, bus broker.Bus, addr agentcfg.Address) {
+	a.mu.Lock()
+	gen := a.gen
+	a.mu.Unlock()
+	a.repMu.Lock()
+	defer a.repMu.Unlock()
+	a.repNext = &reportReq{ctx: ctx, bus: bus, addr: addr, gen: gen}
+	if !a.repBusy {
+		a.repBusy = true
+		a.repWG.Add(1)
+		go a.reporter()
+	}
+}
+
+// reporter publishes the waiting reports, one at a time, until none waits.
+func (a *Agent) reporter() {
+	defer a.repWG.Done()
+	for {
+		a.repMu.Lock()
+		r := a.repNext
+		a.repNext = nil
+		if r == nil {
+			a.repBusy = false
+			a.repMu.Unlock()
+			return
+		}
+		a.repMu.Unlock()
+		a.publishStatus(r)
+	}
+}
+
+// publishStatus publishes one report, bounded by the period.
+func (a *Agent) publishStatus(r *reportReq) {
+	if r.ctx.Err() != nil {
+		return
+	}
 	body, _ := json.Marshal(a.Status())
-	env := protocol.Envelope{FailoverID: addr.FailoverID, Epoch: addr.FailoverEpoch, Node: a.cfg.ID, Role: "agent"}
+	env := protocol.Envelope{FailoverID: r.addr.FailoverID, Epoch: r.addr.FailoverEpoch, Node: a.cfg.ID, Role: "agent"}
 	if env.FailoverID == "" {
 		env.FailoverID = "none"
 	}
 	h := env.Headers()
 	a.cfg.Signer.Sign(a.cfg.Dest.AgentStatus, h, body)
-	pctx, cancel := context.WithTimeout(ctx, a.cfg.Period)
+	pctx, cancel := context.WithTimeout(r.ctx, a.cfg.Period)
 	defer cancel()
-	if err := bus.Publish(pctx, a.cfg.Dest.AgentStatus, h, body); err != nil {
-		a.mu.Lock()
-		a.conn = false
-		a.mu.Unlock()
-		return
-	}
+	err := r.bus.Publish(pctx, a.cfg.Dest.AgentStatus, h, body)
 	a.mu.Lock()
-	a.conn = true
-	a.mu.Unlock()
+	defer a.mu.Unlock()
+	if r.gen == a.gen {
+		a.conn = err == nil
+	}
 }

@@ -12,6 +12,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/go-stomp/stomp/v3"
@@ -25,6 +26,8 @@ const (
 	DefaultBackoffMin     = 100 * time.Millisecond
 	DefaultBackoffMax     = 5 * time.Second
 	DefaultDialTimeout    = 5 * time.Second
+	DefaultCloseTimeout   = 2 * time.Second
+	DefaultOutboxSize     = 8192
 	unsubscribeReceiptTTL = time.Second
 	disconnectReceiptTTL  = time.Second
 	// stableConnection: a connection that lasted less than this counts as
@@ -72,6 +75,31 @@ type LinkConfig struct {
 	Log logrus.FieldLogger
 	// BufferSize is each subscription's buffer; default DefaultBufferSize.
 	BufferSize int
+	// OutboxSize bounds the messages waiting for the link's sender: Publish
+	// hands its message to the outbox and never waits on go-stomp's
+	// connection lock. When it is full the oldest waiting message is dropped
+	// (its Publish fails with ErrOutboxFull; counted in Stats). Default
+	// DefaultOutboxSize.
+	OutboxSize int
+	// CloseTimeout bounds Close: the DISCONNECT goodbye gets half of it,
+	// then the socket is closed under go-stomp. Default 2s.
+	CloseTimeout time.Duration
+	// WriteTimeout: the connection is dropped (and redialled) when one write
+	// to the broker blocks this long (a broker that stopped reading).
+	// Default HeartBeat+HeartBeatError, or DialTimeout with heart-beats off.
+	WriteTimeout time.Duration
+}
+
+// ErrOutboxFull is why a Publish failed when its message was dropped from a
+// full outbox (the broker is not taking messages as fast as they come).
+var ErrOutboxFull = errors.New("broker: outbox full")
+
+// LinkStats counts what happened to published messages.
+type LinkStats struct {
+	Sent       uint64 // handed to the connection
+	OutboxFull uint64 // dropped from a full outbox (oldest first)
+	Expired    uint64 // their Publish's context ended before they were sent
+	Failed     uint64 // the connection refused them or went down first
 }
 
 // ConnState is the state of a Link's connection.
@@ -196,6 +224,18 @@ func (c LinkConfig) withDefaults() (LinkConfig, endpoint, error) {
 	if c.BufferSize == 0 {
 		c.BufferSize = DefaultBufferSize
 	}
+	if c.OutboxSize == 0 {
+		c.OutboxSize = DefaultOutboxSize
+	}
+	if c.CloseTimeout == 0 {
+		c.CloseTimeout = DefaultCloseTimeout
+	}
+	if c.WriteTimeout == 0 {
+		c.WriteTimeout = c.DialTimeout
+		if c.HeartBeat > 0 {
+			c.WriteTimeout = c.HeartBeat + c.HeartBeatError
+		}
+	}
 	if c.Log == nil {
 		c.Log = logrus.StandardLogger()
 	}
@@ -208,6 +248,12 @@ func (c LinkConfig) withDefaults() (LinkConfig, endpoint, error) {
 		return c, ep, fmt.Errorf("%w: BufferSize (%d) must be positive", ErrInvalidConfig, c.BufferSize)
 	case c.DialTimeout < 0:
 		return c, ep, fmt.Errorf("%w: DialTimeout (%s) must be positive", ErrInvalidConfig, c.DialTimeout)
+	case c.OutboxSize < 1:
+		return c, ep, fmt.Errorf("%w: OutboxSize (%d) must be positive", ErrInvalidConfig, c.OutboxSize)
+	case c.CloseTimeout < 0:
+		return c, ep, fmt.Errorf("%w: CloseTimeout (%s) must be positive", ErrInvalidConfig, c.CloseTimeout)
+	case c.WriteTimeout < 0:
+		return c, ep, fmt.Errorf("%w: WriteTimeout (%s) must be positive", ErrInvalidConfig, c.WriteTimeout)
 	}
 	return c, ep, nil
 }
@@ -215,7 +261,16 @@ func (c LinkConfig) withDefaults() (LinkConfig, endpoint, error) {
 // Link is a Bus over one STOMP connection to a broker, kept up in the
 // background: it reconnects with jittered exponential backoff and
 // resubscribes every live subscription. Messages published while it is down
-// fail with ErrNotConnected (nothing is queued).
+// fail with ErrNotConnected (nothing is queued across a reconnect).
+//
+// go-stomp's Conn.Send holds the connection's lock while it waits (up to its
+// send timeout) for room in a small write queue; when the broker stops
+// reading, or dies with that queue full, every Send and the Disconnect wait
+// their turn behind each other. So callers never call into go-stomp: Publish
+// puts its message in a bounded outbox, one sender goroutine per connection
+// is the only caller of Send, and Publish waits for the outcome only as long
+// as its context allows. Close closes the socket under go-stomp when the
+// goodbye does not finish in time.
 type Link struct {
 	cfg LinkConfig
 	ep  endpoint
@@ -223,12 +278,16 @@ type Link struct {
 
 	ctx    context.Context
 	cancel context.CancelFunc
-	wg     sync.WaitGroup // run loop, drains, background unsubscribes
+	wg     sync.WaitGroup // run loop and drains
 
 	mu        sync.Mutex
 	conn      *stomp.Conn
+	wc        *watchedConn  // conn's socket
+	out       chan *pubReq  // conn's outbox; nil while down
 	connected chan struct{} // closed while connected; replaced on disconnect
 	closed    bool
+
+	sent, outboxFull, expired, failed atomic.Uint64
 
 	subMu sync.Mutex // serialises subscription changes and resubscription
 	subs  map[*linkSub]struct{}
@@ -300,9 +359,13 @@ func (l *Link) WaitConnected(ctx context.Context) error {
 }
 
 // Close disconnects, closes every subscription and waits for the link's
-// goroutines (at most about a second for a broker that does not answer).
-// Safe to call more than once.
+// goroutines, at most CloseTimeout: a broker that does not answer the
+// goodbye has its socket closed under go-stomp after half of it (go-stomp's
+// own goroutines may then take up to its send timeout to notice). Safe to
+// call more than once; a Close that ran out of time returns
+// ErrCloseTimeout (the first time).
 func (l *Link) Close() error {
+	var closeErr error
 	l.closeOnce.Do(func() {
 		l.mu.Lock()
 		l.closed = true
@@ -315,28 +378,53 @@ func (l *Link) Close() error {
 		for s := range subs {
 			s.buf.Close()
 		}
-		l.wg.Wait()
+		done := make(chan struct{})
+		go func() { l.wg.Wait(); close(done) }()
+		t := time.NewTimer(l.cfg.CloseTimeout)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			// The run loop closes the socket itself after half the
+			// budget; this is the last resort.
+			l.mu.Lock()
+			wc := l.wc
+			l.mu.Unlock()
+			if wc != nil {
+				wc.hardClose()
+			}
+			closeErr = fmt.Errorf("%w: broker link to %s after %s", ErrCloseTimeout, l.ep.addr, l.cfg.CloseTimeout)
+			l.log.WithError(closeErr).Warn("broker link close did not finish in time")
+		}
 		l.report(State{State: StateClosed, Addr: l.ep.addr})
 	})
-	return nil
+	return closeErr
+}
+
+// Stats returns the link's publish counters.
+func (l *Link) Stats() LinkStats {
+	return LinkStats{Sent: l.sent.Load(), OutboxFull: l.outboxFull.Load(), Expired: l.expired.Load(), Failed: l.failed.Load()}
+}
+
+// pubReq is one message in a connection's outbox.
+type pubReq struct {
+	ctx  context.Context
+	dest string
+	body []byte
+	opts []func(*frame.Frame) error
+	done chan error // buffered: the sender never waits for the publisher
 }
 
 // Publish sends one message with the given custom headers. It fails with
 // ErrNotConnected (wrapped) while the link is down and ErrClosed after
-// Close. It may block for up to about 2× the heart-beat if the broker stops
-// reading.
+// Close. It never waits on go-stomp: the message goes to the connection's
+// outbox and Publish waits for the sender's outcome until ctx ends (then it
+// returns ctx's error and the message is not sent if it has not been yet).
+// A full outbox drops its oldest message, whose Publish fails with
+// ErrOutboxFull.
 func (l *Link) Publish(ctx context.Context, dest string, headers map[string]string, body []byte) error {
 	if err := ctx.Err(); err != nil {
 		return err
-	}
-	l.mu.Lock()
-	conn, closed := l.conn, l.closed
-	l.mu.Unlock()
-	if closed {
-		return ErrClosed
-	}
-	if conn == nil {
-		return fmt.Errorf("publish to %s via %s: %w", dest, l.ep.addr, ErrNotConnected)
 	}
 	keys := make([]string, 0, len(headers))
 	for k := range headers {
@@ -347,10 +435,85 @@ func (l *Link) Publish(ctx context.Context, dest string, headers map[string]stri
 	for _, k := range keys {
 		opts = append(opts, stomp.SendOpt.Header(k, headers[k]))
 	}
-	if err := conn.Send(dest, "", body, opts...); err != nil {
-		return fmt.Errorf("publish to %s via %s: %w: %v", dest, l.ep.addr, ErrNotConnected, err)
+	r := &pubReq{ctx: ctx, dest: dest, body: body, opts: opts, done: make(chan error, 1)}
+	l.mu.Lock()
+	out, closed := l.out, l.closed
+	if closed {
+		l.mu.Unlock()
+		return ErrClosed
 	}
-	return nil
+	if out == nil {
+		l.mu.Unlock()
+		return fmt.Errorf("publish to %s via %s: %w", dest, l.ep.addr, ErrNotConnected)
+	}
+	// Only publishers push, under l.mu, so after making room the push
+	// cannot fail.
+	for pushed := false; !pushed; {
+		select {
+		case out <- r:
+			pushed = true
+		default:
+			select {
+			case old := <-out:
+				l.outboxFull.Add(1)
+				old.done <- fmt.Errorf("publish to %s via %s: %w (%d waiting)", old.dest, l.ep.addr, ErrOutboxFull, cap(out))
+			default:
+			}
+		}
+	}
+	l.mu.Unlock()
+	select {
+	case err := <-r.done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("publish to %s via %s: %w", dest, l.ep.addr, ctx.Err())
+	case <-l.ctx.Done():
+		return ErrClosed
+	}
+}
+
+// send is a connection's only caller of go-stomp's Send: it takes the
+// outbox's messages in order until the connection is detached (down or
+// closing), then fails what is left.
+func (l *Link) send(conn *stomp.Conn, wc *watchedConn, out chan *pubReq, detached <-chan struct{}) {
+	fail := func(r *pubReq, err error) {
+		l.failed.Add(1)
+		r.done <- fmt.Errorf("publish to %s via %s: %w: %v", r.dest, l.ep.addr, ErrNotConnected, err)
+	}
+	for {
+		select {
+		case r := <-out:
+			if err := r.ctx.Err(); err != nil {
+				l.expired.Add(1)
+				r.done <- err
+				continue
+			}
+			select {
+			case <-wc.dead:
+				fail(r, wc.reason())
+				continue
+			case <-detached:
+				fail(r, errors.New("connection closing"))
+				continue
+			default:
+			}
+			if err := conn.Send(r.dest, "", r.body, r.opts...); err != nil {
+				fail(r, err)
+				continue
+			}
+			l.sent.Add(1)
+			r.done <- nil
+		case <-detached:
+			for {
+				select {
+				case r := <-out:
+					fail(r, errors.New("connection lost"))
+				default:
+					return
+				}
+			}
+		}
+	}
 }
 
 // Subscribe registers interest in dest. While the link is down the
@@ -485,8 +648,11 @@ func (l *Link) run() {
 				l.log.WithError(err).WithField("destination", s.dest).Warn("resubscribe failed")
 			}
 		}
+		out := make(chan *pubReq, l.cfg.OutboxSize)
+		detached := make(chan struct{})
+		go l.send(conn, wc, out, detached)
 		l.mu.Lock()
-		l.conn = conn
+		l.conn, l.wc, l.out = conn, wc, out
 		close(l.connected)
 		l.mu.Unlock()
 		l.subMu.Unlock()
@@ -504,17 +670,24 @@ func (l *Link) run() {
 		case <-l.ctx.Done():
 		}
 		l.mu.Lock()
-		l.conn = nil
+		l.conn, l.out = nil, nil
 		l.connected = make(chan struct{})
 		l.mu.Unlock()
+		close(detached) // nothing enters out any more; the sender fails the rest
 		if l.ctx.Err() != nil {
-			// Graceful goodbye, bounded by DisconnectReceiptTimeout.
-			_ = conn.Disconnect()
-			_ = conn.MustDisconnect()
-			wc.Close()
+			l.goodbye(conn, wc)
+			l.mu.Lock()
+			l.wc = nil
+			l.mu.Unlock()
 			return
 		}
-		_ = conn.MustDisconnect()
+		// Close the socket first: go-stomp's MustDisconnect waits for its
+		// lock, which a Send may hold for its whole send timeout.
+		wc.hardClose()
+		go func() { _ = conn.MustDisconnect() }()
+		l.mu.Lock()
+		l.wc = nil
+		l.mu.Unlock()
 		// A connection that lived a while earns a quick reconnect (a broker
 		// restart is usually quick); one that died at once (the broker
 		// refuses a subscription with an ERROR frame, say) counts as a
@@ -531,6 +704,26 @@ func (l *Link) run() {
 			return
 		}
 	}
+}
+
+// goodbye sends DISCONNECT and waits for its receipt for at most half of
+// CloseTimeout, then closes the socket under go-stomp (which unblocks its
+// writer; its goroutines then end by themselves).
+func (l *Link) goodbye(conn *stomp.Conn, wc *watchedConn) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = conn.Disconnect()
+		_ = conn.MustDisconnect()
+	}()
+	t := time.NewTimer(l.cfg.CloseTimeout / 2)
+	defer t.Stop()
+	select {
+	case <-done:
+	case <-t.C:
+		l.log.Debug("broker did not take the DISCONNECT in time; closing the socket")
+	}
+	wc.hardClose()
 }
 
 func (l *Link) sleep(d time.Duration) bool {
@@ -564,6 +757,7 @@ func (l *Link) connect() (*stomp.Conn, *watchedConn, error) {
 	if err != nil {
 		return nil, nil, err
 	}
+	raw := nc
 	if l.ep.useTLS {
 		tc := l.cfg.TLS
 		if tc == nil {
@@ -581,7 +775,7 @@ func (l *Link) connect() (*stomp.Conn, *watchedConn, error) {
 		}
 		nc = tlsConn
 	}
-	wc := &watchedConn{Conn: nc, dead: make(chan struct{})}
+	wc := &watchedConn{Conn: nc, raw: raw, dead: make(chan struct{}), writeTimeout: l.cfg.WriteTimeout}
 	hb := max(l.cfg.HeartBeat, 0)
 	sendTimeout := min(max(2*hb, 500*time.Millisecond), 5*time.Second)
 	opts := []func(*stomp.Conn) error{
@@ -619,12 +813,33 @@ func (l *Link) connect() (*stomp.Conn, *watchedConn, error) {
 // watchedConn tells the link when go-stomp's connection is gone: on the first
 // read error (broker closed or died) or when go-stomp closes it (heart-beat
 // timeout, ERROR frame, MustDisconnect).
+//
+// It also bounds every write by writeTimeout: go-stomp's writer has no
+// deadline, and while it is blocked writing to a broker that stopped reading
+// its I/O loop cannot notice a heart-beat timeout either.
 type watchedConn struct {
 	net.Conn
-	once sync.Once
-	dead chan struct{}
-	mu   sync.Mutex
-	err  error
+	raw          net.Conn // the TCP connection under TLS (or Conn itself)
+	writeTimeout time.Duration
+	once         sync.Once
+	dead         chan struct{}
+	mu           sync.Mutex
+	err          error
+}
+
+func (w *watchedConn) Write(p []byte) (int, error) {
+	if w.writeTimeout > 0 {
+		_ = w.Conn.SetWriteDeadline(time.Now().Add(w.writeTimeout))
+	}
+	n, err := w.Conn.Write(p)
+	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() {
+			err = fmt.Errorf("broker stopped reading: a write blocked for %s", w.writeTimeout)
+		}
+		w.fail(err)
+	}
+	return n, err
 }
 
 func (w *watchedConn) fail(err error) {
@@ -658,6 +873,14 @@ func (w *watchedConn) Close() error {
 	return w.Conn.Close()
 }
 
+// hardClose closes the TCP socket under go-stomp (and under TLS, whose
+// close_notify could block on a broker that does not read), which ends
+// go-stomp's blocked writer and reader.
+func (w *watchedConn) hardClose() {
+	w.fail(errors.New("connection closed by the link"))
+	_ = w.raw.Close()
+}
+
 // linkSub is a Link subscription: it outlives connections.
 type linkSub struct {
 	link *Link
@@ -679,11 +902,10 @@ func (s *linkSub) Close() error {
 	cur := s.cur
 	s.cur = nil
 	if live && cur != nil && l.ctx.Err() == nil {
-		l.wg.Add(1)
-		go func() {
-			defer l.wg.Done()
-			_ = cur.Unsubscribe()
-		}()
+		// Not in l.wg: Close does not wait for it. go-stomp bounds it (its
+		// send timeout, then unsubscribeReceiptTTL), and the drain ends
+		// when go-stomp closes the subscription's channel.
+		go func() { _ = cur.Unsubscribe() }()
 	}
 	l.subMu.Unlock()
 	s.buf.Close()

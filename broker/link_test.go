@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -217,4 +218,216 @@ func TestLinkCloseDuringConnect(t *testing.T) {
 	if d := time.Since(start); d > 2*time.Second {
 		t.Fatalf("Dial+Close took %s", d)
 	}
+}
+
+// blackHole is a STOMP "broker" that answers CONNECT (declining
+// heart-beats, so only a stalled write can tell the client anything is
+// wrong) and then never reads again: a frozen broker whose socket stays
+// open. Its sockets have a small receive buffer so a client's writes back
+// up quickly.
+type blackHole struct {
+	ln    net.Listener
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startBlackHole(t testing.TB) *blackHole {
+	t.Helper()
+	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
+		return c.Control(func(fd uintptr) {
+			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
+		})
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &blackHole{ln: ln}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			b.mu.Lock()
+			b.conns = append(b.conns, c)
+			b.mu.Unlock()
+			go func() {
+				// Read the CONNECT frame, answer it, then read nothing.
+				one := make([]byte, 1)
+				for {
+					if _, err := c.Read(one); err != nil {
+						return
+					}
+					if one[0] == 0 {
+						break
+					}
+				}
+				_, _ = c.Write([]byte("CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\x00"))
+			}()
+		}
+	}()
+	t.Cleanup(b.kill)
+	return b
+}
+
+func (b *blackHole) addr() string { return b.ln.Addr().String() }
+
+// kill closes the listener and every accepted connection (the broker
+// process died: the kernel closes its sockets).
+func (b *blackHole) kill() {
+	b.ln.Close()
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range b.conns {
+		c.Close()
+	}
+	b.conns = nil
+}
+
+// jam fills the link's path to a broker that does not read: it publishes
+// big bodies until a publish fails or outlives its context (the writes are
+// backed up), then keeps publishing from background goroutines, as a busy
+// fleet would, until the returned stop is called.
+func jam(t testing.TB, pub func(ctx context.Context, body []byte) error) (stop func()) {
+	t.Helper()
+	body := make([]byte, 256<<10)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatal("could not back up the link")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		start := time.Now()
+		err := pub(ctx, body)
+		cancel()
+		if err != nil || time.Since(start) > 100*time.Millisecond {
+			break
+		}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if pub(context.Background(), body[:64<<10]) != nil {
+					time.Sleep(time.Millisecond) // pacing only
+				}
+			}
+		}()
+	}
+	var once sync.Once
+	return func() { once.Do(func() { close(done); wg.Wait() }) }
+}
+
+// TestLinkPublishAndCloseBoundedWhenTheBrokerStopsReading: go-stomp's Send
+// holds the connection's lock while it waits (up to its send timeout) for a
+// slot in a write queue nothing drains; publishers queue behind each other
+// and so does Disconnect. Publish must still return by its context's
+// deadline and Close within a bound.
+func TestLinkPublishAndCloseBoundedWhenTheBrokerStopsReading(t *testing.T) {
+	bh := startBlackHole(t)
+	l, err := Dial(context.Background(), LinkConfig{URL: bh.addr(), Log: testLog(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stop := jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
+	defer stop()
+
+	for i := 0; i < 3; i++ {
+		pctx, pcancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		start := time.Now()
+		err := l.Publish(pctx, "/topic/status", map[string]string{"i": fmt.Sprint(i)}, []byte("small"))
+		d := time.Since(start)
+		pcancel()
+		if d > 700*time.Millisecond {
+			t.Fatalf("publish %d with a 200ms context took %s (err %v)", i, d, err)
+		}
+		if err == nil {
+			t.Logf("publish %d went through (the link may have reconnected)", i)
+		}
+	}
+
+	start := time.Now()
+	closed := make(chan struct{})
+	go func() { l.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(4 * time.Second):
+		t.Fatalf("Close still blocked after %s", time.Since(start))
+	}
+	t.Logf("Close took %s", time.Since(start))
+	start = time.Now()
+	l.Close() // safe twice, and quick
+	if err := l.Publish(context.Background(), "/topic/x", nil, nil); !errors.Is(err, ErrClosed) {
+		t.Fatalf("publish after Close: %v", err)
+	}
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Fatalf("second Close and a publish after it took %s", d)
+	}
+}
+
+// TestLinkPublishAndCloseBoundedWhenTheBrokerDiesJammed: the broker dies
+// while the link's writes are backed up. go-stomp's I/O loop ends, its write
+// queue is full and never drained again, and every waiting Send (and the
+// link's own disconnect) waits out the send timeout, one after the other.
+func TestLinkPublishAndCloseBoundedWhenTheBrokerDiesJammed(t *testing.T) {
+	bh := startBlackHole(t)
+	l, err := Dial(context.Background(), LinkConfig{URL: bh.addr(), Log: testLog(t), BackoffMin: 20 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stop := jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
+	defer stop()
+	bh.kill()
+	// Every publish, including those already waiting, ends by its deadline.
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			pctx, pcancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+			defer pcancel()
+			start := time.Now()
+			err := l.Publish(pctx, "/topic/status", nil, []byte("small"))
+			if d := time.Since(start); d > 700*time.Millisecond {
+				errs <- fmt.Errorf("publish with a 200ms context took %s (err %v)", d, err)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	waitFor(t, 5*time.Second, "the link to notice the broker died", func() bool { return !l.Connected() })
+	start := time.Now()
+	closed := make(chan struct{})
+	go func() { l.Close(); close(closed) }()
+	select {
+	case <-closed:
+	case <-time.After(4 * time.Second):
+		t.Fatalf("Close still blocked after %s", time.Since(start))
+	}
+	t.Logf("Close took %s", time.Since(start))
 }

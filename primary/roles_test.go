@@ -237,10 +237,11 @@ func TestHigherEpochHeartbeatFencesAndSilencesThePrimary(t *testing.T) {
 func TestEqualOrLowerEpochDoesNotFence(t *testing.T) {
 	p := newPair(t, nil, false)
 	// Equal epoch with a lower failover id, and a lower epoch: not above us.
-	p.raw("x", dest.Heartbeat, protocol.Envelope{FailoverID: lowID, Epoch: 3, Node: "x", Seq: 1, Role: "primary"}, false)
-	p.raw("x", dest.Heartbeat, protocol.Envelope{FailoverID: evilID, Epoch: 1, Node: "x", Seq: 1, Role: "primary"}, false)
-	p.eventually("both heartbeats handled", func() bool { return p.prim.Status().Received >= 2 })
-	p.took(period, 1, "the primary ended on a heartbeat not above its token")
+	for i, id := range []string{lowID, evilID} {
+		p.raw("x", dest.Heartbeat, protocol.Envelope{FailoverID: id, Epoch: uint64(3 - 2*i), Node: "x", Seq: uint64(1 + i), Role: "primary"}, false)
+		p.eventually("the heartbeat handled", func() bool { return p.prim.Status().Received >= uint64(i+1) })
+		p.took(period, 1, "the primary ended on a heartbeat not above its token")
+	}
 }
 
 // Two primaries at one epoch: the one with the lower failover id is fenced

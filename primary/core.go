@@ -67,13 +67,10 @@ func (o *Output) log(level logrus.Level, msg string, fields logrus.Fields) {
 	o.Logs = append(o.Logs, LogLine{Level: level, Msg: msg, Fields: fields})
 }
 
-// higher reports whether other outranks own in the total order of tokens:
-// by epoch, then by failover id (string order). Two primaries at one epoch
-// thus end with the one with the lower failover id fenced. (It is the order
-// failoverid.Token.Compare is being given; kept here until it lands.)
-func higher(other, own failoverid.Token) bool {
-	return other.Epoch > own.Epoch || (other.Epoch == own.Epoch && other.ID > own.ID)
-}
+// higher reports whether other outranks own in the total order of tokens
+// (failoverid.Token.Compare): by epoch, then by failover id. Two primaries
+// at one epoch thus end with the one with the lower failover id fenced.
+func higher(other, own failoverid.Token) bool { return other.Compare(own) > 0 }
 
 // above says why other outranks own, for a fence's reason.
 func above(other, own failoverid.Token) string {

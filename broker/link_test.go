@@ -431,3 +431,55 @@ func TestLinkPublishAndCloseBoundedWhenTheBrokerDiesJammed(t *testing.T) {
 	}
 	t.Logf("Close took %s", time.Since(start))
 }
+
+// TestLinkOutboxDropsOldest: with the sender stuck on a broker that does
+// not read, a full outbox drops its oldest message (that Publish fails
+// with ErrOutboxFull at once, counted) and the newest waits its turn.
+func TestLinkOutboxDropsOldest(t *testing.T) {
+	bh := startBlackHole(t)
+	l, err := Dial(context.Background(), LinkConfig{URL: bh.addr(), Log: testLog(t), OutboxSize: 1, WriteTimeout: time.Minute})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := l.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stop := jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
+	stop() // only the backed-up connection, no background publishers
+	// The sender takes a message every send timeout at most; if it takes
+	// the first one before the second arrives, try again.
+	for round := 0; ; round++ {
+		if round == 5 {
+			t.Fatal("the oldest publish was never dropped")
+		}
+		first := make(chan error, 1)
+		go func() { first <- l.Publish(context.Background(), "/topic/a", nil, []byte("old")) }()
+		// Wait until the first message sits in the outbox (it is full),
+		// then push a newer one: the older one is dropped.
+		waitFor(t, 10*time.Second, "the first message queued", func() bool {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return l.out != nil && len(l.out) == 1
+		})
+		pctx, pcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		second := make(chan error, 1)
+		go func() { second <- l.Publish(pctx, "/topic/a", nil, []byte("new")) }()
+		err1 := <-first
+		err2 := <-second
+		pcancel()
+		if !errors.Is(err1, ErrOutboxFull) {
+			t.Logf("round %d: the sender took the first message (%v)", round, err1)
+			continue
+		}
+		if !errors.Is(err2, context.DeadlineExceeded) {
+			t.Fatalf("newest publish: %v, want its deadline", err2)
+		}
+		break
+	}
+	if st := l.Stats(); st.OutboxFull < 1 {
+		t.Fatalf("stats %+v, want OutboxFull counted", st)
+	}
+}

@@ -36,6 +36,11 @@ type ServerConfig struct {
 	// body). A larger frame is refused before it is read into memory: the
 	// client gets an ERROR frame and is disconnected. Default 1 MiB.
 	MaxFrameSize int
+	// MaxHeaderLine bounds each command and header line of a frame (bytes,
+	// without the LF) and MaxHeaders the header lines of one frame; a frame
+	// over either is refused like an oversized one. Defaults 8 KiB (at most
+	// MaxFrameSize) and 64.
+	MaxHeaderLine, MaxHeaders int
 	// MaxConns bounds concurrent connections; further ones are closed at
 	// once. Default 4096.
 	MaxConns int
@@ -65,6 +70,12 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	if c.MaxFrameSize == 0 {
 		c.MaxFrameSize = DefaultMaxFrameSize
 	}
+	if c.MaxHeaderLine == 0 {
+		c.MaxHeaderLine = min(DefaultMaxHeaderLine, c.MaxFrameSize)
+	}
+	if c.MaxHeaders == 0 {
+		c.MaxHeaders = DefaultMaxHeaders
+	}
 	if c.MaxConns == 0 {
 		c.MaxConns = DefaultMaxConns
 	}
@@ -86,6 +97,10 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	switch {
 	case c.MaxFrameSize < 256:
 		return c, fmt.Errorf("%w: MaxFrameSize (%d) must be at least 256 bytes", ErrInvalidConfig, c.MaxFrameSize)
+	case c.MaxHeaderLine < 64 || c.MaxHeaderLine > c.MaxFrameSize:
+		return c, fmt.Errorf("%w: MaxHeaderLine (%d) must be between 64 and MaxFrameSize (%d)", ErrInvalidConfig, c.MaxHeaderLine, c.MaxFrameSize)
+	case c.MaxHeaders < 8:
+		return c, fmt.Errorf("%w: MaxHeaders (%d) must be at least 8", ErrInvalidConfig, c.MaxHeaders)
 	case c.MaxConns < 1:
 		return c, fmt.Errorf("%w: MaxConns (%d) must be positive", ErrInvalidConfig, c.MaxConns)
 	case c.WriteTimeout < 0:
@@ -106,7 +121,8 @@ type ServerStats struct {
 	TotalConnections uint64 // accepted since start
 	RefusedConns     uint64 // closed at once because MaxConns was reached
 	AuthFailures     uint64
-	OversizedFrames  uint64 // frames refused for exceeding MaxFrameSize
+	OversizedFrames  uint64 // frames refused for exceeding MaxFrameSize, MaxHeaderLine or MaxHeaders
+	MalformedFrames  uint64 // frames refused for a content-length that is not plain decimal
 	SlowClients      uint64 // clients dropped for not reading (WriteTimeout or MaxPendingBytes)
 	Messages         uint64 // SEND frames routed
 }
@@ -129,7 +145,7 @@ type Server struct {
 	connWG     sync.WaitGroup // per-connection goroutines we own
 	closeOnce  sync.Once
 
-	totalConns, refused, authFail, oversized, slow, messages atomic.Uint64
+	totalConns, refused, authFail, oversized, malformed, slow, messages atomic.Uint64
 }
 
 // StartServer listens on cfg.Listen and serves in the background. It returns
@@ -173,6 +189,7 @@ func (s *Server) Stats() ServerStats {
 		RefusedConns:     s.refused.Load(),
 		AuthFailures:     s.authFail.Load(),
 		OversizedFrames:  s.oversized.Load(),
+		MalformedFrames:  s.malformed.Load(),
 		SlowClients:      s.slow.Load(),
 		Messages:         s.messages.Load(),
 	}
@@ -367,7 +384,7 @@ func newServerConn(s *Server, nc net.Conn, log logrus.FieldLogger) *serverConn {
 		pumpDone:    make(chan struct{}),
 		credit:      make(chan struct{}, 1),
 	}
-	c.guard.max = s.cfg.MaxFrameSize
+	c.guard = frameGuard{max: s.cfg.MaxFrameSize, maxLine: s.cfg.MaxHeaderLine, maxHeaders: s.cfg.MaxHeaders}
 	_ = nc.SetReadDeadline(c.connectDL)
 	return c
 }
@@ -425,10 +442,16 @@ func (c *serverConn) Read(p []byte) (int, error) {
 			c.sawFrame.Store(true)
 		}
 		if gerr != nil {
-			c.srv.oversized.Add(1)
-			c.log.WithFields(logrus.Fields{"max_frame_size": c.guard.max}).Warn("frame too large: refused, disconnecting client")
-			c.writeError("frame too large", fmt.Sprintf("frames are limited to %d bytes", c.guard.max))
-			c.kill("oversized frame")
+			if errors.Is(gerr, ErrMalformedFrame) {
+				c.srv.malformed.Add(1)
+				c.log.WithError(gerr).Warn("malformed frame: refused, disconnecting client")
+				c.writeError("malformed frame", gerr.Error())
+			} else {
+				c.srv.oversized.Add(1)
+				c.log.WithError(gerr).WithFields(logrus.Fields{"max_frame_size": c.guard.max}).Warn("frame too large: refused, disconnecting client")
+				c.writeError("frame too large", fmt.Sprintf("%v (frames up to %d bytes, lines up to %d, %d headers)", gerr, c.guard.max, c.guard.maxLine, c.guard.maxHeaders))
+			}
+			c.kill("refused frame")
 			return 0, gerr
 		}
 		if used < n {

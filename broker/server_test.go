@@ -3,6 +3,7 @@ package broker
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"net"
@@ -527,4 +528,60 @@ func TestServerNonReadingPublisherNoLeak(t *testing.T) {
 		return st.SlowClients == 1 && st.Connections == 0
 	})
 	goroutinesSettle(t, base, 0, 5*time.Second)
+}
+
+// TestServerContentLengthZerosBeforeLogin: "content-length:" with 60 zeros
+// before the number once slipped past the guard (it read 64 bytes of a
+// header line) and go-stomp allocated the declared length while reading
+// CONNECT, before the login was checked, over TLS too. Now the frame is
+// refused and the client disconnected, and the heap does not grow.
+func TestServerContentLengthZerosBeforeLogin(t *testing.T) {
+	cert, _ := selfSigned(t)
+	zeros := strings.Repeat("0", 60)
+	for _, tc := range []struct {
+		name  string
+		tls   bool
+		value string
+	}{
+		{"plain 1MB", false, zeros + "1000000"},
+		{"plain 4GiB", false, zeros + "4294967295"},
+		{"tls 4GiB", true, zeros + "4294967295"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := ServerConfig{Login: "tandem", Passcode: "s3cret", MaxFrameSize: 4096}
+			if tc.tls {
+				cfg.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+			}
+			s := startTestServer(t, cfg)
+			var nc net.Conn
+			var err error
+			if tc.tls {
+				nc, err = tls.Dial("tcp", s.Addr(), &tls.Config{InsecureSkipVerify: true})
+			} else {
+				nc, err = net.Dial("tcp", s.Addr())
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer nc.Close()
+			before := allocated()
+			fmt.Fprintf(nc, "CONNECT\naccept-version:1.2\nhost:/\ncontent-length:%s\n\n", tc.value)
+			_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+			r := bufio.NewReader(nc)
+			f, err := frame.NewReader(r).Read()
+			if err != nil || f.Command != frame.ERROR {
+				t.Fatalf("want ERROR frame, got %v %v", f, err)
+			}
+			if _, err := r.ReadByte(); err == nil {
+				t.Fatal("connection still open after ERROR")
+			}
+			if grew := allocated() - before; grew > 64<<20 {
+				t.Fatalf("heap allocations grew by %d bytes", grew)
+			}
+			waitFor(t, 5*time.Second, "refusal counted", func() bool { return s.Stats().MalformedFrames == 1 })
+			if st := s.Stats(); st.AuthFailures != 0 {
+				t.Fatalf("stats %+v", st)
+			}
+		})
+	}
 }

@@ -123,6 +123,11 @@ func (d *Detector) SeenEpoch() uint64 { return d.seenEpoch }
 // primary's announcement.
 func (d *Detector) Maintenance() bool { return d.maintenance || d.primaryMaint }
 
+// Deadline is the instant the current window ends: the driver ticks the
+// detector then, so a takeover starts when last heartbeat + window expires
+// rather than on the next periodic tick.
+func (d *Detector) Deadline() time.Time { return d.since.Add(d.cfg.Window) }
+
 // SilentFor is how long the current window has been open at now.
 func (d *Detector) SilentFor(now time.Time) time.Duration { return now.Sub(d.since) }
 

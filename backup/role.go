@@ -183,6 +183,23 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	}
 	reply() // at once when starting, so the primary knows
 	lastPrimary := det.Primary().FailoverID
+	lastInstance := ""
+
+	// The window's end is armed as a timer at its exact deadline (the
+	// periodic tick still runs for the stall guard and the watchdog).
+	var deadline time.Time
+	var deadlineC <-chan time.Time
+	arm := func() {
+		r.mu.Lock()
+		dl := det.Deadline()
+		r.mu.Unlock()
+		if dl.Equal(deadline) {
+			return
+		}
+		deadline = dl
+		deadlineC = r.cfg.Clock.After(dl.Sub(r.cfg.Clock.Now()))
+	}
+	arm()
 
 	handle := func(d Decision) (End, bool) {
 		switch d.Action {
@@ -220,6 +237,17 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			if end, done := handle(d); done {
 				return end, nil
 			}
+			arm()
+		case <-deadlineC:
+			deadlineC = nil
+			r.mu.Lock()
+			d := det.Tick(r.cfg.Clock.Now())
+			r.mu.Unlock()
+			if end, done := handle(d); done {
+				return end, nil
+			}
+			deadline = time.Time{}
+			arm()
 		case <-replyT.C():
 			reply()
 		case m, ok := <-rsub.C():
@@ -268,17 +296,27 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			end, done := handle(d)
 			p := det.Primary()
 			r.mu.Unlock()
-			if p.FailoverID != lastPrimary && p.FailoverID != "" {
-				lastPrimary = p.FailoverID
+			counted := d.Action != Ignored && env.FailoverID == p.FailoverID
+			switch {
+			case p.FailoverID != lastPrimary && p.FailoverID != "":
+				lastPrimary, lastInstance = p.FailoverID, env.Instance
 				log.WithFields(logrus.Fields{"primary": p.Node, "primary_failover_id": p.FailoverID, "primary_epoch": p.Epoch}).Info("watching primary")
 				if r.cfg.OnPrimary != nil {
 					r.cfg.OnPrimary(failoverid.Peer{Node: p.Node, FailoverID: p.FailoverID, Epoch: p.Epoch, Address: p.Advertise})
 				}
 				reply()
+			case counted && env.Instance != lastInstance:
+				// The same primary restarted (a new process): answer at
+				// once, so it knows it has a backup without waiting up to
+				// reply_period.
+				lastInstance = env.Instance
+				log.WithField("primary_instance", env.Instance).Info("the primary restarted: replying at once")
+				reply()
 			}
 			if done {
 				return end, nil
 			}
+			arm()
 		}
 	}
 }

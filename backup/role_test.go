@@ -1,0 +1,117 @@
+package backup
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/internal/clock"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+type roleRig struct {
+	t     *testing.T
+	hub   *broker.MemHub
+	clk   *clock.Fake
+	dest  protocol.Destinations
+	role  *Role
+	ends  chan End
+	probe broker.Bus
+}
+
+func newRoleRig(t *testing.T, period, window time.Duration) *roleRig {
+	t.Helper()
+	log, _ := test.NewNullLogger()
+	r := &roleRig{t: t, hub: broker.NewMemHub(), clk: clock.NewHandoverFake(time.Unix(1000, 0)), dest: protocol.NewDestinations(""), ends: make(chan End, 1)}
+	r.probe = r.hub.Client("primary")
+	r.role = NewRole(RoleConfig{Node: "b", Token: failoverid.Token{ID: self}, Period: period, ReplyPeriod: time.Hour, Window: window,
+		Dest: r.dest, Signer: protocol.NewSigner(nil), Clock: r.clk, Log: log, Instance: "b-1", StartedMS: 1}, r.hub.Client("backup"))
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	go func() { e, _ := r.role.Run(ctx); r.ends <- e }()
+	return r
+}
+
+// beat publishes a heartbeat and waits until the role has counted it.
+func (r *roleRig) beat(instance string, seq uint64) {
+	r.t.Helper()
+	before := r.role.Status().Received
+	env := protocol.Envelope{FailoverID: prim, Epoch: 1, Node: "a", Seq: seq, Role: "primary", Advertise: "127.0.0.1:1", PeriodMS: 1000, Instance: instance, StartedMS: 5}
+	deadline := time.Now().Add(5 * time.Second)
+	for r.role.Status().Received == before {
+		// The role subscribes asynchronously: publish until it hears one.
+		if err := r.probe.Publish(context.Background(), r.dest.Heartbeat, env.Headers(), nil); err != nil {
+			r.t.Fatal(err)
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatal("the role never counted the heartbeat")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// The takeover starts when last heartbeat + window expires, not on the
+// next periodic tick after it.
+func TestTheTakeoverStartsAtTheWindowsExactEnd(t *testing.T) {
+	r := newRoleRig(t, time.Second, 2100*time.Millisecond) // ticks every 250 ms
+	r.beat("a-1", 1)
+	// Up to 2.0 s in steps of one tick: each tick is taken, the window is
+	// not over.
+	for i := 0; i < 8; i++ {
+		if n := r.clk.Step(250 * time.Millisecond); n != 1 {
+			t.Fatalf("step %d delivered %d values, want the one tick", i, n)
+		}
+	}
+	// 2.1 s: no tick is due (the next is at 2.25 s): what falls due now is
+	// the timer armed at last heartbeat + window.
+	if n := r.clk.Step(100 * time.Millisecond); n != 1 {
+		t.Fatalf("at last heartbeat + window %d timers fell due, want the deadline's (detection waited for a tick)", n)
+	}
+	select {
+	case e := <-r.ends:
+		if !e.Takeover || !strings.Contains(e.Reason, "for 2.1s") {
+			t.Fatalf("%+v", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no takeover at last heartbeat + window")
+	}
+}
+
+// A primary that restarted (a new instance, same failover id) is answered
+// at once, not after up to reply_period.
+func TestARestartedPrimaryIsAnsweredAtOnce(t *testing.T) {
+	r := newRoleRig(t, time.Second, time.Hour)
+	replies, err := r.probe.Subscribe(r.dest.Reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.beat("a-1", 1)
+	r.beat("a-1", 2)
+	// Drain what the start and the first heartbeat caused.
+	drainUntilQuiet(replies)
+	r.beat("a-2", 100) // the primary's process restarted
+	select {
+	case m := <-replies.C():
+		env, err := protocol.Decode(m.Headers)
+		if err != nil || env.Role != "backup" {
+			t.Fatalf("reply %+v %v", env, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no reply to the restarted primary (reply_period is 1h)")
+	}
+}
+
+func drainUntilQuiet(s broker.Subscription) {
+	for {
+		select {
+		case <-s.C():
+		case <-time.After(50 * time.Millisecond):
+			return
+		}
+	}
+}

@@ -86,7 +86,7 @@ func (c *offlineCmd) loadConfig() (*config.Config, int, bool) {
 }
 
 // adminProbeTimeout bounds the "is the server running?" check.
-var adminProbeTimeout = 500 * time.Millisecond
+const adminProbeTimeout = 500 * time.Millisecond
 
 // serverRunning reports whether a tandem server answers HTTP GET /status on
 // the config's admin address (any HTTP answer counts), and the URL asked.

@@ -6,11 +6,11 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
-	"os"
 	"strconv"
 	"strings"
 	"unicode/utf8"
 
+	"github.com/tandem-ha/tandem/internal/fsutil"
 	"gopkg.in/yaml.v3"
 )
 
@@ -58,6 +58,24 @@ var (
 	ErrBadPattern = errors.New("agentcfg: malformed glob")
 	// ErrMuxClosed: Watch on a closed WatchMux.
 	ErrMuxClosed = errors.New("agentcfg: watch multiplexer closed")
+
+	// Agent files are hostile input (see ReadFile). These errors come as a
+	// one-line *fsutil.FileError: "PATH: is a named pipe (FIFO), expected a
+	// regular file".
+
+	// ErrNotRegular: the file is a FIFO, directory, device, socket or a
+	// symbolic link where a regular file was expected (address.yaml or its
+	// lock file). Failed.
+	ErrNotRegular = fsutil.ErrNotRegular
+	// ErrSymlinkEscapes: address.yaml is a symbolic link that leaves its
+	// directory (absolute, or climbing above it with ".."). Failed.
+	ErrSymlinkEscapes = fsutil.ErrEscapes
+	// ErrTooLarge: the file is larger than MaxFileSize
+	// (max_agent_file_size). Invalid.
+	ErrTooLarge = fsutil.ErrTooLarge
+	// ErrLockTimeout: another process held the file's lock for longer than
+	// LockTimeout. Failed; retry later.
+	ErrLockTimeout = errors.New("lock busy")
 )
 
 // ValueError reports a key whose value has the wrong form. Its message reads
@@ -117,13 +135,36 @@ func Parse(data []byte) (Address, error) {
 	return d.address()
 }
 
-// ReadFile reads and parses path. Errors are prefixed with the path.
+// ReadOptions tune ReadFileWith.
+type ReadOptions struct {
+	// MaxFileSize is the largest file read, in bytes (max_agent_file_size);
+	// 0 means DefaultMaxFileSize. A larger file is ErrTooLarge.
+	MaxFileSize int64
+}
+
+// ReadFile reads and parses path. Errors are prefixed with the path. It is
+// ReadFileWith with default options.
 func ReadFile(path string) (Address, error) {
-	data, err := os.ReadFile(path)
+	return ReadFileWith(path, ReadOptions{})
+}
+
+// ReadFileWith reads and parses path as hostile input: the file's
+// directory is opened as a handle and the file is opened beneath it
+// without following a symbolic link out of it (a link is followed only while
+// it stays beneath the directory, else ErrSymlinkEscapes), without blocking
+// on a FIFO, as a regular file only (ErrNotRegular) and at most
+// opt.MaxFileSize bytes (ErrTooLarge, before anything is parsed). Errors are
+// one line and name the file.
+func ReadFileWith(path string, opt ReadOptions) (Address, error) {
+	data, _, err := readAgentFile(path, opt.MaxFileSize)
 	if err != nil {
-		return Address{}, err // *PathError already names the path
+		return Address{}, err // names the path already
 	}
-	a, err := Parse(data)
+	d, err := loadBounded(data)
+	var a Address
+	if err == nil {
+		a, err = d.address()
+	}
 	if err != nil {
 		return Address{}, fmt.Errorf("%s: %w", path, err)
 	}

@@ -3,13 +3,13 @@ package agentcfg
 import (
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"runtime"
 	"sort"
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"github.com/tandem-ha/tandem/internal/fsutil"
 )
@@ -30,10 +30,25 @@ type BatchOptions struct {
 	// once; 0 means DefaultGroupSize. It is further bounded by the open-file
 	// limit.
 	GroupSize int
+	// MaxFileSize is the largest file read, in bytes (max_agent_file_size);
+	// 0 means DefaultMaxFileSize. A larger file is Invalid, found before it
+	// is parsed.
+	MaxFileSize int64
+	// LockTimeout bounds the wait for a file's lock; 0 means
+	// DefaultLockTimeout. A file whose lock stays held is Failed
+	// (ErrLockTimeout) and the batch goes on; the caller retries it later.
+	LockTimeout time.Duration
 
 	// flush is the file system flush; nil means (*fsutil.FS).Sync. Tests set
 	// it to make a flush fail.
 	flush func(*fsutil.FS) error
+}
+
+func (o BatchOptions) lockTimeout() time.Duration {
+	if o.LockTimeout > 0 {
+		return o.LockTimeout
+	}
+	return DefaultLockTimeout
 }
 
 // DefaultGroupSize is BatchOptions.GroupSize's default.
@@ -76,15 +91,16 @@ type syncGroups struct {
 	flush func(*fsutil.FS) error
 }
 
-// register opens the file system of dev (through dir) if not yet open. Call
-// it before writing anything on that file system.
-func (g *syncGroups) register(dev uint64, dir string) (*groupSync, error) {
+// register opens the file system holding dir (through its handle) if not
+// yet open. Call it before writing anything on that file system.
+func (g *syncGroups) register(dir *fsutil.Dir) (*groupSync, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	dev := dir.Dev()
 	if s := g.dev[dev]; s != nil {
 		return s, nil
 	}
-	f, err := fsutil.OpenFS(dir)
+	f, err := dir.OpenFS()
 	if err != nil {
 		return nil, err
 	}
@@ -199,7 +215,7 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 				}
 				end := min(start+group, total)
 				for i := start; i < end; {
-					n, committed := rewriteGroup(syncs, paths, res, i, end, u, opt.Force)
+					n, committed := rewriteGroup(syncs, paths, res, i, end, u, opt)
 					mu.Lock()
 					for _, j := range committed {
 						pending[j] = true
@@ -242,10 +258,10 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 // another, so groups cannot deadlock with each other, with other processes or
 // with a path listed twice. It returns how many paths it handled and the
 // indexes it renamed (pending durability).
-func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u Update, force bool) (n int, committed []int) {
+func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u Update, opt BatchOptions) (n int, committed []int) {
 	type item struct {
 		idx    int
-		target string
+		t      *target
 		lock   *fileLock
 		staged *fsutil.Staged
 		fs     *groupSync
@@ -254,36 +270,39 @@ func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u
 	defer func() {
 		for _, it := range items {
 			it.lock.unlock()
+			it.t.close()
 		}
 	}()
 	for j := i; j < end; j++ {
 		r := &res[j]
-		target, err := resolveTarget(paths[j])
+		t, err := openTarget(paths[j])
 		if err != nil {
 			r.Outcome, r.Err = Failed, err
 			n++
 			continue
 		}
-		l, err := lockFile(target, len(items) == 0)
+		l, err := lockFile(t, len(items) == 0, opt.lockTimeout())
 		if err == errWouldBlock {
+			t.close()
 			break // commit what we hold; the next group starts here, waiting
 		}
 		n++
 		if err != nil {
+			t.close()
 			r.Outcome, r.Err = Failed, err
 			continue
 		}
-		items = append(items, item{idx: j, target: target, lock: l})
-		out, st := decide(r, target, u, force)
+		items = append(items, item{idx: j, t: t, lock: l})
+		out, st := decide(r, t, u, opt.Force, opt.MaxFileSize)
 		if out == nil {
 			continue
 		}
-		gs, err := syncs.register(uint64(st.Dev), filepath.Dir(target))
+		gs, err := syncs.register(t.dir)
 		if err != nil {
 			r.Outcome, r.Err, r.After = Failed, err, r.Before
 			continue
 		}
-		staged, err := stage(target, st, out, true)
+		staged, err := t.dir.Stage(t.name, out, st, fsutil.Options{NoSync: true})
 		if err != nil {
 			r.Outcome, r.Err, r.After = Failed, err, r.Before
 			continue
@@ -329,8 +348,11 @@ func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u
 
 // Expand expands the managed globs (filepath.Glob syntax; "**" is not
 // special) into a sorted, de-duplicated list of cleaned paths. Temporary
-// files left by an interrupted write and lock files are skipped. A malformed
-// pattern is an error naming it (ErrBadPattern).
+// files left by an interrupted write and lock files are skipped. Anything
+// else that matches is listed, also a directory or a FIFO: readers and
+// rewrites report it (Failed, "is a directory, expected a regular file")
+// instead of it silently leaving the managed set. A malformed pattern is an
+// error naming it (ErrBadPattern).
 func Expand(globs []string) ([]string, error) {
 	seen := map[string]bool{}
 	var out []string
@@ -342,9 +364,6 @@ func Expand(globs []string) ([]string, error) {
 		for _, p := range m {
 			p = filepath.Clean(p)
 			if seen[p] || fsutil.IsTemp(p) || isLockName(p) {
-				continue
-			}
-			if fi, err := os.Stat(p); err == nil && fi.IsDir() {
 				continue
 			}
 			seen[p] = true

@@ -4,12 +4,12 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 	"syscall"
+	"time"
 
 	"github.com/tandem-ha/tandem/internal/fsutil"
+	"golang.org/x/sys/unix"
 )
 
 // Outcome is what a compare-and-swap did to one file.
@@ -68,36 +68,82 @@ func isLockName(name string) bool {
 	return len(b) > len(".x.lock") && b[0] == '.' && filepath.Ext(b) == ".lock"
 }
 
+// DefaultMaxFileSize is the largest address.yaml read (1 MiB): a bigger
+// file is Invalid, found before it is parsed.
+const DefaultMaxFileSize = 1 << 20
+
+// DefaultLockTimeout is how long a rewrite waits for a file's lock before
+// reporting the file Failed (ErrLockTimeout) and moving on.
+const DefaultLockTimeout = 5 * time.Second
+
+// target is one agent file being worked on: a handle on the directory
+// holding it (beneath the directory its path names; see fsutil.Dir.Resolve)
+// and its name there. Every open, create and rename goes through the handle.
+type target struct {
+	dir  *fsutil.Dir
+	name string
+}
+
+func (t *target) path() string { return t.dir.Join(t.name) }
+func (t *target) close()       { t.dir.Close() }
+
+// openTarget opens the directory of path and resolves path's name beneath
+// it. A symbolic link is followed only while it stays beneath the directory;
+// a missing file is an error (fs.ErrNotExist).
+func openTarget(path string) (*target, error) {
+	parent, err := fsutil.OpenDirTrusted(filepath.Dir(path))
+	if err != nil {
+		return nil, err
+	}
+	defer parent.Close()
+	d, name, err := parent.Resolve(filepath.Base(path))
+	if err != nil {
+		return nil, err
+	}
+	return &target{dir: d, name: name}, nil
+}
+
 type fileLock struct{ fd int }
 
-// lockFile takes the exclusive flock guarding target. With wait=false it
-// returns errWouldBlock instead of waiting. Raw system calls: a batch pays
-// for each one thousands of times.
-func lockFile(target string, wait bool) (*fileLock, error) {
-	lp := LockPath(target)
-	fd, err := openRetry(lp, syscall.O_RDWR|syscall.O_CREAT|syscall.O_CLOEXEC, 0o644)
-	if err == syscall.EACCES {
-		fd, err = openRetry(lp, syscall.O_RDONLY|syscall.O_CLOEXEC, 0) // flock works read-only too
-	}
+// lockFile takes the exclusive flock on t's lock file, LockPath(t.path()),
+// created safely beneath t's directory (fsutil.Dir.OpenLock). With wait it
+// tries until timeout has passed (then ErrLockTimeout: a stuck or hostile
+// lock holder never stops a batch); without, it returns errWouldBlock at
+// once.
+func lockFile(t *target, wait bool, timeout time.Duration) (*fileLock, error) {
+	name := "." + t.name + ".lock"
+	fd, err := t.dir.OpenLock(name)
 	if err != nil {
-		return nil, fmt.Errorf("lock %s: %w", lp, err)
+		return nil, fmt.Errorf("lock: %w", err)
 	}
-	how := syscall.LOCK_EX
-	if !wait {
-		how |= syscall.LOCK_NB
-	}
+	var deadline time.Time
+	pause := time.Millisecond
 	for {
-		err = syscall.Flock(fd, how)
-		if err != syscall.EINTR {
+		err = syscall.Flock(fd, syscall.LOCK_EX|syscall.LOCK_NB)
+		if err == syscall.EINTR {
+			continue
+		}
+		if err != syscall.EWOULDBLOCK || !wait {
 			break
 		}
+		now := time.Now()
+		if deadline.IsZero() {
+			deadline = now.Add(timeout)
+		}
+		if !now.Before(deadline) {
+			syscall.Close(fd)
+			return nil, fmt.Errorf("%s: %w: held by another process for more than %v; not rewritten, will be retried",
+				t.dir.Join(name), ErrLockTimeout, timeout)
+		}
+		time.Sleep(min(pause, deadline.Sub(now)))
+		pause = min(2*pause, 50*time.Millisecond)
 	}
 	if err != nil {
 		syscall.Close(fd)
 		if err == syscall.EWOULDBLOCK {
 			return nil, errWouldBlock
 		}
-		return nil, fmt.Errorf("lock %s: %w", lp, err)
+		return nil, fmt.Errorf("lock %s: %w", t.dir.Join(name), err)
 	}
 	return &fileLock{fd}, nil
 }
@@ -110,108 +156,60 @@ func (l *fileLock) unlock() {
 	}
 }
 
-func openRetry(path string, flags int, perm uint32) (int, error) {
-	for {
-		fd, err := syscall.Open(path, flags, perm)
-		if err != syscall.EINTR {
-			return fd, err
-		}
+// bigFile: files above it are parsed one at a time. yaml.v3 allocates about
+// 100 times a file's size to parse it, and a real address.yaml is well under
+// a kilobyte; this keeps a fleet of planted 1 MiB files from costing a
+// worker count's worth of parses at once.
+const bigFile = 64 << 10
+
+var bigParse = make(chan struct{}, 1)
+
+// loadBounded is load, serialised for big inputs.
+func loadBounded(data []byte) (*doc, error) {
+	if len(data) > bigFile {
+		bigParse <- struct{}{}
+		defer func() { <-bigParse }()
 	}
+	return load(data)
 }
 
-// readTarget reads a whole file and returns its stat.
-func readTarget(path string) ([]byte, *syscall.Stat_t, error) {
-	fd, err := openRetry(path, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+// readAgentFile reads the agent file at path the safe way: its directory
+// opened as a handle, symbolic links followed only beneath it, no FIFO
+// blocking, regular files only, at most max bytes (max <= 0:
+// DefaultMaxFileSize).
+func readAgentFile(path string, max int64) ([]byte, *unix.Stat_t, error) {
+	t, err := openTarget(path)
 	if err != nil {
-		return nil, nil, &fs.PathError{Op: "open", Path: path, Err: err}
+		return nil, nil, err
 	}
-	defer syscall.Close(fd)
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
-		return nil, nil, &fs.PathError{Op: "stat", Path: path, Err: err}
-	}
-	if st.Mode&syscall.S_IFMT != syscall.S_IFREG {
-		return nil, nil, &fs.PathError{Op: "read", Path: path, Err: errors.New("not a regular file")}
-	}
-	buf := make([]byte, 0, st.Size+512)
-	for {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := syscall.Read(fd, buf[len(buf):cap(buf)])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, nil, &fs.PathError{Op: "read", Path: path, Err: err}
-		}
-		if n == 0 {
-			return buf, &st, nil
-		}
-		buf = buf[:len(buf)+n]
-	}
+	defer t.close()
+	return readTarget(t, max)
 }
 
-// DefaultMaxFileSize is the largest address.yaml read (1 MiB).
-const DefaultMaxFileSize = 1 << 20
-
-// readAgentFile reads a regular file of at most max bytes without blocking
-// on a FIFO.
-func readAgentFile(path string, max int64) ([]byte, *syscall.Stat_t, error) {
-	fd, err := openRetry(path, syscall.O_RDONLY|syscall.O_NONBLOCK|syscall.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, nil, &fs.PathError{Op: "open", Path: path, Err: err}
+func readTarget(t *target, max int64) ([]byte, *unix.Stat_t, error) {
+	if max <= 0 {
+		max = DefaultMaxFileSize
 	}
-	defer syscall.Close(fd)
-	var st syscall.Stat_t
-	if err := syscall.Fstat(fd, &st); err != nil {
-		return nil, nil, &fs.PathError{Op: "stat", Path: path, Err: err}
+	data, st, err := t.dir.ReadRegular(t.name, max)
+	if errors.Is(err, ErrTooLarge) {
+		err = fmt.Errorf("%w (max_agent_file_size)", err)
 	}
-	if st.Mode&syscall.S_IFMT != syscall.S_IFREG || st.Size > max {
-		return nil, nil, &fs.PathError{Op: "read", Path: path, Err: errors.New("not a small regular file")}
-	}
-	buf := make([]byte, 0, st.Size+1)
-	for int64(len(buf)) <= max {
-		if len(buf) == cap(buf) {
-			buf = append(buf, 0)[:len(buf)]
-		}
-		n, err := syscall.Read(fd, buf[len(buf):min(cap(buf), int(max)+1)])
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return nil, nil, &fs.PathError{Op: "read", Path: path, Err: err}
-		}
-		if n == 0 {
-			return buf, &st, nil
-		}
-		buf = buf[:len(buf)+n]
-	}
-	return nil, nil, &fs.PathError{Op: "read", Path: path, Err: errors.New("file too large")}
-}
-
-// resolveTarget follows symbolic links at path and reports the file a write
-// replaces; a missing file is an error.
-func resolveTarget(path string) (string, error) {
-	target, err := fsutil.ResolveLinks(path)
-	if err != nil {
-		return "", err
-	}
-	if _, err := os.Lstat(target); err != nil {
-		return "", err
-	}
-	return target, nil
+	return data, st, err
 }
 
 // decide reads and parses the locked target and computes the new content.
 // It returns out == nil when nothing is to be written (r.Outcome set).
-func decide(r *Result, target string, u Update, force bool) ([]byte, *syscall.Stat_t) {
-	data, st, err := readTarget(target)
+func decide(r *Result, t *target, u Update, force bool, max int64) ([]byte, *unix.Stat_t) {
+	data, st, err := readTarget(t, max)
+	if errors.Is(err, ErrTooLarge) {
+		r.Outcome, r.Err = Invalid, err
+		return nil, nil
+	}
 	if err != nil {
 		r.Outcome, r.Err = Failed, err
 		return nil, nil
 	}
-	d, err := load(data)
+	d, err := loadBounded(data)
 	if err == nil {
 		r.Before, err = d.address()
 	}
@@ -220,7 +218,7 @@ func decide(r *Result, target string, u Update, force bool) ([]byte, *syscall.St
 		return nil, nil
 	}
 	r.After = r.Before
-	if !force && r.Before.FailoverEpoch >= u.Epoch {
+	if !force && !u.newerThan(r.Before) {
 		r.Outcome = Unchanged
 		return nil, nil
 	}
@@ -241,36 +239,47 @@ func decide(r *Result, target string, u Update, force bool) ([]byte, *syscall.St
 // failover_epoch is lower than u.Epoch (an absent epoch counts as 0), under an
 // exclusive flock on LockPath(target) held from the read to the rename. With
 // force the epoch comparison is skipped, so force may also lower the epoch.
-// The write is atomic and durable (fsutil.WriteFile): it keeps the file's
-// mode and owner, and a symbolic link is kept while its target is replaced.
-// A file that cannot be parsed or edited is left byte-identical (Invalid).
+// The write is atomic and durable; it keeps the file's mode, and its owner
+// when that owner also owns the directory. A symbolic link is followed only
+// if it stays beneath the file's directory (the link is kept and its target
+// replaced); any other link, a FIFO, a directory or another non-regular file
+// is Failed, a file larger than DefaultMaxFileSize Invalid. A file that
+// cannot be parsed or edited is left byte-identical (Invalid). It is
+// CompareAndSwapWith with only Force set.
 func CompareAndSwap(path string, u Update, force bool) Result {
+	return CompareAndSwapWith(path, u, BatchOptions{Force: force})
+}
+
+// CompareAndSwapWith is CompareAndSwap for one file with the options of a
+// batch: Force, MaxFileSize and LockTimeout (the others are ignored).
+func CompareAndSwapWith(path string, u Update, opt BatchOptions) Result {
 	r := Result{Path: path}
 	if err := u.Validate(); err != nil {
 		r.Outcome, r.Err = Failed, err
 		return r
 	}
-	target, err := resolveTarget(path)
+	t, err := openTarget(path)
 	if err != nil {
 		r.Outcome, r.Err = Failed, err
 		return r
 	}
-	l, err := lockFile(target, true)
+	defer t.close()
+	l, err := lockFile(t, true, opt.lockTimeout())
 	if err != nil {
 		r.Outcome, r.Err = Failed, err
 		return r
 	}
 	defer l.unlock()
-	out, st := decide(&r, target, u, force)
+	out, st := decide(&r, t, u, opt.Force, opt.MaxFileSize)
 	if out == nil {
 		return r
 	}
-	staged, err := stage(target, st, out, false)
+	staged, err := t.dir.Stage(t.name, out, st, fsutil.Options{})
 	if err == nil {
 		err = staged.Commit()
 	}
 	if err == nil {
-		err = fsutil.SyncDir(staged.Dir)
+		err = t.dir.Sync()
 	}
 	if err != nil {
 		r.Outcome, r.Err, r.After = Failed, err, r.Before
@@ -280,8 +289,14 @@ func CompareAndSwap(path string, u Update, force bool) Result {
 	return r
 }
 
-// stage writes out to a temporary file beside target with target's mode and
-// owner.
-func stage(target string, st *syscall.Stat_t, out []byte, noSync bool) (*fsutil.Staged, error) {
-	return fsutil.StageAt(target, fs.FileMode(st.Mode&0o777), int(st.Uid), int(st.Gid), out, fsutil.Options{NoSync: noSync})
+// newerThan reports whether u's token (epoch, then failover id) is above
+// the file's: the compare-and-swap rewrites only then. An equal epoch is
+// broken by the failover id, as failoverid.Token orders them, so two
+// servers that claimed one epoch without hearing each other cannot split
+// the files between them for good.
+func (u Update) newerThan(a Address) bool {
+	if u.Epoch != a.FailoverEpoch {
+		return u.Epoch > a.FailoverEpoch
+	}
+	return u.FailoverID > a.FailoverID
 }

@@ -28,7 +28,8 @@
 //   - Atomic: new content goes to a temporary file in the same directory and
 //     is renamed over the file. A reader, or a crash (kill -9, power cut) at
 //     any moment, sees the whole old file or the whole new one, never a mix.
-//     A symbolic link is kept and its target replaced; mode and owner are kept.
+//     A symbolic link is kept and its target replaced; the mode is kept, and
+//     the owner when that owner also owns the directory (see below).
 //   - Durable: a Result says Rewritten only once the new content and the
 //     rename are on stable storage.
 //   - Compare-and-swap: a file is rewritten only if its failover_epoch is
@@ -43,6 +44,35 @@
 //   - A file that cannot be parsed or edited is reported Invalid and left
 //     byte-identical; RewriteAll never stops at a bad file.
 //
+// # Hostile files
+//
+// An agent's owner can write the directory holding its address.yaml, so
+// every file there is hostile input. Reads (ReadFile, ReadFileWith) and
+// rewrites open the directory as a handle and do everything relative to it
+// (internal/fsutil.Dir): swapping the directory afterwards changes nothing.
+// On the way to the directory a symbolic link is followed only if the
+// directory holding it is writable by root or tandem's user alone. In the
+// directory:
+//
+//   - address.yaml may be a symbolic link only to a file beneath the same
+//     directory (relative, never climbing above it); any other link is
+//     Failed, ErrSymlinkEscapes ("symlink leaves the agent directory").
+//   - It is opened O_NOFOLLOW|O_NONBLOCK and must be a regular file (fstat
+//     after the open): a FIFO, directory, socket or device is Failed,
+//     ErrNotRegular, without blocking.
+//   - At most MaxFileSize bytes are read (max_agent_file_size, default
+//     1 MiB), checked before parsing: a bigger file is Invalid, ErrTooLarge.
+//     Files over 64 KiB are parsed one at a time.
+//   - The lock file is created with O_CREAT|O_EXCL|O_NOFOLLOW or opened
+//     O_NOFOLLOW and must be a regular file. The wait for it is bounded
+//     (LockTimeout, default 5 s): a file whose lock stays held is Failed,
+//     ErrLockTimeout, the batch goes on, the caller retries later.
+//   - The temporary file is created O_EXCL|O_NOFOLLOW and renamed relative
+//     to the handle. It gets the old file's owner only when that owner also
+//     owns the directory; otherwise it stays tandem's user's (no chown).
+//
+// Every such error is one line naming the file and what was expected.
+//
 // The lock only orders writers that use it (tandem's). An editor that
 // rewrites the file by hand is not fenced out, but its result is still
 // compare-and-swapped against by the next tandem writer.
@@ -53,9 +83,9 @@
 // directory. Doing that for 10,000 agents costs two fsyncs per file, so
 // RewriteAll batches durability without weakening it:
 //
-//  1. Each worker locks a group of up to 256 files (bounded by the open-file
-//     limit). It waits only for the first lock of a group and merely tries
-//     the others, so no worker ever waits while holding a lock: groups cannot
+//  1. Each worker locks a group of up to 256 files (GroupSize; bounded by the
+//     open-file limit). It waits (at most LockTimeout) only for the first lock
+//     of a group and merely tries the others, so no worker ever waits while holding a lock: groups cannot
 //     deadlock with each other, with other processes, or with a file listed
 //     twice.
 //  2. Under the locks it reads, compares and edits each file and stages the

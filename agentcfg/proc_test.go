@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 // epochs 1, 2, 3, ... until killed.
 func runChild() error {
 	files := strings.Split(os.Getenv("AGENTCFG_FILES"), ",")
+	if f := childModes[os.Getenv("AGENTCFG_MODE")]; f != nil {
+		return f(files)
+	}
 	switch os.Getenv("AGENTCFG_MODE") {
 	case "epochs":
 		for i, s := range strings.Split(os.Getenv("AGENTCFG_EPOCHS"), ",") {
@@ -69,6 +72,9 @@ func runChild() error {
 	}
 	return fmt.Errorf("unknown mode")
 }
+
+// childModes are further child modes, registered by platform-specific tests.
+var childModes = map[string]func(files []string) error{}
 
 func child(ctx context.Context, env ...string) *exec.Cmd {
 	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run=^$")

@@ -23,7 +23,8 @@ const TempPrefix = "."
 // Options tune WriteFile.
 type Options struct {
 	// Perm is the mode of a newly created file. When the target exists its
-	// mode (and, when possible, owner and group) are kept instead.
+	// mode is kept instead, and its owner and group when that owner also
+	// owns the directory (see Dir.Stage).
 	Perm fs.FileMode
 	// NoSync skips the file and directory fsyncs. Only for callers that sync
 	// a whole batch themselves (see SyncDir) before reporting success.
@@ -31,7 +32,9 @@ type Options struct {
 }
 
 // WriteFile atomically replaces path with data. If path is a symbolic link the
-// link's target is written and the link is kept. Unless opt.NoSync, the file
+// link's target is written and the link is kept: WriteFile is for tandem's
+// own files, in directories only tandem's user writes. Files in directories
+// other users may write go through Dir. Unless opt.NoSync, the file
 // and the directory are fsynced before it returns.
 func WriteFile(path string, data []byte, opt Options) error {
 	st, err := Stage(path, data, opt)

@@ -2,13 +2,11 @@ package fsutil
 
 import (
 	"errors"
-	"fmt"
 	"io/fs"
-	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"strconv"
-	"syscall"
+
+	"golang.org/x/sys/unix"
 )
 
 // Staged is new content for a file, written to a temporary file next to it
@@ -19,97 +17,77 @@ type Staged struct {
 	Target string // the file Commit replaces (symbolic links resolved)
 	Temp   string // the temporary file
 	Dir    string // the directory holding both
+
+	d      *Dir   // the handle Commit renames through
+	ownDir bool   // Commit and Abort close d (Stage by path)
+	name   string // Target's name in d
+	temp   string // Temp's name in d
+	done   bool   // committed or aborted
 }
 
 // Stage writes data to a temporary file in the directory of path's target
-// (symbolic links resolved), with the target's mode and, when possible, owner.
-// The temporary file is fsynced unless opt.NoSync.
+// (symbolic links resolved, for tandem's own files in directories only it
+// writes; agent files use Dir.Stage), with the target's mode and, when the
+// target's owner also owns the directory, its owner (see Dir.Stage). The
+// temporary file is fsynced unless opt.NoSync.
 func Stage(path string, data []byte, opt Options) (*Staged, error) {
 	target, err := ResolveLinks(path)
 	if err != nil {
 		return nil, err
 	}
-	perm := opt.Perm
-	if perm == 0 {
-		perm = 0o644
-	}
-	uid, gid := -1, -1
-	if st, err := os.Stat(target); err == nil {
-		perm = st.Mode().Perm()
-		if sys, ok := st.Sys().(*syscall.Stat_t); ok {
-			uid, gid = int(sys.Uid), int(sys.Gid)
-		}
-	} else if !errors.Is(err, fs.ErrNotExist) {
+	d, err := OpenDir(filepath.Dir(target))
+	if err != nil {
 		return nil, err
 	}
-	return StageAt(target, perm, uid, gid, data, opt)
-}
-
-// StageAt is Stage for a caller that has already resolved the target and
-// knows the mode and owner to give it (uid < 0: keep the caller's). It uses
-// raw system calls only: a batch of thousands of files pays for every one.
-func StageAt(target string, perm fs.FileMode, uid, gid int, data []byte, opt Options) (*Staged, error) {
-	dir, base := filepath.Split(target)
-	if dir == "" {
-		dir = "."
+	name := filepath.Base(target)
+	var old *unix.Stat_t
+	var st unix.Stat_t
+	if err := fstatat(d.fd, name, &st, unix.AT_SYMLINK_NOFOLLOW); err == nil {
+		old = &st
+	} else if !errors.Is(err, unix.ENOENT) {
+		d.Close()
+		return nil, &fs.PathError{Op: "stat", Path: target, Err: err}
 	}
-	s := &Staged{Target: target, Dir: dir}
-	var fd int
-	var err error
-	for try := 0; ; try++ {
-		s.Temp = filepath.Join(dir, TempPrefix+base+".tmp-"+strconv.FormatUint(rand.Uint64()%1e10, 10))
-		fd, err = syscall.Open(s.Temp, syscall.O_WRONLY|syscall.O_CREAT|syscall.O_EXCL|syscall.O_CLOEXEC, uint32(perm.Perm()))
-		if err == syscall.EINTR || err == syscall.EEXIST && try < 100 {
-			continue
-		}
-		if err != nil {
-			return nil, &fs.PathError{Op: "create", Path: s.Temp, Err: err}
-		}
-		break
-	}
-	fail := func(err error) (*Staged, error) {
-		syscall.Close(fd)
-		syscall.Unlink(s.Temp)
+	s, err := d.Stage(name, data, old, opt)
+	if err != nil {
+		d.Close()
 		return nil, err
 	}
-	for b := data; len(b) > 0; {
-		n, err := syscall.Write(fd, b)
-		if err == syscall.EINTR {
-			continue
-		}
-		if err != nil {
-			return fail(fmt.Errorf("write %s: %w", s.Temp, err))
-		}
-		b = b[n:]
-	}
-	// The umask may have narrowed the mode given to open.
-	if err := syscall.Fchmod(fd, uint32(perm.Perm())); err != nil {
-		return fail(&fs.PathError{Op: "chmod", Path: s.Temp, Err: err})
-	}
-	if uid >= 0 && (uid != os.Geteuid() || gid != os.Getegid()) {
-		_ = syscall.Fchown(fd, uid, gid) // best effort: only root may give a file away
-	}
-	if !opt.NoSync {
-		if err := syscall.Fsync(fd); err != nil {
-			return fail(fmt.Errorf("fsync %s: %w", s.Temp, err))
-		}
-	}
-	if err := syscall.Close(fd); err != nil {
-		syscall.Unlink(s.Temp)
-		return nil, &fs.PathError{Op: "close", Path: s.Temp, Err: err}
-	}
+	s.Target, s.ownDir = target, true
 	return s, nil
 }
 
-// Commit renames the temporary file over the target. The directory is not
-// synced: the caller does that (SyncDir or SyncFS) before relying on it.
+// Commit renames the temporary file over the target, relative to the
+// directory handle. The directory is not synced: the caller does that
+// (SyncDir, Dir.Sync or SyncFS) before relying on it.
 func (s *Staged) Commit() error {
-	if err := syscall.Rename(s.Temp, s.Target); err != nil {
-		syscall.Unlink(s.Temp)
+	if s.done {
+		return errors.New("fsutil: Commit after Commit or Abort")
+	}
+	err := unix.Renameat(s.d.fd, s.temp, s.d.fd, s.name)
+	if err != nil {
+		unix.Unlinkat(s.d.fd, s.temp, 0)
+	}
+	s.release()
+	if err != nil {
 		return &os.LinkError{Op: "rename", Old: s.Temp, New: s.Target, Err: err}
 	}
 	return nil
 }
 
-// Abort removes the temporary file.
-func (s *Staged) Abort() { syscall.Unlink(s.Temp) }
+// Abort removes the temporary file. After Commit it does nothing.
+func (s *Staged) Abort() {
+	if s.done {
+		return
+	}
+	unix.Unlinkat(s.d.fd, s.temp, 0)
+	s.release()
+}
+
+func (s *Staged) release() {
+	s.done = true
+	if s.ownDir {
+		s.d.Close()
+		s.ownDir = false
+	}
+}

@@ -295,6 +295,9 @@ func CompareAndSwapWith(path string, u Update, opt BatchOptions) Result {
 // servers that claimed one epoch without hearing each other cannot split
 // the files between them for good.
 func (u Update) newerThan(a Address) bool {
+	if u.Epoch == 0 {
+		return false // no server writes epoch 0: it is "no token"
+	}
 	if u.Epoch != a.FailoverEpoch {
 		return u.Epoch > a.FailoverEpoch
 	}

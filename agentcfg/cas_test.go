@@ -47,7 +47,10 @@ func TestCompareAndSwap(t *testing.T) {
 	}{
 		{"no epoch", sample, 1, false, Rewritten},
 		{"lower epoch", sample + "failover_epoch: 3\n", 4, false, Rewritten},
-		{"equal epoch", sample + "failover_epoch: 4\n", 4, false, Unchanged},
+		{"equal epoch, same id", sample + "failover_id: " + testID + "\nfailover_epoch: 4\n", 4, false, Unchanged},
+		// An equal epoch is broken by the failover id (the greater wins).
+		{"equal epoch, greater id in the file", sample + "failover_id: " + testID2 + "\nfailover_epoch: 4\n", 4, false, Unchanged},
+		{"equal epoch, lower id in the file", sample + "failover_id: 00000000-0000-4000-8000-000000000000\nfailover_epoch: 4\n", 4, false, Rewritten},
 		{"higher epoch", sample + "failover_epoch: 9\n", 4, false, Unchanged},
 		{"force lowers", sample + "failover_epoch: 9\n", 4, true, Rewritten},
 		{"epoch 0 update on no epoch", sample, 0, false, Unchanged},

@@ -11,6 +11,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/tandem-ha/tandem/agentcfg"
 	"github.com/tandem-ha/tandem/broker"
 	"github.com/tandem-ha/tandem/config"
 	"github.com/tandem-ha/tandem/failoverid"
@@ -46,6 +47,9 @@ type clusterOptions struct {
 	options func(i int) Options
 	// agents is how many agent files to create.
 	agents int
+	// primaries is how many nodes (the first ones) start with no
+	// primary_location: 0 means 1.
+	primaries int
 }
 
 func makeCluster(t *testing.T, o clusterOptions) *cluster {
@@ -75,7 +79,7 @@ func makeCluster(t *testing.T, o clusterOptions) *cluster {
 		if o.configure != nil {
 			o.configure(i, cfg)
 		}
-		if i > 0 {
+		if i >= max(o.primaries, 1) {
 			if err := config.WritePrimaryLocation(dir, c.advertise(0)); err != nil {
 				t.Fatal(err)
 			}
@@ -110,20 +114,40 @@ func makeCluster(t *testing.T, o clusterOptions) *cluster {
 
 func (c *cluster) advertise(i int) string { return fmt.Sprintf("127.0.0.1:%d", 10001+i) }
 
-// start runs node i until stop (or the test's end).
+// start runs node i until stop (or the test's end) and waits until it
+// serves.
 func (c *cluster) start(i int) *clusterNode {
-	cn := c.nodes[i]
-	ctx, cancel := context.WithCancel(context.Background())
-	cn.cancel, cn.done = cancel, make(chan error, 1)
-	go func() { cn.done <- cn.n.Run(ctx) }()
+	cn := c.launch(i)
 	select {
 	case <-cn.n.Ready():
 	case err := <-cn.done:
+		cn.done <- err
 		c.t.Fatalf("%s did not start: %v", cn.name, err)
 	case <-time.After(10 * time.Second):
 		c.t.Fatalf("%s did not start", cn.name)
 	}
 	return cn
+}
+
+// launch runs node i without waiting; cn.done gets Run's error.
+func (c *cluster) launch(i int) *clusterNode {
+	cn := c.nodes[i]
+	ctx, cancel := context.WithCancel(context.Background())
+	cn.cancel, cn.done = cancel, make(chan error, 1)
+	go func() { cn.done <- cn.n.Run(ctx) }()
+	return cn
+}
+
+// exited reports Run's error if node i's Run has returned.
+func (c *cluster) exited(i int) (error, bool) {
+	cn := c.nodes[i]
+	select {
+	case err := <-cn.done:
+		cn.done <- err
+		return err, true
+	default:
+		return nil, false
+	}
 }
 
 // stop ends node i (its bus goes quiet, as a kill would make it) and
@@ -235,4 +259,18 @@ func waitClosed(t *testing.T, ch <-chan struct{}, what string) {
 	case <-time.After(10 * time.Second):
 		t.Fatalf("timed out waiting for %s", what)
 	}
+}
+
+// boundTo counts the agent files bound to failover id and the others.
+func (c *cluster) boundTo(id string) (bound, other int) {
+	paths, _ := filepath.Glob(c.agents)
+	for _, p := range paths {
+		a, err := agentcfg.ReadFile(p)
+		if err == nil && a.FailoverID == id {
+			bound++
+		} else {
+			other++
+		}
+	}
+	return bound, other
 }

@@ -1,6 +1,7 @@
 package node
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"sync"
@@ -127,5 +128,60 @@ func TestAFenceStopsAfterTakeoverBeforeOnFencedRuns(t *testing.T) {
 	st := c.disk(1)
 	if st.Role != "fenced" || st.FencedBy == nil || st.FencedBy.Epoch != 9 || st.Takeover != nil {
 		t.Fatalf("state.json after the fence: %+v (journal %+v); want fenced by epoch 9, no journal", st, st.Takeover)
+	}
+}
+
+// Defect: a fresh pair started at the same time with no primary_location
+// on either side split 8,000 agent files between two primaries at epoch 1,
+// for good. Tokens are totally ordered (an equal epoch broken by failover
+// id): however the start races, exactly one ends primary — the other is
+// fenced, or refused to start because the files are already claimed — and
+// every file ends bound to the primary.
+func TestTwoPrimariesAtOneEpochEndWithExactlyOneFenced(t *testing.T) {
+	const files = 400
+	for round := 0; round < 5; round++ {
+		c := makeCluster(t, clusterOptions{nodes: 2, agents: files, primaries: 2})
+		c.launch(0)
+		c.launch(1)
+		deadline := time.Now().Add(10 * time.Second)
+		primaryAt := -1
+		for primaryAt < 0 {
+			var roles [2]string
+			for i := range roles {
+				roles[i] = c.nodes[i].n.Status().Role
+				if err, done := c.exited(i); done {
+					if !errors.Is(err, ErrFenced) {
+						t.Fatalf("n%d exited with %v", i, err)
+					}
+					roles[i] = "refused"
+				}
+			}
+			switch {
+			case roles[0] == "primary" && (roles[1] == "fenced" || roles[1] == "refused"):
+				primaryAt = 0
+			case roles[1] == "primary" && (roles[0] == "fenced" || roles[0] == "refused"):
+				primaryAt = 1
+			case time.Now().After(deadline):
+				t.Fatalf("round %d: roles %v: want exactly one primary", round, roles)
+			default:
+				time.Sleep(2 * time.Millisecond)
+			}
+		}
+		w := c.nodes[primaryAt].n.Status()
+		deadline = time.Now().Add(10 * time.Second)
+		for {
+			bound, other := c.boundTo(w.FailoverID)
+			if other == 0 && bound == files {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("round %d: %d files bound to the primary, %d elsewhere", round, bound, other)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+		if s := c.nodes[primaryAt].n.Status(); s.Role != "primary" {
+			t.Fatalf("round %d: the primary became %s", round, s.Role)
+		}
+		c.stopAll()
 	}
 }

@@ -235,7 +235,7 @@ expect_role b backup
 ok "4. upgrade in maintenance mode: no takeover, maintenance off again"
 
 # 5a. a's data dir is lost while b is primary: rebuild and rejoin.
-"$BIN" switchover --admin "127.0.0.1:${APORT[a]}" >/dev/null
+"$BIN" switchover --config "$L/a.yaml" >/dev/null
 wait_role b primary
 wait_role a backup
 old_id=$(field a failover_id)

@@ -213,7 +213,7 @@ func TestBackupKilledMidRewriteCompletesAfterRestart(t *testing.T) {
 func TestSwitchoverAndBack(t *testing.T) {
 	c := newCluster(t)
 	a, b, files := pairUp(t, c, 5)
-	if code, body := post(t, a.admin, "/switchover"); code != 202 {
+	if code, body := post(t, a, "/switchover"); code != 202 {
 		t.Fatalf("switchover: %d %s", code, body)
 	}
 	c.waitRole(b, "primary", 10*time.Second)
@@ -235,7 +235,7 @@ func TestSwitchoverAndBack(t *testing.T) {
 		return err == nil && s.BackupConfigured
 	})
 	// And back.
-	if code, body := post(t, b.admin, "/switchover"); code != 202 {
+	if code, body := post(t, b, "/switchover"); code != 202 {
 		t.Fatalf("switchover back: %d %s", code, body)
 	}
 	c.waitRole(a, "primary", 10*time.Second)
@@ -249,7 +249,7 @@ func TestSwitchoverAndBack(t *testing.T) {
 func TestMaintenancePausesFailover(t *testing.T) {
 	c := newCluster(t)
 	a, b, files := pairUp(t, c, 3)
-	if code, body := post(t, b.admin, "/maintenance?state=on"); code != 200 {
+	if code, body := post(t, b, "/maintenance?state=on"); code != 200 {
 		t.Fatalf("maintenance on: %d %s", code, body)
 	}
 	a.p.signal(syscall.SIGKILL)
@@ -259,7 +259,7 @@ func TestMaintenancePausesFailover(t *testing.T) {
 		t.Fatalf("failover during maintenance: %+v", s)
 	}
 	allAt(t, files, a, 1, time.Second)
-	if code, body := post(t, b.admin, "/maintenance?state=off"); code != 200 {
+	if code, body := post(t, b, "/maintenance?state=off"); code != 200 {
 		t.Fatalf("maintenance off: %d %s", code, body)
 	}
 	c.waitRole(b, "primary", 10*time.Second)

@@ -365,7 +365,7 @@ func scWallClock(t *testing.T, kind string, ext *extBroker) {
 func scSwitchoverPartition(t *testing.T, kind string, ext *extBroker) {
 	r := settledRig(t, kind, ext, rigOpts{})
 	r.partition(r.b)
-	code, body := post(t, r.a.admin, "/switchover")
+	code, body := post(t, r.a, "/switchover")
 	t.Logf("switchover during the partition: %d %s", code, strings.TrimSpace(body))
 	if code != 202 && code != 409 {
 		t.Fatalf("switchover: %d %s, want 202 or 409", code, body)

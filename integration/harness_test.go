@@ -213,9 +213,16 @@ func getStatus(admin string) (status, error) {
 	return s, err
 }
 
-func post(t testing.TB, admin, path string) (int, string) {
+// post does an authorized POST to s's admin API, as the CLI does: the
+// server's admin token, no body.
+func post(t testing.TB, s *server, path string) (int, string) {
 	t.Helper()
-	resp, err := client.Post("http://"+admin+path, "text/plain", nil)
+	req, err := http.NewRequest(http.MethodPost, "http://"+s.admin+path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+adminToken(t, s))
+	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

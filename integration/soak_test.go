@@ -338,7 +338,7 @@ func (s *soak) frozenAgent() {
 
 func (s *soak) switchover() {
 	old, next := s.prim, s.back
-	code, body := post(s.t, old.admin, "/switchover")
+	code, body := post(s.t, old, "/switchover")
 	if code != 202 {
 		s.t.Fatalf("cycle %d: switchover: %d %s", s.cycle, code, body)
 	}

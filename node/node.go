@@ -267,8 +267,12 @@ func (n *Node) Run(ctx context.Context) error {
 	n.BrokerAddr = srv.Addr()
 	n.advertise = effectiveAdvertise(n.cfg.Advertise, srv.Addr())
 
+	adminOpts, err := n.adminOptions() // DATA/admin.token, created on the first start
+	if err != nil {
+		return err
+	}
 	actx, stopAdmin := context.WithCancel(context.Background())
-	adminAddr, adminDone, err := ServeAdmin(actx, n.cfg.Admin, AdminHandler(n))
+	adminAddr, adminDone, err := ServeAdmin(actx, n.cfg.Admin, AdminHandler(n, adminOpts...))
 	if err != nil {
 		stopAdmin()
 		return err

@@ -6,6 +6,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -13,6 +15,7 @@ import (
 	"time"
 
 	"github.com/tandem-ha/tandem/config"
+	"github.com/tandem-ha/tandem/internal/admintoken"
 	"github.com/tandem-ha/tandem/node"
 )
 
@@ -24,42 +27,123 @@ func init() {
 
 const defaultAdmin = "127.0.0.1:61630"
 
-// adminFlags adds --admin and --config to fs; resolve returns the admin
-// address to talk to.
-func adminFlags(fs *flag.FlagSet) (resolve func() (string, error)) {
-	admin := fs.String("admin", "", "the server's admin address HOST:PORT (default "+defaultAdmin+")")
-	cfgPath := fs.String("config", "", "read the admin address from this server config instead")
-	return func() (string, error) {
+// adminTarget is the server a control command talks to.
+type adminTarget struct {
+	addr string // HOST:PORT to dial
+	// token is the admin token (mutating commands only), read from
+	// tokenFile.
+	token, tokenFile string
+}
+
+// adminFlags adds --admin and --config (and, for the commands that change
+// something, --token-file) to fs; resolve returns the server to talk to.
+// With withToken, resolve also reads the admin token: from --token-file, or
+// DATA_DIR/admin.token of --config's data_dir. Its errors are bad usage
+// (exit 2), each one line naming the file and the fix.
+func adminFlags(flags *flag.FlagSet, withToken bool) (resolve func() (adminTarget, error)) {
+	admin := flags.String("admin", "", "the server's admin address HOST:PORT (default "+defaultAdmin+")")
+	cfgHelp := "read the admin address from this server config instead"
+	if withToken {
+		cfgHelp = "read the admin address, and the admin token DATA_DIR/" + admintoken.FileName + ", from this server config instead"
+	}
+	cfgPath := flags.String("config", "", cfgHelp)
+	tokenFile := new(string)
+	if withToken {
+		flags.StringVar(tokenFile, "token-file", "", "the admin token file (the server's DATA_DIR/"+admintoken.FileName+"); needed with --admin, default with --config: from its data_dir")
+	}
+	return func() (adminTarget, error) {
+		var t adminTarget
+		var dataDir string
 		switch {
 		case *admin != "" && *cfgPath != "":
-			return "", errors.New("give --admin or --config, not both")
+			return t, errors.New("give --admin or --config, not both")
 		case *admin != "":
-			return *admin, nil
+			t.addr = *admin
 		case *cfgPath != "":
 			cfg, err := config.Load(*cfgPath)
 			if err != nil {
-				return "", err
+				return t, err
 			}
-			return cfg.Admin, nil
+			t.addr, dataDir = cfg.Admin, cfg.DataDir
+		default:
+			t.addr = defaultAdmin
 		}
-		return defaultAdmin, nil
+		t.addr = dialable(t.addr)
+		if !withToken {
+			return t, nil
+		}
+		switch {
+		case *tokenFile != "":
+			t.tokenFile = *tokenFile
+		case dataDir != "":
+			t.tokenFile = admintoken.Path(dataDir)
+		default:
+			return t, errors.New("this command needs the admin token: give --config FILE (the server's tandem.yaml; the token is DATA_DIR/" + admintoken.FileName + ") or --token-file FILE with --admin HOST:PORT")
+		}
+		tok, err := admintoken.Read(t.tokenFile)
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			return t, fmt.Errorf("no admin token at %s: the server creates it on its first start (is that the server's data_dir, and has the server started?); or give --token-file FILE", t.tokenFile)
+		case errors.Is(err, fs.ErrPermission):
+			return t, fmt.Errorf("cannot read the admin token %s: permission denied: run this as the user the server runs as (e.g. sudo -u tandem), or give --token-file FILE", t.tokenFile)
+		case err != nil:
+			var pe *os.PathError
+			if errors.As(err, &pe) {
+				return t, fmt.Errorf("cannot read the admin token %s: %v: give --config FILE or --token-file FILE", t.tokenFile, pe.Err)
+			}
+			return t, fmt.Errorf("%v", err) // names the file and the fix
+		}
+		t.token = tok
+		return t, nil
 	}
+}
+
+// dialable turns a listen address with an empty or unspecified host
+// (":61630", "0.0.0.0:61630", "[::]:61630") into its loopback address.
+func dialable(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	switch host {
+	case "", "0.0.0.0":
+		host = "127.0.0.1"
+	case "::":
+		host = "::1"
+	}
+	return net.JoinHostPort(host, port)
 }
 
 var httpClient = &http.Client{Timeout: 15 * time.Second}
 
-// call does one admin request and decodes the JSON answer into out.
-func call(method, admin, path, body string, out any) (int, error) {
-	req, err := http.NewRequest(method, "http://"+admin+path, strings.NewReader(body))
+// call does one admin request and decodes the JSON answer into out. With a
+// token it sends "Authorization: Bearer TOKEN"; a body goes as
+// application/json.
+func call(method string, t adminTarget, path, body string, out any) (int, error) {
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, "http://"+t.addr+path, rd)
 	if err != nil {
 		return 0, err
 	}
+	req.Header.Set("Accept", "application/json")
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if t.token != "" {
+		req.Header.Set("Authorization", "Bearer "+t.token)
+	}
 	resp, err := httpClient.Do(req)
 	if err != nil {
-		return 0, fmt.Errorf("no tandem server answers at %s (is it running? is --admin right?): %v", admin, err)
+		return 0, fmt.Errorf("no tandem server answers at %s (is it running? is --admin right?): %v", t.addr, err)
 	}
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode == http.StatusUnauthorized && t.token != "" {
+		return resp.StatusCode, fmt.Errorf("the server at %s refused the admin token in %s: it is not that server's token (do --admin/--config and --token-file name the same server?)", t.addr, t.tokenFile)
+	}
 	if resp.StatusCode >= 300 {
 		var e struct{ Error string }
 		if json.Unmarshal(b, &e) == nil && e.Error != "" {
@@ -75,11 +159,20 @@ func call(method, admin, path, body string, out any) (int, error) {
 	return resp.StatusCode, nil
 }
 
-func parseControl(name, usage string, args []string, stdout, stderr io.Writer, extra func(fs *flag.FlagSet)) (*flag.FlagSet, func() (string, error), int, bool) {
+// callExit is the exit code for a failed call: a refused token is bad
+// input (2), anything else a runtime failure (1).
+func callExit(code int) int {
+	if code == http.StatusUnauthorized {
+		return exitUsage
+	}
+	return exitRuntime
+}
+
+func parseControl(name, usage string, args []string, stdout, stderr io.Writer, withToken bool, extra func(fs *flag.FlagSet)) (*flag.FlagSet, func() (adminTarget, error), int, bool) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	out := helpOut(args, stdout, stderr)
 	fs.SetOutput(out)
-	resolve := adminFlags(fs)
+	resolve := adminFlags(fs, withToken)
 	if extra != nil {
 		extra(fs)
 	}
@@ -103,7 +196,7 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 Shows a running server's role, epoch, the primary it watches (backup) or
 whether a backup is configured (primary), maintenance mode, agents, warnings
 and, when something needs doing, the runbook step.
-`, args, stdout, stderr, func(fs *flag.FlagSet) { asJSON = fs.Bool("json", false, "print the status JSON object") })
+`, args, stdout, stderr, false, func(fs *flag.FlagSet) { asJSON = fs.Bool("json", false, "print the status JSON object") })
 	if !ok {
 		return code
 	}
@@ -111,14 +204,14 @@ and, when something needs doing, the runbook step.
 		fmt.Fprintln(stderr, "tandem status: unexpected argument", fs.Arg(0))
 		return exitUsage
 	}
-	admin, err := resolve()
+	target, err := resolve()
 	if err != nil {
 		fmt.Fprintln(stderr, "tandem status:", err)
 		return exitUsage
 	}
 	var s node.Status
 	var raw json.RawMessage
-	if _, err := call(http.MethodGet, admin, "/status", "", &raw); err != nil {
+	if _, err := call(http.MethodGet, target, "/status", "", &raw); err != nil {
 		fmt.Fprintln(stderr, "tandem status:", err)
 		return exitRuntime
 	}
@@ -187,12 +280,18 @@ func printStatus(w io.Writer, s node.Status) {
 }
 
 func runSwitchover(args []string, stdout, stderr io.Writer) int {
-	fs, resolve, code, ok := parseControl("switchover", `Usage: tandem switchover [--admin HOST:PORT | --config FILE]
+	fs, resolve, code, ok := parseControl("switchover", `Usage: tandem switchover --config FILE
+       tandem switchover --admin HOST:PORT --token-file FILE
 
 Run on (or against) the primary: the backup takes over at once with epoch+1,
 rewrites every agent's address.yaml, and this primary becomes its backup by
 itself (it writes its own primary_location). Fails when no backup replies.
-`, args, stdout, stderr, nil)
+
+It sends the server's admin token (DATA_DIR/admin.token, which the server
+creates on its first start, mode 0600): with --config it reads the token
+from the config's data_dir; with --admin give --token-file. Run it as the
+user the server runs as (or root), who can read that file.
+`, args, stdout, stderr, true, nil)
 	if !ok {
 		return code
 	}
@@ -200,18 +299,18 @@ itself (it writes its own primary_location). Fails when no backup replies.
 		fmt.Fprintln(stderr, "tandem switchover: unexpected argument", fs.Arg(0))
 		return exitUsage
 	}
-	admin, err := resolve()
+	target, err := resolve()
 	if err != nil {
 		fmt.Fprintln(stderr, "tandem switchover:", err)
 		return exitUsage
 	}
 	var out map[string]string
-	if _, err := call(http.MethodPost, admin, "/switchover", "", &out); err != nil {
+	if code, err := call(http.MethodPost, target, "/switchover", "", &out); err != nil {
 		fmt.Fprintln(stderr, "tandem switchover:", err)
-		return exitRuntime
+		return callExit(code)
 	}
 	fmt.Fprintln(stdout, out["result"])
-	fmt.Fprintln(stdout, "watch it with: tandem status --admin", admin)
+	fmt.Fprintln(stdout, "watch it with: tandem status --admin", target.addr)
 	return exitOK
 }
 
@@ -229,28 +328,34 @@ func runMaintenance(args []string, stdout, stderr io.Writer) int {
 		rest = append(rest, a)
 	}
 	args = rest
-	fs, resolve, code, ok := parseControl("maintenance", `Usage: tandem maintenance on|off [--admin HOST:PORT | --config FILE]
+	fs, resolve, code, ok := parseControl("maintenance", `Usage: tandem maintenance on|off --config FILE
+       tandem maintenance on|off --admin HOST:PORT --token-file FILE
 
 Pauses (on) or resumes (off) automatic failover. On the backup it stops the
 failure detector; on the primary its heartbeats announce maintenance and the
 backup pauses. The setting survives restarts. Leaving maintenance restarts
 the silence window, so it never fails over at once.
-`, args, stdout, stderr, nil)
+
+It sends the server's admin token (DATA_DIR/admin.token, which the server
+creates on its first start, mode 0600): with --config it reads the token
+from the config's data_dir; with --admin give --token-file. Run it as the
+user the server runs as (or root), who can read that file.
+`, args, stdout, stderr, true, nil)
 	if !ok {
 		return code
 	}
 	if state == "" || fs.NArg() != 0 {
-		fmt.Fprintln(stderr, "tandem maintenance: expected on or off (tandem maintenance on|off [--admin HOST:PORT | --config FILE])")
+		fmt.Fprintln(stderr, "tandem maintenance: expected on or off (tandem maintenance on|off --config FILE, or --admin HOST:PORT --token-file FILE)")
 		return exitUsage
 	}
-	admin, err := resolve()
+	target, err := resolve()
 	if err != nil {
 		fmt.Fprintln(stderr, "tandem maintenance:", err)
 		return exitUsage
 	}
-	if _, err := call(http.MethodPost, admin, "/maintenance?state="+state, "", nil); err != nil {
+	if code, err := call(http.MethodPost, target, "/maintenance?state="+state, "", nil); err != nil {
 		fmt.Fprintln(stderr, "tandem maintenance:", err)
-		return exitRuntime
+		return callExit(code)
 	}
 	if state == "on" {
 		fmt.Fprintln(stdout, "maintenance on: automatic failover paused")

@@ -11,10 +11,16 @@ import (
 	"github.com/tandem-ha/tandem/node"
 )
 
-// fakeAdmin records the maintenance requests and serves a status.
+// fakeAdmin records the maintenance requests and serves a status. Its
+// POST endpoints want the token of testTokenFile.
 func fakeAdmin(t *testing.T, st node.Status) (addr string, maint *[]string) {
 	var got []string
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method == http.MethodPost && r.Header.Get("Authorization") != "Bearer "+testToken {
+			w.WriteHeader(401)
+			w.Write([]byte(`{"error":"admin token required"}`))
+			return
+		}
 		switch r.URL.Path {
 		case "/maintenance":
 			got = append(got, r.URL.Query().Get("state"))
@@ -32,10 +38,11 @@ func fakeAdmin(t *testing.T, st node.Status) (addr string, maint *[]string) {
 
 func TestMaintenanceAcceptsTheContractOrder(t *testing.T) {
 	addr, got := fakeAdmin(t, node.Status{})
+	tf := testTokenFile(t)
 	for _, args := range [][]string{
-		{"on", "--admin", addr},
-		{"--admin", addr, "off"},
-		{"--admin=" + addr, "on"},
+		{"on", "--admin", addr, "--token-file", tf},
+		{"--admin", addr, "--token-file", tf, "off"},
+		{"--admin=" + addr, "--token-file=" + tf, "on"},
 	} {
 		var out, errb bytes.Buffer
 		if code := runMaintenance(args, &out, &errb); code != 0 {
@@ -46,7 +53,7 @@ func TestMaintenanceAcceptsTheContractOrder(t *testing.T) {
 		t.Fatalf("requests %v", *got)
 	}
 	var out, errb bytes.Buffer
-	for _, bad := range [][]string{{"--admin", addr}, {"maybe", "--admin", addr}, {"on", "off", "--admin", addr}} {
+	for _, bad := range [][]string{{"--admin", addr, "--token-file", tf}, {"maybe", "--admin", addr, "--token-file", tf}, {"on", "off", "--admin", addr, "--token-file", tf}} {
 		if code := runMaintenance(bad, &out, &errb); code != 2 {
 			t.Fatalf("%v: exit %d, want 2", bad, code)
 		}
@@ -84,7 +91,7 @@ func TestControlCommandsSayWhenNoServerAnswers(t *testing.T) {
 	}
 	addr, _ := fakeAdmin(t, node.Status{})
 	errb.Reset()
-	if code := runSwitchover([]string{"--admin", addr}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "no backup") {
+	if code := runSwitchover([]string{"--admin", addr, "--token-file", testTokenFile(t)}, &out, &errb); code != 1 || !strings.Contains(errb.String(), "no backup") {
 		t.Fatalf("switchover without backup: exit %d %s", code, errb.String())
 	}
 }

@@ -1,0 +1,188 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/tandem-ha/tandem/internal/admintoken"
+	"github.com/tandem-ha/tandem/node"
+	"github.com/tandem-ha/tandem/primary"
+)
+
+const testToken = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+
+// testTokenFile writes testToken to a 0600 file and returns its path.
+func testTokenFile(t *testing.T) string {
+	t.Helper()
+	p := filepath.Join(t.TempDir(), admintoken.FileName)
+	if err := os.WriteFile(p, []byte(testToken+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// ctlFake is the node side of the real admin API for the CLI tests.
+type ctlFake struct {
+	mu    sync.Mutex
+	maint []bool
+	sw    int
+}
+
+func (c *ctlFake) Status() node.Status         { return node.Status{Node: "opsc-b", Role: "primary"} }
+func (c *ctlFake) Metrics() node.Metrics       { return node.Metrics{} }
+func (c *ctlFake) Agents() []primary.AgentView { return nil }
+func (c *ctlFake) Switchover(context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.sw++
+	return nil
+}
+func (c *ctlFake) SetMaintenance(on bool) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.maint = append(c.maint, on)
+	return nil
+}
+
+// realAdmin serves the real admin API (token, Host, Origin and
+// Content-Type checks) on loopback for tok.
+func realAdmin(t *testing.T, c node.Controller, tok string) string {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	addr, done, err := node.ServeAdmin(ctx, "127.0.0.1:0", node.AdminHandler(c, node.AdminToken(tok), node.AdminAddress("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); done() })
+	return addr
+}
+
+func maintCmd(args []string, o, e *bytes.Buffer) int { return runMaintenance(args, o, e) }
+func swCmd(args []string, o, e *bytes.Buffer) int    { return runSwitchover(args, o, e) }
+func statusCmd(args []string, o, e *bytes.Buffer) int {
+	return runStatus(args, o, e)
+}
+
+// The CLI's requests pass the real admin API's checks: --token-file with
+// --admin, and --config (the token from the config's data_dir).
+func TestControlCommandsSendTheToken(t *testing.T) {
+	c := &ctlFake{}
+	addr := realAdmin(t, c, testToken)
+	tf := testTokenFile(t)
+	if code, out, errs := runCLI(maintCmd, "on", "--admin", addr, "--token-file", tf); code != 0 || !strings.Contains(out, "maintenance on") {
+		t.Fatalf("maintenance on --token-file: %d %q %q", code, out, errs)
+	}
+	if code, out, errs := runCLI(swCmd, "--admin", addr, "--token-file", tf); code != 0 || !strings.Contains(out, "switchover started") {
+		t.Fatalf("switchover --token-file: %d %q %q", code, out, errs)
+	}
+
+	// --config: the server created DATA/admin.token on its first start.
+	e := newCLIEnv(t, "")
+	os.MkdirAll(e.data, 0o700)
+	tok, _, err := admintoken.LoadOrCreate(e.data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfgAddr := realAdmin(t, c, tok)
+	cfg := strings.Replace(cliReadFile(t, e.cfg), "admin: 127.0.0.1:0", "admin: "+cfgAddr, 1)
+	os.WriteFile(e.cfg, []byte(cfg), 0o644)
+	if code, out, errs := runCLI(maintCmd, "--config", e.cfg, "off"); code != 0 || !strings.Contains(out, "maintenance off") {
+		t.Fatalf("maintenance off --config: %d %q %q", code, out, errs)
+	}
+	if code, out, errs := runCLI(swCmd, "--config", e.cfg); code != 0 {
+		t.Fatalf("switchover --config: %d %q %q", code, out, errs)
+	}
+	// status needs no token.
+	if code, out, errs := runCLI(statusCmd, "--admin", addr); code != 0 || !strings.Contains(out, "PRIMARY") {
+		t.Fatalf("status: %d %q %q", code, out, errs)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.maint) != 2 || !c.maint[0] || c.maint[1] || c.sw != 2 {
+		t.Fatalf("maintenance %v, switchovers %d", c.maint, c.sw)
+	}
+}
+
+// A missing, unreadable, bad or wrong token is one line naming the file
+// and the fix, exit 2; nothing reaches the controller.
+func TestControlCommandsWithoutAGoodTokenSayWhy(t *testing.T) {
+	c := &ctlFake{}
+	addr := realAdmin(t, c, testToken)
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "nope", admintoken.FileName)
+	garbage := filepath.Join(dir, "garbage.token")
+	os.WriteFile(garbage, []byte("hello\n"), 0o600)
+	wrong := filepath.Join(dir, "wrong.token")
+	os.WriteFile(wrong, []byte(strings.Repeat("ab", admintoken.Size)+"\n"), 0o600)
+	e := newCLIEnv(t, "") // data dir without a token
+	cfg := strings.Replace(cliReadFile(t, e.cfg), "admin: 127.0.0.1:0", "admin: "+addr, 1)
+	os.WriteFile(e.cfg, []byte(cfg), 0o644)
+
+	type tc struct {
+		name string
+		args []string
+		want []string
+	}
+	cases := []tc{
+		{"--admin alone", []string{"--admin", addr}, []string{"--config FILE", "--token-file FILE"}},
+		{"no flags", nil, []string{"--config FILE", "--token-file FILE"}},
+		{"missing file", []string{"--admin", addr, "--token-file", missing}, []string{missing, "first start", "--token-file"}},
+		{"garbage", []string{"--admin", addr, "--token-file", garbage}, []string{garbage, "not a tandem admin token"}},
+		{"wrong token", []string{"--admin", addr, "--token-file", wrong}, []string{wrong, "refused the admin token"}},
+		{"config without a token", []string{"--config", e.cfg}, []string{filepath.Join(e.data, admintoken.FileName), "first start"}},
+	}
+	if os.Geteuid() != 0 {
+		unreadable := filepath.Join(dir, "unreadable.token")
+		os.WriteFile(unreadable, []byte(testToken+"\n"), 0o600)
+		os.Chmod(unreadable, 0)
+		cases = append(cases, tc{"unreadable", []string{"--admin", addr, "--token-file", unreadable}, []string{unreadable, "permission denied", "user the server runs as"}})
+	}
+	for _, k := range cases {
+		for _, cmd := range []struct {
+			name string
+			fn   func([]string, *bytes.Buffer, *bytes.Buffer) int
+			args []string
+		}{{"maintenance", maintCmd, []string{"on"}}, {"switchover", swCmd, nil}} {
+			code, _, errs := runCLI(cmd.fn, append(append([]string{}, cmd.args...), k.args...)...)
+			if code != exitUsage {
+				t.Errorf("%s %s: exit %d (%q), want 2", cmd.name, k.name, code, errs)
+				continue
+			}
+			if strings.Count(errs, "\n") != 1 || !strings.HasPrefix(errs, "tandem "+cmd.name+": ") {
+				t.Errorf("%s %s: not one line: %q", cmd.name, k.name, errs)
+			}
+			for _, w := range k.want {
+				if !strings.Contains(errs, w) {
+					t.Errorf("%s %s: %q lacks %q", cmd.name, k.name, errs, w)
+				}
+			}
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.maint) != 0 || c.sw != 0 {
+		t.Fatalf("maintenance %v, switchovers %d", c.maint, c.sw)
+	}
+}
+
+func TestControlHelpNamesTheToken(t *testing.T) {
+	for _, cmd := range []func([]string, *bytes.Buffer, *bytes.Buffer) int{maintCmd, swCmd} {
+		code, out, _ := runCLI(cmd, "--help")
+		if code != 0 {
+			t.Fatalf("--help: exit %d", code)
+		}
+		for _, w := range []string{"--token-file FILE", "-token-file", "admin.token", "--config FILE"} {
+			if !strings.Contains(out, w) {
+				t.Errorf("help lacks %q:\n%s", w, out)
+			}
+		}
+	}
+	if _, out, _ := runCLI(statusCmd, "--help"); strings.Contains(out, "token-file") {
+		t.Errorf("status needs no token, its help should not offer one:\n%s", out)
+	}
+}

@@ -23,8 +23,11 @@ const (
 	DefaultWriteTimeout    = 2 * time.Second
 	DefaultServerHeartBeat = time.Second
 	MinServerHeartBeat     = 100 * time.Millisecond
-	DefaultConnectTimeout  = 10 * time.Second
+	DefaultConnectTimeout  = 5 * time.Second
 	DefaultMaxPendingBytes = 4 << 20
+	DefaultIdleTimeout     = 30 * time.Second
+	DefaultMaxSubs         = 256
+	DefaultMaxPerSource    = 256
 )
 
 // ServerConfig configures the embedded broker. Zero values take the defaults
@@ -41,9 +44,28 @@ type ServerConfig struct {
 	// over either is refused like an oversized one. Defaults 8 KiB (at most
 	// MaxFrameSize) and 64.
 	MaxHeaderLine, MaxHeaders int
-	// MaxConns bounds concurrent connections; further ones are closed at
-	// once. Default 4096.
+	// MaxConns bounds concurrent connections. When it is reached, a new
+	// connection takes the place of the oldest one that has not completed
+	// CONNECT yet, or is closed at once if there is none. Default 4096.
 	MaxConns int
+	// MaxConnsPerSource bounds the connections from one source IP address
+	// (loopback included) that are not trusted. When login/passcode are set,
+	// a connection is trusted once it has authenticated (with the broker's
+	// login: the servers' own links and agents) and no longer counts; the
+	// bound then only applies to connections still before CONNECT, and as
+	// with MaxConns a new one takes the place of the oldest of them. With
+	// no login set nothing is trusted: every connection counts, and past the
+	// bound new connections are closed at once. Default 256.
+	MaxConnsPerSource int
+	// MaxSubscriptions bounds the subscriptions of one connection; a client
+	// that asks for more gets an ERROR frame and is disconnected. Default
+	// 256.
+	MaxSubscriptions int
+	// IdleTimeout closes a connection that sends neither a frame nor a
+	// heart-beat for this long (clients must heart-beat more often; the
+	// embedded broker's Link does every second by default). Default 30s;
+	// at least 2×HeartBeat.
+	IdleTimeout time.Duration
 	// WriteTimeout: a client that stops reading is disconnected when one
 	// write to it blocks this long. Default 2s.
 	WriteTimeout time.Duration
@@ -54,8 +76,9 @@ type ServerConfig struct {
 	// (go-stomp's Server.HeartBeat); clients asking for less get this.
 	// Default 1s, lowest allowed 100ms.
 	HeartBeat time.Duration
-	// ConnectTimeout closes connections that send no complete frame (such
-	// as CONNECT) within it. Default 10s.
+	// ConnectTimeout closes connections that have not completed CONNECT
+	// (authenticated, when login/passcode are set) within it, TLS handshake
+	// included. Default 5s.
 	ConnectTimeout time.Duration
 	// Login and Passcode, if either is set, are required from every client
 	// (compared in constant time).
@@ -91,10 +114,25 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 	if c.ConnectTimeout == 0 {
 		c.ConnectTimeout = DefaultConnectTimeout
 	}
+	if c.MaxConnsPerSource == 0 {
+		c.MaxConnsPerSource = DefaultMaxPerSource
+	}
+	if c.MaxSubscriptions == 0 {
+		c.MaxSubscriptions = DefaultMaxSubs
+	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = max(DefaultIdleTimeout, 2*c.HeartBeat)
+	}
 	if c.Log == nil {
 		c.Log = logrus.StandardLogger()
 	}
 	switch {
+	case c.MaxConnsPerSource < 1:
+		return c, fmt.Errorf("%w: MaxConnsPerSource (%d) must be positive", ErrInvalidConfig, c.MaxConnsPerSource)
+	case c.MaxSubscriptions < 1:
+		return c, fmt.Errorf("%w: MaxSubscriptions (%d) must be positive", ErrInvalidConfig, c.MaxSubscriptions)
+	case c.IdleTimeout < 2*c.HeartBeat:
+		return c, fmt.Errorf("%w: IdleTimeout (%s) must be at least twice HeartBeat (%s)", ErrInvalidConfig, c.IdleTimeout, c.HeartBeat)
 	case c.MaxFrameSize < 256:
 		return c, fmt.Errorf("%w: MaxFrameSize (%d) must be at least 256 bytes", ErrInvalidConfig, c.MaxFrameSize)
 	case c.MaxHeaderLine < 64 || c.MaxHeaderLine > c.MaxFrameSize:
@@ -119,7 +157,12 @@ func (c ServerConfig) withDefaults() (ServerConfig, error) {
 type ServerStats struct {
 	Connections      int    // open now
 	TotalConnections uint64 // accepted since start
-	RefusedConns     uint64 // closed at once because MaxConns was reached
+	RefusedConns     uint64 // closed at once because MaxConns or MaxConnsPerSource was reached
+	EvictedConns     uint64 // closed before CONNECT to make room for a new connection
+	ConnectTimeouts  uint64 // closed for not completing CONNECT within ConnectTimeout
+	IdleTimeouts     uint64 // closed for sending nothing within IdleTimeout
+	TooManySubs      uint64 // closed for asking for more than MaxSubscriptions
+	DroppedMessages  uint64 // copies not queued for a subscriber whose backlog was twice MaxPendingBytes
 	AuthFailures     uint64
 	OversizedFrames  uint64 // frames refused for exceeding MaxFrameSize, MaxHeaderLine or MaxHeaders
 	MalformedFrames  uint64 // frames refused for a content-length that is not plain decimal
@@ -134,9 +177,11 @@ type Server struct {
 	log logrus.FieldLogger
 	ln  net.Listener
 
-	mu     sync.Mutex
-	conns  map[*serverConn]struct{}
-	closed bool
+	mu        sync.Mutex
+	conns     map[*serverConn]struct{} // every connection until its goroutines are done
+	live      int                      // connections holding a slot (not evicted or dead)
+	untrusted map[string]int           // live untrusted connections per source IP
+	closed    bool
 
 	topicsMu sync.RWMutex
 	topics   map[string]map[*client.Subscription]*serverConn
@@ -145,7 +190,8 @@ type Server struct {
 	connWG     sync.WaitGroup // per-connection goroutines we own
 	closeOnce  sync.Once
 
-	totalConns, refused, authFail, oversized, malformed, slow, messages atomic.Uint64
+	totalConns, refused, evicted, connTimeouts, idleTimeouts, tooManySubs, dropped atomic.Uint64
+	authFail, oversized, malformed, slow, messages                                 atomic.Uint64
 }
 
 // StartServer listens on cfg.Listen and serves in the background. It returns
@@ -167,6 +213,7 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		log:        cfg.Log.WithField("component", "broker"),
 		ln:         ln,
 		conns:      make(map[*serverConn]struct{}),
+		untrusted:  make(map[string]int),
 		topics:     make(map[string]map[*client.Subscription]*serverConn),
 		acceptDone: make(chan struct{}),
 	}
@@ -187,6 +234,11 @@ func (s *Server) Stats() ServerStats {
 		Connections:      n,
 		TotalConnections: s.totalConns.Load(),
 		RefusedConns:     s.refused.Load(),
+		EvictedConns:     s.evicted.Load(),
+		ConnectTimeouts:  s.connTimeouts.Load(),
+		IdleTimeouts:     s.idleTimeouts.Load(),
+		TooManySubs:      s.tooManySubs.Load(),
+		DroppedMessages:  s.dropped.Load(),
 		AuthFailures:     s.authFail.Load(),
 		OversizedFrames:  s.oversized.Load(),
 		MalformedFrames:  s.malformed.Load(),
@@ -258,28 +310,114 @@ func (s *Server) acceptLoop() {
 
 func (s *Server) serve(nc net.Conn) {
 	log := s.log.WithField("remote", nc.RemoteAddr().String())
+	src := sourceOf(nc.RemoteAddr())
+	var victims []*serverConn
 	s.mu.Lock()
-	if s.closed || len(s.conns) >= s.cfg.MaxConns {
-		closed := s.closed
+	if s.closed {
 		s.mu.Unlock()
 		nc.Close()
-		if !closed {
-			s.refused.Add(1)
-			log.WithField("max_conns", s.cfg.MaxConns).Warn("connection refused: too many connections")
+		return
+	}
+	refuse := ""
+	if s.untrusted[src] >= s.cfg.MaxConnsPerSource {
+		if v := s.oldestPending(src); v != nil {
+			s.releaseLocked(v)
+			victims = append(victims, v)
+		} else {
+			refuse = "too many connections from this source"
 		}
+	}
+	if refuse == "" && s.live >= s.cfg.MaxConns {
+		if v := s.oldestPending(""); v != nil {
+			s.releaseLocked(v)
+			victims = append(victims, v)
+		} else {
+			refuse = "too many connections"
+		}
+	}
+	if refuse != "" {
+		s.mu.Unlock()
+		nc.Close()
+		s.refused.Add(1)
+		log.WithFields(logrus.Fields{"max_conns": s.cfg.MaxConns, "max_conns_per_source": s.cfg.MaxConnsPerSource}).Warn("connection refused: " + refuse)
 		return
 	}
 	c := newServerConn(s, nc, log)
+	c.src = src
+	c.holdsSlot = true
 	s.conns[c] = struct{}{}
+	s.live++
+	s.untrusted[src]++
 	s.mu.Unlock()
+	for _, v := range victims {
+		s.evicted.Add(1)
+		v.log.Warn("connection closed before CONNECT: its slot went to a newer connection")
+		v.kill("evicted before CONNECT")
+	}
 	s.totalConns.Add(1)
 
+	c.connectTimer.Store(time.AfterFunc(s.cfg.ConnectTimeout, c.connectTimedOut))
 	s.connWG.Add(2)
 	go c.forward()
 	go c.pump()
 	// go-stomp's per-connection state machine: a read goroutine and a
 	// process goroutine, both ending when the connection closes.
 	client.NewConn(c, c, c.reqs)
+}
+
+// sourceOf is the IP address MaxConnsPerSource counts by.
+func sourceOf(a net.Addr) string {
+	if ta, ok := a.(*net.TCPAddr); ok {
+		return ta.IP.String()
+	}
+	host, _, err := net.SplitHostPort(a.String())
+	if err != nil {
+		return a.String()
+	}
+	return host
+}
+
+// oldestPending is the oldest connection (from src, or any source if src is
+// empty) that holds a slot and has not completed CONNECT. Caller holds s.mu.
+func (s *Server) oldestPending(src string) *serverConn {
+	var old *serverConn
+	for c := range s.conns {
+		if !c.holdsSlot || c.connected.Load() || c.dead.Load() || (src != "" && c.src != src) {
+			continue
+		}
+		if old == nil || c.accepted.Before(old.accepted) {
+			old = c
+		}
+	}
+	return old
+}
+
+// releaseLocked gives up c's slot (once). Caller holds s.mu.
+func (s *Server) releaseLocked(c *serverConn) {
+	if !c.holdsSlot {
+		return
+	}
+	c.holdsSlot = false
+	s.live--
+	if !c.trusted {
+		if s.untrusted[c.src]--; s.untrusted[c.src] <= 0 {
+			delete(s.untrusted, c.src)
+		}
+	}
+}
+
+// trust marks c as authenticated with the broker's login: it no longer
+// counts against MaxConnsPerSource.
+func (s *Server) trust(c *serverConn) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c.trusted || !c.holdsSlot {
+		return
+	}
+	c.trusted = true
+	if s.untrusted[c.src]--; s.untrusted[c.src] <= 0 {
+		delete(s.untrusted, c.src)
+	}
 }
 
 func (s *Server) subscribe(sub *client.Subscription, c *serverConn) {
@@ -305,8 +443,10 @@ func (s *Server) unsubscribe(sub *client.Subscription) {
 }
 
 // route fans one MESSAGE out to every subscriber of its destination. It never
-// blocks: each copy goes to the subscriber connection's bounded queue.
-func (s *Server) route(f *frame.Frame) {
+// blocks: each copy goes to the subscriber connection's bounded queue. It
+// returns the subscribers whose backlog it took past MaxPendingBytes while
+// they were still taking bytes (see throttle).
+func (s *Server) route(f *frame.Frame) (full []*serverConn) {
 	s.messages.Add(1)
 	dest := f.Header.Get(frame.Destination)
 	size := len(f.Body) + 64 // + the headers go-stomp adds per copy
@@ -319,7 +459,42 @@ func (s *Server) route(f *frame.Frame) {
 	for sub, c := range s.topics[dest] {
 		// Share the body; each subscriber needs its own header (the
 		// subscription and message-id headers are set per copy).
-		c.enqueue(sub, &frame.Frame{Command: f.Command, Header: f.Header.Clone(), Body: f.Body}, size)
+		if c.enqueue(sub, &frame.Frame{Command: f.Command, Header: f.Header.Clone(), Body: f.Body}, size) {
+			full = append(full, c)
+		}
+	}
+	return full
+}
+
+// drainTimeout is how long a subscriber past MaxPendingBytes that is still
+// taking bytes gets to come back under it (and how long one blocked write
+// marks a subscriber as stalled) before it is dropped as slow.
+func (s *Server) drainTimeout() time.Duration {
+	return min(max(s.cfg.WriteTimeout/8, 50*time.Millisecond), 250*time.Millisecond)
+}
+
+// throttle makes the publisher pub wait (its forward goroutine; go-stomp and
+// then TCP push back on its socket) until every subscriber in full is back
+// under MaxPendingBytes. A subscriber that does not get there within
+// drainTimeout is dropped as slow: a client that reads fast is never dropped
+// because others publish large frames quickly, and one that reads slowly
+// delays a publisher by drainTimeout at most.
+func (s *Server) throttle(pub *serverConn, full []*serverConn) {
+	deadline := time.Now().Add(s.drainTimeout())
+	for _, c := range full {
+		for {
+			c.qmu.Lock()
+			q := c.qbytes
+			c.qmu.Unlock()
+			if q <= s.cfg.MaxPendingBytes || c.dead.Load() || pub.dead.Load() {
+				break
+			}
+			if time.Now().After(deadline) {
+				c.dropSlow(c.log.WithFields(logrus.Fields{"pending_bytes": q, "drain_timeout": s.drainTimeout()}), "backlog not drained in time")
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
 	}
 }
 
@@ -333,6 +508,16 @@ type serverConn struct {
 	srv  *Server
 	log  logrus.FieldLogger
 	reqs chan client.Request
+
+	src          string    // source IP (MaxConnsPerSource)
+	accepted     time.Time //
+	holdsSlot    bool      // counted in srv.live (guarded by srv.mu)
+	trusted      bool      // authenticated with the login (guarded by srv.mu)
+	connectTimer atomic.Pointer[time.Timer]
+	writing      atomic.Int64 // UnixNano when the Write in progress began, 0 if none
+	connTimedOut atomic.Bool
+	connectOnce  sync.Once
+	droppedSlow  atomic.Bool
 
 	guard       frameGuard
 	sawFrame    atomic.Bool
@@ -376,6 +561,7 @@ func newServerConn(s *Server, nc net.Conn, log logrus.FieldLogger) *serverConn {
 		Conn:        nc,
 		srv:         s,
 		log:         log,
+		accepted:    time.Now(),
 		reqs:        make(chan client.Request, 64),
 		connectDL:   time.Now().Add(s.cfg.ConnectTimeout),
 		deadCh:      make(chan struct{}),
@@ -394,6 +580,12 @@ func newServerConn(s *Server, nc net.Conn, log logrus.FieldLogger) *serverConn {
 func (c *serverConn) kill(reason string) {
 	c.killOnce.Do(func() {
 		c.markDead()
+		c.srv.mu.Lock()
+		c.srv.releaseLocked(c)
+		c.srv.mu.Unlock()
+		if tm := c.connectTimer.Load(); tm != nil {
+			tm.Stop()
+		}
 		// Close the TCP socket itself: tls.Conn.Close would first try to
 		// write close_notify, which blocks (up to 5 s) on a client that
 		// does not read, and kill runs on the routing path.
@@ -404,6 +596,58 @@ func (c *serverConn) kill(reason string) {
 		}
 		c.log.WithField("reason", reason).Debug("connection closed by broker")
 	})
+}
+
+// onConnected runs once go-stomp has accepted CONNECT: when it writes
+// CONNECTED (so the client never sees CONNECTED before the broker counts the
+// connection as connected) or, at the latest, on go-stomp's ConnectedOp.
+func (c *serverConn) onConnected() {
+	c.connectOnce.Do(func() {
+		if tm := c.connectTimer.Load(); tm != nil {
+			tm.Stop()
+		}
+		if c.srv.authRequired() {
+			// go-stomp accepted the broker's login and passcode.
+			c.srv.trust(c)
+		}
+		c.connected.Store(true)
+		close(c.connectedCh)
+		c.log.Debug("client connected")
+	})
+}
+
+// connectTimedOut closes a connection that has not completed CONNECT in
+// ConnectTimeout.
+func (c *serverConn) connectTimedOut() {
+	if c.connected.Load() || c.dead.Load() {
+		return
+	}
+	c.noteConnectTimeout()
+	c.kill("connect timeout")
+}
+
+// noteConnectTimeout counts and logs a connect timeout once (the timer and
+// the read deadline race for it).
+func (c *serverConn) noteConnectTimeout() {
+	if c.connTimedOut.CompareAndSwap(false, true) {
+		c.srv.connTimeouts.Add(1)
+		c.log.WithField("connect_timeout", c.srv.cfg.ConnectTimeout).Info("no CONNECT in time: disconnecting")
+	}
+}
+
+// dropSlow disconnects c as a slow client, counted and logged once.
+func (c *serverConn) dropSlow(log logrus.FieldLogger, why string) {
+	if !c.dead.Load() && c.droppedSlow.CompareAndSwap(false, true) {
+		c.srv.slow.Add(1)
+		log.Warn("slow client: " + why + ", disconnecting")
+	}
+	c.kill("slow client: " + why)
+}
+
+// stalled reports whether a write to the client has been blocked for d.
+func (c *serverConn) stalled(d time.Duration) bool {
+	w := c.writing.Load()
+	return w != 0 && time.Since(time.Unix(0, w)) >= d
 }
 
 // markDead stops all traffic to the connection (the socket may stay open a
@@ -460,16 +704,32 @@ func (c *serverConn) Read(p []byte) (int, error) {
 		}
 	}
 	if err != nil {
+		var ne net.Error
+		if errors.As(err, &ne) && ne.Timeout() && !c.dead.Load() {
+			if c.connected.Load() {
+				c.srv.idleTimeouts.Add(1)
+				c.log.WithField("idle_timeout", c.srv.cfg.IdleTimeout).Info("client sent nothing (no frame, no heart-beat) in time: disconnecting")
+			} else {
+				c.noteConnectTimeout()
+			}
+		}
 		c.markDead()
 	}
 	return n, err
 }
 
 // SetReadDeadline keeps the connect deadline in force until the first frame
-// has arrived (go-stomp clears the deadline before CONNECT).
+// has arrived (go-stomp clears the deadline before CONNECT), and then never
+// lets a read wait longer than IdleTimeout (go-stomp sets no deadline for a
+// client without heart-beats, and twice the client's own interval for one
+// with). go-stomp sets it before every frame and heart-beat.
 func (c *serverConn) SetReadDeadline(t time.Time) error {
-	if !c.sawFrame.Load() && (t.IsZero() || t.After(c.connectDL)) {
-		t = c.connectDL
+	if !c.sawFrame.Load() {
+		if t.IsZero() || t.After(c.connectDL) {
+			t = c.connectDL
+		}
+	} else if idle := time.Now().Add(c.srv.cfg.IdleTimeout); t.IsZero() || t.After(idle) {
+		t = idle
 	}
 	return c.Conn.SetReadDeadline(t)
 }
@@ -488,13 +748,18 @@ func (c *serverConn) Write(p []byte) (int, error) {
 	if c.dead.Load() {
 		return len(p), nil
 	}
-	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.srv.cfg.WriteTimeout))
+	if !c.connected.Load() && len(p) >= 10 && string(p[:10]) == "CONNECTED\n" {
+		c.onConnected()
+	}
+	now := time.Now()
+	_ = c.Conn.SetWriteDeadline(now.Add(c.srv.cfg.WriteTimeout))
+	c.writing.Store(now.UnixNano())
 	_, err := c.Conn.Write(p)
+	c.writing.Store(0)
 	if err != nil {
 		var ne net.Error
 		if errors.As(err, &ne) && ne.Timeout() {
-			c.srv.slow.Add(1)
-			c.log.WithField("write_timeout", c.srv.cfg.WriteTimeout).Warn("slow client: not reading, disconnecting")
+			c.dropSlow(c.log.WithField("write_timeout", c.srv.cfg.WriteTimeout), "not reading")
 		}
 		c.kill("write failed")
 		return len(p), nil
@@ -564,6 +829,15 @@ func (c *serverConn) forward() {
 		switch r.Op {
 		case client.SubscribeOp:
 			if _, ok := subs[r.Sub]; !ok {
+				if len(subs) >= c.srv.cfg.MaxSubscriptions {
+					if !c.dead.Load() {
+						c.srv.tooManySubs.Add(1)
+						c.log.WithField("max_subscriptions", c.srv.cfg.MaxSubscriptions).Warn("too many subscriptions: disconnecting client")
+						c.writeError("too many subscriptions", fmt.Sprintf("at most %d subscriptions per connection", c.srv.cfg.MaxSubscriptions))
+						c.kill("too many subscriptions")
+					}
+					continue
+				}
 				subs[r.Sub] = struct{}{}
 				c.srv.subscribe(r.Sub, c)
 			}
@@ -571,11 +845,11 @@ func (c *serverConn) forward() {
 			delete(subs, r.Sub)
 			c.srv.unsubscribe(r.Sub)
 		case client.EnqueueOp:
-			c.srv.route(r.Frame)
+			if full := c.srv.route(r.Frame); len(full) > 0 {
+				c.srv.throttle(c, full)
+			}
 		case client.ConnectedOp:
-			c.connected.Store(true)
-			close(c.connectedCh)
-			c.log.Debug("client connected")
+			c.onConnected()
 		case client.DisconnectedOp:
 			for sub := range subs {
 				c.srv.unsubscribe(sub)
@@ -593,19 +867,30 @@ func (c *serverConn) forward() {
 	}
 }
 
-// enqueue adds one message for sub; a connection whose backlog exceeds
-// MaxPendingBytes is dropped as a slow client.
-func (c *serverConn) enqueue(sub *client.Subscription, f *frame.Frame, size int) {
+// enqueue adds one message for sub. Past MaxPendingBytes, a connection
+// whose socket has not taken bytes for drainTimeout is dropped as a slow
+// client; one that is still reading gets the message (up to twice
+// MaxPendingBytes; past that the copy is dropped) and enqueue reports true
+// so that the publisher is throttled.
+func (c *serverConn) enqueue(sub *client.Subscription, f *frame.Frame, size int) (full bool) {
 	if c.dead.Load() {
-		return
+		return false
 	}
+	limit := c.srv.cfg.MaxPendingBytes
 	c.qmu.Lock()
-	if c.qbytes+size > c.srv.cfg.MaxPendingBytes {
-		c.qmu.Unlock()
-		c.srv.slow.Add(1)
-		c.log.WithField("pending_bytes", c.qbytes).Warn("slow client: backlog full, disconnecting")
-		c.kill("backlog full")
-		return
+	if c.qbytes+size > limit {
+		if c.stalled(c.srv.drainTimeout()) {
+			q := c.qbytes
+			c.qmu.Unlock()
+			c.dropSlow(c.log.WithField("pending_bytes", q), "backlog full and not reading")
+			return false
+		}
+		if c.qbytes+size > 2*limit {
+			c.qmu.Unlock()
+			c.srv.dropped.Add(1)
+			return true
+		}
+		full = true
 	}
 	c.queue = append(c.queue, queued{sub, f, size})
 	c.qbytes += size
@@ -614,6 +899,7 @@ func (c *serverConn) enqueue(sub *client.Subscription, f *frame.Frame, size int)
 	case c.qsignal <- struct{}{}:
 	default:
 	}
+	return full
 }
 
 // pump hands queued messages to go-stomp's connection. go-stomp's

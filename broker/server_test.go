@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"runtime"
@@ -217,38 +218,79 @@ func TestServerOversizedFrame(t *testing.T) {
 	}
 }
 
+// TestServerMaxConnsAndConnectTimeout: at MaxConns a new connection takes
+// the slot of the oldest one that has not completed CONNECT, and is refused
+// when every slot is connected; a connection that does not complete CONNECT
+// within ConnectTimeout is closed, whether it sends nothing, only
+// heart-beats, or a CONNECT frame a byte at a time.
 func TestServerMaxConnsAndConnectTimeout(t *testing.T) {
-	s := startTestServer(t, ServerConfig{MaxConns: 2, ConnectTimeout: 200 * time.Millisecond})
+	s := startTestServer(t, ServerConfig{MaxConns: 2, ConnectTimeout: 300 * time.Millisecond})
 	a, _ := rawConnect(t, s.Addr())
-	_ = a
 	silent, err := net.Dial("tcp", s.Addr()) // never sends CONNECT
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer silent.Close()
 	waitFor(t, 5*time.Second, "two connections", func() bool { return s.Stats().Connections == 2 })
-	third, err := net.Dial("tcp", s.Addr())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer third.Close()
-	_ = third.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := third.Read(make([]byte, 1)); err == nil {
-		t.Fatal("third connection not closed")
-	}
-	if st := s.Stats(); st.RefusedConns != 1 {
-		t.Fatalf("stats %+v", st)
-	}
-	// The silent connection is closed by the connect timeout.
-	_ = silent.SetReadDeadline(time.Now().Add(5 * time.Second))
 	start := time.Now()
+	rawConnect(t, s.Addr()) // takes the silent one's slot
+	_ = silent.SetReadDeadline(time.Now().Add(5 * time.Second))
 	if _, err := silent.Read(make([]byte, 1)); err == nil {
 		t.Fatal("silent connection got data")
 	} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
 		t.Fatal("silent connection not closed by the broker")
 	}
-	t.Logf("silent connection closed after %s", time.Since(start))
+	if d := time.Since(start); d > 250*time.Millisecond {
+		t.Fatalf("silent connection closed after %s: by the connect timeout, not evicted", d)
+	}
+	// Both slots connected: a fourth connection is refused.
+	fourth, err := net.Dial("tcp", s.Addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fourth.Close()
+	_ = fourth.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := fourth.Read(make([]byte, 1)); err == nil {
+		t.Fatal("fourth connection not closed")
+	}
+	if st := s.Stats(); st.RefusedConns != 1 || st.EvictedConns != 1 {
+		t.Fatalf("stats %+v", st)
+	}
+	a.Close()
 	waitFor(t, 5*time.Second, "one connection", func() bool { return s.Stats().Connections == 1 })
+
+	// Connect timeouts: nothing; heart-beats only; a CONNECT trickled.
+	for i, feed := range []string{"", strings.Repeat("\n", 100), "CONNECT\naccept-version:1.2\nhost:/\n\n\x00"} {
+		nc, err := net.Dial("tcp", s.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer nc.Close()
+		stop := make(chan struct{})
+		go func() {
+			for j := 0; j < len(feed); j++ {
+				select {
+				case <-stop:
+					return
+				case <-time.After(40 * time.Millisecond):
+				}
+				if _, err := nc.Write([]byte{feed[j]}); err != nil {
+					return
+				}
+			}
+		}()
+		start := time.Now()
+		_ = nc.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = io.ReadAll(nc)
+		close(stop)
+		if ne, ok := err.(net.Error); ok && ne.Timeout() {
+			t.Fatalf("feed %d: not closed by the broker", i)
+		}
+		if d := time.Since(start); d < 250*time.Millisecond || d > 2*time.Second {
+			t.Fatalf("feed %d: closed after %s, want about 300ms", i, d)
+		}
+	}
+	waitFor(t, 5*time.Second, "connect timeouts counted", func() bool { return s.Stats().ConnectTimeouts == 3 })
 }
 
 // TestServerCloseLeavesNoGoroutines: Close ends every goroutine the broker

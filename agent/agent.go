@@ -19,6 +19,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -397,7 +398,11 @@ func (a *Agent) publishStatus(r *reportReq) {
 		return
 	}
 	body, _ := json.Marshal(a.Status())
-	env := protocol.Envelope{FailoverID: r.addr.FailoverID, Epoch: r.addr.FailoverEpoch, Node: a.cfg.ID, Role: "agent"}
+	// The token is forwarded with its server signature (failover_sig) and
+	// the address that signature covers: a server fences itself only on a
+	// token some server signed, never on this agent's word.
+	env := protocol.Envelope{FailoverID: r.addr.FailoverID, Epoch: r.addr.FailoverEpoch, Node: a.cfg.ID, Role: "agent",
+		FailoverSig: r.addr.FailoverSig, Bound: net.JoinHostPort(r.addr.StompInterface, strconv.Itoa(r.addr.StompPort))}
 	if env.FailoverID == "" {
 		env.FailoverID = "none"
 	}

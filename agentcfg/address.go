@@ -24,9 +24,16 @@ const (
 	KeyUseSSL         = "use_ssl"
 	KeyFailoverID     = "failover_id"
 	KeyFailoverEpoch  = "failover_epoch"
+	// KeyFailoverSig is a server's signature (group key) over failover_id,
+	// failover_epoch, stomp_interface and stomp_port: what makes the token
+	// in the file a server's word rather than the file owner's.
+	KeyFailoverSig = "failover_sig"
 )
 
-var knownKeys = []string{KeyStompInterface, KeyStompPort, KeyUseSSL, KeyFailoverID, KeyFailoverEpoch}
+var knownKeys = []string{KeyStompInterface, KeyStompPort, KeyUseSSL, KeyFailoverID, KeyFailoverEpoch, KeyFailoverSig}
+
+// maxSigLen bounds failover_sig (an Ed25519 signature is 128 hex digits).
+const maxSigLen = 256
 
 // Sentinel errors. Errors returned by this package wrap one of them (test with
 // errors.Is); the message names the key or construct at fault.
@@ -119,6 +126,10 @@ type Address struct {
 	FailoverID     string // "" when absent; lower case
 	FailoverEpoch  uint64 // 0 when absent
 	HasEpoch       bool
+	// FailoverSig is failover_sig as written ("" when absent). It is not
+	// verified here: whoever trusts the token checks it with the group's
+	// public key.
+	FailoverSig string
 }
 
 // Parse validates an address.yaml and returns its typed view. A missing
@@ -340,7 +351,20 @@ func (d *doc) address() (Address, error) {
 		}
 		a.FailoverEpoch, a.HasEpoch = e, true
 	}
+
+	if v, line, ok, err = d.scalar(KeyFailoverSig); err != nil {
+		return Address{}, err
+	} else if ok {
+		if len(v) > maxSigLen || strings.IndexFunc(v, func(r rune) bool { return !isHexDigit(r) }) >= 0 {
+			return Address{}, &ValueError{Key: KeyFailoverSig, Want: "hex digits (written by a tandem server)", Got: v, Line: line}
+		}
+		a.FailoverSig = v
+	}
 	return a, nil
+}
+
+func isHexDigit(r rune) bool {
+	return ('0' <= r && r <= '9') || ('a' <= r && r <= 'f') || ('A' <= r && r <= 'F')
 }
 
 func allDigits(s string) bool {

@@ -19,6 +19,9 @@ type Update struct {
 	StompPort      int
 	FailoverID     string
 	Epoch          uint64
+	// FailoverSig, when set, is written as failover_sig (the server's
+	// signature over the four values above).
+	FailoverSig string
 }
 
 // Validate checks the update itself (errors wrap ErrBadUpdate).
@@ -31,6 +34,9 @@ func (u Update) Validate() error {
 	}
 	if _, ok := parseUUID(u.FailoverID); !ok {
 		return fmt.Errorf("%w: %s: expected %s, got %q", ErrBadUpdate, KeyFailoverID, wantUUID, u.FailoverID)
+	}
+	if len(u.FailoverSig) > maxSigLen || strings.IndexFunc(u.FailoverSig, func(r rune) bool { return !isHexDigit(r) }) >= 0 {
+		return fmt.Errorf("%w: %s: expected hex digits", ErrBadUpdate, KeyFailoverSig)
 	}
 	return nil
 }
@@ -83,6 +89,14 @@ func (d *doc) edit(u Update) ([]byte, Address, error) {
 		{KeyStompPort, strconv.Itoa(u.StompPort), false, func(s string) bool { p, ok := parsePort(s); return ok && p == u.StompPort }},
 		{KeyFailoverID, id, true, func(s string) bool { v, ok := parseUUID(s); return ok && v == id }},
 		{KeyFailoverEpoch, strconv.FormatUint(u.Epoch, 10), false, func(s string) bool { e, ok := parseEpoch(s); return ok && e == u.Epoch }},
+	}
+	if u.FailoverSig != "" {
+		want = append(want, struct {
+			key      string
+			val      string
+			isString bool
+			equal    func(string) bool
+		}{KeyFailoverSig, u.FailoverSig, true, func(s string) bool { return s == u.FailoverSig }})
 	}
 	var idx *lineIndex
 	var splices []splice
@@ -230,7 +244,7 @@ func (d *doc) check(out []byte, u Update) (Address, error) {
 	}
 	id, _ := parseUUID(u.FailoverID)
 	if got.StompInterface != u.StompInterface || got.StompPort != u.StompPort || got.FailoverID != id ||
-		!got.HasEpoch || got.FailoverEpoch != u.Epoch {
+		!got.HasEpoch || got.FailoverEpoch != u.Epoch || (u.FailoverSig != "" && got.FailoverSig != u.FailoverSig) {
 		return Address{}, fmt.Errorf("%w: re-parsed %+v", ErrSelfCheck, got)
 	}
 	// use_ssl is not edited: it must read the same as before.

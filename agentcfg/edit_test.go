@@ -24,9 +24,9 @@ func TestParse(t *testing.T) {
 	}{
 		{"minimal", "stomp_interface: host1\n", Address{StompInterface: "host1", StompPort: DefaultPort}, "", nil},
 		{"all keys", "stomp_interface: 10.0.0.1\nstomp_port: 61621\nuse_ssl: 1\nfailover_id: " + testID + "\nfailover_epoch: 42\n",
-			Address{"10.0.0.1", 61621, true, testID, 42, true}, "", nil},
+			Address{"10.0.0.1", 61621, true, testID, 42, true, ""}, "", nil},
 		{"quoted", "stomp_interface: \"h\"\nstomp_port: '61621'\nuse_ssl: \"true\"\nfailover_epoch: \"3\"\n",
-			Address{"h", 61621, true, "", 3, true}, "", nil},
+			Address{"h", 61621, true, "", 3, true, ""}, "", nil},
 		{"uppercase uuid", "stomp_interface: h\nfailover_id: " + strings.ToUpper(testID) + "\n",
 			Address{StompInterface: "h", StompPort: DefaultPort, FailoverID: testID}, "", nil},
 		{"ipv6", "stomp_interface: \"::1\"\n", Address{StompInterface: "::1", StompPort: DefaultPort}, "", nil},
@@ -228,5 +228,30 @@ func TestEditLargeFile(t *testing.T) {
 		"stomp_port: 61620\nfailover_id: " + testID + "\nfailover_epoch: 7\n"
 	if string(got) != want {
 		t.Fatal("1 MB file: unexpected edit")
+	}
+}
+
+func TestFailoverSigIsWrittenAndRead(t *testing.T) {
+	sig := strings.Repeat("ab", 64)
+	in := []byte("# agent\nstomp_interface: 10.0.0.1 # keep me\nother: x\n")
+	u := testUpdate
+	u.FailoverSig = sig
+	out, err := Edit(in, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := Parse(out)
+	if err != nil || a.FailoverSig != sig || !strings.Contains(string(out), "# keep me") || !strings.Contains(string(out), "other: x") {
+		t.Fatalf("%q %+v %v", out, a, err)
+	}
+	// A later rewrite replaces it in place.
+	u.Epoch++
+	u.FailoverSig = strings.Repeat("cd", 64)
+	out2, err := Edit(out, u)
+	if err != nil || strings.Count(string(out2), "failover_sig") != 1 || !strings.Contains(string(out2), u.FailoverSig) {
+		t.Fatalf("%q %v", out2, err)
+	}
+	if _, err := Parse([]byte("stomp_interface: h\nfailover_sig: not-hex!\n")); err == nil || !strings.Contains(err.Error(), "failover_sig") {
+		t.Fatalf("a garbage failover_sig: %v", err)
 	}
 }

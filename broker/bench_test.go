@@ -138,7 +138,7 @@ func BenchmarkEmbeddedLatency(b *testing.B) {
 // benchServer starts an in-process broker; closed in cleanup after the
 // links (cleanups run last-in first-out).
 func benchServer(b *testing.B) *Server {
-	srv, err := StartServer(ServerConfig{Listen: "127.0.0.1:0", Log: quietLog()})
+	srv, err := StartServer(ServerConfig{Listen: "127.0.0.1:0", Log: quietLog(), MaxConnsPerSource: 2048, MaxConns: 4096})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -22,6 +22,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/tandem-ha/tandem/protocol"
 )
 
 // DefaultPort is the embedded broker's port, and the port of an advertise or
@@ -37,6 +39,10 @@ const (
 	DefaultFailWindow        = 60 * time.Second
 	DefaultHookTimeout       = 30 * time.Second
 	DefaultDestinationPrefix = "/topic/tandem."
+	// DefaultMaxAgentFileSize bounds what is read of an address.yaml.
+	DefaultMaxAgentFileSize = 1 << 20
+	// MinSecretLength is the shortest shared secret accepted.
+	MinSecretLength = 16
 )
 
 var (
@@ -147,6 +153,17 @@ type Config struct {
 	// SecretFile (key "secret_file") is the alternative. Use Secret().
 	SharedSecret string
 	SecretFile   string
+	// SigningKey (key "signing_key") is the group's Ed25519 private key
+	// (tandem keygen), relative to the config file: every server message is
+	// signed with it. A server needs it, or Insecure.
+	SigningKey string
+	// Insecure (key "insecure") runs a server without a group key: anyone
+	// who reaches the broker can speak for a server. Labs only; status says
+	// so in a WARNING.
+	Insecure bool
+	// MaxAgentFileSize (key "max_agent_file_size", bytes) bounds what is
+	// read of an agent's address.yaml before parsing.
+	MaxAgentFileSize int64
 	// EventLog (key "event_log"), when set, is a file the server appends
 	// JSON lines to: every heartbeat and command it sends with its epoch,
 	// role changes, fences and takeover steps (for audits and the
@@ -182,6 +199,7 @@ func DefaultConfig() *Config {
 			FailWindow:  DefaultFailWindow,
 		},
 		DestinationPrefix: DefaultDestinationPrefix,
+		MaxAgentFileSize:  DefaultMaxAgentFileSize,
 		Hooks:             Hooks{Timeout: DefaultHookTimeout},
 		Log:               Log{Format: "text", Level: "info"},
 	}
@@ -199,6 +217,7 @@ func TestConfig(dataDir string) *Config {
 	c.Admin = "127.0.0.1:0"
 	c.Heartbeat = Heartbeat{Period: 100 * time.Millisecond, ReplyPeriod: time.Second, FailWindow: 500 * time.Millisecond}
 	c.Hooks.Timeout = 5 * time.Second
+	c.Insecure = true // in-process tests; process-level ones use a group key
 	return c
 }
 
@@ -258,6 +277,15 @@ func (c *Config) Validate() error {
 	}
 	if c.SharedSecret != "" && c.SecretFile != "" {
 		return fail("secret_file", "secret and secret_file are both set; use one")
+	}
+	if c.SharedSecret != "" && len(c.SharedSecret) < MinSecretLength {
+		return fail("secret", "secret is %d bytes; use at least %d (for example: head -c 32 /dev/urandom | base64)", len(c.SharedSecret), MinSecretLength)
+	}
+	if c.SigningKey != "" && c.Insecure {
+		return fail("insecure", "insecure: true and signing_key are both set; drop insecure to sign with the group key")
+	}
+	if c.MaxAgentFileSize < 1024 || c.MaxAgentFileSize > 64<<20 {
+		return fail("max_agent_file_size", "max_agent_file_size %d must be between 1024 and %d bytes (default %d)", c.MaxAgentFileSize, 64<<20, DefaultMaxAgentFileSize)
 	}
 	if c.DestinationPrefix == "" || !strings.HasPrefix(c.DestinationPrefix, "/") ||
 		strings.IndexFunc(c.DestinationPrefix, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
@@ -341,6 +369,32 @@ func (c *Config) ClientTLS() (*tls.Config, error) {
 		return nil, fail("tls.ca %s: no PEM certificate found", c.TLS.CA)
 	}
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// GroupKeys are the keys a server signs and verifies with: the group key
+// from signing_key and the shared secret. A server with neither
+// signing_key nor insecure: true is refused (secure by default). Only the
+// server calls it: the other commands may run as a user who cannot read the
+// 0600 key.
+func (c *Config) GroupKeys() (protocol.Keys, error) {
+	secret, err := c.Secret()
+	if err != nil {
+		return protocol.Keys{}, err
+	}
+	k := protocol.Keys{Secret: secret}
+	if c.SigningKey == "" {
+		if !c.Insecure {
+			return k, &Error{Path: c.Path, Key: "signing_key", Line: c.lines["signing_key"],
+				Msg: "signing_key is not set: create the group key with `tandem keygen --out DIR`, copy DIR/signing.key to every server and set signing_key: DIR/signing.key (or insecure: true for a lab)"}
+		}
+		return k, nil
+	}
+	priv, err := protocol.LoadPrivateKey(c.SigningKey)
+	if err != nil {
+		return k, &Error{Path: c.Path, Key: "signing_key", Line: c.lines["signing_key"], Msg: "signing_key: " + err.Error()}
+	}
+	k.Private = priv
+	return k, nil
 }
 
 // Secret returns the shared HMAC secret: secret, or the content of

@@ -31,6 +31,9 @@ type fileConfig struct {
 	TLS               TLS        `yaml:"tls"`
 	Secret            string     `yaml:"secret"`
 	SecretFile        string     `yaml:"secret_file"`
+	SigningKey        string     `yaml:"signing_key"`
+	Insecure          bool       `yaml:"insecure"`
+	MaxAgentFileSize  int64      `yaml:"max_agent_file_size"`
 	EventLog          string     `yaml:"event_log"`
 	DestinationPrefix string     `yaml:"destination_prefix"`
 	Agents            []string   `yaml:"agents"`
@@ -56,6 +59,7 @@ func toFile(c *Config) fileConfig {
 		Node: c.Node, DataDir: c.DataDir, Listen: c.Listen, Advertise: c.Advertise, Admin: c.Admin,
 		Heartbeat:       fileHB{Duration(c.Heartbeat.Period), Duration(c.Heartbeat.ReplyPeriod), Duration(c.Heartbeat.FailWindow)},
 		HeartbeatBroker: c.HeartbeatBroker, Broker: c.Broker, TLS: c.TLS, Secret: c.SharedSecret, SecretFile: c.SecretFile, EventLog: c.EventLog,
+		SigningKey: c.SigningKey, Insecure: c.Insecure, MaxAgentFileSize: c.MaxAgentFileSize,
 		DestinationPrefix: c.DestinationPrefix, Agents: append([]string(nil), c.Agents...),
 		Hooks: fileHooks{c.Hooks.BeforeTakeover, c.Hooks.AfterTakeover, c.Hooks.OnFenced, Duration(c.Hooks.Timeout)},
 		Log:   c.Log,
@@ -67,6 +71,7 @@ func (f fileConfig) config() *Config {
 		Node: f.Node, DataDir: f.DataDir, Listen: f.Listen, Advertise: f.Advertise, Admin: f.Admin,
 		Heartbeat:       Heartbeat{f.Heartbeat.Period.Std(), f.Heartbeat.ReplyPeriod.Std(), f.Heartbeat.FailWindow.Std()},
 		HeartbeatBroker: f.HeartbeatBroker, Broker: f.Broker, TLS: f.TLS, SharedSecret: f.Secret, SecretFile: f.SecretFile, EventLog: f.EventLog,
+		SigningKey: f.SigningKey, Insecure: f.Insecure, MaxAgentFileSize: f.MaxAgentFileSize,
 		DestinationPrefix: f.DestinationPrefix, Agents: f.Agents,
 		Hooks: Hooks{f.Hooks.BeforeTakeover, f.Hooks.AfterTakeover, f.Hooks.OnFenced, f.Hooks.Timeout.Std()},
 		Log:   f.Log,
@@ -165,6 +170,7 @@ func Parse(path string, data []byte) (*Config, error) {
 	}
 	c.DataDir = resolve(c.DataDir)
 	c.SecretFile = resolve(c.SecretFile)
+	c.SigningKey = resolve(c.SigningKey)
 	c.EventLog = resolve(c.EventLog)
 	c.TLS.Cert, c.TLS.Key, c.TLS.CA = resolve(c.TLS.Cert), resolve(c.TLS.Key), resolve(c.TLS.CA)
 	for i := range c.Agents {
@@ -239,6 +245,20 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, key string) error {
 	case t.Kind() == reflect.String:
 		if n.Kind != yaml.ScalarNode {
 			return w.fail(key, n, "expected a string, got a %s", kindName(n))
+		}
+	case t.Kind() == reflect.Bool:
+		if n.Kind != yaml.ScalarNode || (n.Tag != "!!bool" && n.Tag != "") {
+			return w.fail(key, n, "expected true or false, got %q", n.Value)
+		}
+		if _, err := strconv.ParseBool(n.Value); err != nil {
+			return w.fail(key, n, "expected true or false, got %q", n.Value)
+		}
+	case t.Kind() == reflect.Int64:
+		if n.Kind != yaml.ScalarNode {
+			return w.fail(key, n, "expected a whole number of bytes, got a %s", kindName(n))
+		}
+		if _, err := strconv.ParseInt(n.Value, 10, 64); err != nil {
+			return w.fail(key, n, "expected a whole number of bytes like 1048576, got %q", n.Value)
 		}
 	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.String:
 		if n.Kind != yaml.SequenceNode {

@@ -235,6 +235,11 @@ fi
 
 # ---- configs -------------------------------------------------------------------
 
+# The group key: servers sign every message with signing.key, agents verify
+# with signing.pub (secure by default: a server without a key refuses to start).
+"$BIN" keygen --out "$DIR/keys" >/dev/null || die "tandem keygen failed"
+say "group key: $DIR/keys/signing.key (servers), $DIR/keys/signing.pub (agents)"
+
 server_config() { # NAME BROKER_PORT ADMIN_PORT
 	cat <<EOF
 # tandem demo: server $1
@@ -244,6 +249,7 @@ listen: 127.0.0.1:$2          # embedded broker: agents (and the backup) connect
 advertise: 127.0.0.1:$2       # what agents are told while $1 is active
 admin: 127.0.0.1:$3           # tandem status --admin 127.0.0.1:$3
 heartbeat: {period: 1s, reply_period: 5s, fail_window: 5s}
+signing_key: $DIR/keys/signing.key   # the group key (tandem keygen)
 agents: ["$DIR/agents/*/conf/address.yaml"]
 log: {format: text, level: info}
 EOF
@@ -288,7 +294,7 @@ wait_role $ADMIN_B backup 15 || die "server b did not become backup (see $DIR/lo
 say "b is BACKUP"
 
 for a in "${AGENTS[@]}"; do
-	"$BIN" agent --config "$(agent_file "$a")" --id "$a" >"$DIR/logs/$a.log" 2>&1 &
+	"$BIN" agent --config "$(agent_file "$a")" --server-key "$DIR/keys/signing.pub" --id "$a" >"$DIR/logs/$a.log" 2>&1 &
 	PIDS+=("$!")
 done
 say "started agents ${AGENTS[*]}"

@@ -60,6 +60,7 @@ block() {
 }
 
 server_config() { # HOST
+	[ -f "$L/keys/signing.key" ] || "$BIN" keygen --out "$L/keys" >/dev/null || fail "tandem keygen"
 	cat <<EOF
 node: opsc-$1
 data_dir: $L/$1/data
@@ -67,6 +68,7 @@ listen: 127.0.0.1:${BPORT[$1]}
 advertise: 127.0.0.1:${BPORT[$1]}
 admin: 127.0.0.1:${APORT[$1]}
 heartbeat: {period: 1s, reply_period: 5s, fail_window: 5s}
+signing_key: $L/keys/signing.key
 agents: ["$L/agents/*/conf/address.yaml"]
 EOF
 }
@@ -107,7 +109,7 @@ stop_all() {
 start_agents() {
 	local a
 	for a in a1 a2; do
-		"$BIN" agent --config "$L/agents/$a/conf/address.yaml" --id "$a" >>"$L/logs/$a.log" 2>&1 &
+		"$BIN" agent --config "$L/agents/$a/conf/address.yaml" --server-key "$L/keys/signing.pub" --id "$a" >>"$L/logs/$a.log" 2>&1 &
 		echo $! >"$L/agent-$a.pid"
 	done
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/tandem-ha/tandem/agentcfg"
 	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/protocol"
 )
 
 // Fleet is the set of agents a server repoints when it becomes primary and
@@ -47,18 +48,44 @@ type Fleet interface {
 type agentFiles struct {
 	globs []string
 	log   logrus.FieldLogger
+	opts  fileOptions
 
 	mu        sync.Mutex
 	managed   int
 	rewritten int
 	failed    map[string]string // path -> why
+	tampered  map[string]string // path -> the unsigned higher token it claims
 	okTotal   uint64
 	failTotal uint64
 	cache     map[string]fileFacts // survey's memory; only survey uses it
 }
 
-func newAgentFiles(globs []string, log logrus.FieldLogger) *agentFiles {
-	return &agentFiles{globs: globs, log: log, failed: map[string]string{}}
+// fileOptions tune agentFiles.
+type fileOptions struct {
+	// maxSize is max_agent_file_size (0: agentcfg's default).
+	maxSize int64
+	// trust says whether a file's token is a server's word (its
+	// failover_sig verifies); nil trusts every file (insecure mode).
+	trust func(agentcfg.Address) bool
+}
+
+// fileTrust is the trust check of a server's signer: with a group key a
+// token counts as evidence only with a valid failover_sig.
+func fileTrust(s *protocol.Signer) func(agentcfg.Address) bool {
+	if !s.Secure() {
+		return nil
+	}
+	return func(a agentcfg.Address) bool {
+		return s.VerifyTokenSig(a.FailoverSig, a.FailoverID, a.FailoverEpoch, a.StompInterface, a.StompPort) == nil
+	}
+}
+
+func newAgentFiles(globs []string, log logrus.FieldLogger, opts ...fileOptions) *agentFiles {
+	a := &agentFiles{globs: globs, log: log, failed: map[string]string{}, tampered: map[string]string{}}
+	if len(opts) > 0 {
+		a.opts = opts[0]
+	}
+	return a
 }
 
 // rewrite CAS-rewrites every managed file to u (takeover or claim). Only
@@ -79,7 +106,7 @@ func (a *agentFiles) apply(ctx context.Context, paths []string, u agentcfg.Updat
 	const slice = 2048
 	res := make([]agentcfg.Result, 0, len(paths))
 	for i := 0; i < len(paths) && ctx.Err() == nil; i += slice {
-		res = append(res, agentcfg.RewriteAll(paths[i:min(i+slice, len(paths))], u, agentcfg.BatchOptions{})...)
+		res = append(res, agentcfg.RewriteAll(paths[i:min(i+slice, len(paths))], u, agentcfg.BatchOptions{MaxFileSize: a.opts.maxSize})...)
 	}
 	// Keep survey's cache warm: what we just wrote need not be re-parsed.
 	fresh := make(map[string]fileFacts, len(res))
@@ -139,6 +166,9 @@ type fileFacts struct {
 	token failoverid.Token
 	addr  string // stomp_interface:stomp_port
 	valid bool
+	// trusted: the token carries a valid server signature (or no group key
+	// is configured). Only trusted tokens are evidence of a higher epoch.
+	trusted bool
 }
 
 // scan looks at every managed file (re-parsing only those whose size, mtime
@@ -206,6 +236,7 @@ func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken,
 	var max failoverid.Token
 	all := make([]pathToken, 0, len(paths))
 	seen := make(map[string]fileFacts, len(paths))
+	tampered := map[string]string{}
 	for i, p := range paths {
 		if i%256 == 0 && ctx.Err() != nil {
 			a.mu.Lock()
@@ -226,15 +257,22 @@ func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken,
 		f, ok := cache[p]
 		if !ok || !f.mod.Equal(fi.ModTime()) || f.size != fi.Size() || f.ino != ino {
 			f = fileFacts{mod: fi.ModTime(), size: fi.Size(), ino: ino}
-			if addr, err := agentcfg.ReadFile(p); err == nil {
+			if addr, err := agentcfg.ReadFileWith(p, agentcfg.ReadOptions{MaxFileSize: a.opts.maxSize}); err == nil {
 				f.valid = true
 				f.token = failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}
 				f.addr = net.JoinHostPort(addr.StompInterface, strconv.Itoa(addr.StompPort))
+				f.trusted = a.opts.trust == nil || a.opts.trust(addr)
 			}
 		}
 		seen[p] = f
 		if !f.valid {
 			continue // invalid files are reported by rewrites and `agents list`
+		}
+		if !f.trusted {
+			if f.token.Epoch > 0 {
+				tampered[p] = f.token.String()
+			}
+			continue // an unsigned token is nobody's evidence
 		}
 		if f.token.Above(max) {
 			max = f.token
@@ -244,6 +282,17 @@ func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken,
 	a.mu.Lock()
 	a.cache = seen
 	a.managed = len(paths)
+	for p := range a.tampered {
+		if _, still := tampered[p]; !still {
+			delete(a.tampered, p)
+		}
+	}
+	for p, tok := range tampered {
+		if _, known := a.tampered[p]; !known {
+			a.log.WithFields(logrus.Fields{"file": p, "token": tok}).Warn("an agent file claims a token without a valid server signature (failover_sig): ignored as evidence; check who wrote it")
+		}
+		a.tampered[p] = tok
+	}
 	a.mu.Unlock()
 	return max, all, nil
 }
@@ -254,7 +303,7 @@ func (a *agentFiles) AddressOf(t failoverid.Token) string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	for _, f := range a.cache {
-		if f.valid && f.token == t {
+		if f.valid && f.trusted && f.token == t {
 			return f.addr
 		}
 	}
@@ -264,7 +313,7 @@ func (a *agentFiles) AddressOf(t failoverid.Token) string {
 func (a *agentFiles) Status() AgentsStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	s := AgentsStatus{Managed: a.managed, Rewritten: a.rewritten, Failed: len(a.failed)}
+	s := AgentsStatus{Managed: a.managed, Rewritten: a.rewritten, Failed: len(a.failed), Tampered: len(a.tampered)}
 	var paths []string
 	for p := range a.failed {
 		paths = append(paths, p)

@@ -50,6 +50,12 @@ func (n *Node) Status() Status {
 			s.Warnings = append(s.Warnings, "maintenance mode: automatic failover is paused (tandem maintenance off to resume)")
 		}
 	}
+	if n.cfg.Insecure {
+		s.Warnings = append(s.Warnings, "insecure: true: no group key; anyone who reaches the broker can speak for a server (tandem keygen, then signing_key)")
+	}
+	if s.Agents.Tampered > 0 {
+		s.Warnings = append(s.Warnings, fmt.Sprintf("%d agent file(s) claim a token without a valid server signature (tampered?); they fence nobody (tandem agents list)", s.Agents.Tampered))
+	}
 	if s.Agents.Failed > 0 {
 		s.Warnings = append(s.Warnings, fmt.Sprintf("%d agent file(s) could not be rewritten; retried every check (tandem agents list)", s.Agents.Failed))
 	}

@@ -22,6 +22,7 @@ import (
 	"os"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -89,7 +90,9 @@ type Node struct {
 	files  Fleet
 	notify *sdnotify.Notifier
 	events *eventlog.Log
-	store  *failoverid.Store
+	// stateStore is the one writer of state.json, set once by Run (read
+	// through store(): status may be asked before Run opened it).
+	stateStore atomic.Pointer[failoverid.Store]
 
 	// serverTLS secures the embedded broker (nil: plain STOMP); clientTLS
 	// verifies brokers this server dials over TLS (nil: system roots);
@@ -125,7 +128,7 @@ type Node struct {
 
 // New prepares a node; nothing happens until Run.
 func New(cfg *config.Config, log *logrus.Logger, opts Options) (*Node, error) {
-	key, err := cfg.Secret()
+	keys, err := cfg.GroupKeys()
 	if err != nil {
 		return nil, badInput(err)
 	}
@@ -149,14 +152,16 @@ func New(cfg *config.Config, log *logrus.Logger, opts Options) (*Node, error) {
 	if opts.Notify == nil {
 		opts.Notify = sdnotify.FromEnv()
 	}
+	dest := protocol.NewDestinations(cfg.DestinationPrefix)
+	signer := protocol.NewGroupSigner(dest, keys)
 	if opts.Fleet == nil {
-		opts.Fleet = newAgentFiles(cfg.Agents, log.WithField("node", cfg.Node))
+		opts.Fleet = newAgentFiles(cfg.Agents, log.WithField("node", cfg.Node), fileOptions{maxSize: cfg.MaxAgentFileSize, trust: fileTrust(signer)})
 	}
 	n := &Node{
 		cfg: cfg, opts: opts, log: log, clock: opts.Clock,
 		serverTLS: serverTLS, clientTLS: clientTLS, ownTLS: trustOnly(serverTLS),
-		dest:      protocol.NewDestinations(cfg.DestinationPrefix),
-		signer:    protocol.NewSigner(key),
+		dest:      dest,
+		signer:    signer,
 		files:     opts.Fleet,
 		notify:    opts.Notify,
 		ready:     make(chan struct{}),
@@ -205,17 +210,27 @@ func (n *Node) setRoleWithRunbook(role Role, runbook string) {
 	}
 }
 
+// errNotStarted: a mutation before Run opened the state store.
+var errNotStarted = errors.New("node: not started yet")
+
+func (n *Node) store() *failoverid.Store { return n.stateStore.Load() }
+
 // save hands the store a mutation that cannot fail on its own.
 func (n *Node) save(mut func(s *failoverid.State)) error {
-	_, err := n.store.Update(func(s *failoverid.State) error { mut(s); return nil })
+	st := n.store()
+	if st == nil {
+		return errNotStarted
+	}
+	_, err := st.Update(func(s *failoverid.State) error { mut(s); return nil })
 	return err
 }
 
 func (n *Node) state() failoverid.State {
-	if n.store == nil {
+	st := n.store()
+	if st == nil {
 		return failoverid.State{}
 	}
-	return n.store.Get()
+	return st.Get()
 }
 
 // Run runs the server until ctx ends. It returns ErrFenced (wrapped) when it
@@ -233,10 +248,11 @@ func (n *Node) Run(ctx context.Context) error {
 	if err != nil {
 		return badInput(err)
 	}
-	n.store, err = failoverid.OpenStore(n.cfg.DataDir, n.opts.Store)
+	store, err := failoverid.OpenStore(n.cfg.DataDir, n.opts.Store)
 	if err != nil {
 		return badInput(err)
 	}
+	n.stateStore.Store(store)
 	_, isBackup, err := config.ReadPrimaryLocation(n.cfg.DataDir)
 	if err != nil {
 		return badInput(err)
@@ -264,8 +280,10 @@ func (n *Node) Run(ctx context.Context) error {
 		return fmt.Errorf("embedded broker: %w", err)
 	}
 	defer srv.Close()
+	n.mu.Lock() // status may be asked already (tests)
 	n.BrokerAddr = srv.Addr()
 	n.advertise = effectiveAdvertise(n.cfg.Advertise, srv.Addr())
+	n.mu.Unlock()
 
 	adminOpts, err := n.adminOptions() // DATA/admin.token, created on the first start
 	if err != nil {

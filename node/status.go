@@ -56,6 +56,9 @@ type AgentsStatus struct {
 	Failed    int `json:"failed"`
 	// Connected counts agents that reported to this primary recently.
 	Connected int `json:"connected"`
+	// Tampered counts managed files that claim a token without a valid
+	// server signature (failover_sig): they fence nobody.
+	Tampered int `json:"tampered,omitempty"`
 	// FailedFiles lists up to 20 files that could not be rewritten, with why.
 	FailedFiles []FailedFile `json:"failed_files,omitempty"`
 }

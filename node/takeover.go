@@ -104,7 +104,7 @@ func (n *Node) takeOver(ctx context.Context, reason string, from *failoverid.Pee
 	// Keep the systemd watchdog fed while hooks and rewrites run.
 	defer n.keepAlive(ctx)()
 	_, err := backup.RunTakeover(ctx, backup.TakeoverConfig{
-		Store: n.store, Node: n.cfg.Node, ID: n.id,
+		Store: n.store(), Node: n.cfg.Node, ID: n.id,
 		LocationFile: filepath.Join(n.cfg.DataDir, config.PrimaryLocationFile),
 		BeforeHook:   n.cfg.Hooks.BeforeTakeover, HookTimeout: n.cfg.Hooks.Timeout,
 		RunHook: n.opts.RunHook, NextEpoch: n.opts.NextEpoch,
@@ -138,7 +138,7 @@ func (n *Node) finishTakeover(rctx context.Context) {
 		}
 		return nil
 	}
-	st, err := n.store.Update(func(s *failoverid.State) error {
+	st, err := n.store().Update(func(s *failoverid.State) error {
 		if err := stillOurs(s); err != nil {
 			return err
 		}
@@ -151,7 +151,7 @@ func (n *Node) finishTakeover(rctx context.Context) {
 	}
 	j := *st.Takeover
 	_ = n.opts.RunHook(rctx, "after_takeover", n.cfg.Hooks.AfterTakeover, n.cfg.Hooks.Timeout, backup.HookEnv(n.cfg.Node, n.id, &j), n.entry())
-	_, err = n.store.Update(func(s *failoverid.State) error {
+	_, err = n.store().Update(func(s *failoverid.State) error {
 		if err := stillOurs(s); err != nil {
 			return err
 		}
@@ -179,5 +179,6 @@ func (n *Node) update(epoch uint64) agentcfg.Update {
 	if err != nil || host == "" {
 		host, port = n.cfg.AdvertiseHostPort()
 	}
-	return agentcfg.Update{StompInterface: host, StompPort: port, FailoverID: n.id, Epoch: epoch}
+	return agentcfg.Update{StompInterface: host, StompPort: port, FailoverID: n.id, Epoch: epoch,
+		FailoverSig: n.signer.TokenSig(n.id, epoch, host, port)}
 }

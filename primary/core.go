@@ -106,6 +106,7 @@ type core struct {
 	holdSince        time.Time
 
 	received uint64 // messages from other servers and agents handled
+	tampered uint64 // agent reports of a higher token without a server signature
 	dup      string // duplicate failover id warning, if any
 	warnings []string
 	agents   map[string]*AgentView
@@ -303,14 +304,22 @@ type agentReport struct {
 // maxAgents bounds the registry against a flood of made-up agent ids.
 const maxAgents = 100000
 
-// agentStatus is a valid agent status report with its body.
-func (c *core) agentStatus(now time.Time, env protocol.Envelope, body []byte) Output {
+// agentStatus is a valid agent status report with its body. trusted says
+// whether the token it reports carries a server's signature (the
+// failover_sig of the agent's file, checked by the driver): only a trusted
+// higher token fences; an untrusted one is a tampered report.
+func (c *core) agentStatus(now time.Time, env protocol.Envelope, body []byte, trusted bool) Output {
 	var out Output
 	if c.ended {
 		return out
 	}
 	c.received++
 	if t := token(env); higher(t, c.cfg.Token) {
+		if !trusted {
+			c.tampered++
+			out.Logs = append(out.Logs, LogLine{Level: logrus.WarnLevel, Msg: fmt.Sprintf("agent %s reports a token %s without a valid server signature: ignored (tampered file or forged report)", env.Node, above(t, c.cfg.Token))})
+			return out
+		}
 		c.fence(&out, t, "", "", fmt.Sprintf("agent %s is bound %s", env.Node, above(t, c.cfg.Token)))
 		return out
 	}
@@ -452,6 +461,7 @@ func (c *core) status(now time.Time, s *Status) {
 	}
 	s.Handover = c.handoverTo
 	s.Received = c.received
+	s.Tampered = c.tampered
 	s.Warnings = append([]string(nil), c.warnings...)
 }
 

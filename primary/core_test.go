@@ -61,7 +61,14 @@ func reply(n float64, env protocol.Envelope) func(c *core) (Output, error) {
 }
 func agent(n float64, id string, epoch uint64) func(c *core) (Output, error) {
 	return func(c *core) (Output, error) {
-		return c.agentStatus(at(n), protocol.Envelope{FailoverID: id, Epoch: epoch, Node: "agent-1"}, []byte(`{"path":"/a.yaml"}`)), nil
+		return c.agentStatus(at(n), protocol.Envelope{FailoverID: id, Epoch: epoch, Node: "agent-1"}, []byte(`{"path":"/a.yaml"}`), true), nil
+	}
+}
+
+// untrustedAgent reports a token without a valid server signature.
+func untrustedAgent(n float64, id string, epoch uint64) func(c *core) (Output, error) {
+	return func(c *core) (Output, error) {
+		return c.agentStatus(at(n), protocol.Envelope{FailoverID: id, Epoch: epoch, Node: "agent-1"}, []byte(`{"path":"/a.yaml"}`), false), nil
 	}
 }
 func scanned(n float64, gen int, higher *failoverid.Token) func(c *core) (Output, error) {
@@ -143,6 +150,11 @@ func TestCoreTransitions(t *testing.T) {
 		{"an agent bound to a higher epoch fences", false, []step{
 			{"start", start(0, nil), "beat", nil},
 			{"agent", agent(0.5, backID, 9), "fenced", nil},
+		}},
+		{"an agent's higher token without a server signature is tampered, not a fence", false, []step{
+			{"start", start(0, nil), "beat", nil},
+			{"unsigned", untrustedAgent(0.5, backID, 999999), "quiet,warn-log", nil},
+			{"tick", tick(1), "beat", nil},
 		}},
 		{"periodic scans, one at a time", true, []step{
 			{"start", start(0, &scanResult{}), "beat", nil},
@@ -316,7 +328,7 @@ func TestCoreStatusAndRegistry(t *testing.T) {
 		t.Fatalf("fresh status %+v", s)
 	}
 	c.reply(at(1), protocol.Envelope{FailoverID: backID, Node: "b", Role: "backup", Advertise: "b:1"}, nil)
-	c.agentStatus(at(1), protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "agent-1"}, []byte(`{"path":"/a.yaml","accepted":4}`))
+	c.agentStatus(at(1), protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "agent-1"}, []byte(`{"path":"/a.yaml","accepted":4}`), true)
 	s = Status{}
 	c.status(at(3), &s)
 	if !s.BackupConfigured || s.Backup == nil || s.Backup.Address != "b:1" || s.LastReplyAgeMS != 200 {

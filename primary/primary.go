@@ -13,6 +13,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
+	"strconv"
 	"sync"
 	"time"
 
@@ -117,6 +119,7 @@ type Status struct {
 	HeartbeatsSent   uint64
 	CommandsSent     uint64
 	Received         uint64 // valid messages from other servers and agents handled (own echoes not counted)
+	Tampered         uint64 // agent reports of a higher token without a valid server signature
 	Dropped          uint64 // messages dropped as malformed
 	SignatureFails   uint64 // messages dropped: unsigned or badly signed
 	Handover         string // failover id of the backup being handed to
@@ -222,7 +225,10 @@ func (r *Role) Switchover(ctx context.Context) error {
 // what the core says (do); every send happens here, after the core's checks.
 func (r *Role) Run(ctx context.Context) (End, error) {
 	dests := []string{r.cfg.Dest.Heartbeat, r.cfg.Dest.Reply, r.cfg.Dest.AgentStatus}
-	handlers := []func(*core, time.Time, protocol.Envelope, []byte) Output{(*core).heartbeat, (*core).reply, (*core).agentStatus}
+	agentStatus := func(c *core, now time.Time, env protocol.Envelope, body []byte) Output {
+		return c.agentStatus(now, env, body, r.trusted(env))
+	}
+	handlers := []func(*core, time.Time, protocol.Envelope, []byte) Output{(*core).heartbeat, (*core).reply, agentStatus}
 	chans := make([]<-chan broker.Message, len(dests))
 	for i, d := range dests {
 		bus := r.hb
@@ -383,6 +389,25 @@ func (r *Role) count(n *uint64) {
 	r.mu.Lock()
 	*n++
 	r.mu.Unlock()
+}
+
+// trusted reports whether an agent's reported token is a server's word: the
+// failover_sig it forwards verifies with the group key over the token and
+// the address it is bound to. Without a group key (insecure) every report
+// is trusted, as before the key existed.
+func (r *Role) trusted(env protocol.Envelope) bool {
+	if !r.cfg.Signer.Secure() {
+		return true
+	}
+	host, portS, err := net.SplitHostPort(env.Bound)
+	if err != nil {
+		return false
+	}
+	port, err := strconv.Atoi(portS)
+	if err != nil {
+		return false
+	}
+	return r.cfg.Signer.VerifyTokenSig(env.FailoverSig, env.FailoverID, env.Epoch, host, port) == nil
 }
 
 func (r *Role) decode(m broker.Message) (protocol.Envelope, error) {

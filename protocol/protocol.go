@@ -11,13 +11,13 @@
 package protocol
 
 import (
+	"crypto/ed25519"
 	"crypto/hmac"
-	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/tandem-ha/tandem/internal/version"
 )
@@ -41,6 +41,17 @@ const (
 	HInstance    = "instance"   // random per process start: tells clones apart
 	HStartedMS   = "started-ms" // when that process started (wall clock, ms)
 	HSignature   = "signature"
+	// HNonce: a backup's reply carries a fresh random nonce; HEcho: the
+	// primary's heartbeats echo the nonces it heard last (comma-separated),
+	// so a backup counts only heartbeats sent after its own reply — a
+	// recorded stream replayed later echoes nothing it issued.
+	HNonce = "nonce"
+	HEcho  = "echo"
+	// HFailoverSig and HBound: an agent's status forwards the failover_sig
+	// of its address.yaml and the stomp_interface:stomp_port it covers, so
+	// the token it reports is a server's signed word, not the agent's.
+	HFailoverSig = "failover-sig"
+	HBound       = "bound-address"
 )
 
 // Sentinel errors.
@@ -87,6 +98,22 @@ type Envelope struct {
 	// servers sharing a failover id (a cloned VM) can be told apart.
 	Instance  string
 	StartedMS int64
+	// Nonce (replies) and Echo (heartbeats): see HNonce.
+	Nonce string
+	Echo  []string
+	// FailoverSig and Bound (agent status): see HFailoverSig.
+	FailoverSig string
+	Bound       string
+}
+
+// Echoes reports whether e echoes nonce.
+func (e Envelope) Echoes(nonce string) bool {
+	for _, n := range e.Echo {
+		if n == nonce && n != "" {
+			return true
+		}
+	}
+	return false
 }
 
 // Clone reports whether e comes from another process that uses the failover
@@ -143,6 +170,18 @@ func (e Envelope) Headers() map[string]string {
 	}
 	if e.StartedMS != 0 {
 		h[HStartedMS] = strconv.FormatInt(e.StartedMS, 10)
+	}
+	if e.Nonce != "" {
+		h[HNonce] = e.Nonce
+	}
+	if len(e.Echo) > 0 {
+		h[HEcho] = strings.Join(e.Echo, ",")
+	}
+	if e.FailoverSig != "" {
+		h[HFailoverSig] = e.FailoverSig
+	}
+	if e.Bound != "" {
+		h[HBound] = e.Bound
 	}
 	return h
 }
@@ -203,6 +242,12 @@ func Decode(h map[string]string) (Envelope, error) {
 	e.Role = h[HRole]
 	e.HandoverTo = asciiLower(h[HHandoverTo])
 	e.Maintenance = h[HMaintenance] == "true"
+	e.Nonce = h[HNonce]
+	if v := h[HEcho]; v != "" {
+		e.Echo = strings.Split(v, ",")
+	}
+	e.FailoverSig = h[HFailoverSig]
+	e.Bound = h[HBound]
 	return e, nil
 }
 
@@ -219,27 +264,51 @@ func asciiLower(s string) string {
 	return string(b)
 }
 
-// Signer signs and verifies messages with a shared secret. A Signer with no
-// key signs nothing and accepts everything.
-type Signer struct{ key []byte }
+// Signer signs and verifies messages. NewSigner(secret) signs everything
+// with the shared HMAC secret (a Signer with no key signs nothing and
+// accepts everything); NewGroupSigner adds the group's Ed25519 key for
+// server messages (keys.go).
+type Signer struct {
+	key       []byte
+	priv      ed25519.PrivateKey
+	pub       ed25519.PublicKey
+	agentDest string // the destination agents publish on ("" = every one is HMAC)
+}
 
 // NewSigner returns a signer for key (nil or empty: signing off).
 func NewSigner(key []byte) *Signer { return &Signer{key: append([]byte(nil), key...)} }
 
-// Enabled reports whether a secret is configured.
-func (s *Signer) Enabled() bool { return s != nil && len(s.key) > 0 }
+// Enabled reports whether messages are signed or verified at all.
+func (s *Signer) Enabled() bool { return s != nil && (len(s.key) > 0 || s.pub != nil) }
 
-// Sign adds the signature header to h (in place) when a key is configured.
+// Sign adds the signature header to h (in place): the group key's on a
+// server destination when this signer holds it, else the HMAC when a
+// secret is configured.
 func (s *Signer) Sign(dest string, h map[string]string, body []byte) {
-	if !s.Enabled() {
+	if s == nil {
+		return
+	}
+	if s.priv != nil && s.serverDest(dest) {
+		s.signGroup(dest, h, body)
+		return
+	}
+	if len(s.key) == 0 {
 		return
 	}
 	h[HSignature] = hex.EncodeToString(s.mac(dest, h, body))
 }
 
-// Verify checks the signature when a key is configured.
+// Verify checks a message's signature: the group key's on a server
+// destination when a public key is configured, else the HMAC when a secret
+// is configured; with neither it accepts (the insecure mode).
 func (s *Signer) Verify(dest string, h map[string]string, body []byte) error {
-	if !s.Enabled() {
+	if s == nil {
+		return nil
+	}
+	if s.pub != nil && s.serverDest(dest) {
+		return s.verifyGroup(dest, h, body)
+	}
+	if len(s.key) == 0 {
 		return nil
 	}
 	sig, ok := h[HSignature]
@@ -259,26 +328,9 @@ func (s *Signer) Verify(dest string, h map[string]string, body []byte) error {
 var signed = map[string]bool{
 	HVersion: true, HFailoverID: true, HEpoch: true, HNode: true, HSeq: true, HAdvertise: true,
 	HPeriodMS: true, HRole: true, HSentMS: true, HHandoverTo: true, HMaintenance: true,
-	HInstance: true, HStartedMS: true,
+	HInstance: true, HStartedMS: true, HNonce: true, HEcho: true, HFailoverSig: true, HBound: true,
 }
 
 func (s *Signer) mac(dest string, h map[string]string, body []byte) []byte {
-	keys := make([]string, 0, len(h))
-	for k := range h {
-		if signed[k] {
-			keys = append(keys, k)
-		}
-	}
-	sort.Strings(keys)
-	m := hmac.New(sha256.New, s.key)
-	m.Write([]byte(dest))
-	m.Write([]byte{0})
-	for _, k := range keys {
-		m.Write([]byte(k))
-		m.Write([]byte{0})
-		m.Write([]byte(h[k]))
-		m.Write([]byte{0})
-	}
-	m.Write(body)
-	return m.Sum(nil)
+	return macOf(s.key, canonical(dest, h, body))
 }

@@ -2,6 +2,9 @@ package protocol
 
 import (
 	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 )
@@ -9,13 +12,14 @@ import (
 func TestEnvelopeRoundTrip(t *testing.T) {
 	e := Envelope{FailoverID: "aaaaaaaa-0000-4000-8000-000000000000", Epoch: 7, Node: "a", Seq: 42,
 		Advertise: "127.0.0.1:61620", PeriodMS: 100, Role: "primary", SentMS: 1700000000000,
-		HandoverTo: "bbbbbbbb-0000-4000-8000-000000000000", Maintenance: true, Instance: "i1", StartedMS: 1699999999000}
+		HandoverTo: "bbbbbbbb-0000-4000-8000-000000000000", Maintenance: true, Instance: "i1", StartedMS: 1699999999000,
+		Nonce: "n1", Echo: []string{"x", "y"}, FailoverSig: "abcd", Bound: "10.0.0.1:61620"}
 	got, err := Decode(e.Headers())
 	if err != nil {
 		t.Fatal(err)
 	}
 	e.Version = got.Version
-	if got != e || got.Version == "" {
+	if !reflect.DeepEqual(got, e) || got.Version == "" {
 		t.Fatalf("round trip: %+v != %+v", got, e)
 	}
 }
@@ -119,5 +123,83 @@ func TestCloneDetection(t *testing.T) {
 	}
 	if !e.StartedBefore(200, "i1") || e.StartedBefore(50, "i1") || !e.StartedBefore(100, "i3") || e.StartedBefore(100, "i1") {
 		t.Fatal("started before")
+	}
+}
+
+func TestGroupSigning(t *testing.T) {
+	d := NewDestinations("")
+	pub, priv, err := GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	secret := []byte("agents-shared-secret")
+	server := NewGroupSigner(d, Keys{Secret: secret, Private: priv})
+	agent := NewGroupSigner(d, Keys{Secret: secret, Public: pub})
+	_, otherPriv, _ := GenerateKey()
+	stranger := NewGroupSigner(d, Keys{Secret: secret, Private: otherPriv})
+
+	hb := Envelope{FailoverID: "a", Epoch: 3, Node: "a", Seq: 1}.Headers()
+	server.Sign(d.Heartbeat, hb, nil)
+	if err := agent.Verify(d.Heartbeat, hb, nil); err != nil {
+		t.Fatalf("an agent must verify a server's heartbeat: %v", err)
+	}
+	// An agent holds the secret but not the group key: what it signs on a
+	// server destination (a forged command) is refused.
+	forged := Envelope{FailoverID: "a", Epoch: 999, Node: "a"}.Headers()
+	agent.Sign(d.AgentCommand, forged, nil)
+	if err := server.Verify(d.AgentCommand, forged, nil); !errors.Is(err, ErrBadSignature) && !errors.Is(err, ErrUnsigned) {
+		t.Fatalf("a message an agent signed on a server destination: %v, want refused", err)
+	}
+	// Another group's key is refused.
+	hb2 := Envelope{FailoverID: "a", Epoch: 3, Node: "a", Seq: 2}.Headers()
+	stranger.Sign(d.Heartbeat, hb2, nil)
+	if err := agent.Verify(d.Heartbeat, hb2, nil); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("another key's heartbeat: %v", err)
+	}
+	// A changed header breaks the signature.
+	hb["epoch"] = "4"
+	if err := agent.Verify(d.Heartbeat, hb, nil); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("tampered heartbeat: %v", err)
+	}
+	// Agent status: the HMAC of the secret, which the server checks.
+	st := Envelope{FailoverID: "a", Epoch: 3, Node: "agent-1", Role: "agent"}.Headers()
+	agent.Sign(d.AgentStatus, st, []byte("{}"))
+	if err := server.Verify(d.AgentStatus, st, []byte("{}")); err != nil {
+		t.Fatalf("agent status: %v", err)
+	}
+	// failover_sig: minted by a server, checked by anyone with the public key.
+	sig := server.TokenSig("a", 3, "10.0.0.1", 61620)
+	if err := agent.VerifyTokenSig(sig, "a", 3, "10.0.0.1", 61620); err != nil {
+		t.Fatal(err)
+	}
+	if err := agent.VerifyTokenSig(sig, "a", 1000, "10.0.0.1", 61620); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("a token sig moved to another epoch: %v", err)
+	}
+	if agent.TokenSig("a", 4, "x", 1) != "" {
+		t.Fatal("an agent must not be able to mint a failover_sig")
+	}
+}
+
+func TestKeyFilesRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	pub, priv, _ := GenerateKey()
+	pb, _ := EncodePublicKey(pub)
+	kb, _ := EncodePrivateKey(priv)
+	os.WriteFile(filepath.Join(dir, "signing.pub"), pb, 0o644)
+	os.WriteFile(filepath.Join(dir, "signing.key"), kb, 0o600)
+	gotPub, err := LoadPublicKey(filepath.Join(dir, "signing.pub"))
+	if err != nil || !gotPub.Equal(pub) {
+		t.Fatal(err)
+	}
+	gotPriv, err := LoadPrivateKey(filepath.Join(dir, "signing.key"))
+	if err != nil || !gotPriv.Equal(priv) {
+		t.Fatal(err)
+	}
+	if _, err := LoadPrivateKey(filepath.Join(dir, "signing.pub")); !errors.Is(err, ErrBadKey) || !strings.Contains(err.Error(), "signing.pub") {
+		t.Fatalf("a public key as private: %v", err)
+	}
+	os.WriteFile(filepath.Join(dir, "junk"), []byte("hello"), 0o600)
+	if _, err := LoadPublicKey(filepath.Join(dir, "junk")); !errors.Is(err, ErrBadKey) {
+		t.Fatalf("junk: %v", err)
 	}
 }

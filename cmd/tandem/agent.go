@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/ed25519"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -39,7 +40,8 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	fleet := flags.String("fleet", "", "run one agent per address.yaml found under this directory, in one process")
 	period := flags.Duration("period", time.Second, "how often to report status")
 	prefix := flags.String("destination-prefix", protocol.DefaultPrefix, "STOMP destination prefix (the servers' destination_prefix)")
-	secretFile := flags.String("secret-file", "", "file holding the servers' shared secret (messages are then signed and checked)")
+	secretFile := flags.String("secret-file", "", "file holding the group's shared secret (this agent's status reports are then signed with it)")
+	serverKey := flags.String("server-key", "", "the group's public key (`FILE`: signing.pub from tandem keygen): only commands a server signed with the group key are obeyed")
 	login := flags.String("login", "", "STOMP login for the server's broker")
 	passFile := flags.String("passcode-file", "", "file holding the STOMP passcode")
 	caFile := flags.String("ca", "", "PEM `FILE` of the CAs to trust for use_ssl: 1 (default: the system's roots; the servers' tls.ca)")
@@ -47,8 +49,8 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	logFormat := flags.String("log-format", "text", "text or json")
 	logLevel := flags.String("log-level", "info", "log level")
 	flags.Usage = func() {
-		fmt.Fprint(flags.Output(), `Usage: tandem agent --config ADDRESS_YAML [--id ID]
-       tandem agent --fleet DIR
+		fmt.Fprint(flags.Output(), `Usage: tandem agent --config ADDRESS_YAML --server-key FILE [--id ID]
+       tandem agent --fleet DIR --server-key FILE
 
 The reference managed agent. It connects to stomp_interface:stomp_port from
 its address.yaml (TLS when use_ssl is 1), reports status every period, and
@@ -99,6 +101,13 @@ Flags:
 			return exitUsage
 		}
 		passcode = strings.TrimSpace(string(b))
+	}
+	var pub ed25519.PublicKey
+	if *serverKey != "" {
+		if pub, err = protocol.LoadPublicKey(*serverKey); err != nil {
+			fmt.Fprintln(stderr, "tandem agent: --server-key:", err)
+			return exitUsage
+		}
 	}
 	var roots *x509.CertPool // nil: the system's
 	if *caFile != "" {
@@ -186,7 +195,7 @@ Flags:
 	}
 	defer mux.Close()
 	dest := protocol.NewDestinations(*prefix)
-	signer := protocol.NewSigner(key)
+	signer := protocol.NewGroupSigner(dest, protocol.Keys{Secret: key, Public: pub})
 	var wg sync.WaitGroup
 	errs := make(chan error, len(paths))
 	for _, p := range paths {
@@ -207,6 +216,9 @@ Flags:
 				errs <- err
 			}
 		}()
+	}
+	if pub == nil {
+		log.Warn("no --server-key: this agent obeys any message that names its token, signed by a server or not (insecure; give it the group's signing.pub)")
 	}
 	log.WithField("agents", len(paths)).Info("agents running")
 	wg.Wait()

@@ -603,7 +603,7 @@ func TestServerWithABadTLSKeyExits2OtherCommandsWork(t *testing.T) {
 	if err := os.WriteFile(cert, []byte("not a certificate\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	e := newCLIEnv(t, "listen: 127.0.0.1:0\ntls: {cert: "+cert+", key: "+missing+"}\n")
+	e := newCLIEnv(t, "listen: 127.0.0.1:0\ninsecure: true\ntls: {cert: "+cert+", key: "+missing+"}\n")
 	code, out, errs := runCLI(func(a []string, o, e *bytes.Buffer) int { return runServer(a, o, e) }, "--config", e.cfg)
 	if code != exitUsage || out != "" || !strings.Contains(errs, "tls.cert") {
 		t.Fatalf("server: %d %q %q, want exit 2 naming tls.cert", code, out, errs)

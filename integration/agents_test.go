@@ -47,21 +47,59 @@ func readEvents(t testing.TB, path string) []event {
 	return out
 }
 
-// checkI1 fails on any accepted command whose sender is not the server the
-// agent is bound to at that epoch.
-func checkI1(t testing.TB, evs []event) {
+// checkI1 holds every accepted command against an independent witness: the
+// sampler's timeline of the agent's address.yaml (files maps agent ids to
+// their files, see agentFiles). The file, as sampled around the instant the
+// agent logged the command, must name the sender's failover id and epoch.
+// What the agent itself says it was bound to is not trusted.
+func checkI1(t testing.TB, evs []event, w *epochSampler, files map[string]string) {
 	t.Helper()
+	if w == nil {
+		for _, e := range evs {
+			if e.Accepted {
+				t.Errorf("I1 unchecked: agent %s accepted commands and no sampler watched its file", e.Agent)
+				return
+			}
+		}
+		return
+	}
 	for _, e := range evs {
-		if e.Accepted && (e.From.ID != e.Bound.ID || e.From.Epoch != e.Bound.Epoch) {
-			t.Errorf("I1 violated: agent %s accepted a command from %s@%d (node %s) while bound to %s@%d",
-				e.Agent, e.From.ID, e.From.Epoch, e.FromNode, e.Bound.ID, e.Bound.Epoch)
+		if !e.Accepted {
+			continue
+		}
+		f, ok := files[e.Agent]
+		if !ok {
+			t.Errorf("I1 unchecked: agent %s accepted a command from %s@%d (node %s) and its file is not known", e.Agent, e.From.ID, e.From.Epoch, e.FromNode)
+			continue
+		}
+		named, known := w.named(f, e.From.ID, e.From.Epoch, e.T)
+		switch {
+		case !known:
+			t.Errorf("I1 unchecked: agent %s accepted a command from %s@%d (node %s) at t=%d and its file %s was never sampled", e.Agent, e.From.ID, e.From.Epoch, e.FromNode, e.T, f)
+		case !named:
+			t.Errorf("I1 violated: agent %s accepted a command from %s@%d (node %s) at t=%d while its address.yaml named: %s",
+				e.Agent, e.From.ID, e.From.Epoch, e.FromNode, e.T, w.around(f, e.T))
 		}
 	}
+}
+
+// agentFiles maps the ids the harness gives its agents to their files:
+// "agentN" for files[N] (tandem agent --id) and a fleet's id, the file's
+// directory relative to the agents directory ("a00000/conf").
+func agentFiles(files []string) map[string]string {
+	m := map[string]string{}
+	for i, f := range files {
+		m[fmt.Sprintf("agent%d", i)] = f
+		conf := filepath.Dir(f)
+		m[filepath.Join(filepath.Base(filepath.Dir(conf)), filepath.Base(conf))] = f
+	}
+	return m
 }
 
 func TestAgentsFollowTheTakeoverAndNeverObeyTheFencedPrimary(t *testing.T) {
 	c := newCluster(t)
 	a, b, files := pairUp(t, c, 3)
+	samp := startEpochSampler(t, files)
 	allAt(t, files, a, 1, 10*time.Second)
 	evPath := filepath.Join(c.dir, "events.jsonl")
 	for i, f := range files {
@@ -119,7 +157,8 @@ func TestAgentsFollowTheTakeoverAndNeverObeyTheFencedPrimary(t *testing.T) {
 	c.waitRole(a, "fenced", 10*time.Second)
 	time.Sleep(500 * time.Millisecond)
 	evs := readEvents(t, evPath)
-	checkI1(t, evs)
+	checkI1(t, evs, samp, agentFiles(files))
+	samp.check(t)
 	last := map[string]uint64{}
 	for _, e := range evs {
 		if e.Accepted {
@@ -138,6 +177,9 @@ func TestAnAgentWithAHandBrokenFileKeepsWorking(t *testing.T) {
 	c := newCluster(t)
 	a := c.addServer("a", nil)
 	files := c.writeAgents(1, a)
+	// The witness of I1 only: the file is broken on purpose (I3 is not
+	// checked here).
+	samp := startEpochSampler(t, files)
 	c.start(a)
 	c.waitRole(a, "primary", 20*time.Second)
 	allAt(t, files, a, 1, 10*time.Second)
@@ -162,7 +204,7 @@ func TestAnAgentWithAHandBrokenFileKeepsWorking(t *testing.T) {
 	if err := os.WriteFile(files[0], good, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	checkI1(t, readEvents(t, evPath))
+	checkI1(t, readEvents(t, evPath), samp, agentFiles(files))
 }
 
 // acceptedFrom counts the distinct agents that accepted a command from id@epoch.

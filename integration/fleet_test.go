@@ -27,6 +27,7 @@ func TestFleetFollowsAKilledPrimary(t *testing.T) {
 	c := newCluster(t)
 	const n = 30
 	a, b, files := pairUp(t, c, n)
+	samp := startEpochSampler(t, files)
 	allAt(t, files, a, 1, 20*time.Second)
 	evPath := filepath.Join(c.dir, "events.jsonl")
 	start(t, c.dir, "fleet", "agent", "--fleet", filepath.Join(c.dir, "agents"), "--period", "200ms", "--events", evPath)
@@ -37,7 +38,8 @@ func TestFleetFollowsAKilledPrimary(t *testing.T) {
 	t.Logf("fleet of %d: all connected to the new primary %s after it became primary", n, took)
 	idB := mustStatus(t, b).FailoverID
 	eventually(t, 10*time.Second, "every agent accepted b's commands", func() bool { return acceptedFrom(readEvents(t, evPath), idB, 2) == n })
-	checkI1(t, readEvents(t, evPath))
+	checkI1(t, readEvents(t, evPath), samp, agentFiles(files))
+	samp.check(t)
 }
 
 // BenchmarkAgentsFollow measures, with real processes, the time from the

@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -11,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"gopkg.in/yaml.v3"
 )
 
 // A rig is a primary/backup pair with agents in which every link runs
@@ -273,7 +276,7 @@ func (r *rig) runningAgents() int {
 func (r *rig) check() {
 	r.t.Helper()
 	evs := readEvents(r.t, r.evPath)
-	checkI1(r.t, evs)
+	checkI1(r.t, evs, r.samp, agentFiles(r.files))
 	checkMonotoneAccepts(r.t, evs)
 	if r.samp != nil {
 		r.samp.check(r.t)
@@ -305,19 +308,31 @@ func checkMonotoneAccepts(t testing.TB, evs []event) int {
 // epochSampler reads every agent file every 20 ms during a test: I2 (an
 // epoch never goes down) and I3 (no sample is ever truncated or missing a
 // line, which catches a non-atomic rewrite in the act).
+//
+// Its timeline of each file's (failover_id, epoch) is also the independent
+// witness checkI1 holds the agents' accepted commands against.
 type epochSampler struct {
-	mu      sync.Mutex
-	stop    chan struct{}
-	done    chan struct{}
-	last    map[string]uint64
-	samples int
-	errs    []string
+	mu       sync.Mutex
+	stop     chan struct{}
+	done     chan struct{}
+	last     map[string]uint64
+	samples  int
+	errs     []string
+	timeline map[string][]fileSpan // path -> what it named, in sample order
+}
+
+// fileSpan is a run of samples of one file that named the same token: first
+// and last seen (Unix ms, the clock the agents stamp their events with).
+type fileSpan struct {
+	from, to int64
+	id       string
+	epoch    uint64
 }
 
 var requiredLines = []string{"# DataStax agent address file", "use_ssl: 0", "# keep this", "jmx_port: 7199", "# the OpsCenter server"}
 
 func startEpochSampler(t testing.TB, files []string) *epochSampler {
-	s := &epochSampler{stop: make(chan struct{}), done: make(chan struct{}), last: map[string]uint64{}}
+	s := &epochSampler{stop: make(chan struct{}), done: make(chan struct{}), last: map[string]uint64{}, timeline: map[string][]fileSpan{}}
 	go func() {
 		defer close(s.done)
 		tk := time.NewTicker(20 * time.Millisecond)
@@ -339,6 +354,7 @@ func startEpochSampler(t testing.TB, files []string) *epochSampler {
 
 func (s *epochSampler) sample(f string) {
 	b, err := os.ReadFile(f)
+	now := time.Now().UnixMilli()
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.samples++
@@ -353,7 +369,7 @@ func (s *epochSampler) sample(f string) {
 			return
 		}
 	}
-	_, es, _ := textFacts(text)
+	_, es, id := textFacts(text)
 	var e uint64
 	if es != "" {
 		if e, err = strconv.ParseUint(es, 10, 64); err != nil {
@@ -365,6 +381,70 @@ func (s *epochSampler) sample(f string) {
 		s.errs = append(s.errs, fmt.Sprintf("I2 violated: %s epoch went from %d down to %d", f, l, e))
 	}
 	s.last[f] = e
+	var doc map[string]any
+	if yaml.Unmarshal(b, &doc) != nil {
+		return // not YAML: the agent keeps its last good file
+	}
+	s.record(f, now, id, e)
+}
+
+// record appends one sample to f's timeline.
+func (s *epochSampler) record(f string, at int64, id string, epoch uint64) {
+	tl := s.timeline[f]
+	if n := len(tl); n > 0 && tl[n-1].id == id && tl[n-1].epoch == epoch {
+		tl[n-1].to = at
+		return
+	}
+	s.timeline[f] = append(tl, fileSpan{from: at, to: at, id: id, epoch: epoch})
+}
+
+// i1Slack is how long before an agent's event stamp it may have read its
+// file: the agent reads the file, decides, then stamps and writes the event.
+const i1Slack = 250
+
+// named reports whether f may have named id@epoch at some instant within
+// i1Slack ms before at (an agent's event stamp). A span's token may have
+// been in the file from just after the previous span was last seen until
+// just before the next one was first seen; before the first sample the
+// file is unknown. Samples the agent would not read either (a file that is
+// not whole, see sample) are not in the timeline: the agent keeps its last
+// good file then, and so does the witness.
+func (s *epochSampler) named(f, id string, epoch uint64, at int64) (ok, known bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	tl := s.timeline[f]
+	for i, sp := range tl {
+		if sp.id != id || sp.epoch != epoch {
+			continue
+		}
+		lo, hi := int64(math.MinInt64), int64(math.MaxInt64)
+		if i > 0 {
+			lo = tl[i-1].to
+		}
+		if i+1 < len(tl) {
+			hi = tl[i+1].from
+		}
+		if at > lo && at-i1Slack < hi {
+			return true, true
+		}
+	}
+	return false, len(tl) > 0
+}
+
+// around describes what f named around at, for a violation message.
+func (s *epochSampler) around(f string, at int64) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var parts []string
+	for _, sp := range s.timeline[f] {
+		if sp.to >= at-5000 && sp.from <= at+5000 {
+			parts = append(parts, fmt.Sprintf("%s@%d seen t=%d..%d", sp.id, sp.epoch, sp.from, sp.to))
+		}
+	}
+	if len(parts) == 0 {
+		return "nothing sampled within 5 s"
+	}
+	return strings.Join(parts, "; ")
 }
 
 func (s *epochSampler) halt() {

@@ -226,7 +226,7 @@ func (s *soak) check(fault string) {
 	bad := 0
 	s.newEvents()
 	ft := &fakeTB{TB: s.t}
-	checkI1(ft, s.events)
+	checkI1(ft, s.events, s.r.samp, agentFiles(s.r.files))
 	for _, e := range s.events {
 		if !e.Accepted {
 			continue

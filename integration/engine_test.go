@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tandem-ha/tandem/protocol"
 )
 
 // Process-level tests of "one engine, one owner of state" (ARCHITECTURE.md,
@@ -167,7 +169,7 @@ echo "on_fenced t_ns=$(date +%%s%%N) main=$(st "$(cat %s 2>/dev/null)") bg=$(st 
 	}
 
 	fenceAt := time.Now()
-	fenceThroughFile(t, files[0], newUUID(), 3)
+	fenceThroughFile(t, c, files[0], newUUID(), 3)
 	c.waitRole(b, "fenced", 20*time.Second)
 	eventually(t, 10*time.Second, "on_fenced ran", func() bool { return strings.Contains(readFile(marker), "on_fenced") })
 	line := strings.TrimSpace(readFile(marker))
@@ -219,21 +221,37 @@ echo "on_fenced t_ns=$(date +%%s%%N) main=$(st "$(cat %s 2>/dev/null)") bg=$(st 
 
 // fenceThroughFile makes path claim a higher token (failover id, epoch),
 // the way a takeover elsewhere would: the file evidence that fences a
-// primary. Every other line is kept; written atomically. (If rewrites must
-// be signed, this is the one place that changes.)
-func fenceThroughFile(t testing.TB, path, id string, epoch uint64) {
+// primary. With the cluster's group key (DIR/keys/signing.key) it signs the
+// claim as a server's rewrite does (failover_sig over failover_id, epoch,
+// stomp_interface, stomp_port): an unsigned claim fences nobody. Every other
+// line is kept; written atomically. The one place that knows how a test
+// fences a server through a file.
+func fenceThroughFile(t testing.TB, c *cluster, path, id string, epoch uint64) {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	mustOK(t, err)
 	var out []string
+	iface, port := "", 0
 	for _, line := range strings.Split(strings.TrimRight(string(b), "\n"), "\n") {
-		k, _, _ := strings.Cut(line, ":")
-		if k == "failover_id" || k == "failover_epoch" {
+		k, v, _ := strings.Cut(line, ":")
+		v = strings.TrimSpace(strings.SplitN(v, "#", 2)[0])
+		switch k {
+		case "failover_id", "failover_epoch", "failover_sig":
 			continue
+		case "stomp_interface":
+			iface = strings.Trim(v, `"'`)
+		case "stomp_port":
+			port, _ = strconv.Atoi(v)
 		}
 		out = append(out, line)
 	}
 	out = append(out, "failover_id: "+id, "failover_epoch: "+strconv.FormatUint(epoch, 10))
+	if keyPath := filepath.Join(c.dir, "keys", "signing.key"); readFile(keyPath) != "" {
+		k, err := protocol.LoadPrivateKey(keyPath)
+		mustOK(t, err)
+		sig := protocol.NewGroupSigner(protocol.NewDestinations(""), protocol.Keys{Private: k}).TokenSig(id, epoch, iface, port)
+		out = append(out, "failover_sig: "+sig)
+	}
 	tmp := path + ".fence.tmp"
 	mustOK(t, os.WriteFile(tmp, []byte(strings.Join(out, "\n")+"\n"), 0o644))
 	mustOK(t, os.Rename(tmp, path))

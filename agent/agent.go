@@ -72,7 +72,16 @@ type Counts struct {
 	Epoch      uint64 `json:"epoch"`
 	Accepted   uint64 `json:"accepted"`
 	Rejected   uint64 `json:"rejected"`
+	// Replayed counts commands at this token with a sequence number not
+	// above the last accepted one (a recorded command sent again):
+	// rejected too.
+	Replayed uint64 `json:"replayed,omitempty"`
+	lastSeq  uint64
 }
+
+// maxCounts bounds the per-token counters an agent keeps (a flood of
+// made-up tokens in the insecure mode must not grow it).
+const maxCounts = 64
 
 // Status is what the agent reports every period (the body of its
 // agent-status message, JSON).
@@ -340,7 +349,16 @@ func (a *Agent) command(m broker.Message) (agentcfg.Address, bool) {
 	c := a.counts[from]
 	if c == nil {
 		c = &Counts{FailoverID: from.ID, Epoch: from.Epoch}
-		a.counts[from] = c
+		if len(a.counts) < maxCounts {
+			a.counts[from] = c
+		}
+	}
+	replayed := ok && env.Seq != 0 && env.Seq <= c.lastSeq
+	if replayed {
+		ok = false
+		c.Replayed++
+	} else if ok && env.Seq != 0 {
+		c.lastSeq = env.Seq
 	}
 	if ok {
 		c.Accepted++
@@ -350,7 +368,9 @@ func (a *Agent) command(m broker.Message) (agentcfg.Address, bool) {
 		a.rej++
 	}
 	a.mu.Unlock()
-	if !ok {
+	if replayed {
+		a.cfg.Log.WithFields(logrus.Fields{"agent": a.cfg.ID, "from": from.String(), "seq": env.Seq}).Warn("rejected a replayed command (its sequence number is not above the last accepted one)")
+	} else if !ok {
 		a.cfg.Log.WithFields(logrus.Fields{"agent": a.cfg.ID, "from": from.String(), "from_node": env.Node, "bound": bound.String()}).Debug("rejected a command from a server this agent is not bound to")
 	}
 	if a.cfg.OnEvent != nil {

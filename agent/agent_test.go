@@ -283,3 +283,20 @@ func TestReportsANewBindingOnTheSameConnection(t *testing.T) {
 		t.Fatalf("reconnected for a new epoch at the same server: %v", r.dialed)
 	}
 }
+
+// A recorded command of the bound server, sent again, is rejected: a
+// command is accepted only with a sequence number above the last accepted.
+func TestAReplayedCommandIsRejected(t *testing.T) {
+	r := newRig(t)
+	r.command("server-a:1001", idA, 1, 5)
+	r.command("server-a:1001", idA, 1, 5) // the same one, replayed
+	r.command("server-a:1001", idA, 1, 4) // an older one
+	r.command("server-a:1001", idA, 1, 6)
+	ev := r.decided(4)
+	if !ev[0].Accepted || ev[1].Accepted || ev[2].Accepted || !ev[3].Accepted {
+		t.Fatalf("decisions: %+v", ev)
+	}
+	if s := r.a.Status(); s.Bound.Replayed != 2 || s.Accepted != 2 {
+		t.Fatalf("status: %+v", s)
+	}
+}

@@ -2,6 +2,8 @@ package backup
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"sync"
 	"time"
@@ -61,6 +63,7 @@ type Status struct {
 	Ignored            uint64 // of those, not the watched primary's (stale, duplicate, unknown)
 	Dropped            uint64 // malformed
 	SignatureFails     uint64 // unsigned or badly signed
+	Unechoed           uint64 // of the ignored, heartbeats that echo none of our nonces (early or replayed)
 }
 
 // Role is a running backup.
@@ -166,13 +169,22 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	replyT := r.cfg.Clock.NewTicker(r.cfg.ReplyPeriod)
 	defer replyT.Stop()
 
+	// Each reply carries a fresh nonce; only heartbeats that echo one of
+	// our recent nonces count as the primary being alive (a recorded
+	// stream replayed later echoes nothing this process issued). A
+	// heartbeat that does not echo one is answered with a new reply, at
+	// most once a period, so a lost reply costs a period, not reply_period.
+	var nonces nonceRing
+	var clones cloneEchoes
+	var lastChallenge time.Time
 	reply := func() {
 		r.mu.Lock()
 		maint := r.cfg.Maintenance
 		r.mu.Unlock()
+		lastChallenge = r.cfg.Clock.Now()
 		env := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node,
 			Advertise: r.cfg.Advertise, Role: "backup", Maintenance: maint, SentMS: time.Now().UnixMilli(),
-			Instance: r.cfg.Instance, StartedMS: r.cfg.StartedMS}
+			Instance: r.cfg.Instance, StartedMS: r.cfg.StartedMS, Nonce: nonces.next(), Echo: clones.values()}
 		h := env.Headers()
 		r.cfg.Signer.Sign(r.cfg.Dest.Reply, h, nil)
 		pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)
@@ -258,6 +270,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				continue
 			}
 			if env, err := protocol.Decode(m.Headers); err == nil {
+				if env.Clone(r.cfg.Token.ID, r.cfg.Instance) {
+					clones.add(env.Instance)
+				}
 				if end, stop := r.clone(env); stop {
 					return end, nil
 				} else if env.Clone(r.cfg.Token.ID, r.cfg.Instance) {
@@ -287,8 +302,24 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				log.WithError(err).Debug("dropped heartbeat")
 				continue
 			}
+			if env.Clone(r.cfg.Token.ID, r.cfg.Instance) {
+				clones.add(env.Instance)
+			}
 			if end, stop := r.clone(env); stop {
 				return end, nil
+			}
+			if env.FailoverID != r.cfg.Token.ID && !nonces.echoedBy(env) {
+				// Sent before the primary heard our reply, or replayed.
+				r.mu.Lock()
+				r.st.Received++
+				r.st.Ignored++
+				r.st.Unechoed++
+				r.mu.Unlock()
+				log.WithFields(logrus.Fields{"from": env.Node, "seq": env.Seq}).Debug("heartbeat does not echo a nonce of ours: not counted")
+				if now := r.cfg.Clock.Now(); now.Sub(lastChallenge) >= r.cfg.Period {
+					reply()
+				}
+				continue
 			}
 			r.mu.Lock()
 			r.st.Received++
@@ -327,8 +358,64 @@ func (r *Role) clone(env protocol.Envelope) (End, bool) {
 	if !env.Clone(r.cfg.Token.ID, r.cfg.Instance) || !env.StartedBefore(r.cfg.StartedMS, r.cfg.Instance) {
 		return End{}, false
 	}
+	if !env.Echoes(r.cfg.Instance) {
+		// One message, or a replayed one, never stops a process: a live
+		// clone answers ours (our replies echo its instance) first.
+		r.cfg.Log.WithFields(logrus.Fields{"clone_node": env.Node, "clone_instance": env.Instance}).
+			Warn("a server that says it started earlier uses this server's failover_id; waiting for it to answer this process before believing it")
+		return End{}, false
+	}
 	msg := fmt.Sprintf("duplicate failover_id %s: node %s (instance %s) started earlier with the same id; a cloned server must get its own id: stop this one and run `tandem id --config FILE --regenerate`",
 		env.FailoverID, env.Node, env.Instance)
 	r.cfg.Log.Error(msg)
 	return End{Duplicate: msg}, true
 }
+
+// nonceRing issues reply nonces and remembers the last few (a heartbeat
+// in flight may echo the previous one).
+type nonceRing struct {
+	vals [4]string
+	n    int
+}
+
+func (r *nonceRing) next() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic("backup: no randomness for a nonce: " + err.Error())
+	}
+	v := hex.EncodeToString(b[:])
+	r.vals[r.n%len(r.vals)] = v
+	r.n++
+	return v
+}
+
+// echoedBy reports whether a heartbeat echoes one of our recent nonces.
+func (r *nonceRing) echoedBy(env protocol.Envelope) bool {
+	for _, v := range r.vals {
+		if v != "" && env.Echoes(v) {
+			return true
+		}
+	}
+	return false
+}
+
+// cloneEchoes are the instances of clones heard, which our replies echo so
+// a live clone can tell it was heard (bounded, newest kept).
+type cloneEchoes struct{ vals []string }
+
+func (c *cloneEchoes) add(instance string) {
+	if instance == "" || len(instance) > 32 {
+		return
+	}
+	for _, v := range c.vals {
+		if v == instance {
+			return
+		}
+	}
+	c.vals = append(c.vals, instance)
+	if len(c.vals) > 4 {
+		c.vals = c.vals[1:]
+	}
+}
+
+func (c *cloneEchoes) values() []string { return append([]string(nil), c.vals...) }

@@ -3,6 +3,7 @@ package backup
 import (
 	"context"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -15,13 +16,17 @@ import (
 )
 
 type roleRig struct {
-	t     *testing.T
-	hub   *broker.MemHub
-	clk   *clock.Fake
-	dest  protocol.Destinations
-	role  *Role
-	ends  chan End
-	probe broker.Bus
+	t       *testing.T
+	hub     *broker.MemHub
+	clk     *clock.Fake
+	dest    protocol.Destinations
+	role    *Role
+	ends    chan End
+	probe   broker.Bus
+	replies broker.Subscription
+
+	mu    sync.Mutex
+	nonce string // the backup's latest reply nonce, which a live primary echoes
 }
 
 func newRoleRig(t *testing.T, period, window time.Duration) *roleRig {
@@ -29,6 +34,20 @@ func newRoleRig(t *testing.T, period, window time.Duration) *roleRig {
 	log, _ := test.NewNullLogger()
 	r := &roleRig{t: t, hub: broker.NewMemHub(), clk: clock.NewHandoverFake(time.Unix(1000, 0)), dest: protocol.NewDestinations(""), ends: make(chan End, 1)}
 	r.probe = r.hub.Client("primary")
+	replies, err := r.probe.Subscribe(r.dest.Reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.replies = replies
+	go func() {
+		for m := range replies.C() {
+			if env, err := protocol.Decode(m.Headers); err == nil && env.Nonce != "" {
+				r.mu.Lock()
+				r.nonce = env.Nonce
+				r.mu.Unlock()
+			}
+		}
+	}()
 	r.role = NewRole(RoleConfig{Node: "b", Token: failoverid.Token{ID: self}, Period: period, ReplyPeriod: time.Hour, Window: window,
 		Dest: r.dest, Signer: protocol.NewSigner(nil), Clock: r.clk, Log: log, Instance: "b-1", StartedMS: 1}, r.hub.Client("backup"))
 	ctx, cancel := context.WithCancel(context.Background())
@@ -37,14 +56,35 @@ func newRoleRig(t *testing.T, period, window time.Duration) *roleRig {
 	return r
 }
 
-// beat publishes a heartbeat and waits until the role has counted it.
+// waitReply waits for the backup's first reply (it has subscribed by then).
+func (r *roleRig) waitReply() {
+	r.t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		r.mu.Lock()
+		n := r.nonce
+		r.mu.Unlock()
+		if n != "" {
+			return
+		}
+		if time.Now().After(deadline) {
+			r.t.Fatal("the backup never replied")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// beat publishes a heartbeat as a live primary would (echoing the
+// backup's latest nonce) and waits until the role has counted it.
 func (r *roleRig) beat(instance string, seq uint64) {
 	r.t.Helper()
-	before := r.role.Status().Received
-	env := protocol.Envelope{FailoverID: prim, Epoch: 1, Node: "a", Seq: seq, Role: "primary", Advertise: "127.0.0.1:1", PeriodMS: 1000, Instance: instance, StartedMS: 5}
 	deadline := time.Now().Add(5 * time.Second)
-	for r.role.Status().Received == before {
-		// The role subscribes asynchronously: publish until it hears one.
+	for r.role.Status().Primary.Seq != seq {
+		// The role subscribes and replies asynchronously: publish until it
+		// has counted one.
+		r.mu.Lock()
+		env := protocol.Envelope{FailoverID: prim, Epoch: 1, Node: "a", Seq: seq, Role: "primary", Advertise: "127.0.0.1:1", PeriodMS: 1000, Instance: instance, StartedMS: 5, Echo: []string{r.nonce}}
+		r.mu.Unlock()
 		if err := r.probe.Publish(context.Background(), r.dest.Heartbeat, env.Headers(), nil); err != nil {
 			r.t.Fatal(err)
 		}
@@ -86,7 +126,7 @@ func TestTheTakeoverStartsAtTheWindowsExactEnd(t *testing.T) {
 // at once, not after up to reply_period.
 func TestARestartedPrimaryIsAnsweredAtOnce(t *testing.T) {
 	r := newRoleRig(t, time.Second, time.Hour)
-	replies, err := r.probe.Subscribe(r.dest.Reply)
+	replies, err := r.hub.Client("watcher").Subscribe(r.dest.Reply)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,5 +153,43 @@ func drainUntilQuiet(s broker.Subscription) {
 		case <-time.After(50 * time.Millisecond):
 			return
 		}
+	}
+}
+
+// A recorded stream of validly signed heartbeats, replayed after the
+// backup restarted, echoes none of the new process's nonces: it does not
+// keep a dead primary alive.
+func TestReplayedHeartbeatsDoNotKeepADeadPrimaryAlive(t *testing.T) {
+	r := newRoleRig(t, 100*time.Millisecond, 500*time.Millisecond)
+	r.waitReply() // the role has subscribed
+	// Heartbeats recorded from an earlier backup's time: they echo a nonce
+	// this process never issued.
+	for seq := uint64(1); seq <= 49; seq++ {
+		env := protocol.Envelope{FailoverID: prim, Epoch: 1, Node: "a", Seq: seq, Role: "primary", Advertise: "127.0.0.1:1", PeriodMS: 100, Instance: "a-1", StartedMS: 5, Echo: []string{"0123456789abcdef"}}
+		if err := r.probe.Publish(context.Background(), r.dest.Heartbeat, env.Headers(), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r.role.Status().Unechoed < 49 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the replayed heartbeats were not all consumed: %+v", r.role.Status())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if s := r.role.Status(); s.LastHeartbeatAgeMS != -1 || s.Primary.Seq != 0 {
+		t.Fatalf("a replayed heartbeat was counted: %+v", s)
+	}
+	// The window runs out: the backup takes over.
+	for i := 0; i < 6; i++ {
+		r.clk.Step(100 * time.Millisecond)
+	}
+	select {
+	case e := <-r.ends:
+		if !e.Takeover {
+			t.Fatalf("%+v", e)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the replayed heartbeats kept the dead primary alive")
 	}
 }

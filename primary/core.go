@@ -105,11 +105,51 @@ type core struct {
 	gen, holdUntil   int
 	holdSince        time.Time
 
+	// echoes are what our heartbeats echo: the latest nonce of each backup
+	// (so a backup counts only heartbeats sent after its own reply) and
+	// the instance of each clone heard (so a live clone can prove it is
+	// live, and a replayed message never can). Bounded, oldest out.
+	echoes []echoEntry
+
 	received uint64 // messages from other servers and agents handled
 	tampered uint64 // agent reports of a higher token without a server signature
 	dup      string // duplicate failover id warning, if any
 	warnings []string
 	agents   map[string]*AgentView
+}
+
+// echoEntry is one value our heartbeats echo, keyed by who asked.
+type echoEntry struct{ key, value string }
+
+// maxEchoes bounds the echo header (each value ≤ 16 bytes; the header ≤ 256).
+const maxEchoes = 12
+
+// remember sets the echo for key, newest last.
+func (c *core) remember(key, value string) {
+	if value == "" || len(value) > 32 {
+		return
+	}
+	for i, e := range c.echoes {
+		if e.key == key {
+			c.echoes = append(c.echoes[:i], c.echoes[i+1:]...)
+			break
+		}
+	}
+	c.echoes = append(c.echoes, echoEntry{key, value})
+	if len(c.echoes) > maxEchoes {
+		c.echoes = c.echoes[len(c.echoes)-maxEchoes:]
+	}
+}
+
+func (c *core) echoValues() []string {
+	if len(c.echoes) == 0 {
+		return nil
+	}
+	v := make([]string, len(c.echoes))
+	for i, e := range c.echoes {
+		v[i] = e.value
+	}
+	return v
 }
 
 func newCore(cfg coreConfig) *core {
@@ -280,6 +320,9 @@ func (c *core) reply(now time.Time, env protocol.Envelope, _ []byte) Output {
 		c.fence(&out, t, env.Node, env.Advertise, fmt.Sprintf("server %s replies %s", env.Node, above(t, c.cfg.Token)))
 		return out
 	}
+	if env.Nonce != "" {
+		c.remember("backup:"+env.FailoverID, env.Nonce)
+	}
 	np := failoverid.Peer{Node: env.Node, FailoverID: env.FailoverID, Epoch: env.Epoch, Address: env.Advertise}
 	c.lastReply, c.backupConfigured = now, true
 	if np != c.peer {
@@ -375,6 +418,14 @@ func (c *core) clone(env protocol.Envelope, out *Output) bool {
 	}
 	msg := fmt.Sprintf("duplicate failover_id %s: node %s (instance %s) uses it too; a cloned server must get its own id: stop it and run `tandem id --config FILE --regenerate` on the clone",
 		env.FailoverID, env.Node, env.Instance)
+	// Our heartbeats echo the clone's instance: a live clone then echoes
+	// ours back, which a recorded message replayed later cannot do.
+	c.remember("clone:"+env.Instance, env.Instance)
+	if env.StartedBefore(c.cfg.StartedMS, c.cfg.Instance) && !env.Echoes(c.cfg.Instance) {
+		// Not yet believed: one message, or a replay, never stops us.
+		out.log(logrus.WarnLevel, msg+" — it says it started earlier; waiting for it to answer this process before believing it", nil)
+		return true
+	}
 	if env.StartedBefore(c.cfg.StartedMS, c.cfg.Instance) {
 		c.ended = true
 		out.log(logrus.ErrorLevel, msg+" — this process started later and stops", nil)
@@ -397,7 +448,7 @@ func (c *core) beat(out *Output) {
 	tok := c.cfg.Token
 	out.Beat = &protocol.Envelope{FailoverID: tok.ID, Epoch: tok.Epoch, Node: c.cfg.Node, Seq: c.seq,
 		Advertise: c.cfg.Advertise, PeriodMS: c.cfg.Period.Milliseconds(), Role: "primary",
-		HandoverTo: c.handoverTo, Instance: c.cfg.Instance, StartedMS: c.cfg.StartedMS}
+		HandoverTo: c.handoverTo, Instance: c.cfg.Instance, StartedMS: c.cfg.StartedMS, Echo: c.echoValues()}
 	// Agent commands go through the agents' broker: they do not depend on
 	// the heartbeat channel (an external broker may be unreachable).
 	if c.cfg.Ping && c.handoverTo == "" {

@@ -5,6 +5,7 @@ package primary
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -125,7 +126,11 @@ func TestCoreTransitions(t *testing.T) {
 		}},
 		{"a clone that started earlier stops us", false, []step{
 			{"start", start(0, nil), "beat", nil},
-			{"clone", heartbeat(0.5, protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "a2", Role: "primary", Instance: "i-early", StartedMS: 1000}), "duplicate", nil},
+			// One message (or a replay of an old one) is not believed...
+			{"clone", heartbeat(0.5, protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "a2", Role: "primary", Instance: "i-early", StartedMS: 1000}), "quiet,warn-log", nil},
+			{"tick: our heartbeat echoes the clone", tick(1), "beat", nil},
+			// ...a live clone answering this process is.
+			{"clone answers", heartbeat(1.5, protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "a2", Role: "primary", Instance: "i-early", StartedMS: 1000, Echo: []string{"i-own"}}), "duplicate", nil},
 		}},
 		{"a clone that started later only warns", false, []step{
 			{"start", start(0, nil), "beat", nil},
@@ -347,5 +352,30 @@ func TestCoreStatusAndRegistry(t *testing.T) {
 	c.status(at(25), &s)
 	if s.BackupConfigured || len(s.Warnings) != 1 {
 		t.Fatalf("want a warning %+v", s)
+	}
+}
+
+// Heartbeats echo the latest nonce of each backup (the backup counts only
+// heartbeats sent after its own reply: a replayed stream echoes nothing it
+// issued), bounded in number.
+func TestHeartbeatsEchoTheBackupsNonces(t *testing.T) {
+	c := testCore(false)
+	c.start(at(0), nil)
+	c.reply(at(0.1), protocol.Envelope{FailoverID: backID, Node: "b", Role: "backup", Advertise: "b:1", Nonce: "n1"}, nil)
+	out := c.tick(at(1))
+	if out.Beat == nil || !out.Beat.Echoes("n1") {
+		t.Fatalf("beat %+v does not echo the backup's nonce", out.Beat)
+	}
+	c.reply(at(1.1), protocol.Envelope{FailoverID: backID, Node: "b", Role: "backup", Advertise: "b:1", Nonce: "n2"}, nil)
+	out = c.tick(at(2))
+	if !out.Beat.Echoes("n2") || out.Beat.Echoes("n1") {
+		t.Fatalf("echo %v: want only the backup's latest nonce", out.Beat.Echo)
+	}
+	for i := 0; i < 50; i++ {
+		c.reply(at(2.1), protocol.Envelope{FailoverID: fmt.Sprintf("cccccccc-0000-4000-8000-%012d", i), Node: "x", Role: "backup", Nonce: fmt.Sprintf("m%d", i)}, nil)
+	}
+	out = c.tick(at(3))
+	if len(out.Beat.Echo) > maxEchoes || len(strings.Join(out.Beat.Echo, ",")) > 256 {
+		t.Fatalf("echo unbounded: %d values", len(out.Beat.Echo))
 	}
 }

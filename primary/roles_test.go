@@ -105,9 +105,11 @@ func newPair(t *testing.T, key []byte, startBackup bool) *pair {
 	// Wait for the first heartbeat (sent at start) to be out.
 	p.eventually("first heartbeat", func() bool { return p.prim.Status().HeartbeatsSent >= 1 })
 	if startBackup {
-		// The first heartbeat may go out before the backup subscribed.
-		p.eventually("backup heard the primary", func() bool {
-			if p.back.Status().Received >= 1 {
+		// The first heartbeats may go out before the backup subscribed, or
+		// before the primary heard its reply (a backup counts only
+		// heartbeats that echo its reply's nonce).
+		p.eventually("backup counted a heartbeat of the primary", func() bool {
+			if p.back.Status().Primary.Seq > 0 {
 				return true
 			}
 			p.beat(false)
@@ -133,14 +135,14 @@ func (p *pair) eventually(what string, cond func() bool) {
 func (p *pair) beat(expectDelivery bool) {
 	p.t.Helper()
 	sent := p.prim.Status().HeartbeatsSent
-	var recv uint64
+	var seq uint64
 	if p.back != nil {
-		recv = p.back.Status().Received
+		seq = p.back.Status().Primary.Seq
 	}
 	p.clk.Advance(period)
 	p.eventually("heartbeat sent", func() bool { return p.prim.Status().HeartbeatsSent > sent })
 	if expectDelivery && p.back != nil {
-		p.eventually("heartbeat received", func() bool { return p.back.Status().Received > recv })
+		p.eventually("heartbeat counted", func() bool { return p.back.Status().Primary.Seq > seq })
 	}
 }
 

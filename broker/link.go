@@ -164,20 +164,38 @@ func URLUsesTLS(raw string) bool {
 	return err == nil && ep.useTLS
 }
 
+// redact masks a password in a URL for messages.
+func redact(raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	if i := strings.Index(raw, "://"); i >= 0 {
+		if j := strings.LastIndex(raw, "@"); j > i+3 {
+			return raw[:i+3] + "xxxxx" + raw[j:]
+		}
+	}
+	return raw
+}
+
 func parseURL(raw string) (endpoint, error) {
+	shown := redact(raw)
 	if raw == "" {
 		return endpoint{}, fmt.Errorf("%w: URL is empty", ErrInvalidConfig)
 	}
 	if !strings.Contains(raw, "://") {
 		if _, _, err := net.SplitHostPort(raw); err != nil {
-			return endpoint{}, fmt.Errorf("%w: URL %q: %v", ErrInvalidConfig, raw, err)
+			return endpoint{}, fmt.Errorf("%w: URL %q: %v", ErrInvalidConfig, shown, err)
 		}
 		h, _, _ := net.SplitHostPort(raw)
 		return endpoint{addr: raw, host: h}, nil
 	}
 	u, err := url.Parse(raw)
 	if err != nil {
-		return endpoint{}, fmt.Errorf("%w: URL %q: %v", ErrInvalidConfig, raw, err)
+		var ue *url.Error
+		if errors.As(err, &ue) {
+			err = ue.Err // url.Error repeats the whole URL, password and all
+		}
+		return endpoint{}, fmt.Errorf("%w: URL %q: %v", ErrInvalidConfig, shown, err)
 	}
 	var ep endpoint
 	switch u.Scheme {
@@ -185,10 +203,10 @@ func parseURL(raw string) (endpoint, error) {
 	case "stomp+ssl", "stomp+tls", "ssl", "tls", "stomps":
 		ep.useTLS = true
 	default:
-		return endpoint{}, fmt.Errorf("%w: URL %q: scheme must be stomp or stomp+ssl", ErrInvalidConfig, raw)
+		return endpoint{}, fmt.Errorf("%w: URL %q: scheme must be stomp or stomp+ssl", ErrInvalidConfig, shown)
 	}
 	if u.Port() == "" {
-		return endpoint{}, fmt.Errorf("%w: URL %q: no port", ErrInvalidConfig, raw)
+		return endpoint{}, fmt.Errorf("%w: URL %q: no port", ErrInvalidConfig, shown)
 	}
 	ep.addr = u.Host
 	ep.host = u.Hostname()

@@ -1,6 +1,7 @@
 package broker
 
 import (
+	"strings"
 	"context"
 	"errors"
 	"fmt"
@@ -481,5 +482,14 @@ func TestLinkOutboxDropsOldest(t *testing.T) {
 	}
 	if st := l.Stats(); st.OutboxFull < 1 {
 		t.Fatalf("stats %+v, want OutboxFull counted", st)
+	}
+}
+
+func TestLinkURLErrorsHideThePassword(t *testing.T) {
+	for _, u := range []string{"ftp://user:hunter2@h:1", "stomp://user:hunter2@h", "stomp://user:hunter2@h:%zz"} {
+		_, err := parseURL(u)
+		if err == nil || strings.Contains(err.Error(), "hunter2") {
+			t.Errorf("%s: %v", u, err)
+		}
 	}
 }

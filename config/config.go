@@ -472,9 +472,10 @@ type formError struct{ s, form string }
 func (e *formError) Error() string { return fmt.Sprintf("%q is not %s", e.s, e.form) }
 
 // parseBrokerURL parses stomp://HOST:PORT or stomp+ssl://HOST:PORT.
-func parseBrokerURL(s string) (addr string, useTLS bool, err error) {
+func parseBrokerURL(raw string) (addr string, useTLS bool, err error) {
 	const want = "expected stomp://HOST:PORT or stomp+ssl://HOST:PORT"
-	u, err := url.Parse(s)
+	s := RedactURL(raw) // what error messages show
+	u, err := url.Parse(raw)
 	if err != nil {
 		return "", false, fmt.Errorf("%q is not a URL: %s", s, want)
 	}
@@ -496,6 +497,21 @@ func parseBrokerURL(s string) (addr string, useTLS bool, err error) {
 		return "", false, fmt.Errorf("%q: %s", s, want)
 	}
 	return net.JoinHostPort(host, strconv.Itoa(port)), useTLS, nil
+}
+
+// RedactURL is raw with any password in it replaced by xxxxx, for error
+// messages and logs (a credential never reaches a log through a URL).
+func RedactURL(raw string) string {
+	if u, err := url.Parse(raw); err == nil && u.User != nil {
+		return u.Redacted()
+	}
+	// Unparseable: mask whatever stands between "://" and the last "@".
+	if i := strings.Index(raw, "://"); i >= 0 {
+		if j := strings.LastIndex(raw, "@"); j > i+3 {
+			return raw[:i+3] + "xxxxx" + raw[j:]
+		}
+	}
+	return raw
 }
 
 func oneLine(s string) string {

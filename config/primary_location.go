@@ -120,5 +120,5 @@ func WritePrimaryLocation(dataDir, hostport string) error {
 	if err := os.MkdirAll(dataDir, 0o700); err != nil {
 		return err
 	}
-	return fsutil.WriteFile(filepath.Join(dataDir, PrimaryLocationFile), []byte(hp+"\n"), fsutil.Options{Perm: 0o644})
+	return fsutil.WriteFile(filepath.Join(dataDir, PrimaryLocationFile), []byte(hp+"\n"), fsutil.Options{Perm: 0o640})
 }

@@ -64,3 +64,13 @@ func TestTrustValidation(t *testing.T) {
 		t.Fatalf("default max_agent_file_size: %v %v", c, err)
 	}
 }
+
+func TestAPasswordInABrokerURLIsNeverEchoed(t *testing.T) {
+	_, err := Load(writeConfig(t, minimal+"insecure: true\nheartbeat_broker: stomp://admin:hunter2-secret@mq:61613\n"))
+	if err == nil || strings.Contains(err.Error(), "hunter2") || !strings.Contains(err.Error(), "heartbeat_broker") {
+		t.Fatalf("want an error naming heartbeat_broker without the password, got %v", err)
+	}
+	if got := RedactURL("stomp://u:p%zz@h:1"); strings.Contains(got, "p%zz") {
+		t.Fatalf("unparseable URL not redacted: %s", got)
+	}
+}

@@ -118,6 +118,10 @@ type core struct {
 	agents   map[string]*AgentView
 }
 
+// maxFileError bounds what the registry keeps of an agent's file_error
+// (a report is hostile input: 300 fake agents must not cost 263 MiB).
+const maxFileError = 512
+
 // echoEntry is one value our heartbeats echo, keyed by who asked.
 type echoEntry struct{ key, value string }
 
@@ -374,8 +378,11 @@ func (c *core) agentStatus(now time.Time, env protocol.Envelope, body []byte, tr
 	if _, ok := c.agents[env.Node]; !ok && len(c.agents) >= maxAgents {
 		return out
 	}
-	if len(rep.Path) > 4096 {
+	if len(rep.Path) > 1024 {
 		rep.Path = ""
+	}
+	if len(rep.FileError) > maxFileError {
+		rep.FileError = rep.FileError[:maxFileError] + "…"
 	}
 	c.agents[env.Node] = &AgentView{ID: env.Node, Path: rep.Path, FailoverID: env.FailoverID, Epoch: env.Epoch,
 		Accepted: rep.Accepted, Rejected: rep.Rejected, FileError: rep.FileError, LastSeen: now}

@@ -379,3 +379,14 @@ func TestHeartbeatsEchoTheBackupsNonces(t *testing.T) {
 		t.Fatalf("echo unbounded: %d values", len(out.Beat.Echo))
 	}
 }
+
+func TestTheRegistryBoundsWhatAnAgentSays(t *testing.T) {
+	c := testCore(false)
+	c.start(at(0), nil)
+	body := []byte(`{"path":"/a.yaml","file_error":"` + strings.Repeat("x", 1<<20) + `"}`)
+	c.agentStatus(at(0.1), protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "agent-1"}, body, true)
+	v := c.agentViews(at(0.2))
+	if len(v) != 1 || len(v[0].FileError) > maxFileError+8 {
+		t.Fatalf("file_error kept at %d bytes", len(v[0].FileError))
+	}
+}

@@ -47,3 +47,16 @@ func TestConcurrentLinesStayWhole(t *testing.T) {
 		t.Fatal("empty path must give a nil log")
 	}
 }
+
+func TestTheEventLogIsNotWorldReadable(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "events.jsonl")
+	l, err := Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Close()
+	fi, err := os.Stat(p)
+	if err != nil || fi.Mode().Perm()&0o007 != 0 {
+		t.Fatalf("mode %v %v: want no access for others", fi.Mode(), err)
+	}
+}

@@ -1,11 +1,11 @@
 package broker
 
 import (
-	"strings"
 	"context"
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"

@@ -278,8 +278,9 @@ func scWallClock(t *testing.T, kind string, ext *extBroker) {
 	mustOK(t, link.WaitConnected(ctx))
 
 	fakeID := newUUID()
-	signer := protocol.NewSigner([]byte(testSecret))
 	dest := protocol.NewDestinations("")
+	signer := groupSigner(t, r.c.dir, dest)
+	echo := echoReplies(t, link, dest) // a live primary echoes the backup's nonce
 	var mu sync.Mutex
 	skew := time.Hour
 	stop := make(chan struct{})
@@ -296,7 +297,7 @@ func scWallClock(t *testing.T, kind string, ext *extBroker) {
 			sk := skew
 			mu.Unlock()
 			env := protocol.Envelope{FailoverID: fakeID, Epoch: 1, Node: "fake", Seq: seq, Advertise: "127.0.0.1:1",
-				PeriodMS: 100, Role: "primary", SentMS: time.Now().Add(sk).UnixMilli(), Instance: "fake0001", StartedMS: started}
+				PeriodMS: 100, Role: "primary", SentMS: time.Now().Add(sk).UnixMilli(), Instance: "fake0001", StartedMS: started, Echo: echo()}
 			h := env.Headers()
 			signer.Sign(dest.Heartbeat, h, nil)
 			pctx, pcancel := context.WithTimeout(context.Background(), time.Second)

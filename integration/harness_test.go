@@ -9,13 +9,16 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/tandem-ha/tandem/broker"
 	"github.com/tandem-ha/tandem/internal/testports"
+	"github.com/tandem-ha/tandem/protocol"
 )
 
 // tandemBin is built once for the whole package by TestMain, or is
@@ -86,6 +89,13 @@ func start(t testing.TB, dir, name string, args ...string) *proc {
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if len(args) > 0 && args[0] == "agent" && !slices.Contains(args, "--server-key") {
+		// Agents verify the servers' group key (groupKey), like a real
+		// deployment; a test that wants otherwise passes its own flag.
+		if pub := filepath.Join(dir, "keys", "signing.pub"); fileExists(pub) {
+			args = append(args, "--server-key", pub)
+		}
 	}
 	cmd := exec.Command(tandemBin, args...)
 	cmd.Stdout, cmd.Stderr = f, f
@@ -272,9 +282,73 @@ func newCluster(t testing.TB) *cluster {
 	dir := t.TempDir()
 	c := &cluster{t: t, dir: dir, agents: filepath.Join(dir, "agents", "*", "conf", "address.yaml"),
 		timing: fastTiming, servers: map[string]*server{}}
+	groupKey(t, dir)
 	// Registered first, so it runs last: after every process is stopped.
 	t.Cleanup(func() { checkServerInvariants(t, c.serverEvents()) })
 	return c
+}
+
+// groupKey writes the cluster's group key pair into DIR/keys: servers sign
+// with signing.key, agents started with start() verify with signing.pub.
+func groupKey(t testing.TB, dir string) {
+	t.Helper()
+	pub, priv, err := protocol.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kb, _ := protocol.EncodePrivateKey(priv)
+	pb, _ := protocol.EncodePublicKey(pub)
+	if err := os.MkdirAll(filepath.Join(dir, "keys"), 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "keys", "signing.key"), kb, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "keys", "signing.pub"), pb, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
+
+// groupSigner signs as a server of the cluster in dir (its group key).
+func groupSigner(t testing.TB, dir string, dest protocol.Destinations) *protocol.Signer {
+	t.Helper()
+	priv, err := protocol.LoadPrivateKey(filepath.Join(dir, "keys", "signing.key"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return protocol.NewGroupSigner(dest, protocol.Keys{Secret: []byte(testSecret), Private: priv})
+}
+
+// echoReplies follows the backups' replies on bus and returns what a live
+// primary's heartbeat echoes: the latest nonce of each backup.
+func echoReplies(t testing.TB, bus broker.Bus, dest protocol.Destinations) func() []string {
+	t.Helper()
+	sub, err := bus.Subscribe(dest.Reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mu sync.Mutex
+	latest := map[string]string{}
+	go func() {
+		for m := range sub.C() {
+			if env, err := protocol.Decode(m.Headers); err == nil && env.Nonce != "" {
+				mu.Lock()
+				latest[env.FailoverID] = env.Nonce
+				mu.Unlock()
+			}
+		}
+	}()
+	return func() []string {
+		mu.Lock()
+		defer mu.Unlock()
+		var out []string
+		for _, n := range latest {
+			out = append(out, n)
+		}
+		return out
+	}
 }
 
 // serverEvents is the event log every server of the cluster appends to.
@@ -363,8 +437,9 @@ admin: %s
 heartbeat: %s
 agents: [%q]
 event_log: %q
+signing_key: %q
 log: {format: text, level: debug}
-%s`, s.name, filepath.Join(s.dir, "data"), s.addr(), advertise, s.admin, c.timing, c.agents, c.serverEvents(), extra)
+%s`, s.name, filepath.Join(s.dir, "data"), s.addr(), advertise, s.admin, c.timing, c.agents, c.serverEvents(), filepath.Join(c.dir, "keys", "signing.key"), extra)
 }
 
 // addServer writes a config for a server; primaryOf names the server it backs up.

@@ -271,3 +271,43 @@ func TestServerLargeFramesKeepFastLink(t *testing.T) {
 		return st.SlowClients == 1 && st.Connections == 5
 	})
 }
+
+// TestServerTrustedCredentialGetsPastAFullSource: an open broker (agents
+// connect without a login) whose per-source slots are all held by
+// connected strangers still lets a server in that presents the trusted
+// credential; a stranger past the bound is closed at CONNECT.
+func TestServerTrustedCredentialGetsPastAFullSource(t *testing.T) {
+	s := startTestServer(t, ServerConfig{TrustedLogin: "tandem-server", TrustedPasscode: "derived-from-the-group-key", MaxConnsPerSource: 4})
+	for i := 0; i < 4; i++ {
+		nc := dialFrom(t, "127.0.0.1", s.Addr())
+		if f, _, err := stompConnect(nc, "", ""); err != nil || f.Command != "CONNECTED" {
+			t.Fatalf("stranger %d: %v %v", i, f, err)
+		}
+	}
+	// A fifth stranger: admitted on probation, closed at its CONNECT.
+	nc := dialFrom(t, "127.0.0.1", s.Addr())
+	if f, _, err := stompConnect(nc, "", ""); err == nil && f.Command == "CONNECTED" {
+		t.Fatal("a stranger past MaxConnsPerSource was connected")
+	}
+	// The server's link gets in, and works.
+	l := dialTest(t, LinkConfig{URL: s.Addr(), Login: "tandem-server", Passcode: "derived-from-the-group-key"})
+	sub, err := l.Subscribe("/topic/tandem.heartbeat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitSubscribed(t, s, "/topic/tandem.heartbeat", 1)
+	if err := l.Publish(context.Background(), "/topic/tandem.heartbeat", nil, []byte("alive")); err != nil {
+		t.Fatal(err)
+	}
+	if m := recvWithin(t, sub, 5*time.Second); string(m.Body) != "alive" {
+		t.Fatalf("got %q", m.Body)
+	}
+	// Without a trusted credential configured, the fifth is refused at once
+	// (as before).
+	s2 := startTestServer(t, ServerConfig{MaxConnsPerSource: 1})
+	nc2 := dialFrom(t, "127.0.0.1", s2.Addr())
+	if f, _, err := stompConnect(nc2, "", ""); err != nil || f.Command != "CONNECTED" {
+		t.Fatalf("first: %v %v", f, err)
+	}
+	closedByBroker(t, dialFrom(t, "127.0.0.1", s2.Addr()), 5*time.Second)
+}

@@ -83,6 +83,14 @@ type ServerConfig struct {
 	// Login and Passcode, if either is set, are required from every client
 	// (compared in constant time).
 	Login, Passcode string
+	// TrustedLogin and TrustedPasscode, when set, are a second credential:
+	// a client presenting it is accepted (whatever Login says) and trusted
+	// from its CONNECT on — it never counts toward MaxConnsPerSource and is
+	// never evicted for a newcomer. The servers of a group present one
+	// derived from their group key, so that nobody else's connections can
+	// crowd their own links out, while agents may still connect without a
+	// login.
+	TrustedLogin, TrustedPasscode string
 	// TLS, if set, makes the listener speak TLS only.
 	TLS *tls.Config
 	// Log receives structured logs; default logrus.StandardLogger().
@@ -181,6 +189,7 @@ type Server struct {
 	conns     map[*serverConn]struct{} // every connection until its goroutines are done
 	live      int                      // connections holding a slot (not evicted or dead)
 	untrusted map[string]int           // live untrusted connections per source IP
+	probation int                      // connections admitted past MaxConnsPerSource, to present TrustedLogin
 	closed    bool
 
 	topicsMu sync.RWMutex
@@ -319,10 +328,28 @@ func (s *Server) serve(nc net.Conn) {
 		return
 	}
 	refuse := ""
+	probation := false
 	if s.untrusted[src] >= s.cfg.MaxConnsPerSource {
 		if v := s.oldestPending(src); v != nil {
 			s.releaseLocked(v)
 			victims = append(victims, v)
+		} else if s.cfg.TrustedLogin != "" {
+			// Every slot of this source is taken by a connected client:
+			// admit it on probation, so that a server presenting the
+			// trusted credential still gets in (anyone else is closed at
+			// CONNECT). The probation pool is small; a newcomer takes the
+			// place of its oldest member still before CONNECT.
+			if s.probation >= probationSlots {
+				if v := s.oldestProbation(); v != nil {
+					s.releaseLocked(v)
+					victims = append(victims, v)
+				}
+			}
+			if s.probation < probationSlots {
+				probation = true
+			} else {
+				refuse = "too many connections from this source"
+			}
 		} else {
 			refuse = "too many connections from this source"
 		}
@@ -347,7 +374,12 @@ func (s *Server) serve(nc net.Conn) {
 	c.holdsSlot = true
 	s.conns[c] = struct{}{}
 	s.live++
-	s.untrusted[src]++
+	if probation {
+		c.probation = true
+		s.probation++
+	} else {
+		s.untrusted[src]++
+	}
 	s.mu.Unlock()
 	for _, v := range victims {
 		s.evicted.Add(1)
@@ -392,6 +424,25 @@ func (s *Server) oldestPending(src string) *serverConn {
 	return old
 }
 
+// probationSlots is how many connections may wait past MaxConnsPerSource
+// to present the servers' trusted credential.
+const probationSlots = 8
+
+// oldestProbation is the oldest connection on probation still before
+// CONNECT. Caller holds s.mu.
+func (s *Server) oldestProbation() *serverConn {
+	var old *serverConn
+	for c := range s.conns {
+		if !c.probation || !c.holdsSlot || c.connected.Load() || c.dead.Load() {
+			continue
+		}
+		if old == nil || c.accepted.Before(old.accepted) {
+			old = c
+		}
+	}
+	return old
+}
+
 // releaseLocked gives up c's slot (once). Caller holds s.mu.
 func (s *Server) releaseLocked(c *serverConn) {
 	if !c.holdsSlot {
@@ -399,6 +450,11 @@ func (s *Server) releaseLocked(c *serverConn) {
 	}
 	c.holdsSlot = false
 	s.live--
+	if c.probation {
+		c.probation = false
+		s.probation--
+		return
+	}
 	if !c.trusted {
 		if s.untrusted[c.src]--; s.untrusted[c.src] <= 0 {
 			delete(s.untrusted, c.src)
@@ -415,9 +471,22 @@ func (s *Server) trust(c *serverConn) {
 		return
 	}
 	c.trusted = true
+	if c.probation {
+		c.probation = false
+		s.probation--
+		return
+	}
 	if s.untrusted[c.src]--; s.untrusted[c.src] <= 0 {
 		delete(s.untrusted, c.src)
 	}
+}
+
+// onProbation reports whether c was admitted past MaxConnsPerSource and
+// has not proved to be a server.
+func (s *Server) onProbation(c *serverConn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return c.probation
 }
 
 func (s *Server) subscribe(sub *client.Subscription, c *serverConn) {
@@ -509,10 +578,12 @@ type serverConn struct {
 	log  logrus.FieldLogger
 	reqs chan client.Request
 
-	src          string    // source IP (MaxConnsPerSource)
-	accepted     time.Time //
-	holdsSlot    bool      // counted in srv.live (guarded by srv.mu)
-	trusted      bool      // authenticated with the login (guarded by srv.mu)
+	src          string      // source IP (MaxConnsPerSource)
+	accepted     time.Time   //
+	holdsSlot    bool        // counted in srv.live (guarded by srv.mu)
+	probation    bool        // admitted past MaxConnsPerSource: must present TrustedLogin (guarded by srv.mu)
+	trusted      bool        // authenticated with the login (guarded by srv.mu)
+	trustedCred  atomic.Bool // presented TrustedLogin/TrustedPasscode
 	connectTimer atomic.Pointer[time.Timer]
 	writing      atomic.Int64 // UnixNano when the Write in progress began, 0 if none
 	connTimedOut atomic.Bool
@@ -606,9 +677,18 @@ func (c *serverConn) onConnected() {
 		if tm := c.connectTimer.Load(); tm != nil {
 			tm.Stop()
 		}
-		if c.srv.authRequired() {
-			// go-stomp accepted the broker's login and passcode.
+		if c.srv.authRequired() || c.trustedCred.Load() {
+			// go-stomp accepted the broker's login and passcode, or the
+			// servers' trusted credential.
 			c.srv.trust(c)
+		}
+		if c.srv.onProbation(c) {
+			// Admitted past MaxConnsPerSource for a server's sake, and not
+			// a server.
+			c.srv.refused.Add(1)
+			c.log.Warn("connection refused: too many connections from this source")
+			c.kill("too many connections from this source")
+			return
 		}
 		c.connected.Store(true)
 		close(c.connectedCh)
@@ -799,6 +879,14 @@ func (c *serverConn) writeError(msg, detail string) {
 func (c *serverConn) HeartBeat() time.Duration { return c.srv.cfg.HeartBeat }
 
 func (c *serverConn) Authenticate(login, passcode string) bool {
+	if tl, tp := c.srv.cfg.TrustedLogin, c.srv.cfg.TrustedPasscode; tl != "" && tp != "" {
+		okL := subtle.ConstantTimeCompare([]byte(login), []byte(tl))
+		okP := subtle.ConstantTimeCompare([]byte(passcode), []byte(tp))
+		if okL&okP == 1 {
+			c.trustedCred.Store(true)
+			return true
+		}
+	}
 	if !c.srv.authRequired() {
 		return true
 	}

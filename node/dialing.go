@@ -12,6 +12,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/protocol"
 )
 
 // Dialer opens a bus to the broker at url. The production dialer is a
@@ -41,10 +42,30 @@ func startEmbedded(cfg broker.ServerConfig) (EmbeddedBroker, error) {
 }
 
 func (n *Node) brokerConfig() broker.ServerConfig {
-	return broker.ServerConfig{
+	cfg := broker.ServerConfig{
 		Listen: n.cfg.Listen, Login: n.cfg.Broker.Login, Passcode: n.cfg.Broker.Passcode,
 		TLS: n.serverTLS, Log: n.log.WithField("component", "broker"),
 	}
+	if pc := n.signer.BrokerPasscode(); pc != "" {
+		// The group's servers present a credential derived from the group
+		// key: their links are never crowded out by others' connections.
+		cfg.TrustedLogin, cfg.TrustedPasscode = protocol.ServerLogin, pc
+	}
+	return cfg
+}
+
+// credentials are what this server presents to the broker at url: the
+// operator's broker.login for an external heartbeat broker, and for an
+// embedded one (ours, a peer's) the operator's login if set, else the
+// group's server credential.
+func (n *Node) credentials(url string) (login, passcode string) {
+	if n.cfg.Broker.Login != "" || url == n.cfg.HeartbeatBroker {
+		return n.cfg.Broker.Login, n.cfg.Broker.Passcode
+	}
+	if pc := n.signer.BrokerPasscode(); pc != "" {
+		return protocol.ServerLogin, pc
+	}
+	return "", ""
 }
 
 // ownLinkBuffer is the per-subscription buffer of the primary's link to its
@@ -53,8 +74,9 @@ const ownLinkBuffer = 16384
 
 // dialSTOMP is the production Dialer.
 func (n *Node) dialSTOMP(ctx context.Context, url string, o DialOptions) (broker.Bus, error) {
+	login, passcode := n.credentials(url)
 	cfg := broker.LinkConfig{
-		URL: url, Login: n.cfg.Broker.Login, Passcode: n.cfg.Broker.Passcode, VHost: n.cfg.Broker.Vhost,
+		URL: url, Login: login, Passcode: passcode, VHost: n.cfg.Broker.Vhost,
 		Log: n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "link": url}), BufferSize: o.BufferSize,
 	}
 	if broker.URLUsesTLS(url) {

@@ -219,3 +219,17 @@ func macOf(key []byte, msg []byte) []byte {
 	m.Write(msg)
 	return m.Sum(nil)
 }
+
+// ServerLogin is the STOMP login servers present to each other's embedded
+// brokers.
+const ServerLogin = "tandem-server"
+
+// BrokerPasscode is the passcode that goes with ServerLogin: derived from
+// the group key, so every server of a group knows it and nobody else does
+// (an agent holds only the public key). "" without a group key.
+func (s *Signer) BrokerPasscode() string {
+	if s == nil || s.priv == nil {
+		return ""
+	}
+	return hex.EncodeToString(macOf(s.priv.Seed(), []byte("tandem embedded broker passcode v1")))
+}

@@ -21,6 +21,9 @@ const (
 	// Ignored: the heartbeat was not counted (own echo, stale epoch,
 	// duplicate or reordered sequence number, unknown server).
 	Ignored
+	// NeverHeard: the window passed, but no heartbeat of the primary was
+	// ever counted: no takeover (reported once).
+	NeverHeard
 )
 
 func (a Action) String() string {
@@ -33,6 +36,8 @@ func (a Action) String() string {
 		return "window-restarted"
 	case Ignored:
 		return "ignored"
+	case NeverHeard:
+		return "never-heard"
 	}
 	return fmt.Sprintf("action(%d)", int(a))
 }
@@ -54,6 +59,12 @@ type DetectorConfig struct {
 	// Self is this backup's failover id: its own heartbeats are ignored and a
 	// handover addressed to it triggers an immediate takeover.
 	Self string
+	// Heard says a valid heartbeat of the primary was counted before (in an
+	// earlier run: state.json). Until one is, the silence never ends in an
+	// automatic takeover: a backup that has never heard its primary (a typo
+	// in primary_location, another group key) must not take the role from
+	// a healthy primary it cannot see.
+	Heard bool
 }
 
 // StallThreshold is how late the backup's own loop may wake before the
@@ -96,11 +107,31 @@ type Detector struct {
 	primary      PrimaryView
 	seenEpoch    uint64
 	decided      bool
+	heard        bool // a heartbeat of the primary was counted (now or before)
+	neverWarned  bool // the silence of a never-heard primary was reported
 }
 
 // NewDetector starts a detector whose first window opens at now.
 func NewDetector(cfg DetectorConfig, now time.Time) *Detector {
-	return &Detector{cfg: cfg, since: now, lastTick: now}
+	return &Detector{cfg: cfg, since: now, lastTick: now, heard: cfg.Heard}
+}
+
+// Heard reports whether a heartbeat of the primary was ever counted (in
+// this run or, per DetectorConfig.Heard, before).
+func (d *Detector) Heard() bool { return d.heard }
+
+// TakeoverIn is how long until the window ends and the backup takes over
+// (0: it is due), and false when no takeover is coming: in maintenance,
+// already decided, or a primary never heard.
+func (d *Detector) TakeoverIn(now time.Time) (time.Duration, bool) {
+	if d.decided || d.Maintenance() || !d.heard {
+		return 0, false
+	}
+	left := d.cfg.Window - now.Sub(d.since)
+	if left < 0 {
+		left = 0
+	}
+	return left, true
 }
 
 // Seed tells the detector the primary it knew from an earlier run (state.json).
@@ -175,6 +206,7 @@ func (d *Detector) Observe(hb protocol.Envelope, now time.Time) Decision {
 	}
 	d.primary = PrimaryView{Node: hb.Node, FailoverID: hb.FailoverID, Epoch: hb.Epoch, Advertise: hb.Advertise, Seq: hb.Seq, Heard: now}
 	d.since = now
+	d.heard = true
 	d.primaryMaint = hb.Maintenance
 	if hb.HandoverTo != "" && hb.HandoverTo == d.cfg.Self && !d.decided {
 		d.decided = true
@@ -199,6 +231,13 @@ func (d *Detector) Tick(now time.Time) Decision {
 		return Decision{}
 	}
 	if silent := now.Sub(d.since); silent >= d.cfg.Window {
+		if !d.heard {
+			if !d.neverWarned {
+				d.neverWarned = true
+				return Decision{Action: NeverHeard, Reason: fmt.Sprintf("no valid heartbeat from the primary for %s (fail_window %s), and none was ever heard: no automatic takeover until one is (check primary_location, the group key, the network)", silent.Round(time.Millisecond), d.cfg.Window)}
+			}
+			return Decision{}
+		}
 		d.decided = true
 		who := "the primary"
 		if d.primary.Node != "" {

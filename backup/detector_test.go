@@ -36,7 +36,12 @@ func h(e protocol.Envelope) *protocol.Envelope { return &e }
 
 func run(t *testing.T, steps []step) *Detector {
 	t.Helper()
-	d := NewDetector(DetectorConfig{Window: 500 * time.Millisecond, Period: 100 * time.Millisecond, Self: self}, t0)
+	return runWith(t, DetectorConfig{Window: 500 * time.Millisecond, Period: 100 * time.Millisecond, Self: self, Heard: true}, steps)
+}
+
+func runWith(t *testing.T, cfg DetectorConfig, steps []step) *Detector {
+	t.Helper()
+	d := NewDetector(cfg, t0)
 	for i, s := range steps {
 		now := t0.Add(s.at)
 		var got Decision
@@ -82,8 +87,26 @@ func TestSilenceOfAWindowTakesOver(t *testing.T) {
 	))
 }
 
-func TestNoPrimaryEverHeardTakesOverAfterAWindow(t *testing.T) {
+// A primary heard in an earlier run (state.json) that stays silent is
+// taken over from after a window: the backup restarted while it was dead.
+func TestAPrimaryHeardBeforeIsTakenOverFromAfterAWindow(t *testing.T) {
 	run(t, cat(ticks(100*time.Millisecond, 500*time.Millisecond), []step{{at: 500 * time.Millisecond, want: Takeover, reason: "the primary"}}))
+}
+
+// A backup that never heard a valid heartbeat of its primary (a typo in
+// primary_location, another group key) never takes over by itself: it
+// says so once, and takes over only after it has heard the primary and
+// the primary went silent for a window.
+func TestAPrimaryNeverHeardIsNotTakenOverFrom(t *testing.T) {
+	cfg := DetectorConfig{Window: 500 * time.Millisecond, Period: 100 * time.Millisecond, Self: self}
+	runWith(t, cfg, cat(
+		ticks(100*time.Millisecond, 500*time.Millisecond),
+		[]step{{at: 500 * time.Millisecond, want: NeverHeard, reason: "none was ever heard"}},
+		ticks(600*time.Millisecond, 5*time.Second), // said once; still no takeover
+		[]step{{at: 5 * time.Second, hb: h(hb(prim, 1, 1)), want: None}},
+		ticks(5100*time.Millisecond, 5500*time.Millisecond),
+		[]step{{at: 5500 * time.Millisecond, want: Takeover, reason: "no heartbeat from primary n-a"}},
+	))
 }
 
 func TestHeartbeatsWithinTheWindowNeverTakeOver(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +35,10 @@ type RoleConfig struct {
 	StartedMS int64
 	// Seed is the primary known from an earlier run, if any.
 	Seed *failoverid.Peer
+	// Heard: a valid heartbeat of this primary was counted in an earlier
+	// run (state.json). Without it the backup takes over only after it has
+	// heard one (see DetectorConfig.Heard).
+	Heard bool
 	// Alive, when set, is called on every tick of the loop (systemd watchdog).
 	Alive func()
 	// OnPrimary is called (from Run) when the watched primary changes, so
@@ -64,6 +69,15 @@ type Status struct {
 	Dropped            uint64 // malformed
 	SignatureFails     uint64 // unsigned or badly signed
 	Unechoed           uint64 // of the ignored, heartbeats that echo none of our nonces (early or replayed)
+	// Heard: a heartbeat of the primary was counted (now or in an earlier
+	// run); until then there is no automatic takeover.
+	Heard bool
+	// TakeoverInMS counts down to the takeover while a heard primary is
+	// silent; -1 when none is coming (maintenance, never heard).
+	TakeoverInMS int64
+	// Unknown is the last server heard that is not the watched primary
+	// (another failover id on the channel), "" if none.
+	Unknown string
 }
 
 // Role is a running backup.
@@ -119,6 +133,11 @@ func (r *Role) Status() Status {
 		s.Primary = r.det.Primary()
 		s.SeenEpoch = r.det.SeenEpoch()
 		s.SilentForMS = r.det.SilentFor(now).Milliseconds()
+		s.Heard = r.det.Heard()
+		s.TakeoverInMS = -1
+		if left, ok := r.det.TakeoverIn(now); ok {
+			s.TakeoverInMS = left.Milliseconds()
+		}
 		if !s.Primary.Heard.IsZero() {
 			s.LastHeartbeatAgeMS = now.Sub(s.Primary.Heard).Milliseconds()
 		}
@@ -155,7 +174,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	defer rsub.Close()
 
 	now := r.cfg.Clock.Now()
-	det := NewDetector(DetectorConfig{Window: r.cfg.Window, Period: r.cfg.Period, Self: r.cfg.Token.ID}, now)
+	det := NewDetector(DetectorConfig{Window: r.cfg.Window, Period: r.cfg.Period, Self: r.cfg.Token.ID, Heard: r.cfg.Heard}, now)
 	if r.cfg.Seed != nil {
 		det.Seed(PrimaryView{Node: r.cfg.Seed.Node, FailoverID: r.cfg.Seed.FailoverID, Epoch: r.cfg.Seed.Epoch, Advertise: r.cfg.Seed.Address})
 	}
@@ -196,6 +215,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	reply() // at once when starting, so the primary knows
 	lastPrimary := det.Primary().FailoverID
 	lastInstance := ""
+	heardSaved := r.cfg.Heard // OnPrimary has recorded a counted heartbeat
 
 	// The window's end is armed as a timer at its exact deadline (the
 	// periodic tick still runs for the stall guard and the watchdog).
@@ -221,8 +241,13 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				SeenEpoch: det.SeenEpoch(), Primary: det.Primary()}, true
 		case WindowRestarted:
 			log.Warn(d.Reason)
+		case NeverHeard:
+			log.Warn(d.Reason)
 		case Ignored:
 			r.st.Ignored++
+			if strings.HasPrefix(d.Reason, "unknown server") {
+				r.st.Unknown = d.Reason
+			}
 			log.WithField("reason", d.Reason).Debug("heartbeat ignored")
 		}
 		return End{}, false
@@ -329,8 +354,8 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			r.mu.Unlock()
 			counted := d.Action != Ignored && env.FailoverID == p.FailoverID
 			switch {
-			case p.FailoverID != lastPrimary && p.FailoverID != "":
-				lastPrimary, lastInstance = p.FailoverID, env.Instance
+			case p.FailoverID != lastPrimary && p.FailoverID != "", counted && !heardSaved:
+				lastPrimary, lastInstance, heardSaved = p.FailoverID, env.Instance, true
 				log.WithFields(logrus.Fields{"primary": p.Node, "primary_failover_id": p.FailoverID, "primary_epoch": p.Epoch}).Info("watching primary")
 				if r.cfg.OnPrimary != nil {
 					r.cfg.OnPrimary(failoverid.Peer{Node: p.Node, FailoverID: p.FailoverID, Epoch: p.Epoch, Address: p.Advertise})

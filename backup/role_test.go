@@ -30,6 +30,11 @@ type roleRig struct {
 }
 
 func newRoleRig(t *testing.T, period, window time.Duration) *roleRig {
+	return newRoleRigHeard(t, period, window, true)
+}
+
+// newRoleRigHeard: heard says state.json recorded the primary as heard.
+func newRoleRigHeard(t *testing.T, period, window time.Duration, heard bool) *roleRig {
 	t.Helper()
 	log, _ := test.NewNullLogger()
 	r := &roleRig{t: t, hub: broker.NewMemHub(), clk: clock.NewHandoverFake(time.Unix(1000, 0)), dest: protocol.NewDestinations(""), ends: make(chan End, 1)}
@@ -49,7 +54,7 @@ func newRoleRig(t *testing.T, period, window time.Duration) *roleRig {
 		}
 	}()
 	r.role = NewRole(RoleConfig{Node: "b", Token: failoverid.Token{ID: self}, Period: period, ReplyPeriod: time.Hour, Window: window,
-		Dest: r.dest, Signer: protocol.NewSigner(nil), Clock: r.clk, Log: log, Instance: "b-1", StartedMS: 1}, r.hub.Client("backup"))
+		Dest: r.dest, Signer: protocol.NewSigner(nil), Clock: r.clk, Log: log, Instance: "b-1", StartedMS: 1, Heard: heard}, r.hub.Client("backup"))
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() { e, _ := r.role.Run(ctx); r.ends <- e }()

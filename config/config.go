@@ -416,6 +416,10 @@ func (c *Config) Secret() ([]byte, error) {
 	if s == "" {
 		return nil, &Error{Path: c.Path, Key: "secret_file", Line: c.lines["secret_file"], Msg: fmt.Sprintf("secret_file: %s is empty", c.SecretFile)}
 	}
+	if len(s) < MinSecretLength {
+		return nil, &Error{Path: c.Path, Key: "secret_file", Line: c.lines["secret_file"],
+			Msg: fmt.Sprintf("secret_file: %s holds %d bytes; use at least %d (for example: head -c 32 /dev/urandom | base64)", c.SecretFile, len(s), MinSecretLength)}
+	}
 	return []byte(s), nil
 }
 

@@ -266,7 +266,7 @@ func TestErrorNamesKeyField(t *testing.T) {
 
 func TestRelativePathsResolveAgainstConfigDir(t *testing.T) {
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "secret.txt"), []byte("  abc-secret\n"), 0o600); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "secret.txt"), []byte("  abc-secret-0123456789\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	path := filepath.Join(dir, "tandem.yaml")
@@ -280,7 +280,7 @@ func TestRelativePathsResolveAgainstConfigDir(t *testing.T) {
 		t.Fatalf("%+v", c)
 	}
 	s, err := c.Secret()
-	if err != nil || string(s) != "abc-secret" {
+	if err != nil || string(s) != "abc-secret-0123456789" {
 		t.Fatalf("secret %q %v", s, err)
 	}
 

@@ -67,6 +67,11 @@ type State struct {
 	// Maintenance pauses automatic failover; it survives restarts so that an
 	// upgrade that restarts the backup does not end it by accident.
 	Maintenance bool `json:"maintenance,omitempty"`
+	// HeardPrimary is the primary_location whose primary this backup has
+	// counted a valid heartbeat from. A backup takes over automatically
+	// only from a primary it has heard: a typo in primary_location or
+	// another group key must not take the role from a healthy primary.
+	HeardPrimary string `json:"heard_primary,omitempty"`
 }
 
 // LoadState reads DATA/state.json. A missing file is the zero State (epoch 0,

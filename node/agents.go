@@ -116,8 +116,9 @@ func (a *agentFiles) apply(ctx context.Context, paths []string, u agentcfg.Updat
 		}
 		if fi, err := os.Stat(r.Path); err == nil {
 			f := fileFacts{mod: fi.ModTime(), size: fi.Size(), valid: true,
-				token: failoverid.Token{ID: r.After.FailoverID, Epoch: r.After.FailoverEpoch},
-				addr:  net.JoinHostPort(r.After.StompInterface, strconv.Itoa(r.After.StompPort))}
+				token:   failoverid.Token{ID: r.After.FailoverID, Epoch: r.After.FailoverEpoch},
+				addr:    net.JoinHostPort(r.After.StompInterface, strconv.Itoa(r.After.StompPort)),
+				trusted: a.opts.trust == nil || a.opts.trust(r.After)}
 			if st, ok := fi.Sys().(*syscall.Stat_t); ok {
 				f.ino = st.Ino
 			}
@@ -236,7 +237,7 @@ func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken,
 	var max failoverid.Token
 	all := make([]pathToken, 0, len(paths))
 	seen := make(map[string]fileFacts, len(paths))
-	tampered := map[string]string{}
+	var untrusted []pathToken
 	for i, p := range paths {
 		if i%256 == 0 && ctx.Err() != nil {
 			a.mu.Lock()
@@ -268,16 +269,24 @@ func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken,
 		if !f.valid {
 			continue // invalid files are reported by rewrites and `agents list`
 		}
+		all = append(all, pathToken{p, f.token}) // Scan claims files below us, signed or not
 		if !f.trusted {
 			if f.token.Epoch > 0 {
-				tampered[p] = f.token.String()
+				untrusted = append(untrusted, pathToken{p, f.token})
 			}
 			continue // an unsigned token is nobody's evidence
 		}
 		if f.token.Above(max) {
 			max = f.token
 		}
-		all = append(all, pathToken{p, f.token})
+	}
+	// Tampered: an unsigned token above every signed one (it would have
+	// fenced or steered a takeover if files were trusted as they stand).
+	tampered := map[string]string{}
+	for _, u := range untrusted {
+		if u.token.Above(max) {
+			tampered[u.path] = u.token.String()
+		}
 	}
 	a.mu.Lock()
 	a.cache = seen

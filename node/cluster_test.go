@@ -94,7 +94,7 @@ func makeCluster(t *testing.T, o clusterOptions) *cluster {
 		name, addr := cn.name, c.advertise(i)
 		opts.Dial = func(ctx context.Context, url string, d DialOptions) (broker.Bus, error) {
 			if d.OnState != nil {
-				d.OnState(true)
+				d.OnState(true, nil)
 			}
 			return c.hub.Client(name), nil
 		}
@@ -186,6 +186,23 @@ func (c *cluster) waitRole(i int, want Role) Status {
 		}
 		if time.Now().After(deadline) {
 			c.t.Fatalf("%s: role %s, want %s (status %+v)", c.nodes[i].name, s.Role, want, s)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// waitHeard waits until backup i has counted a heartbeat of its primary
+// (until then it never takes over by itself).
+func (c *cluster) waitHeard(i int) {
+	c.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s := c.nodes[i].n.Status()
+		if s.Primary != nil && s.Primary.LastHeartbeatAgeMS >= 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s never heard its primary (status %+v)", c.nodes[i].name, s)
 		}
 		time.Sleep(2 * time.Millisecond)
 	}

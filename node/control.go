@@ -3,7 +3,10 @@ package node
 import (
 	"context"
 	"fmt"
+	"time"
 
+	"github.com/tandem-ha/tandem/backup"
+	"github.com/tandem-ha/tandem/config"
 	"github.com/tandem-ha/tandem/failoverid"
 	"github.com/tandem-ha/tandem/internal/version"
 	"github.com/tandem-ha/tandem/primary"
@@ -13,6 +16,7 @@ import (
 func (n *Node) Status() Status {
 	st := n.state()
 	n.mu.Lock()
+	why := n.channel.why
 	s := Status{
 		Node: n.cfg.Node, Role: n.role.String(), FailoverID: n.id, Epoch: st.Epoch,
 		Maintenance: st.Maintenance, Advertise: n.advertise, Listen: n.BrokerAddr,
@@ -45,10 +49,12 @@ func (n *Node) Status() Status {
 		bs := back.Status()
 		s.Maintenance = bs.Maintenance
 		s.Primary = &PrimaryStatus{Node: bs.Primary.Node, FailoverID: bs.Primary.FailoverID, Epoch: bs.Primary.Epoch,
-			Advertise: bs.Primary.Advertise, LastHeartbeatAgeMS: bs.LastHeartbeatAgeMS, SilentForMS: bs.SilentForMS}
+			Advertise: bs.Primary.Advertise, LastHeartbeatAgeMS: bs.LastHeartbeatAgeMS, SilentForMS: bs.SilentForMS,
+			Heard: bs.Heard, TakeoverInMS: bs.TakeoverInMS}
 		if s.Maintenance {
 			s.Warnings = append(s.Warnings, "maintenance mode: automatic failover is paused (tandem maintenance off to resume)")
 		}
+		s.Warnings = append(s.Warnings, n.backupWarnings(bs, s.HeartbeatChannel, why)...)
 	}
 	if n.cfg.Insecure {
 		s.Warnings = append(s.Warnings, "insecure: true: no group key; anyone who reaches the broker can speak for a server (tandem keygen, then signing_key)")
@@ -128,4 +134,35 @@ func (n *Node) Agents() []primary.AgentView {
 		return []primary.AgentView{}
 	}
 	return prim.Agents()
+}
+
+// backupWarnings say what a backup sees when it cannot take over, or when
+// it is about to: a primary never heard (with the cause it can tell) and
+// the countdown while a heard primary is silent.
+func (n *Node) backupWarnings(bs backup.Status, ch ChannelInfo, why string) []string {
+	var w []string
+	loc, _, _ := config.ReadPrimaryLocation(n.cfg.DataDir)
+	if !bs.Heard {
+		cause := "nothing received on it yet"
+		switch {
+		case !ch.Connected:
+			cause = "the heartbeat channel " + ch.URL + " is not connected"
+			if why != "" {
+				cause += " (" + why + ")"
+			}
+		case bs.SignatureFails > 0:
+			cause = fmt.Sprintf("%d badly signed or unsigned messages (another group key, signing_key or secret?)", bs.SignatureFails)
+		case bs.Unknown != "":
+			cause = "heartbeats from another server: " + bs.Unknown
+		case bs.Unechoed > 0:
+			cause = fmt.Sprintf("%d heartbeats that do not answer this backup's replies (does the primary hear this backup?)", bs.Unechoed)
+		}
+		w = append(w, fmt.Sprintf("never heard a valid heartbeat from the primary at %s: %s; no automatic takeover until it is heard (check primary_location, the group key and the network)", nonEmpty(loc, "?"), cause))
+		return w
+	}
+	if bs.TakeoverInMS >= 0 && bs.SilentForMS > 2*n.cfg.Heartbeat.Period.Milliseconds() {
+		w = append(w, fmt.Sprintf("the primary has been silent for %s: automatic takeover in %s (tandem maintenance on to prevent it)",
+			(time.Duration(bs.SilentForMS)*time.Millisecond).Round(100*time.Millisecond), (time.Duration(bs.TakeoverInMS)*time.Millisecond).Round(100*time.Millisecond)))
+	}
+	return w
 }

@@ -22,8 +22,8 @@ type Dialer func(ctx context.Context, url string, o DialOptions) (broker.Bus, er
 // DialOptions are what a role asks of a link.
 type DialOptions struct {
 	// OnState, when set, is told whether the link is connected, on every
-	// change (the heartbeat channel shown in status).
-	OnState func(connected bool)
+	// change, and why not (the heartbeat channel shown in status).
+	OnState func(connected bool, why error)
 	// BufferSize is the per-subscription buffer (0: the dialer's default).
 	BufferSize int
 }
@@ -86,7 +86,7 @@ func (n *Node) dialSTOMP(ctx context.Context, url string, o DialOptions) (broker
 		}
 	}
 	if o.OnState != nil {
-		cfg.OnState = func(s broker.State) { o.OnState(s.State == broker.StateConnected) }
+		cfg.OnState = func(s broker.State) { o.OnState(s.State == broker.StateConnected, s.Err) }
 	}
 	l, err := broker.Dial(ctx, cfg)
 	if err != nil {
@@ -101,6 +101,7 @@ func (n *Node) dialSTOMP(ctx context.Context, url string, o DialOptions) (broker
 type channelState struct {
 	url string
 	up  bool
+	why string // the last reason it was down ("" while up)
 	gen uint64
 }
 
@@ -118,13 +119,17 @@ func (n *Node) dial(ctx context.Context, url string, track bool) (broker.Bus, er
 		n.mu.Lock()
 		n.channel.gen++
 		gen := n.channel.gen
-		n.channel.url, n.channel.up = url, false
+		n.channel.url, n.channel.up, n.channel.why = url, false, ""
 		n.mu.Unlock()
-		o.OnState = func(up bool) {
+		o.OnState = func(up bool, why error) {
 			n.mu.Lock()
 			defer n.mu.Unlock()
 			if n.channel.gen == gen {
 				n.channel.up = up
+				n.channel.why = ""
+				if !up && why != nil {
+					n.channel.why = why.Error()
+				}
 			}
 		}
 	}

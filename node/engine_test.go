@@ -30,6 +30,7 @@ func TestMaintenanceDuringTheTakeoverHookIsAppliedOnTopOfTheJournal(t *testing.T
 	c.waitRole(0, RolePrimary)
 	c.start(1)
 	c.waitRole(1, RoleBackup)
+	c.waitHeard(1)
 	c.stop(0)
 	waitClosed(t, gate.started, "before_takeover to start")
 
@@ -91,6 +92,7 @@ func TestAFenceStopsAfterTakeoverBeforeOnFencedRuns(t *testing.T) {
 	c.waitRole(0, RolePrimary)
 	c.start(1)
 	c.waitRole(1, RoleBackup)
+	c.waitHeard(1)
 	c.stop(0)
 	waitClosed(t, gate.started, "after_takeover to start")
 

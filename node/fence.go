@@ -119,8 +119,13 @@ func (n *Node) becomeBackupOf(end primary.End) error {
 		return fmt.Errorf("switchover: %w", err)
 	}
 	p := failoverid.Peer{Node: end.ByNode, FailoverID: end.By.ID, Epoch: end.By.Epoch, Address: end.ByAdvertise}
+	loc, _, err := config.ReadPrimaryLocation(n.cfg.DataDir)
+	if err != nil {
+		return fmt.Errorf("switchover: %w", err)
+	}
 	// A takeover journal still open (after_takeover not done) is superseded.
-	if err := n.save(func(s *failoverid.State) { s.Role = "backup"; s.Peer = &p; s.Takeover = nil }); err != nil {
+	// The new primary is one this node has heard: it answered the handover.
+	if err := n.save(func(s *failoverid.State) { s.Role = "backup"; s.Peer = &p; s.Takeover = nil; s.HeardPrimary = loc }); err != nil {
 		return err
 	}
 	n.entry().WithField("primary", end.ByAdvertise).Info("switchover done: this node is now the backup")

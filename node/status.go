@@ -34,6 +34,12 @@ type PrimaryStatus struct {
 	Advertise          string `json:"advertise,omitempty"`
 	LastHeartbeatAgeMS int64  `json:"last_heartbeat_age_ms"` // -1: never heard
 	SilentForMS        int64  `json:"silent_for_ms"`
+	// Heard: a valid heartbeat of this primary was counted (now or before a
+	// restart); until then this backup never takes over by itself.
+	Heard bool `json:"heard"`
+	// TakeoverInMS counts down to the automatic takeover while the primary
+	// is silent; -1 when none is coming (maintenance, never heard).
+	TakeoverInMS int64 `json:"takeover_in_ms"`
 }
 
 // PeerStatus names another server.

@@ -36,8 +36,9 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 		Maintenance: st.Maintenance, Dest: n.dest, Signer: n.signer, Clock: n.clock, Alive: n.notify.Alive,
 		Instance: n.instance, StartedMS: n.startedMS,
 		Log: n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "role": "backup"}), Seed: st.Peer,
+		Heard: st.HeardPrimary == loc,
 		OnPrimary: func(p failoverid.Peer) {
-			if err := n.save(func(s *failoverid.State) { s.Peer = &p }); err != nil {
+			if err := n.save(func(s *failoverid.State) { s.Peer = &p; s.HeardPrimary = loc }); err != nil {
 				n.entry().WithError(err).Warn("could not remember the primary in state.json")
 			}
 		},

@@ -24,6 +24,7 @@ import (
 	"github.com/tandem-ha/tandem/agent"
 	"github.com/tandem-ha/tandem/agentcfg"
 	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/config"
 	"github.com/tandem-ha/tandem/internal/logging"
 	"github.com/tandem-ha/tandem/protocol"
 )
@@ -92,6 +93,10 @@ Flags:
 			return exitUsage
 		}
 		key = []byte(strings.TrimSpace(string(b)))
+		if len(key) < config.MinSecretLength {
+			fmt.Fprintf(stderr, "tandem agent: --secret-file %s: %d bytes; the servers' secret is at least %d\n", *secretFile, len(key), config.MinSecretLength)
+			return exitUsage
+		}
 	}
 	passcode := ""
 	if *passFile != "" {
@@ -217,8 +222,11 @@ Flags:
 			}
 		}()
 	}
-	if pub == nil {
+	switch {
+	case pub == nil && key == nil:
 		log.Warn("no --server-key: this agent obeys any message that names its token, signed by a server or not (insecure; give it the group's signing.pub)")
+	case pub == nil:
+		log.Warn("no --server-key: commands are checked with the shared secret only, so a group whose servers sign with signing_key is not obeyed at all (give this agent the group's signing.pub)")
 	}
 	log.WithField("agents", len(paths)).Info("agents running")
 	wg.Wait()

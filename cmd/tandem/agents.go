@@ -16,6 +16,7 @@ import (
 	"github.com/tandem-ha/tandem/agentcfg"
 	"github.com/tandem-ha/tandem/config"
 	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/protocol"
 )
 
 func init() {
@@ -58,6 +59,10 @@ type agentRow struct {
 	FailoverID     string  `json:"failover_id"`
 	FailoverEpoch  *uint64 `json:"failover_epoch"` // null: the file has no epoch
 	Error          string  `json:"error"`          // "" for a valid file
+	// Signature is the failover_sig's verdict: "valid", "missing", or
+	// "invalid" (a token no server signed: tampered, or written by hand);
+	// "" when this user cannot read the group key to check it.
+	Signature string `json:"signature,omitempty"`
 	// Live is what the running server's agent registry says of the agent
 	// that reads this file (null when the server is not running or the
 	// agent never reported).
@@ -68,6 +73,9 @@ type agentRow struct {
 type agentsListing struct {
 	Agents  []agentRow `json:"agents"`
 	Managed int        `json:"managed"`
+	// Unsigned counts files whose token carries no valid failover_sig
+	// (checked only when the group key is readable).
+	Unsigned int `json:"unsigned"`
 	// AtEpoch counts valid files naming this server's failover id at its
 	// epoch; Invalid counts files that could not be read or are not valid.
 	AtEpoch    int    `json:"at_epoch"`
@@ -133,14 +141,31 @@ func runAgentsList(args []string, stdout, stderr io.Writer) int {
 	}
 	sort.Strings(paths)
 	out := agentsListing{Agents: []agentRow{}, Managed: len(paths), FailoverID: id, Epoch: st.Epoch}
+	var verify *protocol.Signer // nil: the group key cannot be read here
+	if keys, err := cfg.GroupKeys(); err == nil && keys.Private != nil {
+		verify = protocol.NewGroupSigner(protocol.NewDestinations(cfg.DestinationPrefix), keys)
+	}
 	for _, p := range paths {
 		row := agentRow{Path: p}
-		a, err := agentcfg.ReadFile(p)
+		a, err := agentcfg.ReadFileWith(p, agentcfg.ReadOptions{MaxFileSize: cfg.MaxAgentFileSize})
 		if err != nil {
 			row.Error = singleLine(strings.TrimPrefix(err.Error(), p+": "))
 			out.Invalid++
 		} else {
 			row.StompInterface, row.StompPort, row.FailoverID = a.StompInterface, a.StompPort, a.FailoverID
+			if verify != nil && a.HasEpoch {
+				switch err := verify.VerifyTokenSig(a.FailoverSig, a.FailoverID, a.FailoverEpoch, a.StompInterface, a.StompPort); {
+				case err == nil:
+					row.Signature = "valid"
+				case a.FailoverSig == "":
+					row.Signature = "missing"
+				default:
+					row.Signature = "invalid"
+				}
+				if row.Signature != "valid" {
+					out.Unsigned++
+				}
+			}
 			if a.HasEpoch {
 				e := a.FailoverEpoch
 				row.FailoverEpoch = &e
@@ -195,7 +220,11 @@ func runAgentsList(args []string, stdout, stderr io.Writer) int {
 			} else {
 				liveCol = "never seen"
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Path, dash(r.StompInterface), port, dash(r.FailoverID), epoch, liveCol, bound, seen, r.Error)
+			errCol := r.Error
+			if r.Signature == "missing" || r.Signature == "invalid" {
+				errCol = strings.TrimSpace(errCol + " failover_sig " + r.Signature + ": no server signed this token")
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.Path, dash(r.StompInterface), port, dash(r.FailoverID), epoch, liveCol, bound, seen, errCol)
 		}
 		tw.Flush()
 	} else {
@@ -208,6 +237,9 @@ func runAgentsList(args []string, stdout, stderr io.Writer) int {
 	fmt.Fprintf(stdout, "%d managed, %d at %s (%d), %d invalid", out.Managed, out.AtEpoch, who, st.Epoch, out.Invalid)
 	if running {
 		fmt.Fprintf(stdout, ", %d connected to the running server", out.Connected)
+	}
+	if out.Unsigned > 0 {
+		fmt.Fprintf(stdout, ", %d without a valid failover_sig", out.Unsigned)
 	}
 	fmt.Fprintln(stdout)
 	return exitOK
@@ -322,7 +354,16 @@ func runAgentsRepoint(args []string, stdout, stderr io.Writer) int {
 		return exitOK
 	}
 	u := agentcfg.Update{StompInterface: host, StompPort: port, FailoverID: id, Epoch: st.Epoch}
-	results := agentcfg.RewriteAll(paths, u, agentcfg.BatchOptions{Force: *force})
+	// Signed like a server's own rewrite, when this user can read the group
+	// key: a repointed file is then evidence like any other (without the
+	// key it is written unsigned, and servers report it as not signed).
+	if keys, err := cfg.GroupKeys(); err == nil && keys.Private != nil {
+		signer := protocol.NewGroupSigner(protocol.NewDestinations(cfg.DestinationPrefix), keys)
+		u.FailoverSig = signer.TokenSig(id, st.Epoch, host, port)
+	} else if cfg.SigningKey != "" {
+		fmt.Fprintf(stdout, "note: cannot read signing_key (%v): the files are written without failover_sig\n", err)
+	}
+	results := agentcfg.RewriteAll(paths, u, agentcfg.BatchOptions{Force: *force, MaxFileSize: cfg.MaxAgentFileSize})
 	sort.Slice(results, func(i, j int) bool { return results[i].Path < results[j].Path })
 
 	var rewritten, unchanged, invalid, failed, lowered int

@@ -2,11 +2,14 @@ package main
 
 import (
 	"bytes"
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
+	"github.com/tandem-ha/tandem/agentcfg"
+	"github.com/tandem-ha/tandem/failoverid"
 	"github.com/tandem-ha/tandem/protocol"
 )
 
@@ -51,5 +54,47 @@ func TestServerWithoutASigningKeyExits2(t *testing.T) {
 	cliOneLineErr(t, errs)
 	if cliExists(e.data) {
 		t.Fatal("the refused server created its data dir")
+	}
+}
+
+// `agents repoint` signs what it writes when it can read the group key, and
+// `agents list` checks every file's failover_sig: a token nobody signed (an
+// agent's owner raised its own epoch) shows as invalid.
+func TestRepointSignsAndListChecksSignatures(t *testing.T) {
+	keys := filepath.Join(t.TempDir(), "keys")
+	var out, errb bytes.Buffer
+	if code := runKeygen([]string{"--out", keys}, &out, &errb); code != exitOK {
+		t.Fatal(errb.String())
+	}
+	e := newCLIEnv(t, "signing_key: "+filepath.Join(keys, "signing.key")+"\n")
+	e.node(t, cliTestID, failoverid.State{Epoch: 3, Role: "primary"})
+	p := e.writeAgent(t, "a1", "stomp_interface: 10.0.0.1\n")
+	code, o, errs := runCLI(agentsCmd, "repoint", "--config", e.cfg, "--to", "10.0.0.2:61620")
+	if code != exitOK {
+		t.Fatalf("repoint: %d %s %s", code, o, errs)
+	}
+	a, err := agentcfg.ReadFile(p)
+	if err != nil || a.FailoverSig == "" {
+		t.Fatalf("repointed file %+v %v: want a failover_sig", a, err)
+	}
+	list := func() agentsListing {
+		t.Helper()
+		code, o, errs := runCLI(agentsCmd, "list", "--config", e.cfg, "--json")
+		if code != exitOK {
+			t.Fatalf("list: %d %s", code, errs)
+		}
+		var l agentsListing
+		if err := json.Unmarshal([]byte(o), &l); err != nil {
+			t.Fatal(err)
+		}
+		return l
+	}
+	if l := list(); l.Agents[0].Signature != "valid" || l.Unsigned != 0 {
+		t.Fatalf("%+v", l)
+	}
+	b, _ := os.ReadFile(p)
+	os.WriteFile(p, bytes.Replace(b, []byte("failover_epoch: 3"), []byte("failover_epoch: 1000"), 1), 0o644)
+	if l := list(); l.Agents[0].Signature != "invalid" || l.Unsigned != 1 {
+		t.Fatalf("a hand-raised epoch: %+v", l)
 	}
 }

@@ -1,0 +1,101 @@
+package node
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/config"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+// keyFile writes a new group signing key and returns its path.
+func keyFile(t *testing.T) string {
+	t.Helper()
+	_, priv, err := protocol.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := protocol.EncodePrivateKey(priv)
+	p := filepath.Join(t.TempDir(), "signing.key")
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// waitWarning polls node i's status until a warning contains want.
+func (c *cluster) waitWarning(i int, want string) Status {
+	c.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s := c.nodes[i].n.Status()
+		for _, w := range s.Warnings {
+			if strings.Contains(w, want) {
+				return s
+			}
+		}
+		if time.Now().After(deadline) {
+			c.t.Fatalf("%s: no warning containing %q (warnings %q)", c.nodes[i].name, want, s.Warnings)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
+
+// A backup with another group key than its primary receives ~every
+// heartbeat, all badly signed: it says so, and never takes the role from
+// the healthy primary it cannot verify (it used to, after one window).
+func TestABackupThatNeverHeardItsPrimaryDoesNotTakeOver(t *testing.T) {
+	keyA, keyB := keyFile(t), keyFile(t)
+	c := makeCluster(t, clusterOptions{nodes: 2, agents: 2,
+		configure: func(i int, cfg *config.Config) {
+			cfg.Insecure = false
+			cfg.SigningKey = keyA
+			if i == 1 {
+				cfg.SigningKey = keyB
+			}
+		}})
+	c.start(0)
+	c.waitRole(0, RolePrimary)
+	c.start(1)
+	s := c.waitWarning(1, "badly signed")
+	if !strings.Contains(strings.Join(s.Warnings, "\n"), "never heard a valid heartbeat") {
+		t.Fatalf("warnings %q", s.Warnings)
+	}
+	// Well past the window (100 ms) — the backup's loop has ticked through
+	// it many times — it is still a backup and the primary still primary.
+	deadline := time.Now().Add(10 * time.Second)
+	for c.nodes[1].n.Status().Primary.SilentForMS < 10*c.nodes[1].cfg.Heartbeat.FailWindow.Milliseconds() {
+		if time.Now().After(deadline) {
+			t.Fatal("the backup's window never ran")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if r0, r1 := c.nodes[0].n.Status().Role, c.nodes[1].n.Status().Role; r0 != "primary" || r1 != "backup" {
+		t.Fatalf("roles %s, %s: a backup that never heard its primary took over", r0, r1)
+	}
+	if st := c.disk(1); st.Epoch != 0 || st.Takeover != nil {
+		t.Fatalf("the backup claimed an epoch: %+v", st)
+	}
+}
+
+// Once heard, a silent primary shows a countdown to the takeover.
+func TestASilentPrimaryShowsTheCountdown(t *testing.T) {
+	c := makeCluster(t, clusterOptions{nodes: 2, agents: 1,
+		configure: func(i int, cfg *config.Config) {
+			cfg.Heartbeat.Period = 50 * time.Millisecond
+			cfg.Heartbeat.FailWindow = 3 * time.Second
+		}})
+	c.start(0)
+	c.waitRole(0, RolePrimary)
+	c.start(1)
+	c.waitRole(1, RoleBackup)
+	c.waitHeard(1)
+	c.stop(0)
+	s := c.waitWarning(1, "automatic takeover in")
+	if s.Primary == nil || !s.Primary.Heard || s.Primary.TakeoverInMS < 0 || s.Primary.TakeoverInMS > 3000 {
+		t.Fatalf("primary view %+v", s.Primary)
+	}
+}

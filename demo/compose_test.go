@@ -443,3 +443,37 @@ func matchesAny(globs []string, path string) bool {
 	}
 	return false
 }
+
+// Secure by default in the compose demo too: the keygen service writes the
+// group key into the keys volume, both servers sign with it and every
+// agent verifies with its public half.
+func TestComposeGroupKey(t *testing.T) {
+	c := loadCompose(t)
+	kg := mustService(t, c, "keygen")
+	if len(kg.Command) == 0 || kg.Command[0] != "keygen" || kg.flag("--out") == "" {
+		t.Fatalf("keygen: command %q", kg.Command)
+	}
+	keysAt := kg.flag("--out")
+	if kg.source(keysAt) != "keys" {
+		t.Fatalf("keygen writes %s, which is not the keys volume", keysAt)
+	}
+	if _, ok := c.Volumes["keys"]; !ok {
+		t.Fatal("volume keys is not declared")
+	}
+	for _, name := range []string{"tandem-a", "tandem-b"} {
+		s := mustService(t, c, name)
+		cfg := serverConfig(t, s, name)
+		if cfg.Insecure || cfg.SigningKey == "" || s.source(filepath.Dir(cfg.SigningKey)) != "keys" || filepath.Base(cfg.SigningKey) != "signing.key" {
+			t.Errorf("%s: signing_key %q (insecure %v) is not the keys volume's signing.key", name, cfg.SigningKey, cfg.Insecure)
+		}
+		if _, ok := s.DependsOn["keygen"]; !ok {
+			t.Errorf("%s: does not wait for keygen", name)
+		}
+	}
+	for _, name := range agentServices {
+		s := mustService(t, c, name)
+		if k := s.flag("--server-key"); s.source(filepath.Dir(k)) != "keys" || filepath.Base(k) != "signing.pub" {
+			t.Errorf("%s: --server-key %q is not the keys volume's signing.pub", name, k)
+		}
+	}
+}

@@ -21,8 +21,9 @@ func runKeygen(args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("keygen", flag.ContinueOnError)
 	flags.SetOutput(helpOut(args, stdout, stderr))
 	out := flags.String("out", "", "`DIR` to write signing.key (mode 0600) and signing.pub into (created if missing)")
+	ifMissing := flags.Bool("if-missing", false, "when DIR already holds both files, leave them and exit 0 (for provisioning scripts)")
 	flags.Usage = func() {
-		fmt.Fprint(flags.Output(), `Usage: tandem keygen --out DIR
+		fmt.Fprint(flags.Output(), `Usage: tandem keygen --out DIR [--if-missing]
 
 Writes a new group key pair. Every server of a group holds the same
 DIR/signing.key (signing_key: in tandem.yaml) and signs every message with
@@ -46,6 +47,18 @@ Flags:
 		return exitUsage
 	}
 	keyPath, pubPath := filepath.Join(*out, "signing.key"), filepath.Join(*out, "signing.pub")
+	if *ifMissing {
+		_, kerr := protocol.LoadPrivateKey(keyPath)
+		pub, perr := protocol.LoadPublicKey(pubPath)
+		if kerr == nil && perr == nil {
+			if k, _ := protocol.LoadPrivateKey(keyPath); !pub.Equal(k.Public()) {
+				fmt.Fprintf(stderr, "tandem keygen: %s and %s are not one key pair\n", keyPath, pubPath)
+				return exitUsage
+			}
+			fmt.Fprintf(stdout, "%s and %s exist: kept\n", keyPath, pubPath)
+			return exitOK
+		}
+	}
 	for _, p := range []string{keyPath, pubPath} {
 		if _, err := os.Lstat(p); err == nil {
 			fmt.Fprintf(stderr, "tandem keygen: %s exists; not overwriting a group key (remove it first if you mean to replace the key of every server and agent)\n", p)

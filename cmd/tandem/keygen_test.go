@@ -98,3 +98,16 @@ func TestRepointSignsAndListChecksSignatures(t *testing.T) {
 		t.Fatalf("a hand-raised epoch: %+v", l)
 	}
 }
+
+func TestKeygenIfMissingKeepsAnExistingPair(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "keys")
+	var out, errb bytes.Buffer
+	for i := 0; i < 2; i++ {
+		if code := runKeygen([]string{"--out", dir, "--if-missing"}, &out, &errb); code != exitOK {
+			t.Fatalf("run %d: exit %d: %s", i, code, errb.String())
+		}
+	}
+	if !strings.Contains(out.String(), "kept") {
+		t.Fatalf("second run: %q", out.String())
+	}
+}

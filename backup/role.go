@@ -256,6 +256,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	for {
 		select {
 		case <-ctx.Done():
+			r.sayStopping()
 			return End{}, nil
 		case on := <-r.maint:
 			r.mu.Lock()
@@ -374,6 +375,21 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			}
 			arm()
 		}
+	}
+}
+
+// sayStopping publishes a last reply on a clean stop, so the primary knows
+// at once that it has no backup (bounded: a dead broker costs a second).
+func (r *Role) sayStopping() {
+	env := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node,
+		Advertise: r.cfg.Advertise, Role: "backup", Stopping: true, SentMS: time.Now().UnixMilli(),
+		Instance: r.cfg.Instance, StartedMS: r.cfg.StartedMS}
+	h := env.Headers()
+	r.cfg.Signer.Sign(r.cfg.Dest.Reply, h, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	if err := r.bus.Publish(ctx, r.cfg.Dest.Reply, h, nil); err != nil {
+		r.cfg.Log.WithError(err).Debug("could not tell the primary this backup stops")
 	}
 }
 

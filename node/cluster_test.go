@@ -91,6 +91,9 @@ func makeCluster(t *testing.T, o clusterOptions) *cluster {
 		if o.options != nil {
 			opts = o.options(i)
 		}
+		if opts.StopHandover == 0 {
+			opts.StopHandover = -1 // stop() is a kill unless a test asks for clean stops
+		}
 		name, addr := cn.name, c.advertise(i)
 		opts.Dial = func(ctx context.Context, url string, d DialOptions) (broker.Bus, error) {
 			if d.OnState != nil {
@@ -165,6 +168,24 @@ func (c *cluster) stop(i int) error {
 		return err
 	case <-time.After(10 * time.Second):
 		c.t.Fatalf("%s did not stop within 10s", cn.name)
+		return nil
+	}
+}
+
+// cleanStop is a SIGTERM of node i: its bus stays up while it stops.
+func (c *cluster) cleanStop(i int) error {
+	cn := c.nodes[i]
+	if cn.cancel == nil {
+		return nil
+	}
+	cn.cancel()
+	cn.cancel = nil
+	select {
+	case err := <-cn.done:
+		c.hub.Isolate(cn.name)
+		return err
+	case <-time.After(20 * time.Second):
+		c.t.Fatalf("%s did not stop within 20s", cn.name)
 		return nil
 	}
 }

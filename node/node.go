@@ -77,6 +77,10 @@ type Options struct {
 	RunHook hooks.Func
 	// Notify speaks sd_notify (default: from $NOTIFY_SOCKET).
 	Notify *sdnotify.Notifier
+	// StopHandover bounds a clean stop's handover to the backup (0: up to
+	// fail_window + hooks.timeout, at most 45 s; negative: none, a stop is
+	// like a kill — for tests that stop nodes to fail them over).
+	StopHandover time.Duration
 }
 
 // Node is one server process.

@@ -99,3 +99,65 @@ func TestASilentPrimaryShowsTheCountdown(t *testing.T) {
 		t.Fatalf("primary view %+v", s.Primary)
 	}
 }
+
+// A clean stop (SIGTERM) of the primary hands over at once to its backup,
+// which takes over without waiting a fail_window; the stopped node comes
+// back as the new primary's backup (no rejoin).
+func TestACleanStopOfThePrimaryHandsOver(t *testing.T) {
+	c := makeCluster(t, clusterOptions{nodes: 2, agents: 3,
+		configure: func(i int, cfg *config.Config) {
+			cfg.Heartbeat.FailWindow = 30 * time.Second // a failover would take 30 s
+		},
+		options: func(i int) Options { return Options{StopHandover: 10 * time.Second} }})
+	c.start(0)
+	c.waitRole(0, RolePrimary)
+	c.start(1)
+	c.waitRole(1, RoleBackup)
+	c.waitHeard(1)
+	deadline := time.Now().Add(10 * time.Second)
+	for !c.nodes[0].n.Status().BackupConfigured {
+		if time.Now().After(deadline) {
+			t.Fatal("the primary never heard its backup")
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	start := time.Now()
+	if err := c.cleanStop(0); err != nil {
+		t.Fatalf("clean stop: %v", err)
+	}
+	s := c.waitRole(1, RolePrimary)
+	if took := time.Since(start); took > 10*time.Second || s.Epoch != 2 {
+		t.Fatalf("handover took %s (epoch %d); want far less than the 30 s window", took, s.Epoch)
+	}
+	st := c.disk(0)
+	loc, isBackup, err := config.ReadPrimaryLocation(c.nodes[0].dir)
+	if err != nil || !isBackup || loc != c.advertise(1) || st.Role != "backup" {
+		t.Fatalf("the stopped node: primary_location %q (%v, %v), state %+v; want a backup of %s", loc, isBackup, err, st, c.advertise(1))
+	}
+	if bound, other := c.boundTo(s.FailoverID); bound != 3 || other != 0 {
+		t.Fatalf("files bound to the new primary: %d, elsewhere %d", bound, other)
+	}
+}
+
+// In maintenance (an upgrade), a clean stop hands nothing over.
+func TestACleanStopInMaintenanceDoesNotHandOver(t *testing.T) {
+	c := makeCluster(t, clusterOptions{nodes: 2, agents: 1,
+		configure: func(i int, cfg *config.Config) { cfg.Heartbeat.FailWindow = 30 * time.Second },
+		options:   func(i int) Options { return Options{StopHandover: 10 * time.Second} }})
+	c.start(0)
+	c.waitRole(0, RolePrimary)
+	c.start(1)
+	c.waitHeard(1)
+	if err := c.nodes[0].n.SetMaintenance(true); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.cleanStop(0); err != nil {
+		t.Fatal(err)
+	}
+	if _, isBackup, _ := config.ReadPrimaryLocation(c.nodes[0].dir); isBackup {
+		t.Fatal("the stopped primary handed over although maintenance was on")
+	}
+	if st := c.disk(1); st.Epoch != 0 || st.Takeover != nil {
+		t.Fatalf("the backup took over: %+v", st)
+	}
+}

@@ -38,7 +38,9 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 	}
 	n.setRole(RolePrimary)
 
-	rctx, endRole := context.WithCancel(ctx)
+	// The role's context outlives a stop request by as long as a clean
+	// stop's handover takes (stopHandover); it ends with the role.
+	rctx, endRole := context.WithCancel(context.WithoutCancel(ctx))
 	defer endRole()
 	var work sync.WaitGroup // the role's own goroutines
 	defer work.Wait()
@@ -114,7 +116,19 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 	n.mu.Lock()
 	n.prim = role
 	n.mu.Unlock()
+	runDone := make(chan struct{})
+	work.Add(1)
+	go func() {
+		defer work.Done()
+		select {
+		case <-runDone:
+		case <-ctx.Done():
+			n.stopHandover(role, runDone)
+			endRole()
+		}
+	}()
 	end, err := role.Run(rctx)
+	close(runDone)
 	// The role has ended: stop its work before anything else happens.
 	endRole()
 	n.mu.Lock()
@@ -133,4 +147,49 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		return true, fmt.Errorf("%w: %s", ErrDuplicateID, end.Reason)
 	}
 	return true, nil
+}
+
+// maxStopHandover bounds how long a clean stop waits for the backup to take
+// over (systemd's default stop timeout is 90 s).
+const maxStopHandover = 45 * time.Second
+
+// stopHandover is a clean stop's (SIGTERM) handover: unless maintenance is
+// on (an upgrade restarts the primary on purpose) or no backup replies, the
+// primary hands over to its backup at once — a planned switchover — and
+// waits, bounded, until the backup holds the role; the role then ends as
+// HandedOver and this node comes back as the new primary's backup. Without
+// it the agents would wait a whole fail_window and the node need a rejoin.
+func (n *Node) stopHandover(role *primary.Role, runDone <-chan struct{}) {
+	if n.opts.StopHandover < 0 {
+		return
+	}
+	if n.state().Maintenance {
+		n.entry().Info("clean stop in maintenance mode: no handover")
+		return
+	}
+	if n.state().Takeover != nil {
+		n.entry().Info("clean stop while the takeover is being finished: no handover")
+		return
+	}
+	st := role.Status()
+	if !st.BackupConfigured || st.Backup == nil {
+		n.entry().Warn("clean stop with no backup replying: no handover (the agents wait for this server's return)")
+		return
+	}
+	limit := min(n.cfg.Heartbeat.FailWindow+n.cfg.Hooks.Timeout, maxStopHandover)
+	if n.opts.StopHandover > 0 {
+		limit = n.opts.StopHandover
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	n.entry().WithFields(logrus.Fields{"to": st.Backup.Node, "limit": limit.String()}).Warn("clean stop: handing over to the backup first")
+	if err := role.Switchover(ctx); err != nil {
+		n.entry().WithError(err).Warn("clean stop: the handover could not start; stopping without it")
+		return
+	}
+	select {
+	case <-runDone:
+	case <-ctx.Done():
+		n.entry().WithField("limit", limit.String()).Warn("clean stop: the backup did not take over in time; stopping without the handover")
+	}
 }

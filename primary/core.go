@@ -113,9 +113,11 @@ type core struct {
 
 	received uint64 // messages from other servers and agents handled
 	tampered uint64 // agent reports of a higher token without a server signature
-	dup      string // duplicate failover id warning, if any
-	warnings []string
-	agents   map[string]*AgentView
+	// backupStopped is the warning of a backup's clean stop ("" otherwise).
+	backupStopped string
+	dup           string // duplicate failover id warning, if any
+	warnings      []string
+	agents        map[string]*AgentView
 }
 
 // maxFileError bounds what the registry keeps of an agent's file_error
@@ -324,6 +326,15 @@ func (c *core) reply(now time.Time, env protocol.Envelope, _ []byte) Output {
 		c.fence(&out, t, env.Node, env.Advertise, fmt.Sprintf("server %s replies %s", env.Node, above(t, c.cfg.Token)))
 		return out
 	}
+	if env.Stopping {
+		// A clean stop of the backup: nobody watches us from now on.
+		c.lastReply, c.backupConfigured = time.Time{}, false
+		c.backupStopped = fmt.Sprintf("backup %s stopped (a clean stop) at %s: automatic failover is off until a backup replies", env.Node, now.Format(time.RFC3339))
+		out.log(logrus.WarnLevel, c.backupStopped, nil)
+		c.updateWarnings(now, &out)
+		return out
+	}
+	c.backupStopped = ""
 	if env.Nonce != "" {
 		c.remember("backup:"+env.FailoverID, env.Nonce)
 	}
@@ -488,7 +499,9 @@ func (c *core) updateWarnings(now time.Time, out *Output) {
 	if ref.IsZero() {
 		ref = c.started
 	}
-	if now.Sub(ref) > 2*c.cfg.ReplyPeriod {
+	if c.backupStopped != "" {
+		w = append(w, c.backupStopped)
+	} else if now.Sub(ref) > 2*c.cfg.ReplyPeriod {
 		c.backupConfigured = false
 		if c.lastReply.IsZero() {
 			w = append(w, fmt.Sprintf("no backup has replied since start (%s): automatic failover is not enabled", now.Sub(ref).Round(time.Second)))

@@ -390,3 +390,32 @@ func TestTheRegistryBoundsWhatAnAgentSays(t *testing.T) {
 		t.Fatalf("file_error kept at %d bytes", len(v[0].FileError))
 	}
 }
+
+// A backup's clean stop says so: the primary knows at once that nobody
+// watches it (instead of after 2 × reply_period).
+func TestABackupsCleanStopIsKnownAtOnce(t *testing.T) {
+	c := testCore(false)
+	c.start(at(0), nil)
+	c.reply(at(0.1), protocol.Envelope{FailoverID: backID, Node: "b", Role: "backup", Advertise: "b:1", Nonce: "n1"}, nil)
+	var s Status
+	c.status(at(0.2), &s)
+	if !s.BackupConfigured {
+		t.Fatal("backup not configured after its reply")
+	}
+	c.reply(at(0.3), protocol.Envelope{FailoverID: backID, Node: "b", Role: "backup", Advertise: "b:1", Stopping: true}, nil)
+	s = Status{}
+	c.status(at(0.4), &s)
+	if s.BackupConfigured || len(s.Warnings) == 0 || !strings.Contains(s.Warnings[0], "clean stop") {
+		t.Fatalf("after the backup's stop: %+v", s)
+	}
+	if _, err := c.switchover(at(0.5)); err == nil {
+		t.Fatal("a switchover to a stopped backup was accepted")
+	}
+	// It comes back.
+	c.reply(at(1), protocol.Envelope{FailoverID: backID, Node: "b", Role: "backup", Advertise: "b:1", Nonce: "n2"}, nil)
+	s = Status{}
+	c.status(at(1.1), &s)
+	if !s.BackupConfigured || len(s.Warnings) != 0 {
+		t.Fatalf("after the backup came back: %+v", s)
+	}
+}

@@ -52,6 +52,9 @@ const (
 	// the token it reports is a server's signed word, not the agent's.
 	HFailoverSig = "failover-sig"
 	HBound       = "bound-address"
+	// HStopping: a backup's last reply on a clean stop, so the primary
+	// knows at once that no backup watches it.
+	HStopping = "stopping"
 )
 
 // Sentinel errors.
@@ -104,6 +107,8 @@ type Envelope struct {
 	// FailoverSig and Bound (agent status): see HFailoverSig.
 	FailoverSig string
 	Bound       string
+	// Stopping (replies): see HStopping.
+	Stopping bool
 }
 
 // Echoes reports whether e echoes nonce.
@@ -183,6 +188,9 @@ func (e Envelope) Headers() map[string]string {
 	if e.Bound != "" {
 		h[HBound] = e.Bound
 	}
+	if e.Stopping {
+		h[HStopping] = "true"
+	}
 	return h
 }
 
@@ -248,6 +256,7 @@ func Decode(h map[string]string) (Envelope, error) {
 	}
 	e.FailoverSig = h[HFailoverSig]
 	e.Bound = h[HBound]
+	e.Stopping = h[HStopping] == "true"
 	return e, nil
 }
 
@@ -328,7 +337,7 @@ func (s *Signer) Verify(dest string, h map[string]string, body []byte) error {
 var signed = map[string]bool{
 	HVersion: true, HFailoverID: true, HEpoch: true, HNode: true, HSeq: true, HAdvertise: true,
 	HPeriodMS: true, HRole: true, HSentMS: true, HHandoverTo: true, HMaintenance: true,
-	HInstance: true, HStartedMS: true, HNonce: true, HEcho: true, HFailoverSig: true, HBound: true,
+	HInstance: true, HStartedMS: true, HNonce: true, HEcho: true, HFailoverSig: true, HBound: true, HStopping: true,
 }
 
 func (s *Signer) mac(dest string, h map[string]string, body []byte) []byte {

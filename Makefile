@@ -40,6 +40,9 @@ lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet $(PKGS)
+	@if command -v promtool >/dev/null 2>&1; then promtool check rules deploy/prometheus/tandem-rules.yml; \
+	elif [ "$$CI" = true ]; then echo "promtool not found (apt-get install prometheus): required when CI=true"; exit 1; \
+	else echo "promtool not installed: skipping promtool check rules (apt-get install prometheus)"; fi
 
 # A primary, a backup and three agents on the embedded broker; kill the
 # primary and watch the backup take over and the agents move (under a minute).

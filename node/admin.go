@@ -111,10 +111,8 @@ func AdminHandler(c Controller, opts ...AdminOption) http.Handler {
 	mux.HandleFunc("/agents", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{"agents": c.Agents()})
 	})
-	mux.HandleFunc("/metrics", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; version=0.0.4")
-		io.WriteString(w, renderMetrics(c.Status(), c.Metrics()))
-	})
+	// A private registry per handler (per node): see metrics.go.
+	mux.Handle("/metrics", metricsHandler(NewRegistry(c, nil)))
 	mux.HandleFunc("/switchover", cfg.guard(func(w http.ResponseWriter, r *http.Request, _ []byte) {
 		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 		defer cancel()
@@ -318,49 +316,6 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 
 func httpError(w http.ResponseWriter, code int, msg string) {
 	writeJSON(w, code, map[string]string{"error": msg})
-}
-
-func renderMetrics(s Status, m Metrics) string {
-	var b strings.Builder
-	g := func(name, help, typ string, v any, labels string) {
-		fmt.Fprintf(&b, "# HELP %s %s\n# TYPE %s %s\n%s%s %v\n", name, help, name, typ, name, labels, v)
-	}
-	b01 := func(x bool) int {
-		if x {
-			return 1
-		}
-		return 0
-	}
-	for _, r := range []string{"primary", "backup", "taking-over", "fenced", "starting"} {
-		if r == "primary" {
-			fmt.Fprintf(&b, "# HELP tandem_role 1 for the role this node holds.\n# TYPE tandem_role gauge\n")
-		}
-		fmt.Fprintf(&b, "tandem_role{role=%q} %d\n", r, b01(s.Role == r))
-	}
-	g("tandem_epoch", "This node's epoch (fencing token).", "gauge", s.Epoch, "")
-	g("tandem_fenced", "1 when a higher epoch fenced this node.", "gauge", b01(s.Role == "fenced"), "")
-	g("tandem_maintenance", "1 while automatic failover is paused.", "gauge", b01(s.Maintenance), "")
-	g("tandem_backup_configured", "1 when a backup replied within 2 x reply_period.", "gauge", b01(s.BackupConfigured), "")
-	age := int64(-1)
-	if s.Primary != nil {
-		age = s.Primary.LastHeartbeatAgeMS
-	}
-	if age >= 0 {
-		g("tandem_last_heartbeat_age_seconds", "Seconds since the last counted heartbeat from the primary (backup).", "gauge", float64(age)/1000, "")
-	} else {
-		g("tandem_last_heartbeat_age_seconds", "Seconds since the last counted heartbeat from the primary (backup); -1 never.", "gauge", -1, "")
-	}
-	g("tandem_heartbeats_sent_total", "Heartbeats published as primary.", "counter", m.HeartbeatsSent, "")
-	g("tandem_heartbeats_received_total", "Heartbeats received as backup.", "counter", m.HeartbeatsReceived, "")
-	g("tandem_heartbeats_ignored_total", "Heartbeats received as backup but not taken as the primary's (stale epoch, duplicate or reordered seq, unknown server).", "counter", m.HeartbeatsIgnored, "")
-	g("tandem_takeovers_total", "Takeovers completed by this node.", "counter", m.Takeovers, "")
-	fmt.Fprintf(&b, "# HELP tandem_agent_rewrites_total address.yaml rewrites by result.\n# TYPE tandem_agent_rewrites_total counter\n")
-	fmt.Fprintf(&b, "tandem_agent_rewrites_total{result=\"ok\"} %d\ntandem_agent_rewrites_total{result=\"failed\"} %d\n", m.AgentRewritesOK, m.AgentRewritesFail)
-	g("tandem_agents_managed", "Managed address.yaml files.", "gauge", s.Agents.Managed, "")
-	g("tandem_agents_connected", "Agents that reported status recently.", "gauge", s.Agents.Connected, "")
-	g("tandem_signature_failures_total", "Messages dropped for a missing or bad signature.", "counter", m.SignatureFailures, "")
-	g("tandem_messages_dropped_total", "Messages dropped as malformed or invalid.", "counter", m.MessagesDropped, "")
-	return b.String()
 }
 
 // AdminLimits bound the admin HTTP server. Zero fields take the defaults

@@ -43,7 +43,11 @@ type TakeoverConfig struct {
 	// server at epoch. Files it could not rewrite are the node's to retry;
 	// the takeover goes on. It stops early when ctx ends.
 	RewriteAgents func(ctx context.Context, epoch uint64)
-	Log           logrus.FieldLogger
+	// OnStep, when set, is told every journal step reached (timings).
+	OnStep func(step string)
+	// OnHookError, when set, is told a hook that failed (status warns).
+	OnHookError func(name string, err error)
+	Log         logrus.FieldLogger
 }
 
 // RunTakeover runs the takeover journal forward to StepLocationDormant,
@@ -87,6 +91,9 @@ func RunTakeover(ctx context.Context, cfg TakeoverConfig, reason string, from *f
 			return failoverid.Journal{}, fmt.Errorf("persist epoch %d before takeover: %w", epoch, err)
 		}
 		log.WithFields(logrus.Fields{"epoch": epoch, "reason": reason}).Info("takeover: epoch persisted")
+		if cfg.OnStep != nil {
+			cfg.OnStep(failoverid.StepEpochPersisted)
+		}
 	} else {
 		log.WithFields(logrus.Fields{"epoch": st.Takeover.Epoch, "step": st.Takeover.Step}).Warn("takeover: resuming an interrupted takeover")
 	}
@@ -104,6 +111,9 @@ func RunTakeover(ctx context.Context, cfg TakeoverConfig, reason string, from *f
 		}
 		j = *st.Takeover
 		log.WithField("step", step).Info("takeover: step done")
+		if cfg.OnStep != nil {
+			cfg.OnStep(step)
+		}
 		return nil
 	}
 	at := func(step string) bool { return failoverid.StepIndex(j.Step) < failoverid.StepIndex(step) }
@@ -115,6 +125,9 @@ func RunTakeover(ctx context.Context, cfg TakeoverConfig, reason string, from *f
 		err := run(ctx, "before_takeover", cfg.BeforeHook, cfg.HookTimeout, HookEnv(cfg.Node, cfg.ID, &j), log)
 		if cerr := ctx.Err(); cerr != nil {
 			return j, cerr
+		}
+		if err != nil && cfg.OnHookError != nil {
+			cfg.OnHookError("before_takeover", err)
 		}
 		if errors.Is(err, hooks.ErrSignaled) {
 			// Killed from outside before it finished: do not record it as

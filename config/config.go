@@ -164,6 +164,11 @@ type Config struct {
 	// MaxAgentFileSize (key "max_agent_file_size", bytes) bounds what is
 	// read of an agent's address.yaml before parsing.
 	MaxAgentFileSize int64
+	// EventLogMessages (key "event_log_messages") adds a line for every
+	// heartbeat and agent command sent to the event log (the fault suite's
+	// invariant checker reads them); off, the log holds role changes,
+	// fences, takeovers and maintenance only.
+	EventLogMessages bool
 	// EventLog (key "event_log"), when set, is a file the server appends
 	// JSON lines to: every heartbeat and command it sends with its epoch,
 	// role changes, fences and takeover steps (for audits and the
@@ -369,6 +374,15 @@ func (c *Config) ClientTLS() (*tls.Config, error) {
 		return nil, fail("tls.ca %s: no PEM certificate found", c.TLS.CA)
 	}
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+// EventLogFile is the event log's path: event_log, or DATA/events.jsonl
+// when it is not set (tandem history reads it).
+func (c *Config) EventLogFile() string {
+	if c.EventLog != "" {
+		return c.EventLog
+	}
+	return filepath.Join(c.DataDir, "events.jsonl")
 }
 
 // GroupKeys are the keys a server signs and verifies with: the group key

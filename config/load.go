@@ -35,6 +35,7 @@ type fileConfig struct {
 	Insecure          bool       `yaml:"insecure"`
 	MaxAgentFileSize  int64      `yaml:"max_agent_file_size"`
 	EventLog          string     `yaml:"event_log"`
+	EventLogMessages  bool       `yaml:"event_log_messages"`
 	DestinationPrefix string     `yaml:"destination_prefix"`
 	Agents            []string   `yaml:"agents"`
 	Hooks             fileHooks  `yaml:"hooks"`
@@ -59,7 +60,7 @@ func toFile(c *Config) fileConfig {
 		Node: c.Node, DataDir: c.DataDir, Listen: c.Listen, Advertise: c.Advertise, Admin: c.Admin,
 		Heartbeat:       fileHB{Duration(c.Heartbeat.Period), Duration(c.Heartbeat.ReplyPeriod), Duration(c.Heartbeat.FailWindow)},
 		HeartbeatBroker: c.HeartbeatBroker, Broker: c.Broker, TLS: c.TLS, Secret: c.SharedSecret, SecretFile: c.SecretFile, EventLog: c.EventLog,
-		SigningKey: c.SigningKey, Insecure: c.Insecure, MaxAgentFileSize: c.MaxAgentFileSize,
+		SigningKey: c.SigningKey, Insecure: c.Insecure, MaxAgentFileSize: c.MaxAgentFileSize, EventLogMessages: c.EventLogMessages,
 		DestinationPrefix: c.DestinationPrefix, Agents: append([]string(nil), c.Agents...),
 		Hooks: fileHooks{c.Hooks.BeforeTakeover, c.Hooks.AfterTakeover, c.Hooks.OnFenced, Duration(c.Hooks.Timeout)},
 		Log:   c.Log,
@@ -71,7 +72,7 @@ func (f fileConfig) config() *Config {
 		Node: f.Node, DataDir: f.DataDir, Listen: f.Listen, Advertise: f.Advertise, Admin: f.Admin,
 		Heartbeat:       Heartbeat{f.Heartbeat.Period.Std(), f.Heartbeat.ReplyPeriod.Std(), f.Heartbeat.FailWindow.Std()},
 		HeartbeatBroker: f.HeartbeatBroker, Broker: f.Broker, TLS: f.TLS, SharedSecret: f.Secret, SecretFile: f.SecretFile, EventLog: f.EventLog,
-		SigningKey: f.SigningKey, Insecure: f.Insecure, MaxAgentFileSize: f.MaxAgentFileSize,
+		SigningKey: f.SigningKey, Insecure: f.Insecure, MaxAgentFileSize: f.MaxAgentFileSize, EventLogMessages: f.EventLogMessages,
 		DestinationPrefix: f.DestinationPrefix, Agents: f.Agents,
 		Hooks: Hooks{f.Hooks.BeforeTakeover, f.Hooks.AfterTakeover, f.Hooks.OnFenced, f.Hooks.Timeout.Std()},
 		Log:   f.Log,

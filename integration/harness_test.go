@@ -437,6 +437,7 @@ admin: %s
 heartbeat: %s
 agents: [%q]
 event_log: %q
+event_log_messages: true
 signing_key: %q
 log: {format: text, level: debug}
 %s`, s.name, filepath.Join(s.dir, "data"), s.addr(), advertise, s.admin, c.timing, c.agents, c.serverEvents(), filepath.Join(c.dir, "keys", "signing.key"), extra)

@@ -8,6 +8,7 @@ import (
 	"github.com/tandem-ha/tandem/backup"
 	"github.com/tandem-ha/tandem/config"
 	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/internal/eventlog"
 	"github.com/tandem-ha/tandem/internal/version"
 	"github.com/tandem-ha/tandem/primary"
 )
@@ -25,6 +26,12 @@ func (n *Node) Status() Status {
 	}
 	if !n.started.IsZero() {
 		s.UptimeMS = n.clock.Now().Sub(n.started).Milliseconds()
+	}
+	if !n.roleSince.IsZero() {
+		s.Since, s.Why = n.roleSince.UTC().Format(time.RFC3339), n.roleWhy
+	}
+	if n.hookWarn != "" {
+		s.Warnings = append(s.Warnings, n.hookWarn)
 	}
 	if j := st.Takeover; j != nil {
 		s.Takeover = &Takeover{Epoch: j.Epoch, Reason: j.Reason, Step: j.Step}
@@ -122,6 +129,8 @@ func (n *Node) SetMaintenance(on bool) error {
 		back.SetMaintenance(on)
 	}
 	n.entry().WithField("maintenance", on).Info("maintenance mode set")
+	n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindMaintenance, FailoverID: n.id, Epoch: n.state().Epoch,
+		Detail: map[bool]string{true: "on", false: "off"}[on]})
 	return nil
 }
 

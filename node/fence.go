@@ -95,8 +95,9 @@ func (n *Node) fenced(ctx context.Context, end primary.End) error {
 	if err := n.save(func(s *failoverid.State) { s.FencedBy = &by; s.Role = "fenced"; s.Takeover = nil }); err != nil {
 		n.entry().WithError(err).Error("could not record the fence in state.json")
 	}
-	n.setRoleWithRunbook(RoleFenced, rb)
-	n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: "fenced", FailoverID: by.ID, Epoch: by.Epoch, Detail: end.Reason})
+	n.setRole(RoleFenced, roleChange{Reason: "fence", From: n.cfg.Node, To: end.ByNode, Runbook: rb,
+		Why: fmt.Sprintf("fenced by %s at epoch %d: %s", nonEmpty(end.ByNode, by.ID), by.Epoch, end.Reason)})
+	n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindFenced, FailoverID: by.ID, Epoch: by.Epoch, Detail: end.Reason})
 	n.entry().WithField("runbook", rb).Error("FENCED: " + end.Reason)
 	env := []string{"TANDEM_NODE=" + n.cfg.Node, "TANDEM_FAILOVER_ID=" + n.id, "TANDEM_EPOCH=" + strconv.FormatUint(n.state().Epoch, 10),
 		"TANDEM_FENCED_BY=" + by.ID, "TANDEM_FENCED_BY_EPOCH=" + strconv.FormatUint(by.Epoch, 10)}

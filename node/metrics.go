@@ -1,6 +1,7 @@
 package node
 
 import (
+	"github.com/tandem-ha/tandem/internal/eventlog"
 	"net/http"
 	"sync"
 	"time"
@@ -59,9 +60,10 @@ type Telemetry struct {
 	phases *prometheus.HistogramVec
 	last   prometheus.Gauge
 
-	mu    sync.Mutex
-	began time.Time // the current takeover's decision; zero: none being timed
-	mark  time.Time // the end of the last phase observed
+	mu       sync.Mutex
+	began    time.Time        // the current takeover's decision; zero: none being timed
+	mark     time.Time        // the end of the last phase observed
+	phasesMS map[string]int64 // the current takeover's phases so far (ms), for the event log
 }
 
 // NewTelemetry returns an empty Telemetry for a node with this heartbeat
@@ -152,6 +154,7 @@ func (t *Telemetry) TakeoverBegan(now time.Time) {
 	}
 	t.mu.Lock()
 	t.began, t.mark = now, now
+	t.phasesMS = map[string]int64{}
 	t.mu.Unlock()
 }
 
@@ -160,48 +163,41 @@ func (t *Telemetry) TakeoverBegan(now time.Time) {
 // the previous step (or the decision). StepPrimaryHeartbeat also observes
 // the whole takeover and ends the timing. Without TakeoverBegan it does
 // nothing.
-func (t *Telemetry) TakeoverStep(step string, now time.Time) {
+//
+// When the takeover is complete (StepPrimaryHeartbeat) it returns every
+// phase's duration in ms and the total, for the event log; otherwise nil.
+func (t *Telemetry) TakeoverStep(step string, now time.Time) (phasesMS map[string]int64, total time.Duration) {
 	if t == nil {
-		return
+		return nil, 0
 	}
 	phase, ok := phaseOfStep[step]
 	if !ok {
-		return
+		return nil, 0
 	}
 	t.mu.Lock()
 	began, mark := t.began, t.mark
 	if !began.IsZero() {
 		t.mark = now
+		t.phasesMS[phase] = now.Sub(mark).Milliseconds()
 		if phase == PhaseFirstHeartbeat {
+			phasesMS, t.phasesMS = t.phasesMS, nil
 			t.began, t.mark = time.Time{}, time.Time{}
 		}
 	}
 	t.mu.Unlock()
 	if began.IsZero() {
-		return
+		return nil, 0
 	}
 	t.ObserveTakeoverPhase(phase, now.Sub(mark))
 	if phase == PhaseFirstHeartbeat {
 		t.ObserveTakeover(now.Sub(began))
+		return phasesMS, now.Sub(began)
 	}
+	return nil, 0
 }
 
-// nodeTelemetry holds each Node's Telemetry (*Node → *Telemetry) until
-// the Node struct carries it itself.
-var nodeTelemetry sync.Map
-
-// telemetry is this node's Telemetry, created on first use.
-func (n *Node) telemetry() *Telemetry {
-	if t, ok := nodeTelemetry.Load(n); ok {
-		return t.(*Telemetry)
-	}
-	var period, window time.Duration
-	if n.cfg != nil {
-		period, window = n.cfg.Heartbeat.Period, n.cfg.Heartbeat.FailWindow
-	}
-	t, _ := nodeTelemetry.LoadOrStore(n, NewTelemetry(period, window))
-	return t.(*Telemetry)
-}
+// telemetry is this node's Telemetry.
+func (n *Node) telemetry() *Telemetry { return n.tel }
 
 // ObserveTakeoverPhase records that a phase (Phase*) of this node's
 // takeover took d (tandem_takeover_phase_duration_seconds{phase}).
@@ -216,8 +212,17 @@ func (n *Node) ObserveTakeover(d time.Duration) { n.telemetry().ObserveTakeover(
 // takeoverBegan marks a fresh takeover decision (runBackup).
 func (n *Node) takeoverBegan() { n.telemetry().TakeoverBegan(n.clock.Now()) }
 
-// takeoverStep marks a journal step reached (failoverid.Step*).
-func (n *Node) takeoverStep(step string) { n.telemetry().TakeoverStep(step, n.clock.Now()) }
+// takeoverStep marks a journal step reached (failoverid.Step*); the last
+// one writes the takeover's phases to the event log.
+func (n *Node) takeoverStep(step string) {
+	phases, total := n.telemetry().TakeoverStep(step, n.clock.Now())
+	if phases == nil {
+		return
+	}
+	st := n.state()
+	n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindTakeover, FailoverID: n.id, Epoch: st.Epoch,
+		PhasesMS: phases, Detail: "decision to first heartbeat: " + total.Round(time.Millisecond).String()})
+}
 
 // telemetrySource is a Controller that records its own Telemetry (*Node).
 type telemetrySource interface{ telemetry() *Telemetry }

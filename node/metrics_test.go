@@ -266,7 +266,7 @@ func TestTakeoverTimings(t *testing.T) {
 
 // Two nodes in one process: each has its own registry and telemetry.
 func TestRegistriesArePerNode(t *testing.T) {
-	a, b := &Node{}, &Node{}
+	a, b := &Node{tel: NewTelemetry(time.Second, 5*time.Second)}, &Node{tel: NewTelemetry(time.Second, 5*time.Second)}
 	if a.telemetry() == b.telemetry() || a.telemetry() != a.telemetry() {
 		t.Fatal("telemetry is not per node")
 	}

@@ -113,7 +113,8 @@ type Node struct {
 	// broker bound (tests listen on port 0).
 	advertise string
 
-	g group // every goroutine the node starts
+	g   group      // every goroutine the node starts
+	tel *Telemetry // takeover timings (metrics, event log)
 
 	// instance and startedMS identify this process on the wire.
 	instance  string
@@ -128,6 +129,13 @@ type Node struct {
 	started   time.Time
 	takeovers uint64
 	runbook   string
+	roleSince time.Time // when the current role began
+	roleWhy   string    // why
+	decision  string    // why the takeover under way was decided
+	hookWarn  string    // the last failed hook, until the next takeover
+	// nextReason is why the next role begins, when the last one ended on
+	// purpose (switchover, clean-stop).
+	nextReason string
 }
 
 // New prepares a node; nothing happens until Run.
@@ -171,6 +179,7 @@ func New(cfg *config.Config, log *logrus.Logger, opts Options) (*Node, error) {
 		ready:     make(chan struct{}),
 		instance:  newInstance(),
 		startedMS: time.Now().UnixMilli(),
+		tel:       NewTelemetry(cfg.Heartbeat.Period, cfg.Heartbeat.FailWindow),
 	}
 	if n.opts.Dial == nil {
 		n.opts.Dial = n.dialSTOMP
@@ -191,27 +200,52 @@ func (n *Node) entry() *logrus.Entry {
 	return n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "role": role.String(), "epoch": n.state().Epoch})
 }
 
-func (n *Node) setRole(role Role) { n.setRoleWithRunbook(role, "") }
+// roleChange says why a node's role changed, for the logs, status, and
+// the event log that tandem history reads.
+type roleChange struct {
+	Reason   string // start, failover, switchover, clean-stop, fence, resume
+	Why      string // one line for status: "took over from a at epoch 3 ..."
+	From, To string // the old and new primary, when the primary role moved
+	Runbook  string // the operator's next step, when there is one
+}
 
-// setRoleWithRunbook changes the role and, when runbook is not empty, the
-// operator's next step in the same instant: status never shows a fenced
-// node without its way out.
-func (n *Node) setRoleWithRunbook(role Role, runbook string) {
+// setRole changes the role and, in the same instant, why (and the runbook
+// line, when any): status never shows a fenced node without its way out.
+func (n *Node) setRole(role Role, ch roleChange) {
 	n.mu.Lock()
 	changed := n.role != role
 	n.role = role
-	if runbook != "" {
-		n.runbook = runbook
+	if ch.Runbook != "" {
+		n.runbook = ch.Runbook
+	}
+	if changed {
+		n.roleSince, n.roleWhy = n.clock.Now(), ch.Why
 	}
 	n.mu.Unlock()
 	if changed {
 		if role == RoleBackup || role == RoleFenced {
 			n.files.EndTerm()
 		}
-		n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: "role", Role: role.String(), FailoverID: n.id, Epoch: n.state().Epoch})
-		n.entry().Info("role is now " + role.String())
+		n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindRole, Role: role.String(), FailoverID: n.id, Epoch: n.state().Epoch,
+			Reason: ch.Reason, From: ch.From, To: ch.To, Detail: ch.Why})
+		n.entry().WithFields(logrus.Fields{"reason": ch.Reason, "why": ch.Why}).Info("role is now " + role.String())
 		_ = n.notify.Send("STATUS=" + role.String())
 	}
+}
+
+// setWhy keeps the reason a takeover was decided, for the role change it
+// leads to.
+func (n *Node) setWhy(why string) {
+	n.mu.Lock()
+	n.decision = why
+	n.mu.Unlock()
+}
+
+// hookFailed keeps a failed hook for status until the next takeover.
+func (n *Node) hookFailed(name string, err error) {
+	n.mu.Lock()
+	n.hookWarn = fmt.Sprintf("hook %s failed at %s: %v (see the log; cleared at the next takeover)", name, n.clock.Now().UTC().Format(time.RFC3339), err)
+	n.mu.Unlock()
 }
 
 // errNotStarted: a mutation before Run opened the state store.
@@ -264,8 +298,8 @@ func (n *Node) Run(ctx context.Context) error {
 	n.mu.Lock()
 	n.id, n.started = id, n.clock.Now()
 	n.mu.Unlock()
-	if n.events, err = eventlog.Open(n.cfg.EventLog); err != nil {
-		return fmt.Errorf("event_log: %w", err)
+	if n.events, err = eventlog.Open(n.cfg.EventLogFile()); err != nil {
+		return fmt.Errorf("event_log %s: %w", n.cfg.EventLogFile(), err)
 	}
 	defer n.events.Close()
 	if created {
@@ -275,6 +309,7 @@ func (n *Node) Run(ctx context.Context) error {
 	// A server about to act as primary looks for a higher epoch first.
 	if nextStep(n.state(), isBackup) == stepPrimary && n.state().Takeover == nil {
 		if err := n.startupFenceCheck(ctx); err != nil {
+			n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindRefused, FailoverID: id, Epoch: n.state().Epoch, Detail: err.Error()})
 			return err
 		}
 	}

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/tandem-ha/tandem/config"
+	"github.com/tandem-ha/tandem/internal/eventlog"
 	"github.com/tandem-ha/tandem/protocol"
 )
 
@@ -159,5 +160,56 @@ func TestACleanStopInMaintenanceDoesNotHandOver(t *testing.T) {
 	}
 	if st := c.disk(1); st.Epoch != 0 || st.Takeover != nil {
 		t.Fatalf("the backup took over: %+v", st)
+	}
+}
+
+// A takeover leaves its story: status says since when and why this node
+// holds its role, and the event log (DATA/events.jsonl by default) has
+// every role change with its reason and the takeover's phase durations
+// (what tandem history prints). Heartbeat lines are left out by default.
+func TestATakeoverIsRecordedWithItsReasonAndPhases(t *testing.T) {
+	c := makeCluster(t, clusterOptions{nodes: 2, agents: 2})
+	c.start(0)
+	c.waitRole(0, RolePrimary)
+	c.start(1)
+	c.waitRole(1, RoleBackup)
+	c.waitHeard(1)
+	c.stop(0)
+	s := c.waitRole(1, RolePrimary)
+	if s.Since == "" || !strings.Contains(s.Why, "took over from n0 at epoch 2 (failover)") || !strings.Contains(s.Why, "no heartbeat") {
+		t.Fatalf("since %q why %q", s.Since, s.Why)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		evs, err := eventlog.Read(filepath.Join(c.nodes[1].dir, "events.jsonl"), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var roles []string
+		var phases map[string]int64
+		for _, e := range evs {
+			switch e.Kind {
+			case eventlog.KindRole:
+				roles = append(roles, e.Role+"/"+e.Reason+"/"+e.From+">"+e.To)
+			case eventlog.KindTakeover:
+				phases = e.PhasesMS
+			case eventlog.KindHeartbeat, eventlog.KindCommand:
+				t.Fatalf("a %s line without event_log_messages", e.Kind)
+			}
+		}
+		want := []string{"backup/start/>", "taking-over/failover/n0>", "primary/failover/n0>n1"}
+		if strings.Join(roles, " ") == strings.Join(want, " ") && phases != nil {
+			if _, ok := phases[PhaseFilesRewritten]; !ok {
+				t.Fatalf("phases %v", phases)
+			}
+			if _, ok := phases[PhaseFirstHeartbeat]; !ok {
+				t.Fatalf("phases %v", phases)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("role events %q (want %q), phases %v", roles, want, phases)
+		}
+		time.Sleep(5 * time.Millisecond)
 	}
 }

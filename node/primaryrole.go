@@ -36,7 +36,21 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		// Claim: files with no epoch or a lower one point at us.
 		n.files.Rewrite(ctx, n.update(st.Epoch))
 	}
-	n.setRole(RolePrimary)
+	ch := roleChange{Reason: "start", Why: fmt.Sprintf("primary since its start at epoch %d", st.Epoch)}
+	if j := st.Takeover; j != nil {
+		n.mu.Lock()
+		decision := n.decision
+		n.mu.Unlock()
+		ch = roleChange{Reason: j.Reason, To: n.cfg.Node, Why: fmt.Sprintf("took over at epoch %d (%s)", j.Epoch, j.Reason)}
+		if j.From != nil {
+			ch.From = j.From.Node
+			ch.Why = fmt.Sprintf("took over from %s at epoch %d (%s)", nonEmpty(j.From.Node, j.From.Address), j.Epoch, j.Reason)
+		}
+		if decision != "" {
+			ch.Why += ": " + decision
+		}
+	}
+	n.setRole(RolePrimary, ch)
 
 	// The role's context outlives a stop request by as long as a clean
 	// stop's handover takes (stopHandover); it ends with the role.
@@ -97,6 +111,7 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		},
 		Started: func() {
 			if finishing {
+				n.takeoverStep(failoverid.StepPrimaryHeartbeat)
 				// after_takeover may take a while: not on the heartbeat loop.
 				work.Add(1)
 				go func() {
@@ -108,7 +123,9 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		Maintenance: func() bool { return n.state().Maintenance },
 		Ping:        true,
 		Sent: func(kind string, env protocol.Envelope) {
-			n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: kind, FailoverID: env.FailoverID, Epoch: env.Epoch, Seq: env.Seq, Role: "primary"})
+			if n.cfg.EventLogMessages {
+				n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: kind, FailoverID: env.FailoverID, Epoch: env.Epoch, Seq: env.Seq, Role: "primary"})
+			}
 		},
 		Alive:  n.notify.Alive,
 		Notify: notify,
@@ -142,6 +159,12 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 	case primary.Fenced:
 		return true, n.fenced(ctx, end)
 	case primary.HandedOver:
+		n.mu.Lock()
+		n.nextReason = "switchover"
+		if ctx.Err() != nil {
+			n.nextReason = "clean-stop"
+		}
+		n.mu.Unlock()
 		return false, n.becomeBackupOf(end)
 	case primary.Duplicate:
 		return true, fmt.Errorf("%w: %s", ErrDuplicateID, end.Reason)

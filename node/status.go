@@ -20,7 +20,11 @@ type Status struct {
 	Takeover         *Takeover    `json:"takeover,omitempty"`
 	FencedBy         *PeerStatus  `json:"fenced_by,omitempty"`
 	// Runbook says what the operator should do next, when anything.
-	Runbook  string   `json:"runbook,omitempty"`
+	Runbook string `json:"runbook,omitempty"`
+	// Since is when this node took its current role (RFC 3339), and Why
+	// is why: "took over from a at epoch 3 (failover): no heartbeat ...".
+	Since    string   `json:"since,omitempty"`
+	Why      string   `json:"why,omitempty"`
 	Warnings []string `json:"warnings"`
 	UptimeMS int64    `json:"uptime_ms"`
 	Version  string   `json:"version"`

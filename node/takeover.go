@@ -17,7 +17,11 @@ import (
 
 // runBackup runs the backup role until it decides a takeover, then takes over.
 func (n *Node) runBackup(ctx context.Context, loc string) error {
-	n.setRole(RoleBackup)
+	n.mu.Lock()
+	reason := nonEmpty(n.nextReason, "start")
+	n.nextReason = ""
+	n.mu.Unlock()
+	n.setRole(RoleBackup, roleChange{Reason: reason, Why: "backup of the primary at " + loc})
 	st := n.state()
 	if st.Role != "backup" {
 		if err := n.save(func(s *failoverid.State) { s.Role = "backup" }); err != nil {
@@ -81,11 +85,13 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 		return nil
 	}
 	from := &failoverid.Peer{Node: end.Primary.Node, FailoverID: end.Primary.FailoverID, Epoch: end.Primary.Epoch, Address: loc}
-	reason := "failover"
+	reason = "failover"
 	if end.Switch {
 		reason = "switchover"
 	}
 	n.entry().WithField("why", end.Reason).Warn("taking over as primary")
+	n.takeoverBegan()
+	n.setWhy(end.Reason)
 	return n.takeOver(ctx, reason, from, end.SeenEpoch)
 }
 
@@ -93,7 +99,16 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 // the primary role starts; runPrimary finishes the journal. Every step is a
 // mutation of the node's store: nothing here holds a copy of the state.
 func (n *Node) takeOver(ctx context.Context, reason string, from *failoverid.Peer, seen uint64) error {
-	n.setRole(RoleTakingOver)
+	n.mu.Lock()
+	n.hookWarn = ""
+	decision := n.decision
+	n.mu.Unlock()
+	ch := roleChange{Reason: nonEmpty(reason, "resume"), Why: "resuming an interrupted takeover"}
+	if from != nil {
+		ch.From = from.Node
+		ch.Why = fmt.Sprintf("taking over from %s (%s): %s", nonEmpty(from.Node, from.Address), ch.Reason, decision)
+	}
+	n.setRole(RoleTakingOver, ch)
 	if n.state().Takeover == nil {
 		// The epoch must be above the primary's even if this backup never
 		// heard it (it started during a primary stall): the managed files
@@ -108,7 +123,7 @@ func (n *Node) takeOver(ctx context.Context, reason string, from *failoverid.Pee
 		Store: n.store(), Node: n.cfg.Node, ID: n.id,
 		LocationFile: filepath.Join(n.cfg.DataDir, config.PrimaryLocationFile),
 		BeforeHook:   n.cfg.Hooks.BeforeTakeover, HookTimeout: n.cfg.Hooks.Timeout,
-		RunHook: n.opts.RunHook, NextEpoch: n.opts.NextEpoch,
+		RunHook: n.opts.RunHook, NextEpoch: n.opts.NextEpoch, OnStep: n.takeoverStep, OnHookError: n.hookFailed,
 		RewriteAgents: func(ctx context.Context, epoch uint64) {
 			n.files.Rewrite(ctx, n.update(epoch))
 		},
@@ -151,7 +166,9 @@ func (n *Node) finishTakeover(rctx context.Context) {
 		return
 	}
 	j := *st.Takeover
-	_ = n.opts.RunHook(rctx, "after_takeover", n.cfg.Hooks.AfterTakeover, n.cfg.Hooks.Timeout, backup.HookEnv(n.cfg.Node, n.id, &j), n.entry())
+	if err := n.opts.RunHook(rctx, "after_takeover", n.cfg.Hooks.AfterTakeover, n.cfg.Hooks.Timeout, backup.HookEnv(n.cfg.Node, n.id, &j), n.entry()); err != nil && rctx.Err() == nil {
+		n.hookFailed("after_takeover", err)
+	}
 	_, err = n.store().Update(func(s *failoverid.State) error {
 		if err := stillOurs(s); err != nil {
 			return err

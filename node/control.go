@@ -47,7 +47,10 @@ func (n *Node) Status() Status {
 		ps := prim.Status()
 		s.BackupConfigured = ps.BackupConfigured
 		if ps.Backup != nil {
-			s.Backup = &PeerStatus{Node: ps.Backup.Node, FailoverID: ps.Backup.FailoverID, Epoch: ps.Backup.Epoch, Address: ps.Backup.Address, AgeMS: ps.LastReplyAgeMS}
+			s.Backup = &PeerStatus{Node: ps.Backup.Node, FailoverID: ps.Backup.FailoverID, Epoch: ps.Backup.Epoch, Address: ps.Backup.Address, AgeMS: ps.LastReplyAgeMS, Maintenance: ps.BackupMaintenance}
+			if ps.BackupMaintenance && ps.BackupConfigured {
+				s.Warnings = append(s.Warnings, "maintenance mode on the backup "+ps.Backup.Node+": automatic failover is paused (tandem maintenance off there to resume)")
+			}
 		}
 		s.Warnings = append(s.Warnings, ps.Warnings...)
 		s.Agents.Connected = prim.ConnectedAgents()

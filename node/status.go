@@ -53,6 +53,8 @@ type PeerStatus struct {
 	Epoch      uint64 `json:"epoch"`
 	Address    string `json:"address,omitempty"`
 	AgeMS      int64  `json:"last_reply_age_ms,omitempty"`
+	// Maintenance: the peer says maintenance is on there.
+	Maintenance bool `json:"maintenance,omitempty"`
 }
 
 // AgentsStatus counts the managed address.yaml files.

@@ -115,6 +115,7 @@ type core struct {
 	tampered uint64 // agent reports of a higher token without a server signature
 	// backupStopped is the warning of a backup's clean stop ("" otherwise).
 	backupStopped string
+	backupMaint   bool   // the backup's last reply said it is in maintenance
 	dup           string // duplicate failover id warning, if any
 	warnings      []string
 	agents        map[string]*AgentView
@@ -340,6 +341,7 @@ func (c *core) reply(now time.Time, env protocol.Envelope, _ []byte) Output {
 	}
 	np := failoverid.Peer{Node: env.Node, FailoverID: env.FailoverID, Epoch: env.Epoch, Address: env.Advertise}
 	c.lastReply, c.backupConfigured = now, true
+	c.backupMaint = env.Maintenance
 	if np != c.peer {
 		if c.peer.FailoverID != np.FailoverID {
 			out.log(logrus.InfoLevel, "backup replied: failover is enabled", logrus.Fields{"backup": np.Node, "backup_failover_id": np.FailoverID})
@@ -526,6 +528,7 @@ func (c *core) status(now time.Time, s *Status) {
 		p := c.peer
 		s.Backup = &p
 	}
+	s.BackupMaintenance = c.backupMaint
 	s.LastReplyAgeMS = -1
 	if !c.lastReply.IsZero() {
 		s.LastReplyAgeMS = now.Sub(c.lastReply).Milliseconds()

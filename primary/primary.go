@@ -116,14 +116,17 @@ type Status struct {
 	BackupConfigured bool
 	Backup           *failoverid.Peer
 	LastReplyAgeMS   int64 // -1: never
-	HeartbeatsSent   uint64
-	CommandsSent     uint64
-	Received         uint64 // valid messages from other servers and agents handled (own echoes not counted)
-	Tampered         uint64 // agent reports of a higher token without a valid server signature
-	Dropped          uint64 // messages dropped as malformed
-	SignatureFails   uint64 // messages dropped: unsigned or badly signed
-	Handover         string // failover id of the backup being handed to
-	Warnings         []string
+	// BackupMaintenance: the backup's last reply says maintenance is on
+	// there (failover paused), so the primary can show it too.
+	BackupMaintenance bool
+	HeartbeatsSent    uint64
+	CommandsSent      uint64
+	Received          uint64 // valid messages from other servers and agents handled (own echoes not counted)
+	Tampered          uint64 // agent reports of a higher token without a valid server signature
+	Dropped           uint64 // messages dropped as malformed
+	SignatureFails    uint64 // messages dropped: unsigned or badly signed
+	Handover          string // failover id of the backup being handed to
+	Warnings          []string
 }
 
 // Role is a running primary: a thin driver around the pure core (core.go).

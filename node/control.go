@@ -53,6 +53,9 @@ func (n *Node) Status() Status {
 			}
 		}
 		s.Warnings = append(s.Warnings, ps.Warnings...)
+		if ps.AgentSignatureFails > 0 {
+			s.Warnings = append(s.Warnings, fmt.Sprintf("%d agent status report(s) failed verification (the last from agent %q): that agent's --secret-file differs from this server's secret", ps.AgentSignatureFails, ps.LastBadAgent))
+		}
 		s.Agents.Connected = prim.ConnectedAgents()
 	}
 	if back != nil {
@@ -66,6 +69,7 @@ func (n *Node) Status() Status {
 		}
 		s.Warnings = append(s.Warnings, n.backupWarnings(bs, s.HeartbeatChannel, why)...)
 	}
+	s.Warnings = append(s.Warnings, n.configWarnings(s)...)
 	if n.cfg.Insecure {
 		s.Warnings = append(s.Warnings, "insecure: true: no group key; anyone who reaches the broker can speak for a server (tandem keygen, then signing_key)")
 	}

@@ -113,8 +113,11 @@ type Node struct {
 	// broker bound (tests listen on port 0).
 	advertise string
 
-	g   group      // every goroutine the node starts
-	tel *Telemetry // takeover timings (metrics, event log)
+	g group // every goroutine the node starts
+	// realListeners: the broker and admin listen on real sockets (not a
+	// test's stand-in), so their addresses are checked before start.
+	realListeners bool
+	tel           *Telemetry // takeover timings (metrics, event log)
 
 	// instance and startedMS identify this process on the wire.
 	instance  string
@@ -186,6 +189,7 @@ func New(cfg *config.Config, log *logrus.Logger, opts Options) (*Node, error) {
 	}
 	if n.opts.Broker == nil {
 		n.opts.Broker = startEmbedded
+		n.realListeners = true
 	}
 	return n, nil
 }
@@ -274,12 +278,21 @@ func (n *Node) state() failoverid.State {
 // Run runs the server until ctx ends. It returns ErrFenced (wrapped) when it
 // refuses to start as primary, ErrBadInput for malformed data-dir files.
 func (n *Node) Run(ctx context.Context) error {
-	if err := os.MkdirAll(n.cfg.DataDir, 0o700); err != nil {
+	if err := n.preflight(); err != nil {
 		return err
+	}
+	for _, w := range n.configWarnings(Status{Role: "primary", Agents: AgentsStatus{Managed: 1}}) {
+		n.entry().Warn(w)
+	}
+	if err := os.MkdirAll(n.cfg.DataDir, 0o700); err != nil {
+		return badInput(fmt.Errorf("data_dir %s: %w", n.cfg.DataDir, err))
 	}
 	unlock, err := failoverid.Lock(n.cfg.DataDir)
 	if err != nil {
-		return err
+		if errors.Is(err, failoverid.ErrLocked) {
+			return err
+		}
+		return badInput(fmt.Errorf("data_dir %s: %w", n.cfg.DataDir, err))
 	}
 	defer unlock()
 	id, created, err := failoverid.LoadOrCreateID(n.cfg.DataDir)
@@ -316,7 +329,7 @@ func (n *Node) Run(ctx context.Context) error {
 
 	srv, err := n.opts.Broker(n.brokerConfig())
 	if err != nil {
-		return fmt.Errorf("embedded broker: %w", err)
+		return fmt.Errorf("embedded broker (listen %s): %w", n.cfg.Listen, err)
 	}
 	defer srv.Close()
 	n.mu.Lock() // status may be asked already (tests)

@@ -213,3 +213,19 @@ func TestATakeoverIsRecordedWithItsReasonAndPhases(t *testing.T) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
+
+// Configurations that validate but will not do what their owner expects
+// are standing warnings: a glob that matches nothing, and an advertise
+// address without a port while the broker listens on another one (every
+// agent would be told 61620, where nothing listens).
+func TestMisconfigurationsThatValidateAreWarnings(t *testing.T) {
+	c := makeCluster(t, clusterOptions{nodes: 1, agents: 0,
+		configure: func(i int, cfg *config.Config) {
+			cfg.Advertise = "127.0.0.1"
+			cfg.Listen = "127.0.0.1:5555"
+		}})
+	c.start(0)
+	c.waitRole(0, RolePrimary)
+	c.waitWarning(0, "match no file")
+	c.waitWarning(0, "has no port")
+}

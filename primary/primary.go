@@ -125,8 +125,13 @@ type Status struct {
 	Tampered          uint64 // agent reports of a higher token without a valid server signature
 	Dropped           uint64 // messages dropped as malformed
 	SignatureFails    uint64 // messages dropped: unsigned or badly signed
-	Handover          string // failover id of the backup being handed to
-	Warnings          []string
+	// AgentSignatureFails counts agents' status reports among them, and
+	// LastBadAgent is the id the last one claimed (an agent whose
+	// --secret-file differs from the servers' secret).
+	AgentSignatureFails uint64
+	LastBadAgent        string
+	Handover            string // failover id of the backup being handed to
+	Warnings            []string
 }
 
 // Role is a running primary: a thin driver around the pure core (core.go).
@@ -335,6 +340,12 @@ func (r *Role) message(m broker.Message, ok bool, ch <-chan broker.Message, h fu
 		r.mu.Lock()
 		if errors.Is(err, protocol.ErrUnsigned) || errors.Is(err, protocol.ErrBadSignature) {
 			r.st.SignatureFails++
+			if m.Destination == r.cfg.Dest.AgentStatus {
+				// An agent without the group's secret, or with another one:
+				// say which (its claimed id, bounded; not trusted).
+				r.st.AgentSignatureFails++
+				r.st.LastBadAgent = truncate(m.Headers[protocol.HNode], 128)
+			}
 		} else {
 			r.st.Dropped++
 		}
@@ -418,4 +429,11 @@ func (r *Role) decode(m broker.Message) (protocol.Envelope, error) {
 		return protocol.Envelope{}, err
 	}
 	return protocol.Decode(m.Headers)
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
 }

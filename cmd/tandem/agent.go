@@ -143,8 +143,15 @@ Flags:
 			return exitUsage
 		}
 	} else {
-		if _, err := agentcfg.ReadFile(*cfgPath); err != nil && errors.Is(err, fs.ErrNotExist) {
-			fmt.Fprintf(stderr, "tandem agent: %s: %v\n", *cfgPath, err)
+		// With no good configuration yet there is nothing to keep running
+		// with: a missing or invalid file at start is a usage error (later
+		// the agent keeps its last good configuration through bad edits).
+		if _, err := agentcfg.ReadFile(*cfgPath); err != nil {
+			msg := err.Error()
+			if !strings.HasPrefix(msg, *cfgPath) {
+				msg = *cfgPath + ": " + msg
+			}
+			fmt.Fprintf(stderr, "tandem agent: %s\n", singleLine(msg))
 			return exitUsage
 		}
 		paths = []string{*cfgPath}

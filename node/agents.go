@@ -4,6 +4,8 @@ import (
 	"context"
 	"net"
 	"os"
+	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -11,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/fsnotify/fsnotify"
 	"github.com/sirupsen/logrus"
 
 	"github.com/tandem-ha/tandem/agentcfg"
@@ -41,6 +44,8 @@ type Fleet interface {
 	EndTerm()
 	// Totals are lifetime rewrite counts (metrics).
 	Totals() (ok, fail uint64)
+	// Close releases what the fleet holds (file watches). Safe twice.
+	Close() error
 }
 
 // agentFiles keeps track of the managed address.yaml files: rewrites them
@@ -58,6 +63,8 @@ type agentFiles struct {
 	okTotal   uint64
 	failTotal uint64
 	cache     map[string]fileFacts // survey's memory; only survey uses it
+	paths     []string             // the managed files at the last full survey
+	changes   *changeWatch         // which files changed since the last survey
 }
 
 // fileOptions tune agentFiles.
@@ -81,7 +88,7 @@ func fileTrust(s *protocol.Signer) func(agentcfg.Address) bool {
 }
 
 func newAgentFiles(globs []string, log logrus.FieldLogger, opts ...fileOptions) *agentFiles {
-	a := &agentFiles{globs: globs, log: log, failed: map[string]string{}, tampered: map[string]string{}}
+	a := &agentFiles{globs: globs, log: log, failed: map[string]string{}, tampered: map[string]string{}, changes: newChangeWatch(log)}
 	if len(opts) > 0 {
 		a.opts = opts[0]
 	}
@@ -224,15 +231,32 @@ type pathToken struct {
 // When ctx ends it stops, merges what it read into the cache and returns
 // ctx's error.
 func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken, error) {
-	paths, err := agentcfg.Expand(a.globs)
-	if err != nil {
-		return failoverid.Token{}, nil, err
+	// An idle server re-reads only what changed (inotify), and lists and
+	// stats every file only every fullSurveyEvery (new agents, missed
+	// events): its idle cost does not grow with the number of files.
+	dirty, full := a.changes.take(time.Now())
+	var paths []string
+	if full {
+		var err error
+		if paths, err = agentcfg.Expand(a.globs); err != nil {
+			return failoverid.Token{}, nil, err
+		}
 	}
 	a.mu.Lock()
 	if a.cache == nil {
 		a.cache = map[string]fileFacts{}
 	}
 	cache := a.cache
+	if !full {
+		paths = a.paths
+		// A file that appeared in a watched directory (matching a glob)
+		// joins at once, not at the next full survey.
+		for p := range dirty {
+			if _, known := cache[p]; !known && a.matches(p) && !slices.Contains(paths, p) {
+				paths = append(slices.Clip(paths), p)
+			}
+		}
+	}
 	a.mu.Unlock()
 	var max failoverid.Token
 	all := make([]pathToken, 0, len(paths))
@@ -247,22 +271,10 @@ func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken,
 			a.mu.Unlock()
 			return max, all, ctx.Err()
 		}
-		fi, err := os.Stat(p)
-		if err != nil {
-			continue
-		}
-		var ino uint64
-		if st, ok := fi.Sys().(*syscall.Stat_t); ok {
-			ino = st.Ino
-		}
 		f, ok := cache[p]
-		if !ok || !f.mod.Equal(fi.ModTime()) || f.size != fi.Size() || f.ino != ino {
-			f = fileFacts{mod: fi.ModTime(), size: fi.Size(), ino: ino}
-			if addr, err := agentcfg.ReadFileWith(p, agentcfg.ReadOptions{MaxFileSize: a.opts.maxSize}); err == nil {
-				f.valid = true
-				f.token = failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}
-				f.addr = net.JoinHostPort(addr.StompInterface, strconv.Itoa(addr.StompPort))
-				f.trusted = a.opts.trust == nil || a.opts.trust(addr)
+		if full || !ok || dirty[p] { // else unchanged since the last survey: no syscall
+			if f, ok = a.look(p, f, ok); !ok {
+				continue
 			}
 		}
 		seen[p] = f
@@ -280,6 +292,37 @@ func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken,
 			max = f.token
 		}
 	}
+	return a.finishSurvey(paths, seen, max, all, untrusted, full)
+}
+
+// look stats p and re-reads it when it changed since the cached facts f
+// (ok: f is cached). It returns false when p is gone.
+func (a *agentFiles) look(p string, f fileFacts, cached bool) (fileFacts, bool) {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return fileFacts{}, false
+	}
+	var ino uint64
+	if st, ok := fi.Sys().(*syscall.Stat_t); ok {
+		ino = st.Ino
+	}
+	if !cached || !f.mod.Equal(fi.ModTime()) || f.size != fi.Size() || f.ino != ino {
+		f = fileFacts{mod: fi.ModTime(), size: fi.Size(), ino: ino}
+		if addr, err := agentcfg.ReadFileWith(p, agentcfg.ReadOptions{MaxFileSize: a.opts.maxSize}); err == nil {
+			f.valid = true
+			f.token = failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}
+			f.addr = net.JoinHostPort(addr.StompInterface, strconv.Itoa(addr.StompPort))
+			f.trusted = a.opts.trust == nil || a.opts.trust(addr)
+		}
+	}
+	return f, true
+}
+
+// finishSurvey stores what a survey saw and reports tampered files.
+func (a *agentFiles) finishSurvey(paths []string, seen map[string]fileFacts, max failoverid.Token, all, untrusted []pathToken, full bool) (failoverid.Token, []pathToken, error) {
+	if full {
+		a.changes.watchAll(paths)
+	}
 	// Tampered: an unsigned token above every signed one (it would have
 	// fenced or steered a takeover if files were trusted as they stand).
 	tampered := map[string]string{}
@@ -290,6 +333,7 @@ func (a *agentFiles) survey(ctx context.Context) (failoverid.Token, []pathToken,
 	}
 	a.mu.Lock()
 	a.cache = seen
+	a.paths = paths
 	a.managed = len(paths)
 	for p := range a.tampered {
 		if _, still := tampered[p]; !still {
@@ -353,3 +397,130 @@ func (a *agentFiles) Totals() (ok, fail uint64) {
 	defer a.mu.Unlock()
 	return a.okTotal, a.failTotal
 }
+
+// matches reports whether p matches one of the managed globs.
+func (a *agentFiles) matches(p string) bool {
+	for _, g := range a.globs {
+		if ok, _ := filepath.Match(g, p); ok {
+			return true
+		}
+	}
+	return false
+}
+
+// fullSurveyEvery is how often a survey lists and stats every managed file
+// even when no change was seen (new agent directories, lost events).
+const fullSurveyEvery = time.Minute
+
+// changeWatch tells a survey which managed files changed since the last
+// one (inotify on their directories), so that an idle server costs the
+// same with 10 files as with 10,000. Without inotify (or past its watch
+// limit), after an event overflow, and every fullSurveyEvery, it asks for
+// a full survey instead.
+type changeWatch struct {
+	log logrus.FieldLogger
+
+	mu       sync.Mutex
+	w        *fsnotify.Watcher // nil: not watching (every survey is full)
+	dirs     map[string]bool
+	dirty    map[string]bool
+	lost     bool // events were lost: the next survey is full
+	lastFull time.Time
+	closed   bool
+	done     chan struct{}
+}
+
+func newChangeWatch(log logrus.FieldLogger) *changeWatch {
+	return &changeWatch{log: log, dirs: map[string]bool{}, dirty: map[string]bool{}, done: make(chan struct{})}
+}
+
+// take returns the files changed since the last call and whether this
+// survey must be a full one.
+func (c *changeWatch) take(now time.Time) (map[string]bool, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	full := c.w == nil || c.lost || c.lastFull.IsZero() || now.Sub(c.lastFull) >= fullSurveyEvery
+	if full {
+		c.lost = false
+		c.lastFull = now
+	}
+	d := c.dirty
+	c.dirty = map[string]bool{}
+	return d, full
+}
+
+// watchAll watches the directories of paths (after a full survey).
+func (c *changeWatch) watchAll(paths []string) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return
+	}
+	if c.w == nil {
+		w, err := fsnotify.NewWatcher()
+		if err != nil {
+			c.log.WithError(err).Debug("no inotify: every survey of the agent files is a full one")
+			c.closed = true // do not try again
+			return
+		}
+		c.w = w
+		go c.loop(w)
+	}
+	for _, p := range paths {
+		d := filepath.Dir(p)
+		if c.dirs[d] {
+			continue
+		}
+		if err := c.w.Add(d); err != nil {
+			// Past the watch limit: stay correct with full surveys.
+			c.log.WithError(err).Warn("cannot watch every agent directory (fs.inotify.max_user_watches?): idle surveys stat every file")
+			c.w.Close()
+			c.w, c.closed = nil, true
+			return
+		}
+		c.dirs[d] = true
+	}
+}
+
+func (c *changeWatch) loop(w *fsnotify.Watcher) {
+	for {
+		select {
+		case ev, ok := <-w.Events:
+			if !ok {
+				return
+			}
+			if ev.Op == fsnotify.Chmod {
+				continue
+			}
+			c.mu.Lock()
+			c.dirty[filepath.Clean(ev.Name)] = true
+			if len(c.dirty) > 1<<16 {
+				c.dirty, c.lost = map[string]bool{}, true
+			}
+			c.mu.Unlock()
+		case _, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			c.mu.Lock()
+			c.lost = true // an overflow: events were dropped
+			c.mu.Unlock()
+		}
+	}
+}
+
+// Close stops watching. Safe twice.
+func (c *changeWatch) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	if c.w != nil {
+		err := c.w.Close()
+		c.w = nil
+		return err
+	}
+	return nil
+}
+
+// Close releases the file watches.
+func (a *agentFiles) Close() error { return a.changes.Close() }

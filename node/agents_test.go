@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -52,3 +53,52 @@ func TestRewriteCountsEndWithTheTerm(t *testing.T) {
 type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+// An idle survey re-reads only the files that changed (inotify): a change
+// is seen at the next survey, a new file in a watched directory too, and
+// an unchanged file costs no syscall until the next full survey.
+func TestSurveysReadOnlyWhatChanged(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name, "address.yaml")
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		if err := os.WriteFile(p, []byte(body), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	write("a1", "stomp_interface: 127.0.0.1\nfailover_id: a9a9a9a9-0000-4000-8000-000000000001\nfailover_epoch: 1\n")
+	p2 := write("a2", "stomp_interface: 127.0.0.1\nfailover_id: a9a9a9a9-0000-4000-8000-000000000001\nfailover_epoch: 1\n")
+	log := logrus.New()
+	log.SetOutput(testWriter{t})
+	f := newAgentFiles([]string{filepath.Join(dir, "*", "address.yaml")}, log)
+	defer f.Close()
+	if got := f.Highest(context.Background()); got.Epoch != 1 {
+		t.Fatalf("first survey: %v", got)
+	}
+	if f.changes.w == nil {
+		t.Skip("no inotify here: every survey is a full one")
+	}
+	// A change is seen at the next (incremental) survey.
+	os.WriteFile(p2, []byte("stomp_interface: 127.0.0.1\nfailover_id: b9b9b9b9-0000-4000-8000-000000000002\nfailover_epoch: 7\n"), 0o644)
+	deadline := time.Now().Add(5 * time.Second)
+	for f.Highest(context.Background()).Epoch != 7 {
+		if time.Now().After(deadline) {
+			t.Fatal("a changed file was not seen")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, full := f.changes.take(time.Now()); full {
+		t.Fatal("an idle survey within fullSurveyEvery was a full one")
+	}
+	// A file created in a watched directory joins without a full survey.
+	os.Remove(filepath.Join(dir, "a1", "address.yaml"))
+	p1 := write("a1", "stomp_interface: 127.0.0.1\nfailover_id: c9c9c9c9-0000-4000-8000-000000000003\nfailover_epoch: 9\n")
+	deadline = time.Now().Add(5 * time.Second)
+	for f.Highest(context.Background()).Epoch != 9 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s recreated was not seen", p1)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}

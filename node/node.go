@@ -295,6 +295,7 @@ func (n *Node) Run(ctx context.Context) error {
 		return badInput(fmt.Errorf("data_dir %s: %w", n.cfg.DataDir, err))
 	}
 	defer unlock()
+	defer n.files.Close()
 	id, created, err := failoverid.LoadOrCreateID(n.cfg.DataDir)
 	if err != nil {
 		return badInput(err)

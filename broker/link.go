@@ -18,6 +18,8 @@ import (
 	"github.com/go-stomp/stomp/v3"
 	"github.com/go-stomp/stomp/v3/frame"
 	"github.com/sirupsen/logrus"
+
+	"github.com/tandem-ha/tandem/internal/redact"
 )
 
 // Link defaults.
@@ -164,21 +166,8 @@ func URLUsesTLS(raw string) bool {
 	return err == nil && ep.useTLS
 }
 
-// redact masks a password in a URL for messages.
-func redact(raw string) string {
-	if u, err := url.Parse(raw); err == nil && u.User != nil {
-		return u.Redacted()
-	}
-	if i := strings.Index(raw, "://"); i >= 0 {
-		if j := strings.LastIndex(raw, "@"); j > i+3 {
-			return raw[:i+3] + "xxxxx" + raw[j:]
-		}
-	}
-	return raw
-}
-
 func parseURL(raw string) (endpoint, error) {
-	shown := redact(raw)
+	shown := redact.URL(raw)
 	if raw == "" {
 		return endpoint{}, fmt.Errorf("%w: URL is empty", ErrInvalidConfig)
 	}

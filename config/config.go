@@ -23,6 +23,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/tandem-ha/tandem/internal/redact"
 	"github.com/tandem-ha/tandem/protocol"
 )
 
@@ -519,18 +520,7 @@ func parseBrokerURL(raw string) (addr string, useTLS bool, err error) {
 
 // RedactURL is raw with any password in it replaced by xxxxx, for error
 // messages and logs (a credential never reaches a log through a URL).
-func RedactURL(raw string) string {
-	if u, err := url.Parse(raw); err == nil && u.User != nil {
-		return u.Redacted()
-	}
-	// Unparseable: mask whatever stands between "://" and the last "@".
-	if i := strings.Index(raw, "://"); i >= 0 {
-		if j := strings.LastIndex(raw, "@"); j > i+3 {
-			return raw[:i+3] + "xxxxx" + raw[j:]
-		}
-	}
-	return raw
-}
+func RedactURL(raw string) string { return redact.URL(raw) }
 
 func oneLine(s string) string {
 	s = strings.TrimSpace(s)

@@ -212,6 +212,17 @@ func (c *cluster) waitRole(i int, want Role) Status {
 	}
 }
 
+// startPair starts node 0 as the primary and node 1 as its backup, and
+// waits until the backup has counted a heartbeat of the primary.
+func (c *cluster) startPair() {
+	c.t.Helper()
+	c.start(0)
+	c.waitRole(0, RolePrimary)
+	c.start(1)
+	c.waitRole(1, RoleBackup)
+	c.waitHeard(1)
+}
+
 // waitHeard waits until backup i has counted a heartbeat of its primary
 // (until then it never takes over by itself).
 func (c *cluster) waitHeard(i int) {

@@ -26,11 +26,7 @@ func TestMaintenanceDuringTheTakeoverHookIsAppliedOnTopOfTheJournal(t *testing.T
 			}
 			return Options{}
 		}})
-	c.start(0)
-	c.waitRole(0, RolePrimary)
-	c.start(1)
-	c.waitRole(1, RoleBackup)
-	c.waitHeard(1)
+	c.startPair()
 	c.stop(0)
 	waitClosed(t, gate.started, "before_takeover to start")
 
@@ -88,11 +84,7 @@ func TestAFenceStopsAfterTakeoverBeforeOnFencedRuns(t *testing.T) {
 			}
 			return Options{}
 		}})
-	c.start(0)
-	c.waitRole(0, RolePrimary)
-	c.start(1)
-	c.waitRole(1, RoleBackup)
-	c.waitHeard(1)
+	c.startPair()
 	c.stop(0)
 	waitClosed(t, gate.started, "after_takeover to start")
 

@@ -89,11 +89,7 @@ func TestASilentPrimaryShowsTheCountdown(t *testing.T) {
 			cfg.Heartbeat.Period = 50 * time.Millisecond
 			cfg.Heartbeat.FailWindow = 3 * time.Second
 		}})
-	c.start(0)
-	c.waitRole(0, RolePrimary)
-	c.start(1)
-	c.waitRole(1, RoleBackup)
-	c.waitHeard(1)
+	c.startPair()
 	c.stop(0)
 	s := c.waitWarning(1, "automatic takeover in")
 	if s.Primary == nil || !s.Primary.Heard || s.Primary.TakeoverInMS < 0 || s.Primary.TakeoverInMS > 3000 {
@@ -110,11 +106,7 @@ func TestACleanStopOfThePrimaryHandsOver(t *testing.T) {
 			cfg.Heartbeat.FailWindow = 30 * time.Second // a failover would take 30 s
 		},
 		options: func(i int) Options { return Options{StopHandover: 10 * time.Second} }})
-	c.start(0)
-	c.waitRole(0, RolePrimary)
-	c.start(1)
-	c.waitRole(1, RoleBackup)
-	c.waitHeard(1)
+	c.startPair()
 	deadline := time.Now().Add(10 * time.Second)
 	for !c.nodes[0].n.Status().BackupConfigured {
 		if time.Now().After(deadline) {
@@ -169,11 +161,7 @@ func TestACleanStopInMaintenanceDoesNotHandOver(t *testing.T) {
 // (what tandem history prints). Heartbeat lines are left out by default.
 func TestATakeoverIsRecordedWithItsReasonAndPhases(t *testing.T) {
 	c := makeCluster(t, clusterOptions{nodes: 2, agents: 2})
-	c.start(0)
-	c.waitRole(0, RolePrimary)
-	c.start(1)
-	c.waitRole(1, RoleBackup)
-	c.waitHeard(1)
+	c.startPair()
 	c.stop(0)
 	s := c.waitRole(1, RolePrimary)
 	if s.Since == "" || !strings.Contains(s.Why, "took over from n0 at epoch 2 (failover)") || !strings.Contains(s.Why, "no heartbeat") {

@@ -85,37 +85,12 @@ func filesAt(b testing.TB, files []string, srv *server, epoch string) bool {
 	return true
 }
 
-// BenchmarkIdlePair measures the idle cost of a primary + backup pair at
-// period 1 s: CPU % of each process over 10 s and resident memory.
-//
-//	go test -run '^$' -bench IdlePair -benchtime 1x ./integration
-func BenchmarkIdlePair(b *testing.B) {
-	for i := 0; i < b.N; i++ {
-		c := newCluster(b)
-		c.timing = "{period: 1s, reply_period: 300s, fail_window: 60s}"
-		a := c.addServer("a", nil)
-		bk := c.addServer("b", a)
-		c.writeAgents(10, a)
-		c.start(a)
-		c.waitRole(a, "primary", 30*time.Second)
-		c.start(bk)
-		c.waitRole(bk, "backup", 30*time.Second)
-		time.Sleep(2 * time.Second)
-		ca0, cb0 := cpuTicks(b, a.p.pid()), cpuTicks(b, bk.p.pid())
-		const span = 10 * time.Second
-		time.Sleep(span)
-		ca1, cb1 := cpuTicks(b, a.p.pid()), cpuTicks(b, bk.p.pid())
-		// Clock ticks are 1/100 s on Linux.
-		pct := func(d int64) float64 { return float64(d) / 100 / span.Seconds() * 100 }
-		b.ReportMetric(pct(ca1-ca0), "primary-cpu-%")
-		b.ReportMetric(pct(cb1-cb0), "backup-cpu-%")
-		b.ReportMetric(rssMB(b, a.p.pid()), "primary-rss-MB")
-		b.ReportMetric(rssMB(b, bk.p.pid()), "backup-rss-MB")
-		a.p.kill()
-		bk.p.kill()
-	}
-}
+// BenchmarkIdlePair was replaced by BenchmarkIdleCPU (bench_phases_test.go):
+// the same idle pair at period 100 ms, CPU to 0.01 % and RSS, for 10 and
+// 5,000 files.
 
+// cpuTicks is utime+stime of every thread of pid (dead ones included), in
+// clock ticks (1/100 s on Linux).
 func cpuTicks(b testing.TB, pid int) int64 {
 	raw, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
 	if err != nil {

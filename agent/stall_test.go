@@ -8,7 +8,6 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -16,76 +15,9 @@ import (
 
 	"github.com/tandem-ha/tandem/agentcfg"
 	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/internal/testbrokers"
 	"github.com/tandem-ha/tandem/protocol"
 )
-
-// blackHole is a STOMP "broker" that answers CONNECT (declining
-// heart-beats) and then never reads: a frozen server whose sockets stay
-// open. Small receive buffers make a client's writes back up quickly.
-type blackHole struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func startBlackHole(t *testing.T) *blackHole {
-	t.Helper()
-	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) {
-			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		})
-	}}
-	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &blackHole{ln: ln}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b.mu.Lock()
-			b.conns = append(b.conns, c)
-			b.mu.Unlock()
-			go func() {
-				one := make([]byte, 1)
-				for {
-					if _, err := c.Read(one); err != nil {
-						return
-					}
-					if one[0] == 0 {
-						break
-					}
-				}
-				_, _ = c.Write([]byte("CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\x00"))
-			}()
-		}
-	}()
-	t.Cleanup(b.kill)
-	return b
-}
-
-func (b *blackHole) hostPort(t *testing.T) (string, int) {
-	h, p, _ := net.SplitHostPort(b.ln.Addr().String())
-	port, err := strconv.Atoi(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return h, port
-}
-
-// kill: the server process died; the kernel closes its sockets.
-func (b *blackHole) kill() {
-	b.ln.Close()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, c := range b.conns {
-		c.Close()
-	}
-	b.conns = nil
-}
 
 // enteringBus counts the publishes that entered a bus.
 type enteringBus struct {
@@ -199,8 +131,8 @@ func waitUntil(t *testing.T, timeout time.Duration, what string, cond func() boo
 // rewritten address.yaml and move to the new server promptly: no agent may
 // be stuck in a publish on the dead link.
 func TestPooledAgentsFollowTheirFilesAfterTheirJammedServerDies(t *testing.T) {
-	bh := startBlackHole(t)
-	hostA, portA := bh.hostPort(t)
+	bh := testbrokers.StartBlackHole(t)
+	hostA, portA := hostPortOf(t, bh.Addr())
 	log, _ := test.NewNullLogger()
 	srvB, err := broker.StartServer(broker.ServerConfig{Listen: "127.0.0.1:0", Log: log})
 	if err != nil {
@@ -243,7 +175,7 @@ func TestPooledAgentsFollowTheirFilesAfterTheirJammedServerDies(t *testing.T) {
 	// The agents' reports are in the jam too (the jam's own publishes are
 	// at least 5 of these).
 	waitUntil(t, 10*time.Second, "the agents publishing into the jam", func() bool { return entered.Load() >= base+n+5 })
-	bh.kill()
+	bh.Kill()
 
 	statusB, err := broker.Dial(ctx, broker.LinkConfig{URL: srvB.Addr(), Log: log})
 	if err != nil {
@@ -296,8 +228,8 @@ func TestPooledAgentsFollowTheirFilesAfterTheirJammedServerDies(t *testing.T) {
 // TestAgentStopsPromptlyWhenItsLinkIsJammed: SIGTERM (context cancel) of an
 // agent whose link to a frozen server is backed up ends Run within a bound.
 func TestAgentStopsPromptlyWhenItsLinkIsJammed(t *testing.T) {
-	bh := startBlackHole(t)
-	host, port := bh.hostPort(t)
+	bh := testbrokers.StartBlackHole(t)
+	host, port := hostPortOf(t, bh.Addr())
 	var entered atomic.Int64
 	var mu sync.Mutex
 	var links []broker.Bus
@@ -321,4 +253,13 @@ func TestAgentStopsPromptlyWhenItsLinkIsJammed(t *testing.T) {
 	case <-time.After(4 * time.Second):
 		t.Fatalf("Run still running %s after cancel", time.Since(start))
 	}
+}
+
+func hostPortOf(t *testing.T, addr string) (string, int) {
+	h, p, _ := net.SplitHostPort(addr)
+	port, err := strconv.Atoi(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return h, port
 }

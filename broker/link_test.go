@@ -7,9 +7,10 @@ import (
 	"net"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/tandem-ha/tandem/internal/testbrokers"
 )
 
 func TestParseURL(t *testing.T) {
@@ -221,71 +222,6 @@ func TestLinkCloseDuringConnect(t *testing.T) {
 	}
 }
 
-// blackHole is a STOMP "broker" that answers CONNECT (declining
-// heart-beats, so only a stalled write can tell the client anything is
-// wrong) and then never reads again: a frozen broker whose socket stays
-// open. Its sockets have a small receive buffer so a client's writes back
-// up quickly.
-type blackHole struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-}
-
-func startBlackHole(t testing.TB) *blackHole {
-	t.Helper()
-	lc := net.ListenConfig{Control: func(network, address string, c syscall.RawConn) error {
-		return c.Control(func(fd uintptr) {
-			_ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4096)
-		})
-	}}
-	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &blackHole{ln: ln}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			b.mu.Lock()
-			b.conns = append(b.conns, c)
-			b.mu.Unlock()
-			go func() {
-				// Read the CONNECT frame, answer it, then read nothing.
-				one := make([]byte, 1)
-				for {
-					if _, err := c.Read(one); err != nil {
-						return
-					}
-					if one[0] == 0 {
-						break
-					}
-				}
-				_, _ = c.Write([]byte("CONNECTED\nversion:1.2\nheart-beat:0,0\n\n\x00"))
-			}()
-		}
-	}()
-	t.Cleanup(b.kill)
-	return b
-}
-
-func (b *blackHole) addr() string { return b.ln.Addr().String() }
-
-// kill closes the listener and every accepted connection (the broker
-// process died: the kernel closes its sockets).
-func (b *blackHole) kill() {
-	b.ln.Close()
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	for _, c := range b.conns {
-		c.Close()
-	}
-	b.conns = nil
-}
-
 // jam fills the link's path to a broker that does not read: it publishes
 // big bodies until a publish fails or outlives its context (the writes are
 // backed up), then keeps publishing from background goroutines, as a busy
@@ -334,8 +270,8 @@ func jam(t testing.TB, pub func(ctx context.Context, body []byte) error) (stop f
 // and so does Disconnect. Publish must still return by its context's
 // deadline and Close within a bound.
 func TestLinkPublishAndCloseBoundedWhenTheBrokerStopsReading(t *testing.T) {
-	bh := startBlackHole(t)
-	l, err := Dial(context.Background(), LinkConfig{URL: bh.addr(), Log: testLog(t)})
+	bh := testbrokers.StartBlackHole(t)
+	l, err := Dial(context.Background(), LinkConfig{URL: bh.Addr(), Log: testLog(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,8 +322,8 @@ func TestLinkPublishAndCloseBoundedWhenTheBrokerStopsReading(t *testing.T) {
 // queue is full and never drained again, and every waiting Send (and the
 // link's own disconnect) waits out the send timeout, one after the other.
 func TestLinkPublishAndCloseBoundedWhenTheBrokerDiesJammed(t *testing.T) {
-	bh := startBlackHole(t)
-	l, err := Dial(context.Background(), LinkConfig{URL: bh.addr(), Log: testLog(t), BackoffMin: 20 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
+	bh := testbrokers.StartBlackHole(t)
+	l, err := Dial(context.Background(), LinkConfig{URL: bh.Addr(), Log: testLog(t), BackoffMin: 20 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -399,7 +335,7 @@ func TestLinkPublishAndCloseBoundedWhenTheBrokerDiesJammed(t *testing.T) {
 	}
 	stop := jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
 	defer stop()
-	bh.kill()
+	bh.Kill()
 	// Every publish, including those already waiting, ends by its deadline.
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -437,8 +373,8 @@ func TestLinkPublishAndCloseBoundedWhenTheBrokerDiesJammed(t *testing.T) {
 // not read, a full outbox drops its oldest message (that Publish fails
 // with ErrOutboxFull at once, counted) and the newest waits its turn.
 func TestLinkOutboxDropsOldest(t *testing.T) {
-	bh := startBlackHole(t)
-	l, err := Dial(context.Background(), LinkConfig{URL: bh.addr(), Log: testLog(t), OutboxSize: 1, WriteTimeout: time.Minute})
+	bh := testbrokers.StartBlackHole(t)
+	l, err := Dial(context.Background(), LinkConfig{URL: bh.Addr(), Log: testLog(t), OutboxSize: 1, WriteTimeout: time.Minute})
 	if err != nil {
 		t.Fatal(err)
 	}

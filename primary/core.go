@@ -39,6 +39,11 @@ type coreConfig struct {
 	Instance        string
 	StartedMS       int64
 	SeqBase         uint64
+	// RebindPeriods is how many periods from the start a rebind goes out
+	// with every ping (a takeover's, or a fresh primary's claim); later, a
+	// rebind goes out in the period after an agent reported a token below
+	// ours (an agent that was down, or a new one).
+	RebindPeriods int
 }
 
 // Output is what the driver does after one input: write Logs, then, if End
@@ -54,6 +59,9 @@ type Output struct {
 	Beat *protocol.Envelope
 	// Command is the ping to the agents that goes with Beat (Config.Ping).
 	Command *protocol.Envelope
+	// Rebind, when set, tells agents on their own hosts to bind to this
+	// server (the driver adds the failover-sig and signs it).
+	Rebind *protocol.Envelope
 }
 
 // LogLine is one log entry the core asks for.
@@ -105,6 +113,11 @@ type core struct {
 	gen, holdUntil   int
 	holdSince        time.Time
 
+	// rebindLeft counts the start's rebinds still to send; rebindDue: an
+	// agent behind us reported.
+	rebindLeft int
+	rebindDue  bool
+
 	// echoes are what our heartbeats echo: the latest nonce of each backup
 	// (so a backup counts only heartbeats sent after its own reply) and
 	// the instance of each clone heard (so a live clone can prove it is
@@ -124,6 +137,15 @@ type core struct {
 // maxFileError bounds what the registry keeps of an agent's file_error
 // (a report is hostile input: 300 fake agents must not cost 263 MiB).
 const maxFileError = 512
+
+// failoverServers are the group's other servers an agent should keep a
+// standby subscription on: for a pair, the backup.
+func (c *core) failoverServers() []string {
+	if a := c.peer.Address; a != "" && a != c.cfg.Advertise && c.backupConfigured {
+		return []string{a}
+	}
+	return nil
+}
 
 // echoEntry is one value our heartbeats echo, keyed by who asked.
 type echoEntry struct{ key, value string }
@@ -190,6 +212,7 @@ type scanResult struct {
 func (c *core) start(now time.Time, files *scanResult) Output {
 	var out Output
 	c.started, c.lastBeat, c.lastCheck = now, now, now
+	c.rebindLeft = c.cfg.RebindPeriods
 	if files != nil && c.scanned(*files, &out) {
 		return out
 	}
@@ -388,6 +411,11 @@ func (c *core) agentStatus(now time.Time, env protocol.Envelope, body []byte, tr
 	if c.agents == nil {
 		c.agents = map[string]*AgentView{}
 	}
+	if t := token(env); env.FailoverID == "none" || t.Compare(c.cfg.Token) < 0 {
+		// Behind us (new, or down during the takeover): rebind it with the
+		// next ping.
+		c.rebindDue = true
+	}
 	if _, ok := c.agents[env.Node]; !ok && len(c.agents) >= maxAgents {
 		return out
 	}
@@ -472,7 +500,16 @@ func (c *core) beat(out *Output) {
 	// Agent commands go through the agents' broker: they do not depend on
 	// the heartbeat channel (an external broker may be unreachable).
 	if c.cfg.Ping && c.handoverTo == "" {
-		out.Command = &protocol.Envelope{FailoverID: tok.ID, Epoch: tok.Epoch, Node: c.cfg.Node, Seq: c.seq, Role: "primary"}
+		out.Command = &protocol.Envelope{FailoverID: tok.ID, Epoch: tok.Epoch, Node: c.cfg.Node, Seq: c.seq, Role: "primary",
+			FailoverServers: c.failoverServers()}
+		if c.rebindLeft > 0 || c.rebindDue {
+			if c.rebindLeft > 0 {
+				c.rebindLeft--
+			}
+			c.rebindDue = false
+			out.Rebind = &protocol.Envelope{FailoverID: tok.ID, Epoch: tok.Epoch, Node: c.cfg.Node, Seq: c.seq, Role: "primary",
+				Command: protocol.CommandRebind, Advertise: c.cfg.Advertise}
+		}
 	}
 }
 

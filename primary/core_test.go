@@ -419,3 +419,41 @@ func TestABackupsCleanStopIsKnownAtOnce(t *testing.T) {
 		t.Fatalf("after the backup came back: %+v", s)
 	}
 }
+
+// A primary rebinds agents on their own hosts: with every ping for the
+// first RebindPeriods periods, and then in the period after an agent
+// behind it (no token, or a lower one) reported; pings name the backup as
+// the agents' failover server.
+func TestRebindsGoOutAtTheStartAndForAgentsBehind(t *testing.T) {
+	c := newCore(coreConfig{Node: "a", Token: failoverid.Token{ID: ownID, Epoch: 3}, Advertise: "10.0.0.1:61620",
+		Period: period, ReplyPeriod: time.Second, HandoverTimeout: 5 * period, CheckEvery: time.Hour,
+		Ping: true, Instance: "i-own", StartedMS: 2000, SeqBase: 10, RebindPeriods: 2})
+	out := c.start(at(0), nil)
+	if out.Rebind == nil || out.Rebind.Command != protocol.CommandRebind || out.Rebind.Advertise != "10.0.0.1:61620" || out.Rebind.Epoch != 3 {
+		t.Fatalf("start: rebind %+v", out.Rebind)
+	}
+	if out = c.tick(at(1)); out.Rebind == nil {
+		t.Fatal("second period: no rebind")
+	}
+	if out = c.tick(at(2)); out.Rebind != nil {
+		t.Fatal("a rebind after RebindPeriods with nobody behind")
+	}
+	// An agent at our token: no rebind. One behind: a rebind next period.
+	c.agentStatus(at(2.1), protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "ag-1"}, nil, true)
+	if out = c.tick(at(3)); out.Rebind != nil {
+		t.Fatal("rebind for an agent bound to us")
+	}
+	c.agentStatus(at(3.1), protocol.Envelope{FailoverID: "none", Epoch: 0, Node: "ag-new"}, nil, true)
+	if out = c.tick(at(4)); out.Rebind == nil {
+		t.Fatal("no rebind for a new agent")
+	}
+	c.agentStatus(at(4.1), protocol.Envelope{FailoverID: backID, Epoch: 2, Node: "ag-old"}, nil, true)
+	if out = c.tick(at(5)); out.Rebind == nil {
+		t.Fatal("no rebind for an agent at a lower token")
+	}
+	// The backup is the agents' failover server.
+	c.reply(at(5.1), protocol.Envelope{FailoverID: backID, Node: "b", Role: "backup", Advertise: "10.0.0.2:61620", Nonce: "n"}, nil)
+	if out = c.tick(at(6)); out.Command == nil || strings.Join(out.Command.FailoverServers, ",") != "10.0.0.2:61620" {
+		t.Fatalf("ping %+v: want failover-servers naming the backup", out.Command)
+	}
+}

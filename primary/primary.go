@@ -84,8 +84,11 @@ type Config struct {
 	// CheckFiles looks for a higher epoch in the managed address.yaml files.
 	// It is called after the process woke late (it may have been frozen while
 	// a backup took over) before anything else is sent, and every CheckEvery.
-	CheckFiles func() (*failoverid.Token, error)
-	CheckEvery time.Duration
+	// RebindPeriods: how many periods from the start a rebind goes out
+	// (0: DefaultRebindPeriods; negative: none).
+	RebindPeriods int
+	CheckFiles    func() (*failoverid.Token, error)
+	CheckEvery    time.Duration
 	// OnPeer is called (from Run) when a backup's reply names a new or
 	// changed peer, so the node can remember it in state.json.
 	OnPeer func(failoverid.Peer)
@@ -123,6 +126,7 @@ type Status struct {
 	CommandsSent      uint64
 	Received          uint64 // valid messages from other servers and agents handled (own echoes not counted)
 	Tampered          uint64 // agent reports of a higher token without a valid server signature
+	RebindsSent       uint64 // rebinds published for agents on their own hosts
 	Dropped           uint64 // messages dropped as malformed
 	SignatureFails    uint64 // messages dropped: unsigned or badly signed
 	// AgentSignatureFails counts agents' status reports among them, and
@@ -193,11 +197,14 @@ func New(cfg Config, hb, agents broker.Bus) *Role {
 	if cfg.CheckEvery == 0 {
 		cfg.CheckEvery = 10 * cfg.Period
 	}
+	if cfg.RebindPeriods == 0 {
+		cfg.RebindPeriods = DefaultRebindPeriods
+	}
 	if cfg.HandoverTimeout == 0 {
 		cfg.HandoverTimeout = 6 * cfg.Period
 	}
 	c := newCore(coreConfig{Node: cfg.Node, Token: cfg.Token, Advertise: cfg.Advertise, Period: cfg.Period,
-		ReplyPeriod: cfg.ReplyPeriod, HandoverTimeout: cfg.HandoverTimeout, CheckEvery: cfg.CheckEvery,
+		ReplyPeriod: cfg.ReplyPeriod, HandoverTimeout: cfg.HandoverTimeout, CheckEvery: cfg.CheckEvery, RebindPeriods: max(cfg.RebindPeriods, 0),
 		Files: cfg.CheckFiles != nil, Ping: cfg.Ping, Instance: cfg.Instance, StartedMS: cfg.StartedMS, SeqBase: cfg.SeqBase})
 	return &Role{cfg: cfg, hb: hb, ag: agents, switchReq: make(chan chan error), core: c}
 }
@@ -276,6 +283,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			}(out.Scan)
 		}
 		r.publish(ctx, out.Beat, out.Command)
+		r.rebind(ctx, out.Rebind)
 		return End{}, false
 	}
 
@@ -405,6 +413,37 @@ func (r *Role) count(n *uint64) {
 	r.mu.Unlock()
 }
 
+// rebind publishes a rebind on the agents' broker: the envelope the core
+// made, with the failover-sig agents write into their address.yaml, signed
+// with the group key. Without a group key there is nothing an agent would
+// accept, and nothing is sent.
+func (r *Role) rebind(ctx context.Context, env *protocol.Envelope) {
+	if env == nil {
+		return
+	}
+	host, portS, err := net.SplitHostPort(env.Advertise)
+	port, perr := strconv.Atoi(portS)
+	if err != nil || perr != nil {
+		return
+	}
+	e := *env
+	if e.FailoverSig = r.cfg.Signer.TokenSig(e.FailoverID, e.Epoch, host, port); e.FailoverSig == "" {
+		return
+	}
+	e.SentMS = time.Now().UnixMilli()
+	h := e.Headers()
+	body := []byte(`{"command":"rebind"}`)
+	r.cfg.Signer.Sign(r.cfg.Dest.AgentCommand, h, body)
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)
+	defer cancel()
+	if err := r.ag.Publish(pctx, r.cfg.Dest.AgentCommand, h, body); err == nil {
+		r.count(&r.st.RebindsSent)
+		if r.cfg.Sent != nil {
+			r.cfg.Sent("rebind", e)
+		}
+	}
+}
+
 // trusted reports whether an agent's reported token is a server's word: the
 // failover_sig it forwards verifies with the group key over the token and
 // the address it is bound to. Without a group key (insecure) every report
@@ -430,6 +469,10 @@ func (r *Role) decode(m broker.Message) (protocol.Envelope, error) {
 	}
 	return protocol.Decode(m.Headers)
 }
+
+// DefaultRebindPeriods is how many periods from the start of the primary
+// role a rebind goes out with every ping.
+const DefaultRebindPeriods = 10
 
 func truncate(s string, n int) string {
 	if len(s) > n {

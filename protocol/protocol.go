@@ -55,7 +55,19 @@ const (
 	// HStopping: a backup's last reply on a clean stop, so the primary
 	// knows at once that no backup watches it.
 	HStopping = "stopping"
+	// HCommand names an agent command's kind: absent for the periodic
+	// ping, CommandRebind for a rebind (the primary tells agents on their
+	// own hosts to rewrite their address.yaml to advertise, at its token,
+	// with the failover-sig it carries).
+	HCommand = "command"
+	// HFailoverServers (pings): the group's other servers' advertise
+	// addresses, "HOST:PORT,HOST:PORT"; an agent keeps them as
+	// failover_servers and holds a standby subscription on each.
+	HFailoverServers = "failover-servers"
 )
+
+// CommandRebind is the HCommand of a rebind.
+const CommandRebind = "rebind"
 
 // Sentinel errors.
 var (
@@ -109,6 +121,9 @@ type Envelope struct {
 	Bound       string
 	// Stopping (replies): see HStopping.
 	Stopping bool
+	// Command and FailoverServers (agent commands): see HCommand.
+	Command         string
+	FailoverServers []string
 }
 
 // Echoes reports whether e echoes nonce.
@@ -191,6 +206,12 @@ func (e Envelope) Headers() map[string]string {
 	if e.Stopping {
 		h[HStopping] = "true"
 	}
+	if e.Command != "" {
+		h[HCommand] = e.Command
+	}
+	if len(e.FailoverServers) > 0 {
+		h[HFailoverServers] = strings.Join(e.FailoverServers, ",")
+	}
 	return h
 }
 
@@ -257,6 +278,10 @@ func Decode(h map[string]string) (Envelope, error) {
 	e.FailoverSig = h[HFailoverSig]
 	e.Bound = h[HBound]
 	e.Stopping = h[HStopping] == "true"
+	e.Command = h[HCommand]
+	if v := h[HFailoverServers]; v != "" {
+		e.FailoverServers = strings.Split(v, ",")
+	}
 	return e, nil
 }
 
@@ -337,7 +362,7 @@ func (s *Signer) Verify(dest string, h map[string]string, body []byte) error {
 var signed = map[string]bool{
 	HVersion: true, HFailoverID: true, HEpoch: true, HNode: true, HSeq: true, HAdvertise: true,
 	HPeriodMS: true, HRole: true, HSentMS: true, HHandoverTo: true, HMaintenance: true,
-	HInstance: true, HStartedMS: true, HNonce: true, HEcho: true, HFailoverSig: true, HBound: true, HStopping: true,
+	HInstance: true, HStartedMS: true, HNonce: true, HEcho: true, HFailoverSig: true, HBound: true, HStopping: true, HCommand: true, HFailoverServers: true,
 }
 
 func (s *Signer) mac(dest string, h map[string]string, body []byte) []byte {

@@ -113,6 +113,7 @@ type core struct {
 	gen, holdUntil   int
 	holdSince        time.Time
 
+	lastPing time.Time // the last command to the agents
 	// rebindLeft counts the start's rebinds still to send; rebindDue: an
 	// agent behind us reported.
 	rebindLeft int
@@ -137,6 +138,20 @@ type core struct {
 // maxFileError bounds what the registry keeps of an agent's file_error
 // (a report is hostile input: 300 fake agents must not cost 263 MiB).
 const maxFileError = 512
+
+// pingGap is the least time between two pings sent for agents that just
+// bound (each ping reaches every agent of this server).
+const pingGap = 2 * time.Millisecond
+
+// ping puts a command to the agents in out (a new seq: agents refuse a
+// seq they have seen).
+func (c *core) ping(now time.Time, out *Output) {
+	c.seq++
+	c.lastPing = now
+	tok := c.cfg.Token
+	out.Command = &protocol.Envelope{FailoverID: tok.ID, Epoch: tok.Epoch, Node: c.cfg.Node, Seq: c.seq, Role: "primary",
+		FailoverServers: c.failoverServers()}
+}
 
 // failoverServers are the group's other servers an agent should keep a
 // standby subscription on: for a pair, the backup.
@@ -415,6 +430,14 @@ func (c *core) agentStatus(now time.Time, env protocol.Envelope, body []byte, tr
 		// Behind us (new, or down during the takeover): rebind it with the
 		// next ping.
 		c.rebindDue = true
+	} else if prev, known := c.agents[env.Node]; (!known || prev.Epoch != env.Epoch || prev.FailoverID != env.FailoverID) && c.cfg.Ping && c.handoverTo == "" {
+		// An agent that just bound to us (it reports when it connects):
+		// ping at once rather than at the next period, so it is obeying
+		// this server within milliseconds of a takeover. Bounded: one such
+		// ping per pingGap, whatever the size of the fleet.
+		if now.Sub(c.lastPing) >= pingGap {
+			c.ping(now, &out)
+		}
 	}
 	if _, ok := c.agents[env.Node]; !ok && len(c.agents) >= maxAgents {
 		return out

@@ -457,3 +457,28 @@ func TestRebindsGoOutAtTheStartAndForAgentsBehind(t *testing.T) {
 		t.Fatalf("ping %+v: want failover-servers naming the backup", out.Command)
 	}
 }
+
+// An agent that just bound to this primary (it reports on connect) is
+// pinged at once, not at the next period — bounded to one ping per pingGap
+// however many agents connect; each ping has a new seq.
+func TestAnAgentThatJustBoundIsPingedAtOnce(t *testing.T) {
+	c := testCore(false)
+	c.start(at(0), nil)
+	now := at(0.1)
+	out := c.agentStatus(now, protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "ag-1"}, nil, true)
+	if out.Command == nil || out.Command.Seq <= 10 {
+		t.Fatalf("no ping for a newly bound agent: %+v", out.Command)
+	}
+	first := out.Command.Seq
+	if out = c.agentStatus(now.Add(time.Millisecond), protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "ag-2"}, nil, true); out.Command != nil {
+		t.Fatal("a second ping within pingGap")
+	}
+	out = c.agentStatus(now.Add(pingGap+time.Millisecond), protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "ag-3"}, nil, true)
+	if out.Command == nil || out.Command.Seq <= first {
+		t.Fatalf("ping after pingGap: %+v", out.Command)
+	}
+	// An agent already known at our token: no extra ping.
+	if out = c.agentStatus(now.Add(10*pingGap), protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "ag-1"}, nil, true); out.Command != nil {
+		t.Fatal("a ping for an agent already bound")
+	}
+}

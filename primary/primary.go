@@ -367,29 +367,8 @@ func (r *Role) message(m broker.Message, ok bool, ch <-chan broker.Message, h fu
 // publish sends a heartbeat (on the heartbeat channel and every Notify bus)
 // and an agent command (on the agents' broker), stamped at send time.
 func (r *Role) publish(ctx context.Context, beat, cmd *protocol.Envelope) {
-	if beat == nil {
-		return
-	}
-	env := *beat
-	env.SentMS = time.Now().UnixMilli()
-	if r.cfg.Maintenance != nil {
-		env.Maintenance = r.cfg.Maintenance()
-	}
-	h := env.Headers()
-	r.cfg.Signer.Sign(r.cfg.Dest.Heartbeat, h, nil)
-	pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)
-	err := r.hb.Publish(pctx, r.cfg.Dest.Heartbeat, h, nil)
-	for _, n := range r.cfg.Notify {
-		_ = n.Publish(pctx, r.cfg.Dest.Heartbeat, h, nil) // best effort
-	}
-	cancel()
-	if err != nil {
-		r.cfg.Log.WithError(err).Debug("heartbeat not sent")
-	} else {
-		r.count(&r.st.HeartbeatsSent)
-		if r.cfg.Sent != nil {
-			r.cfg.Sent("heartbeat", env)
-		}
+	if beat != nil {
+		r.publishBeat(ctx, *beat)
 	}
 	if cmd == nil {
 		return
@@ -397,13 +376,38 @@ func (r *Role) publish(ctx context.Context, beat, cmd *protocol.Envelope) {
 	ch := cmd.Headers()
 	body := []byte(`{"command":"ping"}`)
 	r.cfg.Signer.Sign(r.cfg.Dest.AgentCommand, ch, body)
-	pctx, cancel = context.WithTimeout(ctx, r.cfg.Period)
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)
 	defer cancel()
 	if err := r.ag.Publish(pctx, r.cfg.Dest.AgentCommand, ch, body); err == nil {
 		r.count(&r.st.CommandsSent)
 		if r.cfg.Sent != nil {
 			r.cfg.Sent("command", *cmd)
 		}
+	}
+}
+
+// publishBeat sends one heartbeat on the heartbeat channel and every
+// Notify bus, stamped at send time.
+func (r *Role) publishBeat(ctx context.Context, env protocol.Envelope) {
+	env.SentMS = time.Now().UnixMilli()
+	if r.cfg.Maintenance != nil {
+		env.Maintenance = r.cfg.Maintenance()
+	}
+	h := env.Headers()
+	r.cfg.Signer.Sign(r.cfg.Dest.Heartbeat, h, nil)
+	pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)
+	defer cancel()
+	err := r.hb.Publish(pctx, r.cfg.Dest.Heartbeat, h, nil)
+	for _, n := range r.cfg.Notify {
+		_ = n.Publish(pctx, r.cfg.Dest.Heartbeat, h, nil) // best effort
+	}
+	if err != nil {
+		r.cfg.Log.WithError(err).Debug("heartbeat not sent")
+		return
+	}
+	r.count(&r.st.HeartbeatsSent)
+	if r.cfg.Sent != nil {
+		r.cfg.Sent("heartbeat", env)
 	}
 }
 

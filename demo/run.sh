@@ -3,7 +3,8 @@
 # short timings (heartbeat every 1s, fail_window 5s). It shows live status,
 # kills the primary with SIGKILL, shows the backup counting the silence,
 # taking over and every agent's address.yaml moving to it, prints the diff of
-# each address.yaml, then stops everything it started. About 20 seconds.
+# each address.yaml and b's role history (tandem history), then stops
+# everything it started. About 20 seconds.
 #
 #   bash demo/run.sh                 # or: make demo
 #   KEEP=1 bash demo/run.sh          # keep the temp dir (configs, data dirs, logs)
@@ -395,5 +396,11 @@ for a in "${AGENTS[@]}"; do
 	diff -u --label "before" --label "after" "$DIR/before/$a.address.yaml" "$(agent_file "$a")" || true
 	echo
 done
+
+# ---- what b's event log recorded ------------------------------------------------
+
+echo "--- tandem history --config b/tandem.yaml: every role change of b, from its event log"
+"$BIN" history --config "$DIR/b/tandem.yaml" | sed 's/^/    /'
+echo
 
 say "stopping every process the demo started"

@@ -324,7 +324,7 @@ func TestRejoinClearsFencedKeepsEpoch(t *testing.T) {
 			t.Errorf("output lacks %q:\n%s", w, out)
 		}
 	}
-	if strings.Contains(out, "WARNING") {
+	if strings.Contains(out, "WARNING: that takeover") {
 		t.Errorf("no agents were rewritten by that takeover, no warning expected:\n%s", out)
 	}
 	if idCmd, _ := failoverid.LoadID(e.data); idCmd != cliTestID {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -20,7 +21,7 @@ import (
 )
 
 func init() {
-	register("status", "show a running server's role, epoch, primary/backup and agents", func(a []string) int { return runStatus(a, os.Stdout, os.Stderr) })
+	register("status", "show a server's role, epoch, primary/backup, agents and warnings (a stopped one's from its data dir)", func(a []string) int { return runStatus(a, os.Stdout, os.Stderr) })
 	register("switchover", "planned handover: the backup takes over now, this primary becomes its backup", func(a []string) int { return runSwitchover(a, os.Stdout, os.Stderr) })
 	register("maintenance", "maintenance on|off: pause or resume automatic failover", func(a []string) int { return runMaintenance(a, os.Stdout, os.Stderr) })
 }
@@ -33,6 +34,9 @@ type adminTarget struct {
 	// token is the admin token (mutating commands only), read from
 	// tokenFile.
 	token, tokenFile string
+	// cfg and cfgPath are the --config server's (nil, "" with --admin).
+	cfg     *config.Config
+	cfgPath string
 }
 
 // adminFlags adds --admin and --config (and, for the commands that change
@@ -58,13 +62,18 @@ func adminFlags(flags *flag.FlagSet, withToken bool) (resolve func() (adminTarge
 		case *admin != "" && *cfgPath != "":
 			return t, errors.New("give --admin or --config, not both")
 		case *admin != "":
-			t.addr = *admin
+			addr, err := parseAdminFlag(*admin)
+			if err != nil {
+				return t, err
+			}
+			t.addr = addr
 		case *cfgPath != "":
 			cfg, err := config.Load(*cfgPath)
 			if err != nil {
 				return t, err
 			}
 			t.addr, dataDir = cfg.Admin, cfg.DataDir
+			t.cfg, t.cfgPath = cfg, *cfgPath
 		default:
 			t.addr = defaultAdmin
 		}
@@ -96,6 +105,45 @@ func adminFlags(flags *flag.FlagSet, withToken bool) (resolve func() (adminTarge
 		t.token = tok
 		return t, nil
 	}
+}
+
+// parseAdminFlag accepts --admin as HOST:PORT, and also as the URL an
+// operator may paste (http://HOST:PORT, with or without a trailing slash
+// or /status): without this, "http://127.0.0.1:61630" became a DNS lookup
+// of the host "http". https:// is refused: the admin API speaks plain HTTP.
+func parseAdminFlag(s string) (string, error) {
+	in := s
+	s = strings.TrimSpace(s)
+	lower := strings.ToLower(s)
+	switch {
+	case strings.HasPrefix(lower, "https://"):
+		return "", fmt.Errorf("--admin %s: the admin API speaks plain HTTP, not HTTPS: give --admin HOST:PORT (e.g. %s)", in, defaultAdmin)
+	case strings.HasPrefix(lower, "http://"):
+		s = s[len("http://"):]
+		if i := strings.IndexByte(s, '/'); i >= 0 {
+			switch strings.TrimRight(s[i:], "/") {
+			case "", "/status":
+			default:
+				return "", fmt.Errorf("--admin %s: expected HOST:PORT (e.g. %s), not a URL with the path %s", in, defaultAdmin, s[i:])
+			}
+			s = s[:i]
+		}
+	case strings.Contains(s, "://"):
+		return "", fmt.Errorf("--admin %s: expected HOST:PORT (e.g. %s)", in, defaultAdmin)
+	default:
+		s = strings.TrimRight(s, "/")
+	}
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "", fmt.Errorf("--admin %s: expected HOST:PORT (e.g. %s; IPv6 as [::1]:61630)", in, defaultAdmin)
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "", fmt.Errorf("--admin %s: the port must be a number 1-65535", in)
+	}
+	if strings.ContainsAny(host, "/ \t") {
+		return "", fmt.Errorf("--admin %s: expected HOST:PORT (e.g. %s)", in, defaultAdmin)
+	}
+	return net.JoinHostPort(host, port), nil
 }
 
 // dialable turns a listen address with an empty or unspecified host
@@ -196,6 +244,13 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 Shows a running server's role, epoch, the primary it watches (backup) or
 whether a backup is configured (primary), maintenance mode, agents, warnings
 and, when something needs doing, the runbook step.
+
+With --config, when the server does not answer and no server holds its data
+dir, it shows the stopped server from its data dir instead: "server NODE is
+STOPPED", the last role and epoch (state.json), fenced_by and the rejoin
+step, an interrupted takeover, primary_location, maintenance, the last role
+change (event log) and what the next start does. --json then prints the
+status object with "role": "stopped", "last_role" and "running": false.
 `, args, stdout, stderr, false, func(fs *flag.FlagSet) { asJSON = fs.Bool("json", false, "print the status JSON object") })
 	if !ok {
 		return code
@@ -211,7 +266,11 @@ and, when something needs doing, the runbook step.
 	}
 	var s node.Status
 	var raw json.RawMessage
-	if _, err := call(http.MethodGet, target, "/status", "", &raw); err != nil {
+	if code, err := call(http.MethodGet, target, "/status", "", &raw); err != nil {
+		if code == 0 && target.cfg != nil {
+			// Nothing answers: a stopped server's status is in its data dir.
+			return statusOffline(target, *asJSON, stdout, stderr, err)
+		}
 		fmt.Fprintln(stderr, "tandem status:", err)
 		return exitRuntime
 	}

@@ -53,7 +53,11 @@ func dispatch(args []string, stdout, stderr io.Writer) int {
 	}
 	c, ok := commands[args[0]]
 	if !ok {
-		fmt.Fprintf(stderr, "tandem: unknown command %q (see tandem --help)\n", args[0])
+		if s := suggestCommand(args[0]); s != "" {
+			fmt.Fprintf(stderr, "tandem: unknown command %q: did you mean %q? (see tandem --help)\n", args[0], s)
+		} else {
+			fmt.Fprintf(stderr, "tandem: unknown command %q (see tandem --help)\n", args[0])
+		}
 		return exitUsage
 	}
 	return c.run(args[1:])
@@ -86,4 +90,52 @@ func helpOut(args []string, stdout, stderr io.Writer) io.Writer {
 		}
 	}
 	return stderr
+}
+
+// suggestCommand is the registered command closest to name (edit
+// distance at most 2, and less than half the name), or "" when none is:
+// "stauts" gives "status", "histroy" "history".
+func suggestCommand(name string) string {
+	name = strings.ToLower(name)
+	best, bestD := "", 1<<30
+	for n := range commands {
+		d := editDistance(name, n)
+		if strings.HasPrefix(n, name) && len(name) >= 3 {
+			d = 1 // "hist" → "history"
+		}
+		if d > 2 || 2*d >= len(n) {
+			continue
+		}
+		if d < bestD || d == bestD && n < best {
+			best, bestD = n, d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance, counting a swap of two
+// neighbouring letters ("stauts") as one edit.
+func editDistance(a, b string) int {
+	ra, rb := []rune(a), []rune(b)
+	d := make([][]int, len(ra)+1)
+	for i := range d {
+		d[i] = make([]int, len(rb)+1)
+		d[i][0] = i
+	}
+	for j := range d[0] {
+		d[0][j] = j
+	}
+	for i := 1; i <= len(ra); i++ {
+		for j := 1; j <= len(rb); j++ {
+			cost := 1
+			if ra[i-1] == rb[j-1] {
+				cost = 0
+			}
+			d[i][j] = min(d[i-1][j]+1, d[i][j-1]+1, d[i-1][j-1]+cost)
+			if i > 1 && j > 1 && ra[i-1] == rb[j-2] && ra[i-2] == rb[j-1] {
+				d[i][j] = min(d[i][j], d[i-2][j-2]+1)
+			}
+		}
+	}
+	return d[len(ra)][len(rb)]
 }

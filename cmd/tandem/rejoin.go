@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
+	"time"
 
 	"github.com/tandem-ha/tandem/config"
 	"github.com/tandem-ha/tandem/failoverid"
@@ -32,10 +34,30 @@ primary after a failover. It:
 Then start the server; it runs as a backup and heartbeats with the primary.
 
 The server must be stopped (the command asks the admin address first).
+It also connects to HOST:PORT (TCP, 2 s) and prints a WARNING when nothing
+answers there; it rejoins anyway (the primary may be down for maintenance).
 
 Exit codes: 0 ok, 1 runtime failure or the server is running, 2 bad usage,
 bad config, bad --primary or a corrupt state.json (nothing is written).
 `
+
+// primaryProbeTimeout bounds rejoin's TCP connect to --primary.
+var primaryProbeTimeout = 2 * time.Second
+
+// probePrimary connects to the primary's broker at hostport (TCP only,
+// nothing sent) and closes the connection. Loopback addresses are dialed
+// as given: a pair on one host (the demo, tests) works the same.
+func probePrimary(hostport string) error {
+	conn, err := net.DialTimeout("tcp", hostport, primaryProbeTimeout)
+	if err != nil {
+		var op *net.OpError
+		if errors.As(err, &op) && op.Err != nil {
+			return op.Err
+		}
+		return err
+	}
+	return conn.Close()
+}
 
 func runRejoin(args []string, stdout, stderr io.Writer) int {
 	c := newOfflineCmd("rejoin", rejoinUsage, stdout, stderr)
@@ -66,6 +88,12 @@ func runRejoin(args []string, stdout, stderr io.Writer) int {
 	if code, refused := c.refuseIfRunning(cfg); refused {
 		return code
 	}
+	// Does the named primary answer? Only a warning: it may be down for
+	// maintenance, and the backup waits for its heartbeats anyway.
+	var warnings []string
+	if err := probePrimary(loc); err != nil {
+		warnings = append(warnings, fmt.Sprintf("nothing answers at %s (%v): is the primary's server running, and is --primary its advertise address? Rejoined anyway: once started, this backup waits for its heartbeats and never takes over from a primary it has not heard", loc, err))
+	}
 
 	// primary_location first: a crash before state.json is saved leaves a
 	// node that starts as a backup (and rejoin can simply be run again),
@@ -87,7 +115,6 @@ func runRejoin(args []string, stdout, stderr io.Writer) int {
 		return c.fail(exitRuntime, "remove %s: %v", dormant, err)
 	}
 
-	var warnings []string
 	next := st
 	if st.FencedBy != nil {
 		done = append(done, fmt.Sprintf("cleared the fenced mark (fenced by %s)", st.FencedBy))

@@ -57,6 +57,7 @@ func (n *Node) Status() Status {
 			s.Warnings = append(s.Warnings, fmt.Sprintf("%d agent status report(s) failed verification (the last from agent %q): that agent's --secret-file differs from this server's secret", ps.AgentSignatureFails, ps.LastBadAgent))
 		}
 		s.Agents.Connected = prim.ConnectedAgents()
+		s.Agents.Remote, s.Agents.Bound = n.rosterCounts(prim.Agents(), s.FailoverID, s.Epoch)
 	}
 	if back != nil {
 		bs := back.Status()
@@ -181,4 +182,23 @@ func (n *Node) backupWarnings(bs backup.Status, ch ChannelInfo, why string) []st
 			(time.Duration(bs.SilentForMS)*time.Millisecond).Round(100*time.Millisecond), (time.Duration(bs.TakeoverInMS)*time.Millisecond).Round(100*time.Millisecond)))
 	}
 	return w
+}
+
+// rosterCounts are status's agents.remote and agents.bound on a primary:
+// the agents of the roster it inherited (DATA/roster.json) and of its own
+// registry, and how many of them report to it at its token.
+func (n *Node) rosterCounts(live []primary.AgentView, id string, epoch uint64) (remote, bound int) {
+	n.mu.Lock()
+	seen := make(map[string]bool, len(n.inherited)+len(live))
+	for id := range n.inherited {
+		seen[id] = true
+	}
+	n.mu.Unlock()
+	for _, a := range live {
+		seen[a.ID] = true
+		if a.Connected && a.FailoverID == id && a.Epoch == epoch {
+			bound++
+		}
+	}
+	return len(seen), bound
 }

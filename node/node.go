@@ -132,10 +132,11 @@ type Node struct {
 	started   time.Time
 	takeovers uint64
 	runbook   string
-	roleSince time.Time // when the current role began
-	roleWhy   string    // why
-	decision  string    // why the takeover under way was decided
-	hookWarn  string    // the last failed hook, until the next takeover
+	roleSince time.Time       // when the current role began
+	roleWhy   string          // why
+	decision  string          // why the takeover under way was decided
+	hookWarn  string          // the last failed hook, until the next takeover
+	inherited map[string]bool // the roster's agent ids when this primary started
 	// nextReason is why the next role begins, when the last one ended on
 	// purpose (switchover, clean-stop).
 	nextReason string

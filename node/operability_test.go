@@ -1,6 +1,7 @@
 package node
 
 import (
+	"context"
 	"os"
 	"path/filepath"
 	"strings"
@@ -216,4 +217,41 @@ func TestMisconfigurationsThatValidateAreWarnings(t *testing.T) {
 	c.waitRole(0, RolePrimary)
 	c.waitWarning(0, "match no file")
 	c.waitWarning(0, "has no port")
+}
+
+// The primary's roster (every agent it heard, agents on their own hosts
+// included) reaches its backup, which keeps it in DATA/roster.json; after
+// a takeover the new primary's status counts them (agents.remote) and how
+// many already report to it (agents.bound).
+func TestTheRosterReachesTheBackupAndSurvivesTheTakeover(t *testing.T) {
+	c := makeCluster(t, clusterOptions{nodes: 2, agents: 1})
+	c.startPair()
+	primaryID := c.nodes[0].n.Status().FailoverID
+	agent := c.hub.Client("remote-agent")
+	report := func(id string) {
+		env := protocol.Envelope{FailoverID: primaryID, Epoch: 1, Node: id, Role: "agent"}
+		if err := agent.Publish(context.Background(), protocol.NewDestinations("").AgentStatus, env.Headers(), []byte(`{"path":"/var/lib/datastax-agent/conf/address.yaml"}`)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		report("cassandra-7")
+		ro, err := LoadRoster(c.nodes[1].dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ro.Agents) == 1 && ro.Agents[0].ID == "cassandra-7" && ro.From == primaryID {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("roster on the backup: %+v", ro)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	c.stop(0)
+	s := c.waitRole(1, RolePrimary)
+	if s.Agents.Remote != 1 || s.Agents.Bound != 0 {
+		t.Fatalf("agents after the takeover: %+v; want 1 remote, 0 bound", s.Agents)
+	}
 }

@@ -51,6 +51,17 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		}
 	}
 	n.setRole(RolePrimary, ch)
+	if ro, err := LoadRoster(n.cfg.DataDir); err != nil {
+		n.entry().WithError(err).Warn("the roster of agents is unreadable: agents on their own hosts are known once they report")
+	} else {
+		ids := make(map[string]bool, len(ro.Agents))
+		for _, a := range ro.Agents {
+			ids[a.ID] = true
+		}
+		n.mu.Lock()
+		n.inherited = ids
+		n.mu.Unlock()
+	}
 
 	// The role's context outlives a stop request by as long as a clean
 	// stop's handover takes (stopHandover); it ends with the role.
@@ -133,6 +144,24 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 	n.mu.Lock()
 	n.prim = role
 	n.mu.Unlock()
+	// The roster goes to the backups every few periods: after a takeover
+	// the new primary knows whom to expect.
+	work.Add(1)
+	go func() {
+		defer work.Done()
+		t := n.clock.NewTicker(rosterEvery(n.cfg.Heartbeat.Period))
+		defer t.Stop()
+		for {
+			select {
+			case <-rctx.Done():
+				return
+			case <-t.C():
+				if role.Status().BackupConfigured {
+					n.sendRoster(rctx, hb, role.Agents(), n.id, st.Epoch, uint64(time.Now().UnixMilli()))
+				}
+			}
+		}
+	}()
 	runDone := make(chan struct{})
 	work.Add(1)
 	go func() {

@@ -68,6 +68,11 @@ type AgentsStatus struct {
 	Failed    int `json:"failed"`
 	// Connected counts agents that reported to this primary recently.
 	Connected int `json:"connected"`
+	// Remote counts the agents of the roster (agents on their own hosts
+	// included: every agent the primary heard, as the backup received it)
+	// and Bound those of them reporting to this server at its token.
+	Remote int `json:"remote"`
+	Bound  int `json:"bound"`
 	// Tampered counts managed files that claim a token without a valid
 	// server signature (failover_sig): they fence nobody.
 	Tampered int `json:"tampered,omitempty"`

@@ -50,6 +50,20 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 	n.mu.Lock()
 	n.back = role
 	n.mu.Unlock()
+	// The primary's roster, kept in DATA/roster.json.
+	if rsub, err := link.Subscribe(n.dest.Roster); err == nil {
+		recv := &rosterReceiver{n: n}
+		rdone := make(chan struct{})
+		go func() {
+			defer close(rdone)
+			for m := range rsub.C() {
+				if err := recv.receive(m, role.Status().Primary.FailoverID); err != nil {
+					n.entry().WithError(err).Debug("roster message ignored")
+				}
+			}
+		}()
+		defer func() { rsub.Close(); <-rdone }()
+	}
 	defer func() {
 		n.mu.Lock()
 		n.back = nil

@@ -77,9 +77,11 @@ var (
 	ErrBadSignature  = errors.New("protocol: bad signature")
 )
 
-// Destinations names the four channels.
+// Destinations names the channels.
 type Destinations struct {
 	Heartbeat, Reply, AgentStatus, AgentCommand string
+	// Roster carries the primary's roster of agents to its backups.
+	Roster string
 }
 
 // NewDestinations derives the destinations from a prefix ("" = DefaultPrefix).
@@ -92,6 +94,7 @@ func NewDestinations(prefix string) Destinations {
 		Reply:        prefix + "heartbeat-reply",
 		AgentStatus:  prefix + "agent-status",
 		AgentCommand: prefix + "agent-command",
+		Roster:       prefix + "roster",
 	}
 }
 

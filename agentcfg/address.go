@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -28,9 +30,22 @@ const (
 	// failover_epoch, stomp_interface and stomp_port: what makes the token
 	// in the file a server's word rather than the file owner's.
 	KeyFailoverSig = "failover_sig"
+	// KeyFailoverServers lists the group's other servers, "HOST:PORT,HOST:PORT":
+	// the agent keeps a standby subscription on each (a new primary reaches
+	// it there with a rebind). The agent learns it from its primary's pings
+	// (SetFailoverServers); an operator may also write it. The token
+	// rewrites (Edit, CompareAndSwap, RewriteAll) never touch it.
+	KeyFailoverServers = "failover_servers"
 )
 
-var knownKeys = []string{KeyStompInterface, KeyStompPort, KeyUseSSL, KeyFailoverID, KeyFailoverEpoch, KeyFailoverSig}
+var knownKeys = []string{KeyStompInterface, KeyStompPort, KeyUseSSL, KeyFailoverID, KeyFailoverEpoch, KeyFailoverSig, KeyFailoverServers}
+
+// MaxFailoverServers and MaxFailoverServersLen bound failover_servers: at
+// most 16 entries and 1 KiB of text.
+const (
+	MaxFailoverServers    = 16
+	MaxFailoverServersLen = 1 << 10
+)
 
 // maxSigLen bounds failover_sig (an Ed25519 signature is 128 hex digits).
 const maxSigLen = 256
@@ -116,6 +131,7 @@ const (
 	wantUUID  = "a canonical UUID (xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx)"
 	wantEpoch = "an unsigned integer"
 	wantScal  = "a scalar"
+	wantSrv   = "HOST:PORT,HOST:PORT (at most 16 servers, 1 KiB)"
 )
 
 // Address is the typed view of an agent's address.yaml.
@@ -130,6 +146,18 @@ type Address struct {
 	// verified here: whoever trusts the token checks it with the group's
 	// public key.
 	FailoverSig string
+	// FailoverServers is failover_servers split into HOST:PORT entries
+	// (IPv6 hosts in brackets), in the file's order, without duplicates;
+	// nil when absent or empty.
+	FailoverServers []string
+}
+
+// Equal reports whether a and b hold the same values (Address is not
+// comparable with == since it holds a list).
+func (a Address) Equal(b Address) bool {
+	return a.StompInterface == b.StompInterface && a.StompPort == b.StompPort && a.UseSSL == b.UseSSL &&
+		a.FailoverID == b.FailoverID && a.FailoverEpoch == b.FailoverEpoch && a.HasEpoch == b.HasEpoch &&
+		a.FailoverSig == b.FailoverSig && slices.Equal(a.FailoverServers, b.FailoverServers)
 }
 
 // Parse validates an address.yaml and returns its typed view. A missing
@@ -360,8 +388,59 @@ func (d *doc) address() (Address, error) {
 		}
 		a.FailoverSig = v
 	}
+
+	if v, line, ok, err = d.scalar(KeyFailoverServers); err != nil {
+		return Address{}, err
+	} else if ok {
+		list, err := ParseFailoverServers(v)
+		if err != nil {
+			return Address{}, &ValueError{Key: KeyFailoverServers, Want: wantSrv, Got: v, Line: line}
+		}
+		a.FailoverServers = list
+	}
 	return a, nil
 }
+
+// ParseFailoverServers parses a failover_servers value (also the
+// failover-servers header of a ping): HOST:PORT entries separated by commas,
+// blanks around an entry ignored, IPv6 hosts in brackets. Each host is a
+// host name or IP address and each port 1-65535; at most
+// MaxFailoverServers entries and MaxFailoverServersLen bytes. Duplicates are
+// dropped (the first is kept). "" is no servers (nil). Errors wrap
+// ErrInvalidValue.
+func ParseFailoverServers(s string) ([]string, error) {
+	if len(s) > MaxFailoverServersLen {
+		return nil, fmt.Errorf("%w: %s: longer than %d bytes", ErrInvalidValue, KeyFailoverServers, MaxFailoverServersLen)
+	}
+	if strings.TrimSpace(s) == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, e := range strings.Split(s, ",") {
+		e = strings.Trim(e, " \t")
+		host, port, err := net.SplitHostPort(e)
+		if err != nil || !validHost(host) {
+			return nil, fmt.Errorf("%w: %s: %q: expected HOST:PORT", ErrInvalidValue, KeyFailoverServers, e)
+		}
+		p, ok := parsePort(port)
+		if !ok {
+			return nil, fmt.Errorf("%w: %s: %q: expected a port 1-65535", ErrInvalidValue, KeyFailoverServers, e)
+		}
+		hp := net.JoinHostPort(host, strconv.Itoa(p))
+		if slices.Contains(out, hp) {
+			continue
+		}
+		if len(out) == MaxFailoverServers {
+			return nil, fmt.Errorf("%w: %s: more than %d servers", ErrInvalidValue, KeyFailoverServers, MaxFailoverServers)
+		}
+		out = append(out, hp)
+	}
+	return out, nil
+}
+
+// FormatFailoverServers is the failover_servers value for a list
+// (comma-separated, as ParseFailoverServers reads it).
+func FormatFailoverServers(list []string) string { return strings.Join(list, ",") }
 
 func isHexDigit(r rune) bool {
 	return ('0' <= r && r <= '9') || ('a' <= r && r <= 'f') || ('A' <= r && r <= 'F')

@@ -253,11 +253,19 @@ func CompareAndSwap(path string, u Update, force bool) Result {
 // CompareAndSwapWith is CompareAndSwap for one file with the options of a
 // batch: Force, MaxFileSize and LockTimeout (the others are ignored).
 func CompareAndSwapWith(path string, u Update, opt BatchOptions) Result {
-	r := Result{Path: path}
 	if err := u.Validate(); err != nil {
-		r.Outcome, r.Err = Failed, err
-		return r
+		return Result{Path: path, Outcome: Failed, Err: err}
 	}
+	return rewriteLocked(path, opt, func(r *Result, t *target) ([]byte, *unix.Stat_t) {
+		return decide(r, t, u, opt.Force, opt.MaxFileSize)
+	})
+}
+
+// rewriteLocked is one file's locked read-decide-write: under the exclusive
+// flock on LockPath(target), decide computes the new content (nil: nothing
+// to write, r.Outcome set), which is then written atomically and durably.
+func rewriteLocked(path string, opt BatchOptions, decide func(r *Result, t *target) ([]byte, *unix.Stat_t)) Result {
+	r := Result{Path: path}
 	t, err := openTarget(path)
 	if err != nil {
 		r.Outcome, r.Err = Failed, err
@@ -270,7 +278,7 @@ func CompareAndSwapWith(path string, u Update, opt BatchOptions) Result {
 		return r
 	}
 	defer l.unlock()
-	out, st := decide(&r, t, u, opt.Force, opt.MaxFileSize)
+	out, st := decide(&r, t)
 	if out == nil {
 		return r
 	}

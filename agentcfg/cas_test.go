@@ -85,7 +85,7 @@ func TestCompareAndSwap(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if a != r.After || a.FailoverEpoch != tt.epoch || a.FailoverID != testID || a.StompInterface != "10.0.0.2" {
+			if !a.Equal(r.After) || a.FailoverEpoch != tt.epoch || a.FailoverID != testID || a.StompInterface != "10.0.0.2" {
 				t.Fatalf("after = %+v, result %+v", a, r.After)
 			}
 			if !strings.Contains(got, "# primary") || !strings.Contains(got, "local_interface: 10.9.9.9") {
@@ -223,7 +223,7 @@ func TestRewriteAll(t *testing.T) {
 			}
 			continue
 		}
-		if a, err := ReadFile(r.Path); err != nil || a != r.After || a.FailoverEpoch != 7 {
+		if a, err := ReadFile(r.Path); err != nil || !a.Equal(r.After) || a.FailoverEpoch != 7 {
 			t.Fatalf("%s: %+v %v", r.Path, a, err)
 		}
 	}

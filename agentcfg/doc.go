@@ -8,9 +8,13 @@
 // address.yaml is a YAML mapping. agentcfg reads stomp_interface (a host
 // name or IP address, required), stomp_port (1-65535, default DefaultPort),
 // use_ssl (0, 1, true or false) and tandem's fencing keys failover_id (a
-// canonical UUID) and failover_epoch (an unsigned integer). Numbers may be
-// plain or quoted. An owned key may appear only once; other keys are never
-// interpreted.
+// canonical UUID) and failover_epoch (an unsigned integer), the server's
+// failover_sig over them, and failover_servers ("HOST:PORT,HOST:PORT", the
+// group's other servers, where the agent keeps standby subscriptions; at
+// most 16, 1 KiB). Numbers may be plain or quoted. An owned key may appear
+// only once; other keys are never interpreted. The token rewrites never
+// touch failover_servers, and SetFailoverServers (the agent learning its
+// primary's group) never touches the token.
 //
 // # Editing
 //

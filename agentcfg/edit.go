@@ -74,30 +74,51 @@ type splice struct {
 	text       string
 }
 
+// setKey is one owned key an edit sets.
+type setKey struct {
+	key      string
+	val      string
+	isString bool
+	equal    func(string) bool
+}
+
 func (d *doc) edit(u Update) ([]byte, Address, error) {
 	if err := u.Validate(); err != nil {
 		return nil, Address{}, err
 	}
 	id, _ := parseUUID(u.FailoverID)
-	want := []struct {
-		key      string
-		val      string
-		isString bool
-		equal    func(string) bool
-	}{
+	want := []setKey{
 		{KeyStompInterface, u.StompInterface, true, func(s string) bool { return s == u.StompInterface }},
 		{KeyStompPort, strconv.Itoa(u.StompPort), false, func(s string) bool { p, ok := parsePort(s); return ok && p == u.StompPort }},
 		{KeyFailoverID, id, true, func(s string) bool { v, ok := parseUUID(s); return ok && v == id }},
 		{KeyFailoverEpoch, strconv.FormatUint(u.Epoch, 10), false, func(s string) bool { e, ok := parseEpoch(s); return ok && e == u.Epoch }},
 	}
 	if u.FailoverSig != "" {
-		want = append(want, struct {
-			key      string
-			val      string
-			isString bool
-			equal    func(string) bool
-		}{KeyFailoverSig, u.FailoverSig, true, func(s string) bool { return s == u.FailoverSig }})
+		want = append(want, setKey{KeyFailoverSig, u.FailoverSig, true, func(s string) bool { return s == u.FailoverSig }})
 	}
+	out, changed, err := d.set(want)
+	if err != nil {
+		return nil, Address{}, err
+	}
+	if !changed {
+		// Already identical. Still insist the file is valid as a whole.
+		a, err := d.address()
+		if err != nil {
+			return nil, Address{}, err
+		}
+		return d.data, a, nil
+	}
+	a, err := d.check(out, u)
+	if err != nil {
+		return nil, Address{}, err
+	}
+	return out, a, nil
+}
+
+// set computes the text with every key of want set: a value that differs is
+// replaced in place, a missing key appended. changed is false (and out is
+// d.data) when every value is already equal. The caller checks the result.
+func (d *doc) set(want []setKey) (out []byte, changed bool, err error) {
 	var idx *lineIndex
 	var splices []splice
 	var missing []string
@@ -112,24 +133,19 @@ func (d *doc) edit(u Update) ([]byte, Address, error) {
 		}
 		s, err := d.replace(idx, p, w.key, w.val, w.isString, w.equal)
 		if err != nil {
-			return nil, Address{}, err
+			return nil, false, err
 		}
 		if s != nil {
 			splices = append(splices, *s)
 		}
 	}
 	if len(splices) == 0 && len(missing) == 0 {
-		// Already identical. Still insist the file is valid as a whole.
-		a, err := d.address()
-		if err != nil {
-			return nil, Address{}, err
-		}
-		return d.data, a, nil
+		return d.data, false, nil
 	}
-	out := applySplices(d.data, splices)
+	out = applySplices(d.data, splices)
 	if len(missing) > 0 {
 		if d.root != nil && d.root.Style&yaml.FlowStyle != 0 {
-			return nil, Address{}, fmt.Errorf("%w: cannot add %s to a flow-style top-level mapping; add it by hand or use block style",
+			return nil, false, fmt.Errorf("%w: cannot add %s to a flow-style top-level mapping; add it by hand or use block style",
 				ErrUnsupported, strings.SplitN(missing[0], ":", 2)[0])
 		}
 		eol := "\n"
@@ -157,11 +173,7 @@ func (d *doc) edit(u Update) ([]byte, Address, error) {
 		}
 		out = append(append(out[:at:at], b.String()...), tail...)
 	}
-	a, err := d.check(out, u)
-	if err != nil {
-		return nil, Address{}, err
-	}
-	return out, a, nil
+	return out, true, nil
 }
 
 // replace computes the splice that sets an existing owned key, or nil when
@@ -252,6 +264,12 @@ func (d *doc) check(out []byte, u Update) (Address, error) {
 	newSSL, _, _, _ := d2.scalar(KeyUseSSL)
 	if oldSSL != newSSL {
 		return Address{}, fmt.Errorf("%w: use_ssl changed from %q to %q", ErrSelfCheck, oldSSL, newSSL)
+	}
+	// Nor is failover_servers.
+	oldSrv, _, _, _ := d.scalar(KeyFailoverServers)
+	newSrv, _, _, _ := d2.scalar(KeyFailoverServers)
+	if oldSrv != newSrv {
+		return Address{}, fmt.Errorf("%w: failover_servers changed from %q to %q", ErrSelfCheck, oldSrv, newSrv)
 	}
 	if a, b := otherKeys(d), otherKeys(d2); a != b {
 		return Address{}, fmt.Errorf("%w: other keys changed", ErrSelfCheck)

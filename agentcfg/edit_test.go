@@ -24,9 +24,9 @@ func TestParse(t *testing.T) {
 	}{
 		{"minimal", "stomp_interface: host1\n", Address{StompInterface: "host1", StompPort: DefaultPort}, "", nil},
 		{"all keys", "stomp_interface: 10.0.0.1\nstomp_port: 61621\nuse_ssl: 1\nfailover_id: " + testID + "\nfailover_epoch: 42\n",
-			Address{"10.0.0.1", 61621, true, testID, 42, true, ""}, "", nil},
+			Address{"10.0.0.1", 61621, true, testID, 42, true, "", nil}, "", nil},
 		{"quoted", "stomp_interface: \"h\"\nstomp_port: '61621'\nuse_ssl: \"true\"\nfailover_epoch: \"3\"\n",
-			Address{"h", 61621, true, "", 3, true, ""}, "", nil},
+			Address{"h", 61621, true, "", 3, true, "", nil}, "", nil},
 		{"uppercase uuid", "stomp_interface: h\nfailover_id: " + strings.ToUpper(testID) + "\n",
 			Address{StompInterface: "h", StompPort: DefaultPort, FailoverID: testID}, "", nil},
 		{"ipv6", "stomp_interface: \"::1\"\n", Address{StompInterface: "::1", StompPort: DefaultPort}, "", nil},
@@ -68,7 +68,7 @@ func TestParse(t *testing.T) {
 				if err != nil {
 					t.Fatalf("Parse: %v", err)
 				}
-				if got != tt.want {
+				if !got.Equal(tt.want) {
 					t.Fatalf("Parse = %+v, want %+v", got, tt.want)
 				}
 				return

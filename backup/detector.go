@@ -150,6 +150,10 @@ func (d *Detector) Primary() PrimaryView { return d.primary }
 // SeenEpoch is the highest epoch seen on the channel.
 func (d *Detector) SeenEpoch() uint64 { return d.seenEpoch }
 
+// PrimaryMaintenance reports whether the primary's heartbeats announce
+// maintenance (set there).
+func (d *Detector) PrimaryMaintenance() bool { return d.primaryMaint }
+
 // Maintenance reports whether automatic takeover is paused, here or by the
 // primary's announcement.
 func (d *Detector) Maintenance() bool { return d.maintenance || d.primaryMaint }

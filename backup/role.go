@@ -75,6 +75,8 @@ type Status struct {
 	// TakeoverInMS counts down to the takeover while a heard primary is
 	// silent; -1 when none is coming (maintenance, never heard).
 	TakeoverInMS int64
+	// PrimaryMaintenance: the primary announces maintenance (set there).
+	PrimaryMaintenance bool
 	// Unknown is the last server heard that is not the watched primary
 	// (another failover id on the channel), "" if none.
 	Unknown string
@@ -134,6 +136,7 @@ func (r *Role) Status() Status {
 		s.SeenEpoch = r.det.SeenEpoch()
 		s.SilentForMS = r.det.SilentFor(now).Milliseconds()
 		s.Heard = r.det.Heard()
+		s.PrimaryMaintenance = r.det.PrimaryMaintenance()
 		s.TakeoverInMS = -1
 		if left, ok := r.det.TakeoverIn(now); ok {
 			s.TakeoverInMS = left.Milliseconds()

@@ -23,6 +23,8 @@ func (n *Node) Status() Status {
 		Maintenance: st.Maintenance, Advertise: n.advertise, Listen: n.BrokerAddr,
 		HeartbeatChannel: ChannelInfo{URL: n.channel.url, Connected: n.channel.up},
 		Runbook:          n.runbook, Warnings: []string{}, Version: version.Version,
+		Heartbeat: HeartbeatTiming{PeriodMS: n.cfg.Heartbeat.Period.Milliseconds(), ReplyPeriodMS: n.cfg.Heartbeat.ReplyPeriod.Milliseconds(),
+			FailWindowMS: n.cfg.Heartbeat.FailWindow.Milliseconds()},
 	}
 	if !n.started.IsZero() {
 		s.UptimeMS = n.clock.Now().Sub(n.started).Milliseconds()
@@ -37,7 +39,7 @@ func (n *Node) Status() Status {
 		s.Takeover = &Takeover{Epoch: j.Epoch, Reason: j.Reason, Step: j.Step}
 	}
 	if f := st.FencedBy; f != nil && n.role == RoleFenced {
-		s.FencedBy = &PeerStatus{FailoverID: f.ID, Epoch: f.Epoch}
+		s.FencedBy = &PeerStatus{FailoverID: f.ID, Epoch: f.Epoch, Node: n.fencedBy.Node, Address: n.fencedBy.Address}
 	}
 	prim, back := n.prim, n.back
 	n.mu.Unlock()
@@ -64,7 +66,7 @@ func (n *Node) Status() Status {
 		s.Maintenance = bs.Maintenance
 		s.Primary = &PrimaryStatus{Node: bs.Primary.Node, FailoverID: bs.Primary.FailoverID, Epoch: bs.Primary.Epoch,
 			Advertise: bs.Primary.Advertise, LastHeartbeatAgeMS: bs.LastHeartbeatAgeMS, SilentForMS: bs.SilentForMS,
-			Heard: bs.Heard, TakeoverInMS: bs.TakeoverInMS}
+			Heard: bs.Heard, TakeoverInMS: bs.TakeoverInMS, Maintenance: bs.PrimaryMaintenance}
 		if s.Maintenance {
 			s.Warnings = append(s.Warnings, "maintenance mode: automatic failover is paused (tandem maintenance off to resume)")
 		}

@@ -95,6 +95,9 @@ func (n *Node) fenced(ctx context.Context, end primary.End) error {
 	if err := n.save(func(s *failoverid.State) { s.FencedBy = &by; s.Role = "fenced"; s.Takeover = nil }); err != nil {
 		n.entry().WithError(err).Error("could not record the fence in state.json")
 	}
+	n.mu.Lock()
+	n.fencedBy = failoverid.Peer{Node: end.ByNode, FailoverID: by.ID, Epoch: by.Epoch, Address: end.ByAdvertise}
+	n.mu.Unlock()
 	n.setRole(RoleFenced, roleChange{Reason: "fence", From: n.cfg.Node, To: end.ByNode, Runbook: rb,
 		Why: fmt.Sprintf("fenced by %s at epoch %d: %s", nonEmpty(end.ByNode, by.ID), by.Epoch, end.Reason)})
 	n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindFenced, FailoverID: by.ID, Epoch: by.Epoch, Detail: end.Reason})

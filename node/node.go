@@ -137,6 +137,7 @@ type Node struct {
 	decision  string          // why the takeover under way was decided
 	hookWarn  string          // the last failed hook, until the next takeover
 	inherited map[string]bool // the roster's agent ids when this primary started
+	fencedBy  failoverid.Peer // who fenced this node (node, address), for status
 	// nextReason is why the next role begins, when the last one ended on
 	// purpose (switchover, clean-stop).
 	nextReason string

@@ -186,7 +186,7 @@ func TestATakeoverIsRecordedWithItsReasonAndPhases(t *testing.T) {
 				t.Fatalf("a %s line without event_log_messages", e.Kind)
 			}
 		}
-		want := []string{"backup/start/>", "taking-over/failover/n0>", "primary/failover/n0>n1"}
+		want := []string{"backup/start/>", "taking-over/failover/n0>n1", "primary/failover/n0>n1"}
 		if strings.Join(roles, " ") == strings.Join(want, " ") && phases != nil {
 			if _, ok := phases[PhaseFilesRewritten]; !ok {
 				t.Fatalf("phases %v", phases)

@@ -224,6 +224,10 @@ func (n *Node) stopHandover(role *primary.Role, runDone <-chan struct{}) {
 		return
 	}
 	st := role.Status()
+	if st.BackupMaintenance {
+		n.entry().Info("clean stop while the backup is in maintenance mode: no handover")
+		return
+	}
 	if !st.BackupConfigured || st.Backup == nil {
 		n.entry().Warn("clean stop with no backup replying: no handover (the agents wait for this server's return)")
 		return

@@ -27,7 +27,9 @@ type Status struct {
 	Why      string   `json:"why,omitempty"`
 	Warnings []string `json:"warnings"`
 	UptimeMS int64    `json:"uptime_ms"`
-	Version  string   `json:"version"`
+	// Heartbeat is this node's timing.
+	Heartbeat HeartbeatTiming `json:"heartbeat"`
+	Version   string          `json:"version"`
 }
 
 // PrimaryStatus is a backup's view of its primary.
@@ -44,6 +46,10 @@ type PrimaryStatus struct {
 	// TakeoverInMS counts down to the automatic takeover while the primary
 	// is silent; -1 when none is coming (maintenance, never heard).
 	TakeoverInMS int64 `json:"takeover_in_ms"`
+	// Maintenance: the primary's heartbeats announce maintenance (set on
+	// the primary); the status's own maintenance says whether failover is
+	// paused here, whichever node set it.
+	Maintenance bool `json:"maintenance"`
 }
 
 // PeerStatus names another server.
@@ -97,4 +103,11 @@ type Takeover struct {
 	Epoch  uint64 `json:"epoch"`
 	Reason string `json:"reason"`
 	Step   string `json:"step"`
+}
+
+// HeartbeatTiming is the heartbeat configuration, in ms.
+type HeartbeatTiming struct {
+	PeriodMS      int64 `json:"period_ms"`
+	ReplyPeriodMS int64 `json:"reply_period_ms"`
+	FailWindowMS  int64 `json:"fail_window_ms"`
 }

@@ -117,7 +117,7 @@ func (n *Node) takeOver(ctx context.Context, reason string, from *failoverid.Pee
 	n.hookWarn = ""
 	decision := n.decision
 	n.mu.Unlock()
-	ch := roleChange{Reason: nonEmpty(reason, "resume"), Why: "resuming an interrupted takeover"}
+	ch := roleChange{Reason: nonEmpty(reason, "resume"), Why: "resuming an interrupted takeover", To: n.cfg.Node}
 	if from != nil {
 		ch.From = from.Node
 		ch.Why = fmt.Sprintf("taking over from %s (%s): %s", nonEmpty(from.Node, from.Address), ch.Reason, decision)

@@ -1,10 +1,13 @@
 // Package agent is tandem's reference managed agent: it follows its
 // address.yaml (stomp_interface, stomp_port, use_ssl, failover_id,
 // failover_epoch), and acts only on commands from the server its file names
-// at that epoch (invariant I1). It only ever reads its address.yaml. It
-// reports its status every period, on connecting, and when its bound server
-// first speaks to it on a connection (a new primary may not have been
-// listening yet when the agent connected).
+// at that epoch (invariant I1). It reports its status every period, on
+// connecting, and when its bound server first speaks to it on a connection
+// (a new primary may not have been listening yet when the agent connected).
+// It writes its address.yaml only in two ways, both under the servers'
+// lock and atomic write (rebind.go): failover_servers, learned from its
+// primary's pings, and a signed rebind from a new primary (agents on their
+// own hosts, whose files no server can write).
 //
 // The agents of one process may share their server connections through a
 // Pool; each still follows its own file and checks every command itself.
@@ -22,6 +25,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"sync"
 	"time"
@@ -32,6 +36,7 @@ import (
 	"github.com/tandem-ha/tandem/broker"
 	"github.com/tandem-ha/tandem/failoverid"
 	"github.com/tandem-ha/tandem/internal/clock"
+	"github.com/tandem-ha/tandem/internal/hooks"
 	"github.com/tandem-ha/tandem/protocol"
 )
 
@@ -52,8 +57,18 @@ type Config struct {
 	// Watch reports changes to the file (default agentcfg.Watch).
 	Watch func(ctx context.Context, path string, debounce time.Duration) (<-chan struct{}, error)
 	// OnEvent, when set, receives every accepted or rejected command (the
-	// fault-injection suite's event log).
+	// fault-injection suite's event log). Rebinds are not commands and are
+	// not reported here (see Status: rebinds_accepted, rebinds_rejected).
 	OnEvent func(Event)
+	// OnRebind is a shell command (sh -c) run after a rebind rewrote the
+	// file (--on-rebind; a sidecar restarts the real agent with it). Its
+	// environment adds TANDEM_AGENT_ID, TANDEM_AGENT_CONFIG,
+	// TANDEM_FAILOVER_ID, TANDEM_EPOCH and TANDEM_SERVER (host:port).
+	OnRebind string
+	// OnRebindTimeout bounds OnRebind (default DefaultOnRebindTimeout).
+	OnRebindTimeout time.Duration
+	// RunHook runs OnRebind (default hooks.Run; tests stand in for it).
+	RunHook hooks.Func
 }
 
 // Event is one command decision.
@@ -95,6 +110,23 @@ type Status struct {
 	Accepted  uint64   `json:"accepted"`
 	Rejected  uint64   `json:"rejected"`
 	FileError string   `json:"file_error,omitempty"`
+	// RebindsAccepted counts rebinds that rewrote the file;
+	// RebindsRejected those that changed nothing (unsigned, badly signed, a
+	// failover_sig that does not cover the token and address, replayed, not
+	// newer than the file, no --server-key, or a failed write), with the
+	// last reason in LastRebindRejection.
+	RebindsAccepted     uint64 `json:"rebinds_accepted"`
+	RebindsRejected     uint64 `json:"rebinds_rejected"`
+	LastRebindRejection string `json:"last_rebind_rejection,omitempty"`
+	// Standby lists the servers of failover_servers (and of the bound
+	// server's last ping) where the agent keeps a standby subscription.
+	Standby []StandbyStatus `json:"standby,omitempty"`
+}
+
+// StandbyStatus is one standby link.
+type StandbyStatus struct {
+	Server    string `json:"server"`
+	Connected bool   `json:"connected"`
 }
 
 // Agent is one running agent.
@@ -120,6 +152,8 @@ type Agent struct {
 	repNext *reportReq
 	repBusy bool
 	repWG   sync.WaitGroup
+
+	rb rebinds
 }
 
 type reportReq struct {
@@ -150,7 +184,15 @@ func New(cfg Config) *Agent {
 	if err != nil {
 		abs = cfg.Path
 	}
-	return &Agent{cfg: cfg, absPath: abs, counts: map[failoverid.Token]*Counts{}}
+	if cfg.RunHook == nil {
+		cfg.RunHook = hooks.Run
+	}
+	if cfg.OnRebindTimeout <= 0 {
+		cfg.OnRebindTimeout = DefaultOnRebindTimeout
+	}
+	a := &Agent{cfg: cfg, absPath: abs, counts: map[failoverid.Token]*Counts{}}
+	a.rb.init()
+	return a
 }
 
 // reload re-reads the file if it changed since the last good read. A bad
@@ -205,6 +247,11 @@ func (a *Agent) Status() Status {
 	if b, ok := a.counts[failoverid.Token{ID: a.good.FailoverID, Epoch: a.good.FailoverEpoch}]; ok {
 		s.Bound = *b
 	}
+	s.RebindsAccepted, s.RebindsRejected, s.LastRebindRejection = a.rb.acc, a.rb.rej, a.rb.lastReject
+	for _, l := range a.rb.view {
+		s.Standby = append(s.Standby, StandbyStatus{Server: l.key, Connected: l.up.Load()})
+	}
+	sort.Slice(s.Standby, func(i, j int) bool { return s.Standby[i].Server < s.Standby[j].Server })
 	return s
 }
 
@@ -218,6 +265,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	tick := a.cfg.Clock.NewTicker(a.cfg.Period)
 	defer tick.Stop()
 	defer a.repWG.Wait() // a report in flight ends with ctx
+	defer a.rb.wg.Wait() // so does a rebind being applied
+	sb := &standbys{a: a, ctx: ctx, links: map[string]*standbyLink{}}
+	defer sb.stopAll()
 
 	var bus broker.Bus
 	var sub broker.Subscription
@@ -289,6 +339,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	if addr, ok := a.reload(true); ok {
 		connect(addr)
+		sb.sync(addr, cur)
 	}
 	var cmds <-chan broker.Message
 	for {
@@ -306,12 +357,32 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			if addr, ok := a.reload(true); ok {
 				connect(addr)
+				sb.sync(addr, cur)
+			}
+		case <-a.rb.kick:
+			// The agent rewrote its file (a rebind, failover_servers):
+			// follow it now (the file watch would too, a moment later), and
+			// tell a server that stays the same about a new token.
+			a.mu.Lock()
+			prev := failoverid.Token{ID: a.good.FailoverID, Epoch: a.good.FailoverEpoch}
+			a.mu.Unlock()
+			if addr, ok := a.reload(true); ok {
+				moved := bus == nil || target(addr) != cur
+				connect(addr)
+				sb.sync(addr, cur)
+				if tok := (failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}); !moved && bus != nil && tok != prev {
+					a.report(ctx, bus, addr)
+				}
 			}
 		case <-tick.C():
 			addr, ok := a.reload(false)
 			if ok && (bus == nil || target(addr) != cur) {
 				connect(addr)
 			}
+			if ok {
+				sb.sync(addr, cur)
+			}
+			sb.tick()
 			if bus != nil {
 				a.report(ctx, bus, addr)
 			}
@@ -320,10 +391,19 @@ func (a *Agent) Run(ctx context.Context) error {
 				disconnect()
 				continue
 			}
+			if isRebind(m) {
+				a.offerRebind(ctx, m, cur)
+				continue
+			}
 			if addr, ok := a.command(m); ok && bus != nil {
 				if tok := (failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}); tok != heard {
 					heard = tok
 					a.report(ctx, bus, addr)
+				}
+				if v, ok := m.Headers[hFailoverServers]; ok {
+					if sb.learn(v, addr) {
+						sb.sync(addr, cur)
+					}
 				}
 			}
 		}
@@ -333,7 +413,10 @@ func (a *Agent) Run(ctx context.Context) error {
 // command applies the binding check to one command. It returns the file it
 // checked against and whether the command was accepted.
 func (a *Agent) command(m broker.Message) (agentcfg.Address, bool) {
-	if err := a.cfg.Signer.Verify(m.Destination, m.Headers, m.Body); err != nil {
+	// The signature is checked for the destination the agent subscribed
+	// to, not the one the broker names: a server message signed for
+	// another destination (a heartbeat) is no command.
+	if err := a.cfg.Signer.Verify(a.cfg.Dest.AgentCommand, m.Headers, m.Body); err != nil {
 		a.cfg.Log.WithError(err).WithField("agent", a.cfg.ID).Debug("dropped a command")
 		return agentcfg.Address{}, false
 	}
@@ -417,23 +500,29 @@ func (a *Agent) publishStatus(r *reportReq) {
 	if r.ctx.Err() != nil {
 		return
 	}
-	body, _ := json.Marshal(a.Status())
-	// The token is forwarded with its server signature (failover_sig) and
-	// the address that signature covers: a server fences itself only on a
-	// token some server signed, never on this agent's word.
-	env := protocol.Envelope{FailoverID: r.addr.FailoverID, Epoch: r.addr.FailoverEpoch, Node: a.cfg.ID, Role: "agent",
-		FailoverSig: r.addr.FailoverSig, Bound: net.JoinHostPort(r.addr.StompInterface, strconv.Itoa(r.addr.StompPort))}
-	if env.FailoverID == "" {
-		env.FailoverID = "none"
-	}
-	h := env.Headers()
-	a.cfg.Signer.Sign(a.cfg.Dest.AgentStatus, h, body)
-	pctx, cancel := context.WithTimeout(r.ctx, a.cfg.Period)
-	defer cancel()
-	err := r.bus.Publish(pctx, a.cfg.Dest.AgentStatus, h, body)
+	err := a.publishReport(r.ctx, r.bus, r.addr)
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if r.gen == a.gen {
 		a.conn = err == nil
 	}
+}
+
+// publishReport publishes the agent's status on bus, tagged with addr's
+// token, bounded by the period.
+func (a *Agent) publishReport(ctx context.Context, bus broker.Bus, addr agentcfg.Address) error {
+	body, _ := json.Marshal(a.Status())
+	// The token is forwarded with its server signature (failover_sig) and
+	// the address that signature covers: a server fences itself only on a
+	// token some server signed, never on this agent's word.
+	env := protocol.Envelope{FailoverID: addr.FailoverID, Epoch: addr.FailoverEpoch, Node: a.cfg.ID, Role: "agent",
+		FailoverSig: addr.FailoverSig, Bound: net.JoinHostPort(addr.StompInterface, strconv.Itoa(addr.StompPort))}
+	if env.FailoverID == "" {
+		env.FailoverID = "none"
+	}
+	h := env.Headers()
+	a.cfg.Signer.Sign(a.cfg.Dest.AgentStatus, h, body)
+	pctx, cancel := context.WithTimeout(ctx, a.cfg.Period)
+	defer cancel()
+	return bus.Publish(pctx, a.cfg.Dest.AgentStatus, h, body)
 }

@@ -214,6 +214,10 @@ func (b *poolBus) Publish(ctx context.Context, dest string, headers map[string]s
 	return b.l.bus.Publish(ctx, dest, headers, body)
 }
 
+// Connected reports whether the shared link is connected now (true when
+// its bus cannot tell).
+func (b *poolBus) Connected() bool { return linkUp(b.l.bus) }
+
 func (b *poolBus) Subscribe(dest string) (broker.Subscription, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

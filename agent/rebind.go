@@ -1,0 +1,490 @@
+package agent
+
+import (
+	"context"
+	"net"
+	"slices"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/tandem-ha/tandem/agentcfg"
+	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+// Agents on their own hosts: no server can write their address.yaml, so a
+// new primary reaches them over the bus with a signed rebind, and the agent
+// rewrites its own file.
+//
+//   - The bound server's pings carry failover-servers (the group's other
+//     servers); the agent keeps them in its file as failover_servers and
+//     holds a standby subscription on agent-command at each of them (shared
+//     per server in a Pool, like bound links). When a standby link
+//     connects, the agent reports its status there once, so that server
+//     sees its token and can rebind it if it is behind.
+//   - A rebind (command: rebind) from any link is obeyed only when the
+//     message carries the group's signature (--server-key), its
+//     failover-sig covers its failover id, epoch and advertise address, its
+//     token is above the file's, and its seq is above the last rebind
+//     accepted from that token. The file is then compare-and-swapped
+//     (agentcfg.CompareAndSwap: I2, I3), --on-rebind runs, and the agent
+//     follows the file as after any rewrite.
+//
+// The rebind's checks that need no file (signatures) run where it arrives;
+// the rest, the write and the hook run in a short-lived worker, so a rebind
+// never delays the agent's reaction to its file.
+
+// Protocol names of the rebind (to move into protocol/).
+const (
+	hCommand         = "command"          // "rebind"; a ping has none (or "ping")
+	cmdRebind        = "rebind"           // the command header of a rebind
+	hFailoverServers = "failover-servers" // a ping: HOST:PORT,HOST:PORT
+	rolePrimary      = "primary"
+)
+
+// DefaultOnRebindTimeout bounds --on-rebind.
+const DefaultOnRebindTimeout = 60 * time.Second
+
+// maxRebindQueue bounds the verified rebinds waiting for the worker.
+const maxRebindQueue = 16
+
+func isRebind(m broker.Message) bool { return m.Headers[hCommand] == cmdRebind }
+
+// rebinds is an agent's rebind state. Counters, lastReject, seqs and view
+// are guarded by the agent's mu; the queue by qmu.
+type rebinds struct {
+	kick chan struct{} // a rebind rewrote the file
+
+	acc, rej   uint64
+	lastReject string
+	seqs       map[failoverid.Token]uint64 // last seq accepted per token
+	view       map[string]*standbyLink     // standby links, for Status
+	noKey      atomic.Bool                 // "no --server-key" was logged
+
+	qmu     sync.Mutex
+	queue   []rebindReq
+	servers *serversReq // a failover_servers write waiting
+	busy    bool
+	wg      sync.WaitGroup
+}
+
+func (r *rebinds) init() {
+	r.kick = make(chan struct{}, 1)
+	r.seqs = map[failoverid.Token]uint64{}
+	r.view = map[string]*standbyLink{}
+}
+
+// rebindReq is a rebind whose signatures checked out.
+type rebindReq struct {
+	ctx  context.Context
+	tok  failoverid.Token
+	seq  uint64
+	node string
+	host string
+	port int
+	sig  string
+	via  string // the link it came on
+}
+
+type serversReq struct {
+	ctx  context.Context
+	list []string
+}
+
+func (a *Agent) rejectRebind(level logrus.Level, fields logrus.Fields, reason string) {
+	a.mu.Lock()
+	a.rb.rej++
+	a.rb.lastReject = reason
+	a.mu.Unlock()
+	fields["agent"] = a.cfg.ID
+	a.cfg.Log.WithFields(fields).Log(level, "rejected a rebind: "+reason)
+}
+
+// offerRebind checks what a rebind's signatures say and hands a valid one to
+// the worker. It never blocks.
+func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
+	f := logrus.Fields{"via": via, "from_node": m.Headers[protocol.HNode], "advertise": m.Headers[protocol.HAdvertise]}
+	if !a.cfg.Signer.Secure() {
+		// Whoever reaches a broker could repoint an agent that cannot
+		// check the group's signature.
+		level := logrus.DebugLevel
+		if !a.rb.noKey.Swap(true) {
+			level = logrus.WarnLevel
+		}
+		a.rejectRebind(level, f, "no --server-key: this agent cannot verify a rebind and ignores every one")
+		return
+	}
+	if err := a.cfg.Signer.Verify(a.cfg.Dest.AgentCommand, m.Headers, m.Body); err != nil {
+		a.rejectRebind(logrus.WarnLevel, f, "message signature: "+err.Error())
+		return
+	}
+	env, err := protocol.Decode(m.Headers)
+	if err != nil {
+		a.rejectRebind(logrus.WarnLevel, f, err.Error())
+		return
+	}
+	tok := failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}
+	f["from"] = tok.String()
+	if env.Role != rolePrimary {
+		a.rejectRebind(logrus.WarnLevel, f, "role is "+strconv.Quote(env.Role)+", not primary")
+		return
+	}
+	host, ps, err := net.SplitHostPort(env.Advertise)
+	port, perr := strconv.Atoi(ps)
+	u := agentcfg.Update{StompInterface: host, StompPort: port, FailoverID: env.FailoverID, Epoch: env.Epoch, FailoverSig: env.FailoverSig}
+	if err != nil || perr != nil || u.Validate() != nil || env.Epoch == 0 {
+		a.rejectRebind(logrus.WarnLevel, f, "advertise, failover-id or epoch is not a valid binding")
+		return
+	}
+	if err := a.cfg.Signer.VerifyTokenSig(env.FailoverSig, env.FailoverID, env.Epoch, host, port); err != nil {
+		a.rejectRebind(logrus.WarnLevel, f, "failover-sig does not cover this failover id, epoch and address: "+err.Error())
+		return
+	}
+	req := rebindReq{ctx: ctx, tok: tok, seq: env.Seq, node: env.Node, host: host, port: port, sig: env.FailoverSig, via: via}
+	a.rb.qmu.Lock()
+	if len(a.rb.queue) >= maxRebindQueue {
+		a.rb.qmu.Unlock()
+		a.rejectRebind(logrus.DebugLevel, f, "too many rebinds waiting")
+		return
+	}
+	a.rb.queue = append(a.rb.queue, req)
+	a.startWorkerLocked()
+	a.rb.qmu.Unlock()
+}
+
+// askServers hands a failover_servers write to the worker (replacing one
+// still waiting).
+func (a *Agent) askServers(ctx context.Context, list []string) {
+	a.rb.qmu.Lock()
+	a.rb.servers = &serversReq{ctx: ctx, list: list}
+	a.startWorkerLocked()
+	a.rb.qmu.Unlock()
+}
+
+func (a *Agent) startWorkerLocked() {
+	if !a.rb.busy {
+		a.rb.busy = true
+		a.rb.wg.Add(1)
+		go a.fileWorker()
+	}
+}
+
+// fileWorker applies the waiting rebinds and failover_servers writes, one at
+// a time, until none waits.
+func (a *Agent) fileWorker() {
+	defer a.rb.wg.Done()
+	for {
+		a.rb.qmu.Lock()
+		var req *rebindReq
+		srv := a.rb.servers
+		if len(a.rb.queue) > 0 {
+			r := a.rb.queue[0]
+			a.rb.queue = a.rb.queue[1:]
+			req, srv = &r, nil
+		} else {
+			a.rb.servers = nil
+		}
+		if req == nil && srv == nil {
+			a.rb.busy = false
+			a.rb.qmu.Unlock()
+			return
+		}
+		a.rb.qmu.Unlock()
+		if req != nil {
+			a.applyRebind(*req)
+		} else {
+			a.writeServers(*srv)
+		}
+	}
+}
+
+func (a *Agent) writeServers(r serversReq) {
+	if r.ctx.Err() != nil {
+		return
+	}
+	res := agentcfg.SetFailoverServers(a.cfg.Path, r.list)
+	log := a.cfg.Log.WithFields(logrus.Fields{"agent": a.cfg.ID, "failover_servers": agentcfg.FormatFailoverServers(r.list)})
+	switch res.Outcome {
+	case agentcfg.Rewritten:
+		log.Info("wrote the group's servers (from the primary's ping) into address.yaml")
+		a.kickRun()
+	case agentcfg.Unchanged:
+	default:
+		log.WithError(res.Err).Warn("could not write failover_servers into address.yaml (the standby links follow the ping anyway)")
+	}
+}
+
+// applyRebind does the checks that need the file, then the
+// compare-and-swap and the hook.
+func (a *Agent) applyRebind(r rebindReq) {
+	if r.ctx.Err() != nil {
+		return
+	}
+	f := logrus.Fields{"via": r.via, "from": r.tok.String(), "from_node": r.node, "seq": r.seq,
+		"advertise": net.JoinHostPort(r.host, strconv.Itoa(r.port))}
+	cur, err := agentcfg.ReadFile(a.cfg.Path)
+	if err != nil {
+		a.rejectRebind(logrus.WarnLevel, f, "address.yaml unreadable: "+err.Error())
+		return
+	}
+	bound := failoverid.Token{ID: cur.FailoverID, Epoch: cur.FailoverEpoch}
+	f["bound"] = bound.String()
+	a.mu.Lock()
+	last := a.rb.seqs[r.tok]
+	a.mu.Unlock()
+	if r.seq <= last {
+		a.rejectRebind(logrus.InfoLevel, f, "replayed (its seq is not above the last rebind accepted from that token)")
+		return
+	}
+	if !r.tok.Above(bound) {
+		level := logrus.InfoLevel
+		if r.tok.Same(bound) {
+			level = logrus.DebugLevel // the new primary repeating itself
+		}
+		a.rejectRebind(level, f, "not newer than address.yaml's token")
+		return
+	}
+	res := agentcfg.CompareAndSwap(a.cfg.Path, agentcfg.Update{StompInterface: r.host, StompPort: r.port,
+		FailoverID: r.tok.ID, Epoch: r.tok.Epoch, FailoverSig: r.sig}, false)
+	switch res.Outcome {
+	case agentcfg.Rewritten:
+	case agentcfg.Unchanged:
+		a.rejectRebind(logrus.InfoLevel, f, "not newer than address.yaml's token")
+		return
+	default:
+		a.rejectRebind(logrus.WarnLevel, f, "address.yaml not rewritten: "+res.Outcome.String()+": "+errString(res.Err))
+		return
+	}
+	a.mu.Lock()
+	a.rb.acc++
+	if _, ok := a.rb.seqs[r.tok]; !ok && len(a.rb.seqs) >= maxCounts {
+		delete(a.rb.seqs, lowest(a.rb.seqs)) // it is below the file's token now
+	}
+	a.rb.seqs[r.tok] = r.seq
+	a.mu.Unlock()
+	a.cfg.Log.WithFields(f).Info("rebound: address.yaml now names the new primary")
+	a.kickRun()
+	if a.cfg.OnRebind != "" {
+		env := []string{"TANDEM_AGENT_ID=" + a.cfg.ID, "TANDEM_AGENT_CONFIG=" + a.absPath, "TANDEM_FAILOVER_ID=" + r.tok.ID,
+			"TANDEM_EPOCH=" + strconv.FormatUint(r.tok.Epoch, 10), "TANDEM_SERVER=" + net.JoinHostPort(r.host, strconv.Itoa(r.port))}
+		_ = a.cfg.RunHook(r.ctx, "on_rebind", a.cfg.OnRebind, a.cfg.OnRebindTimeout, env, a.cfg.Log.WithField("agent", a.cfg.ID))
+	}
+}
+
+// kickRun tells Run that the agent rewrote its file.
+func (a *Agent) kickRun() {
+	select {
+	case a.rb.kick <- struct{}{}:
+	default:
+	}
+}
+
+func lowest(m map[failoverid.Token]uint64) failoverid.Token {
+	var low failoverid.Token
+	first := true
+	for t := range m {
+		if first || t.Compare(low) < 0 {
+			low, first = t, false
+		}
+	}
+	return low
+}
+
+func errString(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
+}
+
+// standbys are one Run's standby links, owned by its loop.
+type standbys struct {
+	a     *Agent
+	ctx   context.Context
+	links map[string]*standbyLink // by target
+
+	// ping is the bound server's last failover-servers (nil: none heard);
+	// asked is the last value handed to the file writer.
+	ping     []string
+	asked    *string
+	badPing  string
+	havePing bool
+}
+
+// standbyLink is one standby subscription, run by its own goroutine.
+type standbyLink struct {
+	key    string
+	addr   agentcfg.Address
+	cancel context.CancelFunc
+	done   chan struct{}
+	poke   chan struct{}
+	up     atomic.Bool
+}
+
+// learn takes a ping's failover-servers: it reports whether the standby set
+// may have changed, and asks for the file to be written once per new value
+// that differs from the file's.
+func (s *standbys) learn(v string, addr agentcfg.Address) bool {
+	list, err := agentcfg.ParseFailoverServers(v)
+	if err != nil {
+		if v != s.badPing {
+			s.badPing = v
+			s.a.cfg.Log.WithError(err).WithField("agent", s.a.cfg.ID).Warn("ignoring the bad failover-servers of a ping")
+		}
+		return false
+	}
+	canon := agentcfg.FormatFailoverServers(list)
+	if s.asked != nil && *s.asked == canon {
+		return false
+	}
+	s.asked = &canon
+	changed := !s.havePing || !slices.Equal(list, s.ping)
+	s.ping, s.havePing = list, true
+	if !slices.Equal(list, addr.FailoverServers) {
+		s.a.askServers(s.ctx, list)
+	}
+	return changed
+}
+
+// sync makes the standby links those of the file's failover_servers and the
+// last ping's, except the bound server (bound: its target).
+func (s *standbys) sync(addr agentcfg.Address, bound string) {
+	want := map[string]agentcfg.Address{}
+	for _, hp := range append(slices.Clone(addr.FailoverServers), s.ping...) {
+		host, ps, err := net.SplitHostPort(hp)
+		if err != nil {
+			continue
+		}
+		port, _ := strconv.Atoi(ps)
+		sa := agentcfg.Address{StompInterface: host, StompPort: port, UseSSL: addr.UseSSL}
+		if k := target(sa); k != bound {
+			want[k] = sa
+		}
+	}
+	for k, l := range s.links {
+		if _, ok := want[k]; !ok {
+			s.stop(l)
+		}
+	}
+	for k, sa := range want {
+		if s.links[k] == nil {
+			s.start(k, sa)
+		}
+	}
+}
+
+func (s *standbys) start(key string, addr agentcfg.Address) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	l := &standbyLink{key: key, addr: addr, cancel: cancel, done: make(chan struct{}), poke: make(chan struct{}, 1)}
+	s.links[key] = l
+	s.a.mu.Lock()
+	s.a.rb.view[key] = l
+	s.a.mu.Unlock()
+	go s.a.runStandby(ctx, l)
+}
+
+// stop ends a link without waiting for it (closing a link to a frozen
+// server can block).
+func (s *standbys) stop(l *standbyLink) {
+	l.cancel()
+	delete(s.links, l.key)
+	s.a.mu.Lock()
+	if s.a.rb.view[l.key] == l {
+		delete(s.a.rb.view, l.key)
+	}
+	s.a.mu.Unlock()
+}
+
+// tick restarts links that ended on their own and lets the others check
+// whether their connection came back (then they report there).
+func (s *standbys) tick() {
+	for k, l := range s.links {
+		select {
+		case <-l.done:
+			s.stop(l)
+			s.start(k, l.addr)
+			continue
+		default:
+		}
+		select {
+		case l.poke <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (s *standbys) stopAll() {
+	var all []*standbyLink
+	for _, l := range s.links {
+		all = append(all, l)
+		s.stop(l)
+	}
+	for _, l := range all {
+		<-l.done
+	}
+}
+
+// linkUp reports whether bus is connected (a bus that cannot tell counts as
+// connected).
+func linkUp(bus broker.Bus) bool {
+	if c, ok := bus.(interface{ Connected() bool }); ok {
+		return c.Connected()
+	}
+	return true
+}
+
+// runStandby holds one standby subscription: rebinds that arrive on it go
+// to offerRebind, anything else is not for this agent (it obeys only its
+// bound server). Each time the link (re)connects it reports once.
+func (a *Agent) runStandby(ctx context.Context, l *standbyLink) {
+	defer close(l.done)
+	defer l.up.Store(false)
+	log := a.cfg.Log.WithFields(logrus.Fields{"agent": a.cfg.ID, "standby": l.key})
+	bus, err := a.cfg.Dial(ctx, l.addr)
+	if err != nil {
+		log.WithError(err).Debug("standby link: connect")
+		return
+	}
+	defer bus.Close()
+	sub, err := bus.Subscribe(a.cfg.Dest.AgentCommand)
+	if err != nil {
+		log.WithError(err).Debug("standby link: subscribe")
+		return
+	}
+	defer sub.Close()
+	reported := false
+	check := func() {
+		up := linkUp(bus)
+		l.up.Store(up)
+		switch {
+		case !up:
+			reported = false
+		case !reported:
+			addr, ok := a.reload(false)
+			if ok {
+				reported = a.publishReport(ctx, bus, addr) == nil
+			}
+		}
+	}
+	check()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.poke:
+			check()
+		case m, ok := <-sub.C():
+			if !ok {
+				return
+			}
+			if isRebind(m) {
+				a.offerRebind(ctx, m, l.key)
+			}
+		}
+	}
+}

@@ -36,7 +36,7 @@ func init() {
 func runAgent(args []string, stdout, stderr io.Writer) int {
 	flags := flag.NewFlagSet("agent", flag.ContinueOnError)
 	flags.SetOutput(helpOut(args, stdout, stderr))
-	cfgPath := flags.String("config", "", "the agent's address.yaml (read only, never written)")
+	cfgPath := flags.String("config", "", "the agent's address.yaml (written only by a signed rebind and for failover_servers)")
 	id := flags.String("id", "", "agent id in status reports (default: the address.yaml path)")
 	fleet := flags.String("fleet", "", "run one agent per address.yaml found under this directory, in one process")
 	period := flags.Duration("period", time.Second, "how often to report status")
@@ -47,11 +47,13 @@ func runAgent(args []string, stdout, stderr io.Writer) int {
 	passFile := flags.String("passcode-file", "", "file holding the STOMP passcode")
 	caFile := flags.String("ca", "", "PEM `FILE` of the CAs to trust for use_ssl: 1 (default: the system's roots; the servers' tls.ca)")
 	events := flags.String("events", "", "append every accepted/rejected command as a JSON line to this file")
+	onRebind := flags.String("on-rebind", "", "shell `CMD` (sh -c) run after a signed rebind rewrote the address.yaml, e.g. \"systemctl restart datastax-agent\"")
+	onRebindTimeout := flags.Duration("on-rebind-timeout", agent.DefaultOnRebindTimeout, "how long --on-rebind may run before it is killed")
 	logFormat := flags.String("log-format", "text", "text or json")
 	logLevel := flags.String("log-level", "info", "log level")
 	flags.Usage = func() {
-		fmt.Fprint(flags.Output(), `Usage: tandem agent --config ADDRESS_YAML --server-key FILE [--id ID]
-       tandem agent --fleet DIR --server-key FILE
+		fmt.Fprint(flags.Output(), `Usage: tandem agent --config ADDRESS_YAML --server-key FILE [--on-rebind CMD] [--id ID]
+       tandem agent --fleet DIR --server-key FILE [--on-rebind CMD]
 
 The reference managed agent. It connects to stomp_interface:stomp_port from
 its address.yaml (TLS when use_ssl is 1), reports status every period, and
@@ -61,6 +63,28 @@ the file and reconnects within a second of a rewrite; a malformed file is
 logged and the last good configuration kept. --fleet runs one such agent
 per address.yaml under DIR; the agents of one process share a connection
 per server (each still follows and checks its own file).
+
+Agents on their own hosts: no server can write this file, so the agent
+rewrites it itself. It keeps the group's other servers, which its primary's
+pings name, in failover_servers ("HOST:PORT,HOST:PORT"; you may also write
+it by hand) and holds a standby subscription at each. A new primary sends a
+rebind there; the agent obeys it only if the group's key (--server-key)
+signed it, its failover_sig covers its failover id, epoch and address, and
+its token is newer than the file's. It then rewrites stomp_interface,
+stomp_port, failover_id, failover_epoch and failover_sig with the servers'
+compare-and-swap (the epoch never goes down; comments and every other key
+are kept), runs --on-rebind, and reconnects. Without --server-key no rebind
+is obeyed.
+
+As a sidecar that keeps DataStax's own agent on the primary:
+
+  tandem agent --config /var/lib/datastax-agent/conf/address.yaml \
+    --server-key /etc/tandem/signing.pub \
+    --on-rebind "systemctl restart datastax-agent"
+
+--on-rebind runs with sh -c, at most --on-rebind-timeout, its output in the
+log, with TANDEM_AGENT_ID, TANDEM_AGENT_CONFIG, TANDEM_FAILOVER_ID,
+TANDEM_EPOCH and TANDEM_SERVER (host:port) in its environment.
 
 Flags:
 `)
@@ -78,6 +102,10 @@ Flags:
 	}
 	if *period <= 0 {
 		fmt.Fprintln(stderr, "tandem agent: --period must be positive")
+		return exitUsage
+	}
+	if *onRebindTimeout <= 0 {
+		fmt.Fprintln(stderr, "tandem agent: --on-rebind-timeout must be positive")
 		return exitUsage
 	}
 	log, err := logging.New(stderr, *logFormat, *logLevel)
@@ -220,7 +248,8 @@ Flags:
 				}
 			}
 		}
-		a := agent.New(agent.Config{Path: p, ID: aid, Period: *period, Dest: dest, Signer: signer, Dial: pool.Dial, Log: log, OnEvent: onEvent, Watch: mux.Watch})
+		a := agent.New(agent.Config{Path: p, ID: aid, Period: *period, Dest: dest, Signer: signer, Dial: pool.Dial, Log: log, OnEvent: onEvent, Watch: mux.Watch,
+			OnRebind: *onRebind, OnRebindTimeout: *onRebindTimeout})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -231,9 +260,9 @@ Flags:
 	}
 	switch {
 	case pub == nil && key == nil:
-		log.Warn("no --server-key: this agent obeys any message that names its token, signed by a server or not (insecure; give it the group's signing.pub)")
+		log.Warn("no --server-key: this agent obeys any message that names its token, signed by a server or not, and no rebind at all (insecure; give it the group's signing.pub)")
 	case pub == nil:
-		log.Warn("no --server-key: commands are checked with the shared secret only, so a group whose servers sign with signing_key is not obeyed at all (give this agent the group's signing.pub)")
+		log.Warn("no --server-key: commands are checked with the shared secret only, so a group whose servers sign with signing_key is not obeyed at all, and no rebind is (give this agent the group's signing.pub)")
 	}
 	log.WithField("agents", len(paths)).Info("agents running")
 	wg.Wait()

@@ -397,6 +397,38 @@ for a in "${AGENTS[@]}"; do
 	echo
 done
 
+# ---- the old primary comes back: fenced, rejoined, then a switchover -------------
+
+say ">>> restart a as it was (no primary_location): it must not act as primary"
+set +e
+"$BIN" server --config "$DIR/a/tandem.yaml" >"$DIR/logs/a-restart.log" 2>&1
+code=$?
+set -e
+[ "$code" = 3 ] || die "a restarted with exit $code, want 3 (fenced: a higher epoch exists); see $DIR/logs/a-restart.log"
+say "a refused to start (exit 3, fenced): $(tail -n 1 "$DIR/logs/a-restart.log" | cut -c1-160)..."
+say ">>> the runbook's way back: tandem rejoin, then start a as b's backup"
+"$BIN" rejoin --config "$DIR/a/tandem.yaml" --primary "127.0.0.1:$BROKER_B" | sed 's/^/    /'
+"$BIN" server --config "$DIR/a/tandem.yaml" >"$DIR/logs/a.log" 2>&1 &
+PID_A=$!
+PIDS+=("$PID_A")
+wait_role $ADMIN_A backup 15 || die "a did not come back as backup (see $DIR/logs/a.log)"
+deadline=$(($(now_ms) + 15000))
+until "$BIN" status --admin 127.0.0.1:$ADMIN_B --json 2>/dev/null | grep -q '"backup_configured": true'; do
+	[ "$(now_ms)" -lt "$deadline" ] || die "b never heard its new backup a"
+	sleep 0.2
+done
+say "a is b's BACKUP"
+say ">>> planned switchover back to a: tandem switchover --config b/tandem.yaml"
+"$BIN" switchover --config "$DIR/b/tandem.yaml" | sed 's/^/    /'
+T_SW=$(now_ms)
+wait_role $ADMIN_A primary 20 || die "a did not become primary after the switchover"
+wait_role $ADMIN_B backup 20 || die "b did not become a's backup after the switchover"
+read -r _ epoch _ _ _ _ <<<"$(status $ADMIN_A)"
+say "switchover done in $(secs $(($(now_ms) - T_SW))): a is PRIMARY at epoch $epoch, b its BACKUP (no rejoin needed)"
+echo
+"$BIN" members --config "$DIR/a/tandem.yaml" | sed 's/^/    /'
+echo
+
 # ---- what b's event log recorded ------------------------------------------------
 
 echo "--- tandem history --config b/tandem.yaml: every role change of b, from its event log"

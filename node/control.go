@@ -60,6 +60,8 @@ func (n *Node) Status() Status {
 		}
 		s.Agents.Connected = prim.ConnectedAgents()
 		s.Agents.Remote, s.Agents.Bound = n.rosterCounts(prim.Agents(), s.FailoverID, s.Epoch)
+	} else if s.Role == RolePrimary.String() {
+		s.Agents.Remote, s.Agents.Bound = n.rosterCounts(nil, s.FailoverID, s.Epoch) // the role is starting
 	}
 	if back != nil {
 		bs := back.Status()

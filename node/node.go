@@ -138,9 +138,9 @@ type Node struct {
 	hookWarn  string          // the last failed hook, until the next takeover
 	inherited map[string]bool // the roster's agent ids when this primary started
 	fencedBy  failoverid.Peer // who fenced this node (node, address), for status
-	// nextReason is why the next role begins, when the last one ended on
+	// next is why the next role begins, when the last one ended on
 	// purpose (switchover, clean-stop).
-	nextReason string
+	next roleChange
 }
 
 // New prepares a node; nothing happens until Run.

@@ -50,7 +50,6 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 			ch.Why += ": " + decision
 		}
 	}
-	n.setRole(RolePrimary, ch)
 	if ro, err := LoadRoster(n.cfg.DataDir); err != nil {
 		n.entry().WithError(err).Warn("the roster of agents is unreadable: agents on their own hosts are known once they report")
 	} else {
@@ -62,6 +61,7 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		n.inherited = ids
 		n.mu.Unlock()
 	}
+	n.setRole(RolePrimary, ch)
 
 	// The role's context outlives a stop request by as long as a clean
 	// stop's handover takes (stopHandover); it ends with the role.
@@ -189,9 +189,9 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		return true, n.fenced(ctx, end)
 	case primary.HandedOver:
 		n.mu.Lock()
-		n.nextReason = "switchover"
+		n.next = roleChange{Reason: "switchover", From: n.cfg.Node, To: end.ByNode}
 		if ctx.Err() != nil {
-			n.nextReason = "clean-stop"
+			n.next.Reason = "clean-stop"
 		}
 		n.mu.Unlock()
 		return false, n.becomeBackupOf(end)

@@ -18,10 +18,13 @@ import (
 // runBackup runs the backup role until it decides a takeover, then takes over.
 func (n *Node) runBackup(ctx context.Context, loc string) error {
 	n.mu.Lock()
-	reason := nonEmpty(n.nextReason, "start")
-	n.nextReason = ""
+	ch := n.next
+	n.next = roleChange{}
 	n.mu.Unlock()
-	n.setRole(RoleBackup, roleChange{Reason: reason, Why: "backup of the primary at " + loc})
+	ch.Reason = nonEmpty(ch.Reason, "start")
+	ch.Why = "backup of the primary at " + loc
+	n.setRole(RoleBackup, ch)
+	reason := ch.Reason
 	st := n.state()
 	if st.Role != "backup" {
 		if err := n.save(func(s *failoverid.State) { s.Role = "backup" }); err != nil {

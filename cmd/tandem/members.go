@@ -97,7 +97,12 @@ func members(s node.Status, ex statusExtras, period time.Duration, ownMaint *boo
 			LastHeardMS: p.LastHeartbeatAgeMS, FailoverID: p.FailoverID})
 		switch {
 		case ex.Primary != nil && ex.Primary.Maintenance != nil:
+			// The primary's announcement is in the status: its row shows
+			// it; this node's own setting is state.json's when readable.
 			m.Maintenance = *ex.Primary.Maintenance
+			if m.Maintenance && ownMaint != nil {
+				rows[0].Maintenance = *ownMaint
+			}
 		case s.Maintenance && ownMaint != nil && !*ownMaint:
 			// A backup's "maintenance" is also on when its primary's
 			// heartbeats announce it; its own setting (state.json) is off:

@@ -141,7 +141,7 @@ func TestMembersFromAPrimary(t *testing.T) {
 // it; with --config, state.json tells whose it is.
 func TestMembersMaintenanceSetOnThePrimary(t *testing.T) {
 	st := node.Status{Node: "opsc-b", Role: "backup", Epoch: 2, Maintenance: true,
-		Primary: &node.PrimaryStatus{Node: "opsc-a", Epoch: 3, LastHeartbeatAgeMS: 100, Heard: true, TakeoverInMS: -1}}
+		Primary: &node.PrimaryStatus{Node: "opsc-a", Epoch: 3, LastHeartbeatAgeMS: 100, Heard: true, TakeoverInMS: -1, Maintenance: true}}
 	addr, _ := fakeAdmin(t, st)
 	e := newCLIEnv(t, "")
 	os.WriteFile(e.cfg, []byte(strings.Replace(cliReadFile(t, e.cfg), "admin: 127.0.0.1:0", "admin: "+addr, 1)), 0o644)
@@ -150,7 +150,10 @@ func TestMembersMaintenanceSetOnThePrimary(t *testing.T) {
 	if len(m) != 2 || m[0].Maintenance || !m[1].Maintenance {
 		t.Fatalf("%+v", m)
 	}
-	// Set here: the backup's row.
+	// Set here (and not on the primary): the backup's row.
+	st.Primary.Maintenance = false
+	addr2, _ := fakeAdmin(t, st)
+	os.WriteFile(e.cfg, []byte(strings.Replace(cliReadFile(t, e.cfg), "admin: "+addr, "admin: "+addr2, 1)), 0o644)
 	e.node(t, cliTestID, failoverid.State{Epoch: 2, Role: "backup", Maintenance: true})
 	m = membersJSON(t, "--config", e.cfg)
 	if !m[0].Maintenance || m[1].Maintenance {

@@ -396,11 +396,23 @@ func TestLinkOutboxDropsOldest(t *testing.T) {
 		go func() { first <- l.Publish(context.Background(), "/topic/a", nil, []byte("old")) }()
 		// Wait until the first message sits in the outbox (it is full),
 		// then push a newer one: the older one is dropped.
-		waitFor(t, 10*time.Second, "the first message queued", func() bool {
+		var early error
+		taken := false
+		waitFor(t, 10*time.Second, "the first message queued (or taken by the sender)", func() bool {
+			select {
+			case early = <-first:
+				taken = true
+				return true
+			default:
+			}
 			l.mu.Lock()
 			defer l.mu.Unlock()
 			return l.out != nil && len(l.out) == 1
 		})
+		if taken {
+			t.Logf("round %d: the sender took the first message before it queued (%v)", round, early)
+			continue
+		}
 		pctx, pcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 		second := make(chan error, 1)
 		go func() { second <- l.Publish(pctx, "/topic/a", nil, []byte("new")) }()

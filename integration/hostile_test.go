@@ -199,7 +199,9 @@ func record(t testing.TB, l *broker.Link, dest string, n int, d time.Duration, k
 	t.Helper()
 	sub, err := l.Subscribe(dest)
 	mustOK(t, err)
-	defer sub.Close()
+	// Not closed here: a linkSub.Close while go-stomp closes the same
+	// subscription is a data race (broker/link.go, Close's background
+	// Unsubscribe); the subscription ends with the link (bounded buffer).
 	var out []broker.Message
 	deadline := time.After(d)
 	for len(out) < n {
@@ -535,7 +537,7 @@ func TestHostileHandoverReplay(t *testing.T) {
 			}
 		}
 	})
-	sub.Close()
+	// sub stays open until the link closes (see record).
 	if st := mustStatus(t, a); st.Role != "primary" || st.Epoch != 1 {
 		t.Fatalf("a after the abandoned switchover: %s@%d", st.Role, st.Epoch)
 	}
@@ -869,16 +871,16 @@ func TestHostileReplayedCommands(t *testing.T) {
 // handover-to, maintenance, clone replies, agent statuses at epoch 999999)
 // and replays signed frames it recorded, at most rate messages a second.
 type hostile struct {
-	t       testing.TB
-	rnd     *rand.Rand
-	dest    protocol.Destinations
-	wrong   *protocol.Signer
-	links   []*broker.Link
-	servers []*server
-	files   []string
-	rate    int
+	t     testing.TB
+	rnd   *rand.Rand // the sender's
+	dest  protocol.Destinations
+	wrong *protocol.Signer
+	links []*broker.Link
+	files []string
+	rate  int
 
 	mu   sync.Mutex
+	krnd *rand.Rand       // the recorders' (under mu)
 	rec  []broker.Message // recorded signed frames (bounded)
 	ids  map[string]string
 	sent int
@@ -891,11 +893,11 @@ const hostileRecorded = 256
 
 // startHostile connects to addrs (the servers' embedded brokers and the
 // heartbeat broker, if any) and starts sending.
-func startHostile(t testing.TB, seed int64, addrs []string, servers []*server, files []string, rate int) *hostile {
+func startHostile(t testing.TB, seed int64, addrs []string, files []string, rate int) *hostile {
 	t.Helper()
 	dest := protocol.NewDestinations("")
-	h := &hostile{t: t, rnd: rand.New(rand.NewSource(seed)), dest: dest, wrong: wrongSigner(t, dest),
-		servers: servers, files: files, rate: rate, ids: map[string]string{}, stop: make(chan struct{})}
+	h := &hostile{t: t, rnd: rand.New(rand.NewSource(seed)), krnd: rand.New(rand.NewSource(seed + 1)), dest: dest,
+		wrong: wrongSigner(t, dest), files: files, rate: rate, ids: map[string]string{}, stop: make(chan struct{})}
 	for _, addr := range addrs {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		l, err := broker.Dial(ctx, broker.LinkConfig{URL: "stomp://" + addr, VHost: "/"})
@@ -908,8 +910,7 @@ func startHostile(t testing.TB, seed int64, addrs []string, servers []*server, f
 			h.wg.Add(1)
 			go func() {
 				defer h.wg.Done()
-				defer sub.Close()
-				for {
+				for { // sub ends with the link (see record)
 					select {
 					case <-h.stop:
 						return
@@ -942,8 +943,8 @@ func (h *hostile) keep(m broker.Message) {
 	}
 	if len(h.rec) < hostileRecorded {
 		h.rec = append(h.rec, m)
-	} else if h.rnd.Intn(4) == 0 {
-		h.rec[hostileRecorded/4+h.rnd.Intn(hostileRecorded*3/4)] = m // keep the first quarter
+	} else if h.krnd.Intn(4) == 0 {
+		h.rec[hostileRecorded/4+h.krnd.Intn(hostileRecorded*3/4)] = m // keep the first quarter
 	}
 }
 
@@ -1038,10 +1039,10 @@ func (h *hostile) halt() int {
 	select {
 	case <-h.stop:
 	default:
-		close(h.stop)
 		for _, l := range h.links {
 			l.Close()
 		}
+		close(h.stop)
 	}
 	h.wg.Wait()
 	h.mu.Lock()

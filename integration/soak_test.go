@@ -20,12 +20,17 @@ import (
 // node back as the backup (`tandem rejoin`, then start), checks the
 // invariants and goes on.
 //
-//	TANDEM_SOAK=1 [SEED=n] [CYCLES=20] [SOAK_BROKER=embedded|activemq|rabbitmq] \
+//	TANDEM_SOAK=1 [SEED=n] [CYCLES=20] [SOAK_BROKER=embedded|activemq|rabbitmq] [SOAK_HOSTILE=1] \
 //	    go test -run TestSoak -timeout 60m -v ./integration
 //
-// It ends with one line:
+// With SOAK_HOSTILE=1 a stranger stays connected to both servers' brokers
+// (and the heartbeat broker) throughout, sending forged frames and
+// replaying recorded signed ones (hostile_test.go, at most 40 a second);
+// the invariants must hold as without it.
 //
-//	soak: seed=S cycles=N faults=F failovers=X false_failovers=Y violations=Z
+// It ends with one line (hostile: the stranger's messages, 0 without it):
+//
+//	soak: seed=S cycles=N faults=F failovers=X false_failovers=Y violations=Z hostile=H
 func TestSoak(t *testing.T) {
 	if os.Getenv("TANDEM_SOAK") != "1" {
 		t.Skip("set TANDEM_SOAK=1 (and SEED, CYCLES) to run the randomized soak")
@@ -57,6 +62,13 @@ func TestSoak(t *testing.T) {
 		ext = newBroker(t, kind)
 	}
 	s := newSoak(t, kind, ext, seed)
+	if os.Getenv("SOAK_HOSTILE") == "1" {
+		addrs := []string{s.r.a.addr(), s.r.b.addr()}
+		if ext != nil {
+			addrs = append(addrs, ext.addr)
+		}
+		s.hostile = startHostile(t, seed, addrs, s.r.files, 40)
+	}
 	defer s.summary(cycles)
 	for s.cycle = 1; s.cycle <= cycles; s.cycle++ {
 		f := soakFaults[s.rnd.Intn(len(soakFaults))]
@@ -99,6 +111,7 @@ type soak struct {
 	events    []event
 	lastEpoch map[string]uint64
 	srvBad    int
+	hostile   *hostile // SOAK_HOSTILE=1: the stranger on the brokers
 }
 
 type soakFault struct {
@@ -135,8 +148,8 @@ func (s *soak) summary(cycles int) {
 	if done > cycles {
 		done = cycles
 	}
-	line := fmt.Sprintf("soak: seed=%d cycles=%d faults=%d failovers=%d false_failovers=%d violations=%d",
-		s.seed, done, s.faults, s.failovers, s.falseFailovers, s.violations)
+	line := fmt.Sprintf("soak: seed=%d cycles=%d faults=%d failovers=%d false_failovers=%d violations=%d hostile=%d",
+		s.seed, done, s.faults, s.failovers, s.falseFailovers, s.violations, s.hostile.count())
 	fmt.Println(line)
 	s.t.Log(line)
 	if s.anomalies > 0 {
@@ -218,6 +231,14 @@ func (s *soak) rejoin(n *server) {
 	}
 	s.r.c.start(n)
 	s.r.waitPaired(s.prim, n, 30*time.Second)
+	// waitPaired can pass on what the new process read from state.json and
+	// the primary's memory of the previous one: wait until it has counted a
+	// heartbeat, or a fault right now finds a backup that never heard its
+	// primary (which by design does not take over).
+	eventually(s.t, 30*time.Second, fmt.Sprintf("cycle %d: %s counted a heartbeat of %s", s.cycle, n.name, s.prim.name), func() bool {
+		st, err := getStatus(n.admin)
+		return err == nil && st.Primary != nil && st.Primary.LastHeartbeatAgeMS >= 0 && st.Primary.LastHeartbeatAgeMS < 1000
+	})
 }
 
 // check counts and reports invariant violations found so far.

@@ -214,7 +214,7 @@ type status struct {
 		LastHeartbeatAgeMS int64  `json:"last_heartbeat_age_ms"`
 	} `json:"primary"`
 	Agents struct {
-		Managed, Rewritten, Failed, Connected int
+		Managed, Rewritten, Failed, Connected, Remote, Bound int
 	} `json:"agents"`
 	Takeover         *struct{ Step string } `json:"takeover"`
 	Runbook          string                 `json:"runbook"`

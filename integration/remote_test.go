@@ -1,0 +1,174 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/protocol"
+)
+
+// remoteAgents writes n agent files in DIR/remote — in no server's agents
+// glob: no server can write them, as on agents' own hosts — that name only
+// where to connect (stomp_interface, stomp_port): a new agent needs nothing
+// else but the group's public key.
+func (c *cluster) remoteAgents(n int, srv *server) (dir string, files []string) {
+	c.t.Helper()
+	dir = filepath.Join(c.dir, "remote")
+	for i := 0; i < n; i++ {
+		d := filepath.Join(dir, fmt.Sprintf("r%03d", i), "conf")
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			c.t.Fatal(err)
+		}
+		p := filepath.Join(d, "address.yaml")
+		if err := os.WriteFile(p, []byte(fmt.Sprintf(agentFile, "127.0.0.1", srv.brokerPort, i%250)), 0o644); err != nil {
+			c.t.Fatal(err)
+		}
+		files = append(files, p)
+	}
+	return dir, files
+}
+
+// Agents on their own hosts: no server can write their files. The primary
+// rebinds them (they start with no token), the pings name the backup as
+// their failover server, and after kill -9 of the primary the new primary's
+// signed rebind reaches them on their standby links: every agent rewrites
+// its own file (comments and other keys kept) and follows.
+func TestRemoteAgentsFollowATakeoverWithoutSharedFiles(t *testing.T) {
+	c := newCluster(t)
+	a, b, _ := pairUp(t, c, 0)
+	dir, files := c.remoteAgents(5, a)
+	c.startFleet(dir)
+	allAt(t, files, a, 1, 20*time.Second)
+	waitFailoverServers(t, files, b)
+	a.p.signal(syscall.SIGKILL)
+	a.p.wait(5 * time.Second)
+	c.waitRole(b, "primary", 20*time.Second)
+	allAt(t, files, b, 2, 20*time.Second)
+	for i, f := range files {
+		checkAgentFileIntact(t, f, i)
+	}
+	eventually(t, 20*time.Second, "b's status counts the agents bound to it", func() bool {
+		s, err := getStatus(b.admin)
+		return err == nil && s.Agents.Bound == len(files)
+	})
+}
+
+// A stranger on the broker forges rebinds (unsigned, and signed by another
+// group's key) and replays an old valid one: no agent file changes.
+func TestForgedAndReplayedRebindsChangeNothing(t *testing.T) {
+	c := newCluster(t)
+	a, b, _ := pairUp(t, c, 0)
+	dir, files := c.remoteAgents(3, a)
+	c.startFleet(dir)
+	allAt(t, files, a, 1, 20*time.Second)
+	waitFailoverServers(t, files, b)
+	before := make([]string, len(files))
+	for i, f := range files {
+		_, _, _, before[i] = fileFacts(t, f)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	link, err := broker.Dial(ctx, broker.LinkConfig{URL: "stomp://" + a.addr()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer link.Close()
+	if err := link.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	dest := protocol.NewDestinations("")
+	_, otherKey, _ := protocol.GenerateKey()
+	other := protocol.NewGroupSigner(dest, protocol.Keys{Private: otherKey})
+	own := groupSigner(t, c.dir, dest)
+	evil := newUUID()
+	for i := 0; i < 20; i++ {
+		env := protocol.Envelope{FailoverID: evil, Epoch: 999, Node: "mallory", Seq: uint64(100 + i), Role: "primary",
+			Command: protocol.CommandRebind, Advertise: "127.0.0.1:1"}
+		// Unsigned.
+		h := env.Headers()
+		h[protocol.HFailoverSig] = other.TokenSig(evil, 999, "127.0.0.1", 1)
+		_ = link.Publish(ctx, dest.AgentCommand, h, nil)
+		// Signed by another group.
+		env2 := env
+		env2.FailoverSig = other.TokenSig(evil, 999, "127.0.0.1", 1)
+		h = env2.Headers()
+		other.Sign(dest.AgentCommand, h, nil)
+		_ = link.Publish(ctx, dest.AgentCommand, h, nil)
+		// The group's message signature over a failover-sig of another key.
+		h = env2.Headers()
+		own.Sign(dest.AgentCommand, h, nil)
+		_ = link.Publish(ctx, dest.AgentCommand, h, nil)
+		time.Sleep(20 * time.Millisecond)
+	}
+	// A valid rebind of a's own, at a's epoch: not newer than the files.
+	host, port := "127.0.0.1", a.brokerPort
+	aid := mustStatus(t, a).FailoverID
+	old := protocol.Envelope{FailoverID: aid, Epoch: 1, Node: "a", Seq: 1, Role: "primary", Command: protocol.CommandRebind,
+		Advertise: fmt.Sprintf("%s:%d", host, port), FailoverSig: own.TokenSig(aid, 1, host, port)}
+	h := old.Headers()
+	own.Sign(dest.AgentCommand, h, nil)
+	_ = link.Publish(ctx, dest.AgentCommand, h, nil)
+	// The agents consumed them: their rejected-rebind counters rose.
+	eventually(t, 20*time.Second, "the agents rejected the forged and replayed rebinds", func() bool {
+		b, _ := os.ReadFile(filepath.Join(c.dir, "fleet.log"))
+		return strings.Count(string(b), "rejected a rebind") >= len(files)*3 && strings.Contains(string(b), "not newer")
+	})
+	for i, f := range files {
+		if _, _, _, text := fileFacts(t, f); text != before[i] {
+			t.Fatalf("%s changed:\n%s\n-- was --\n%s", f, text, before[i])
+		}
+	}
+}
+
+// startFleet runs one agent process for every address.yaml under dir
+// (with the group's public key), logging to DIR/fleet.log.
+func (c *cluster) startFleet(dir string) *proc {
+	c.t.Helper()
+	return start(c.t, c.dir, "fleet", "agent", "--fleet", dir, "--period", "100ms", "--log-level", "debug")
+}
+
+// waitFailoverServers waits until every file names srv as its failover
+// server (learned from the primary's pings).
+func waitFailoverServers(t *testing.T, files []string, srv *server) {
+	t.Helper()
+	eventually(t, 20*time.Second, "every agent file names "+srv.name+" as its failover server", func() bool {
+		for _, f := range files {
+			if _, _, _, text := fileFacts(t, f); !strings.Contains(text, "failover_servers: \""+srv.addr()+"\"") && !strings.Contains(text, "failover_servers: "+srv.addr()) {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// An agent that was down during the takeover catches up when it comes
+// back: its file still names the dead primary, but its standby link to the
+// new primary reports a token behind it, and the new primary rebinds it.
+func TestARemoteAgentDownDuringTheTakeoverCatchesUp(t *testing.T) {
+	c := newCluster(t)
+	a, b, _ := pairUp(t, c, 0)
+	dir, files := c.remoteAgents(3, a)
+	fleet := c.startFleet(dir)
+	allAt(t, files, a, 1, 20*time.Second)
+	waitFailoverServers(t, files, b)
+	fleet.kill()
+	a.p.signal(syscall.SIGKILL)
+	a.p.wait(5 * time.Second)
+	c.waitRole(b, "primary", 20*time.Second)
+	// Long after b's first rebinds, the agents come back.
+	time.Sleep(2 * time.Second)
+	for _, f := range files {
+		if port, ep, _, _ := fileFacts(t, f); ep != "1" || port != fmt.Sprint(a.brokerPort) {
+			t.Fatalf("%s changed while its agent was down: epoch %s port %s", f, ep, port)
+		}
+	}
+	c.startFleet(dir)
+	allAt(t, files, b, 2, 20*time.Second)
+}

@@ -199,14 +199,16 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	var nonces nonceRing
 	var clones cloneEchoes
 	var lastChallenge time.Time
+	var replySeq uint64 // signed: the primary takes a reply only if newer than the last
 	reply := func() {
+		replySeq++
 		r.mu.Lock()
 		maint := r.cfg.Maintenance
 		r.mu.Unlock()
 		lastChallenge = r.cfg.Clock.Now()
 		env := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node,
 			Advertise: r.cfg.Advertise, Role: "backup", Maintenance: maint, SentMS: time.Now().UnixMilli(),
-			Instance: r.cfg.Instance, StartedMS: r.cfg.StartedMS, Nonce: nonces.next(), Echo: clones.values()}
+			Instance: r.cfg.Instance, StartedMS: r.cfg.StartedMS, Nonce: nonces.next(), Echo: clones.values(), Seq: replySeq}
 		h := env.Headers()
 		r.cfg.Signer.Sign(r.cfg.Dest.Reply, h, nil)
 		pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)

@@ -1059,3 +1059,33 @@ func (h *hostile) count() int {
 	defer h.mu.Unlock()
 	return h.sent
 }
+
+// A replay of the backup's own recorded replies to the primary: the primary
+// then echoes an old nonce, and the backup does not count the heartbeats
+// that echo it. At 50 replies a second this must still cause no false
+// failover (I6).
+func TestHostileReplayedReplies(t *testing.T) {
+	r := hostileRig(t, "embedded", nil, rigOpts{agents: 1})
+	hostilePair(r)
+	r.startAgents()
+	r.settled(r.a, 1, 20*time.Second)
+	a, b := r.a, r.b
+	dest := protocol.NewDestinations("")
+	idb := mustStatus(t, b).FailoverID
+	tap := publisher(t, a.addr())
+	rec := record(t, tap, dest.Reply, 3, 10*time.Second, func(m broker.Message) bool {
+		return m.Headers[protocol.HFailoverID] == idb
+	})
+	ign0 := metric(t, b.admin, "tandem_heartbeats_ignored_total")
+	rp := replay(tap, dest.Reply, rec, replyPace)
+	defer rp.halt()
+	holdsRole(t, b, "backup", 5*time.Second)
+	sent := rp.halt()
+	t.Logf("%d replayed replies of b: b ignored %v heartbeats meanwhile, stayed backup", sent, metric(t, b.admin, "tandem_heartbeats_ignored_total")-ign0)
+	if st := mustStatus(t, a); st.Role != "primary" || st.Epoch != 1 {
+		t.Fatalf("a after the replayed replies: %s@%d", st.Role, st.Epoch)
+	}
+}
+
+// replyPace: 50 replayed replies a second.
+const replyPace = 20 * time.Millisecond

@@ -114,6 +114,7 @@ type core struct {
 	holdSince        time.Time
 
 	lastPing time.Time // the last command to the agents
+	replies  map[string]replyMark
 	// rebindLeft counts the start's rebinds still to send; rebindDue: an
 	// agent behind us reported.
 	rebindLeft int
@@ -160,6 +161,40 @@ func (c *core) failoverServers() []string {
 		return []string{a}
 	}
 	return nil
+}
+
+// replyMark is the newest reply taken from one backup: its process and the
+// reply's sequence number in that process (both signed).
+type replyMark struct {
+	startedMS int64
+	seq       uint64
+	instance  string
+}
+
+// freshReply reports whether env is newer than every reply taken from the
+// same backup before, and if so records it: a newer process (started
+// later), or the same process and a higher sequence number (not the wall
+// clock, which may step back). Replies without these stamps (older
+// versions) are taken as they come.
+func (c *core) freshReply(env protocol.Envelope) bool {
+	if env.Instance == "" || env.Seq == 0 {
+		return true
+	}
+	if c.replies == nil {
+		c.replies = map[string]replyMark{}
+	}
+	m, ok := c.replies[env.FailoverID]
+	switch {
+	case !ok, env.StartedMS > m.startedMS, env.StartedMS == m.startedMS && env.Instance != m.instance:
+	case env.Instance == m.instance && env.Seq > m.seq:
+	default:
+		return false
+	}
+	if !ok && len(c.replies) >= maxEchoes {
+		return true // bounded: a flood of made-up backups is not remembered
+	}
+	c.replies[env.FailoverID] = replyMark{startedMS: env.StartedMS, seq: env.Seq, instance: env.Instance}
+	return true
 }
 
 // echoEntry is one value our heartbeats echo, keyed by who asked.
@@ -371,6 +406,14 @@ func (c *core) reply(now time.Time, env protocol.Envelope, _ []byte) Output {
 		c.backupStopped = fmt.Sprintf("backup %s stopped (a clean stop) at %s: automatic failover is off until a backup replies", env.Node, now.Format(time.RFC3339))
 		out.log(logrus.WarnLevel, c.backupStopped, nil)
 		c.updateWarnings(now, &out)
+		return out
+	}
+	if !c.freshReply(env) {
+		// A replay of an older reply of this backup (its process started
+		// earlier, or it sent this before the last one we took): it says
+		// nothing about the backup now. Taking its nonce would make our
+		// heartbeats echo a stale one, which the live backup does not
+		// count (a stranger replaying replies would cause a failover).
 		return out
 	}
 	c.backupStopped = ""

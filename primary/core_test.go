@@ -482,3 +482,38 @@ func TestAnAgentThatJustBoundIsPingedAtOnce(t *testing.T) {
 		t.Fatal("a ping for an agent already bound")
 	}
 }
+
+// A replay of a backup's older replies does not replace the nonce our
+// heartbeats echo (the live backup would not count them: a stranger
+// replaying replies would cause a failover).
+func TestReplayedRepliesDoNotReplaceTheEchoedNonce(t *testing.T) {
+	c := testCore(false)
+	c.start(at(0), nil)
+	reply := func(seq uint64, nonce string) {
+		c.reply(at(0.1), protocol.Envelope{FailoverID: backID, Node: "b", Role: "backup", Advertise: "b:1",
+			Instance: "b-1", StartedMS: 500, Seq: seq, Nonce: nonce}, nil)
+	}
+	reply(1000, "old1")
+	reply(2000, "old2")
+	reply(3000, "live")
+	// A stranger replays the recorded older ones, again and again.
+	for i := 0; i < 5; i++ {
+		reply(1000, "old1")
+		reply(2000, "old2")
+	}
+	out := c.tick(at(1))
+	if !out.Beat.Echoes("live") || out.Beat.Echoes("old1") || out.Beat.Echoes("old2") {
+		t.Fatalf("echo %v after replays: want only the live nonce", out.Beat.Echo)
+	}
+	// A restarted backup (a newer process) is taken at once.
+	c.reply(at(1.1), protocol.Envelope{FailoverID: backID, Node: "b", Role: "backup", Advertise: "b:1",
+		Instance: "b-2", StartedMS: 900, Seq: 1, Nonce: "restarted"}, nil)
+	if out = c.tick(at(2)); !out.Beat.Echoes("restarted") {
+		t.Fatalf("echo %v: want the restarted backup's nonce", out.Beat.Echo)
+	}
+	// And a replay of the old process's replies changes nothing.
+	reply(5000, "old-process")
+	if out = c.tick(at(3)); !out.Beat.Echoes("restarted") || out.Beat.Echoes("old-process") {
+		t.Fatalf("echo %v: an old process's reply was taken", out.Beat.Echo)
+	}
+}

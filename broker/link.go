@@ -899,21 +899,19 @@ type linkSub struct {
 func (s *linkSub) C() <-chan Message { return s.buf.C() }
 func (s *linkSub) Dropped() uint64   { return s.buf.Dropped() }
 
-// Close ends the subscription at once. The UNSUBSCRIBE is sent in the
-// background: go-stomp waits for a receipt the embedded broker never sends.
+// Close ends the subscription at once: nothing more reaches C. No
+// UNSUBSCRIBE is sent: go-stomp v3.1.5's Subscription.Unsubscribe waits for
+// a receipt (the embedded broker never sends one) and, when that wait times
+// out, sends on the subscription's channel after checking it is open — a
+// data race with the connection's close of that channel, and a "send on
+// closed channel" panic when the close wins. The broker side of the
+// subscription ends with the connection; until then its messages are
+// drained and dropped (the drain ends when go-stomp closes the channel).
 func (s *linkSub) Close() error {
 	l := s.link
 	l.subMu.Lock()
-	_, live := l.subs[s]
 	delete(l.subs, s)
-	cur := s.cur
 	s.cur = nil
-	if live && cur != nil && l.ctx.Err() == nil {
-		// Not in l.wg: Close does not wait for it. go-stomp bounds it (its
-		// send timeout, then unsubscribeReceiptTTL), and the drain ends
-		// when go-stomp closes the subscription's channel.
-		go func() { _ = cur.Unsubscribe() }()
-	}
 	l.subMu.Unlock()
 	s.buf.Close()
 	return nil

@@ -55,6 +55,9 @@ func (n *Node) Status() Status {
 			}
 		}
 		s.Warnings = append(s.Warnings, ps.Warnings...)
+		if ps.Tampered > 0 {
+			s.Warnings = append(s.Warnings, fmt.Sprintf("%d agent report(s) claimed a token above ours without a valid server signature: ignored (a tampered address.yaml or a forged report); see the log", ps.Tampered))
+		}
 		if ps.AgentSignatureFails > 0 {
 			s.Warnings = append(s.Warnings, fmt.Sprintf("%d agent status report(s) failed verification (the last from agent %q): that agent's --secret-file differs from this server's secret", ps.AgentSignatureFails, ps.LastBadAgent))
 		}

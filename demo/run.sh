@@ -3,8 +3,14 @@
 # short timings (heartbeat every 1s, fail_window 5s). It shows live status,
 # kills the primary with SIGKILL, shows the backup counting the silence,
 # taking over and every agent's address.yaml moving to it, prints the diff of
-# each address.yaml and b's role history (tandem history), then stops
-# everything it started. About 20 seconds.
+# each address.yaml, restarts the old primary (refused: fenced), rejoins it,
+# hands the role back with a switchover, prints b's role history (tandem
+# history), then stops everything it started. About 20 seconds.
+#
+# The agents run as on their own hosts: no server can write their files
+# (the servers have no agents: globs). Each agent rewrites its own
+# address.yaml when the new primary's signed rebind reaches it on its
+# standby link (the sidecar way of running tandem next to DataStax agents).
 #
 #   bash demo/run.sh                 # or: make demo
 #   KEEP=1 bash demo/run.sh          # keep the temp dir (configs, data dirs, logs)
@@ -251,7 +257,8 @@ advertise: 127.0.0.1:$2       # what agents are told while $1 is active
 admin: 127.0.0.1:$3           # tandem status --admin 127.0.0.1:$3
 heartbeat: {period: 1s, reply_period: 5s, fail_window: 5s}
 signing_key: $DIR/keys/signing.key   # the group key (tandem keygen)
-agents: ["$DIR/agents/*/conf/address.yaml"]
+# No agents: globs — the agents' files are theirs (on their own hosts);
+# the servers reach them over the bus.
 log: {format: text, level: info}
 EOF
 	if [ -n "$HB_BROKER" ]; then echo "heartbeat_broker: $HB_BROKER"; fi
@@ -264,9 +271,11 @@ echo "127.0.0.1:$BROKER_A" >"$DIR/b/data/primary_location"
 for a in "${AGENTS[@]}"; do
 	mkdir -p "$DIR/agents/$a/conf"
 	cat >"$(agent_file "$a")" <<EOF
-# Agent $a (tandem demo). An OpsCenter-style address.yaml: tandem rewrites
-# stomp_interface, stomp_port, failover_id and failover_epoch in place;
-# every other key, the key order and every comment stay byte for byte.
+# Agent $a (tandem demo). An OpsCenter-style address.yaml. It needs only
+# where to connect: the primary rebinds a new agent (failover_id,
+# failover_epoch, failover_sig) and names its failover servers; the agent
+# rewrites stomp_interface, stomp_port and those keys in place; every other
+# key, the key order and every comment stay byte for byte.
 stomp_interface: 127.0.0.1   # the server this agent reports to
 stomp_port: $BROKER_A
 use_ssl: 0
@@ -285,7 +294,7 @@ PID_A=$!
 PIDS+=("$PID_A")
 say "started server a (pid $PID_A): no primary_location, so it is the primary"
 wait_role $ADMIN_A primary 15 || die "server a did not become primary (see $DIR/logs/a.log)"
-say "a is PRIMARY: it claimed the agent files at epoch 1"
+say "a is PRIMARY at epoch 1: it rebinds the agents, whose files name no token yet"
 
 "$BIN" server --config "$DIR/b/tandem.yaml" >"$DIR/logs/b.log" 2>&1 &
 PID_B=$!
@@ -386,7 +395,7 @@ say ">>> failover done: b is primary at epoch $epoch with all ${#AGENTS[@]} agen
 echo
 "$BIN" status --admin 127.0.0.1:$ADMIN_B | sed 's/^/    b| /'
 echo
-"$BIN" agents list --config "$DIR/b/tandem.yaml" | sed 's/^/    /'
+"$BIN" status --admin 127.0.0.1:$ADMIN_B --json | grep -E "\"(remote|bound)\"" | sed "s/^ */    b agents /"
 echo
 
 # ---- the files, before and after -------------------------------------------------

@@ -258,7 +258,7 @@ func (a *Agent) Status() Status {
 // Run follows the file until ctx ends.
 func (a *Agent) Run(ctx context.Context) error {
 	log := a.cfg.Log.WithField("agent", a.cfg.ID)
-	changes, err := a.cfg.Watch(ctx, a.cfg.Path, 20*time.Millisecond)
+	changes, err := a.cfg.Watch(ctx, a.cfg.Path, watchDebounce)
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", a.cfg.Path, err)
 	}
@@ -526,3 +526,8 @@ func (a *Agent) publishReport(ctx context.Context, bus broker.Bus, addr agentcfg
 	defer cancel()
 	return bus.Publish(pctx, a.cfg.Dest.AgentStatus, h, body)
 }
+
+// watchDebounce coalesces the events of one change of address.yaml (a
+// server's and an agent's own rewrites are one atomic rename; editors may
+// write in a few steps): short, since the agent reconnects only after it.
+const watchDebounce = 5 * time.Millisecond

@@ -131,6 +131,14 @@ func TestACleanStopOfThePrimaryHandsOver(t *testing.T) {
 	if bound, other := c.boundTo(s.FailoverID); bound != 3 || other != 0 {
 		t.Fatalf("files bound to the new primary: %d, elsewhere %d", bound, other)
 	}
+	evs, err := eventlog.Read(filepath.Join(c.nodes[0].dir, "events.jsonl"), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	last := evs[len(evs)-1]
+	if last.Kind != eventlog.KindRole || last.Role != "backup" || last.Reason != "clean-stop" || last.To != "n1" {
+		t.Fatalf("the stopped node's last event %+v: want backup, clean-stop, to n1", last)
+	}
 }
 
 // In maintenance (an upgrade), a clean stop hands nothing over.

@@ -190,11 +190,15 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 	case primary.HandedOver:
 		n.mu.Lock()
 		n.next = roleChange{Reason: "switchover", From: n.cfg.Node, To: end.ByNode}
-		if ctx.Err() != nil {
-			n.next.Reason = "clean-stop"
-		}
 		n.mu.Unlock()
-		return false, n.becomeBackupOf(end)
+		err := n.becomeBackupOf(end)
+		if err == nil && ctx.Err() != nil {
+			// A clean stop's handover: this process ends here; say so, as
+			// the backup it comes back as.
+			n.setRole(RoleBackup, roleChange{Reason: "clean-stop", From: n.cfg.Node, To: end.ByNode,
+				Why: "stopped cleanly after handing over to " + nonEmpty(end.ByNode, end.ByAdvertise)})
+		}
+		return false, err
 	case primary.Duplicate:
 		return true, fmt.Errorf("%w: %s", ErrDuplicateID, end.Reason)
 	}

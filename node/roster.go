@@ -77,8 +77,8 @@ func (n *Node) sendRoster(ctx context.Context, bus broker.Bus, agents []primary.
 	}
 }
 
-// hRosterPart is "i/n": part i of n of one roster (its seq).
-const hRosterPart = "roster-part"
+// hRosterPart is "i/n": part i of n of one roster (its seq), signed.
+const hRosterPart = protocol.HRosterPart
 
 // rosterReceiver assembles a primary's roster from its parts and keeps it
 // in DATA/roster.json (written atomically, at most once per second).

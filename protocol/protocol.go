@@ -66,6 +66,9 @@ const (
 	HFailoverServers = "failover-servers"
 )
 
+// HRosterPart: "i/n", part i of n of one roster message (its seq).
+const HRosterPart = "roster-part"
+
 // CommandRebind is the HCommand of a rebind.
 const CommandRebind = "rebind"
 
@@ -365,7 +368,7 @@ func (s *Signer) Verify(dest string, h map[string]string, body []byte) error {
 var signed = map[string]bool{
 	HVersion: true, HFailoverID: true, HEpoch: true, HNode: true, HSeq: true, HAdvertise: true,
 	HPeriodMS: true, HRole: true, HSentMS: true, HHandoverTo: true, HMaintenance: true,
-	HInstance: true, HStartedMS: true, HNonce: true, HEcho: true, HFailoverSig: true, HBound: true, HStopping: true, HCommand: true, HFailoverServers: true,
+	HInstance: true, HStartedMS: true, HNonce: true, HEcho: true, HFailoverSig: true, HBound: true, HStopping: true, HCommand: true, HFailoverServers: true, HRosterPart: true,
 }
 
 func (s *Signer) mac(dest string, h map[string]string, body []byte) []byte {

@@ -16,6 +16,7 @@ import (
 	"github.com/tandem-ha/tandem/agentcfg"
 	"github.com/tandem-ha/tandem/config"
 	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/node"
 	"github.com/tandem-ha/tandem/protocol"
 )
 
@@ -52,6 +53,18 @@ func runAgents(args []string, stdout, stderr io.Writer) int {
 
 // agentRow is one managed address.yaml as `agents list` shows it. Live
 // columns (connected, last status) can be added here later.
+// remoteRow is one agent of the roster.
+type remoteRow struct {
+	ID          string    `json:"id"`
+	Path        string    `json:"path,omitempty"` // on the agent's host
+	BoundEpoch  uint64    `json:"bound_epoch"`    // as the running server last heard (or the roster said)
+	BoundID     string    `json:"bound_failover_id"`
+	LastSeen    time.Time `json:"last_seen"`
+	Missing     bool      `json:"missing"` // not reporting to the running server
+	FromRoster  bool      `json:"from_roster"`
+	FromRunning bool      `json:"from_running_server"`
+}
+
 type agentRow struct {
 	Path           string  `json:"path"`
 	StompInterface string  `json:"stomp_interface"`
@@ -76,6 +89,10 @@ type agentsListing struct {
 	// Unsigned counts files whose token carries no valid failover_sig
 	// (checked only when the group key is readable).
 	Unsigned int `json:"unsigned"`
+	// Remote are the agents of the roster (DATA/roster.json: every agent
+	// the primary heard, agents on their own hosts included) that no
+	// managed file names, with what the running server sees of them.
+	Remote []remoteRow `json:"remote"`
 	// AtEpoch counts valid files naming this server's failover id at its
 	// epoch; Invalid counts files that could not be read or are not valid.
 	AtEpoch    int    `json:"at_epoch"`
@@ -191,6 +208,7 @@ func runAgentsList(args []string, stdout, stderr io.Writer) int {
 		}
 	}
 	out.ServerRunning = running
+	out.Remote = remoteAgents(cfg, out.Agents, running)
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
@@ -230,6 +248,19 @@ func runAgentsList(args []string, stdout, stderr io.Writer) int {
 	} else {
 		fmt.Fprintf(stdout, "no file matches the agents globs %q\n", cfg.Agents)
 	}
+	if len(out.Remote) > 0 {
+		fmt.Fprintln(stdout, "\nagents on their own hosts (roster):")
+		tw := tabwriter.NewWriter(stdout, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "ID\tPATH\tBOUND_EPOCH\tLAST_SEEN\tMISSING")
+		for _, r := range out.Remote {
+			seen := "-"
+			if !r.LastSeen.IsZero() {
+				seen = time.Since(r.LastSeen).Round(100*time.Millisecond).String() + " ago"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%v\n", r.ID, dash(r.Path), r.BoundEpoch, seen, map[bool]string{true: "yes", false: "no"}[r.Missing])
+		}
+		tw.Flush()
+	}
 	who := "this server's epoch"
 	if id == "" {
 		who = "this server's epoch (it has no failover id yet)"
@@ -259,23 +290,12 @@ type liveAgent struct {
 // liveAgents asks the running server (if any) for its agent registry, keyed
 // by the path each agent reports. ok is false when no server answers.
 func liveAgents(admin string) (map[string]liveAgent, bool) {
-	c := &http.Client{Timeout: time.Second}
-	resp, err := c.Get("http://" + admin + "/agents")
-	if err != nil {
+	agents := registry(admin)
+	if agents == nil {
 		return nil, false
 	}
-	defer resp.Body.Close()
-	var out struct {
-		Agents []struct {
-			liveAgent
-			Path string `json:"path"`
-		} `json:"agents"`
-	}
-	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&out) != nil {
-		return nil, false
-	}
-	m := make(map[string]liveAgent, len(out.Agents))
-	for _, a := range out.Agents {
+	m := make(map[string]liveAgent, len(agents))
+	for _, a := range agents {
 		if a.Path != "" {
 			m[a.Path] = a.liveAgent
 		}
@@ -412,4 +432,71 @@ func errText(r agentcfg.Result) string {
 		return r.Outcome.String()
 	}
 	return singleLine(strings.TrimPrefix(r.Err.Error(), r.Path+": "))
+}
+
+// remoteAgents merges the roster (DATA/roster.json) with the running
+// server's registry: every agent that no managed file names.
+func remoteAgents(cfg *config.Config, files []agentRow, running bool) []remoteRow {
+	managed := map[string]bool{}
+	for _, f := range files {
+		if abs, err := filepath.Abs(f.Path); err == nil {
+			managed[abs] = true
+		}
+	}
+	rows := map[string]*remoteRow{}
+	if ro, err := node.LoadRoster(cfg.DataDir); err == nil {
+		for _, a := range ro.Agents {
+			if !managed[a.Path] {
+				rows[a.ID] = &remoteRow{ID: a.ID, Path: a.Path, BoundEpoch: a.Epoch, BoundID: a.FailoverID, LastSeen: a.LastSeen, FromRoster: true, Missing: running}
+			}
+		}
+	}
+	if running {
+		for _, a := range registry(cfg.Admin) {
+			if managed[a.Path] {
+				continue
+			}
+			r := rows[a.ID]
+			if r == nil {
+				r = &remoteRow{ID: a.ID, Path: a.Path}
+				rows[a.ID] = r
+			}
+			r.BoundEpoch, r.BoundID, r.LastSeen, r.FromRunning, r.Missing = a.Epoch, a.FailoverID, a.LastSeen, true, !a.Connected
+		}
+	}
+	out := make([]remoteRow, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, *r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out
+}
+
+// registry is the running server's agent registry (nil when none answers).
+func registry(admin string) []struct {
+	liveAgent
+	Path string `json:"path"`
+} {
+	c := &http.Client{Timeout: time.Second}
+	resp, err := c.Get("http://" + admin + "/agents")
+	if err != nil {
+		return nil
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Agents []struct {
+			liveAgent
+			Path string `json:"path"`
+		} `json:"agents"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&out) != nil {
+		return nil
+	}
+	if out.Agents == nil {
+		out.Agents = []struct {
+			liveAgent
+			Path string `json:"path"`
+		}{} // a server that answers with no agent: running, empty
+	}
+	return out.Agents
 }

@@ -111,3 +111,27 @@ func TestKeygenIfMissingKeepsAnExistingPair(t *testing.T) {
 		t.Fatalf("second run: %q", out.String())
 	}
 }
+
+// agents list shows the roster's agents on their own hosts (no managed
+// file names them).
+func TestAgentsListShowsTheRoster(t *testing.T) {
+	e := newCLIEnv(t, "insecure: true\n")
+	e.node(t, cliTestID, failoverid.State{Epoch: 2, Role: "backup"})
+	ro := `{"from":"` + cliOtherID + `","epoch":1,"agents":[{"id":"cassandra-7","path":"/var/lib/datastax-agent/conf/address.yaml","failover_id":"` + cliOtherID + `","epoch":1,"last_seen":"2026-12-01T10:00:00Z"}]}`
+	os.WriteFile(filepath.Join(e.data, "roster.json"), []byte(ro), 0o640)
+	code, o, errs := runCLI(agentsCmd, "list", "--config", e.cfg, "--json")
+	if code != exitOK {
+		t.Fatalf("%d %s", code, errs)
+	}
+	var l agentsListing
+	if err := json.Unmarshal([]byte(o), &l); err != nil {
+		t.Fatal(err)
+	}
+	if len(l.Remote) != 1 || l.Remote[0].ID != "cassandra-7" || l.Remote[0].BoundEpoch != 1 || !l.Remote[0].FromRoster {
+		t.Fatalf("remote %+v", l.Remote)
+	}
+	code, o, _ = runCLI(agentsCmd, "list", "--config", e.cfg)
+	if code != exitOK || !strings.Contains(o, "cassandra-7") || !strings.Contains(o, "agents on their own hosts") {
+		t.Fatalf("text: %s", o)
+	}
+}

@@ -285,7 +285,12 @@ func (a *Agent) Run(ctx context.Context) error {
 	// the background so the agent moves to its new server at once.
 	var closing sync.WaitGroup
 	defer closing.Wait()
-	disconnect := func() {
+	var curTok failoverid.Token // the token the current connection was made for
+	// disconnect leaves the current server. With moved set (the agent was
+	// rebound to a higher token), it first tells the server it leaves, in
+	// the background: a report carrying the new, server-signed token fences
+	// an old primary that no file can (agents on their own hosts).
+	disconnect := func(moved *agentcfg.Address) {
 		if sub == nil && bus == nil {
 			return
 		}
@@ -294,6 +299,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		closing.Add(1)
 		go func() {
 			defer closing.Done()
+			if moved != nil && oldBus != nil {
+				pctx, cancel := context.WithTimeout(ctx, min(a.cfg.Period, time.Second))
+				_ = a.publishReport(pctx, oldBus, *moved)
+				cancel()
+			}
 			if oldSub != nil {
 				oldSub.Close()
 			}
@@ -306,13 +316,20 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.gen++
 		a.mu.Unlock()
 	}
-	defer disconnect()
+	defer disconnect(nil)
 	connect := func(addr agentcfg.Address) {
 		t := target(addr)
+		tok := failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}
 		if t == cur && bus != nil {
+			curTok = tok // the same server, at a new token (its own claim)
 			return
 		}
-		disconnect()
+		var moved *agentcfg.Address
+		if tok.Above(curTok) && curTok.ID != "" {
+			moved = &addr
+		}
+		disconnect(moved)
+		curTok = tok
 		cur = t
 		heard = failoverid.Token{}
 		a.mu.Lock()
@@ -388,7 +405,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 		case m, ok := <-cmds:
 			if !ok {
-				disconnect()
+				disconnect(nil)
 				continue
 			}
 			if isRebind(m) {

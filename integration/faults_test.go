@@ -81,8 +81,10 @@ func TestFaults(t *testing.T) {
 	}
 }
 
-func scKillPrimary(t *testing.T, kind string, ext *extBroker) {
-	r := settledRig(t, kind, ext, rigOpts{})
+func scKillPrimary(t *testing.T, kind string, ext *extBroker) { killPrimary(t, kind, ext, rigOpts{}) }
+
+func killPrimary(t *testing.T, kind string, ext *extBroker, o rigOpts) {
+	r := settledRig(t, kind, ext, o)
 	r.a.p.signal(syscall.SIGKILL)
 	r.a.p.wait(5 * time.Second)
 	r.settled(r.b, 2, 20*time.Second)
@@ -90,7 +92,11 @@ func scKillPrimary(t *testing.T, kind string, ext *extBroker) {
 }
 
 func scFreezePrimary(t *testing.T, kind string, ext *extBroker) {
-	r := settledRig(t, kind, ext, rigOpts{})
+	freezePrimary(t, kind, ext, rigOpts{})
+}
+
+func freezePrimary(t *testing.T, kind string, ext *extBroker, o rigOpts) {
+	r := settledRig(t, kind, ext, o)
 	r.a.p.signal(syscall.SIGSTOP)
 	r.settled(r.b, 2, 20*time.Second)
 	r.a.p.signal(syscall.SIGCONT)
@@ -104,8 +110,10 @@ func scFreezePrimary(t *testing.T, kind string, ext *extBroker) {
 // Backup↔primary cut while the agents still reach the primary: the backup
 // takes over and rewrites the files, the agents move to it, the old primary
 // is fenced by the higher epoch (files, agent status), no agent obeys both.
-func scPartition(t *testing.T, kind string, ext *extBroker) {
-	r := settledRig(t, kind, ext, rigOpts{})
+func scPartition(t *testing.T, kind string, ext *extBroker) { partitionPair(t, kind, ext, rigOpts{}) }
+
+func partitionPair(t *testing.T, kind string, ext *extBroker, o rigOpts) {
+	r := settledRig(t, kind, ext, o)
 	r.partition(r.b)
 	r.movedTo(r.b, 2, 20*time.Second)
 	r.c.waitRole(r.a, "fenced", 20*time.Second)

@@ -172,3 +172,24 @@ func TestARemoteAgentDownDuringTheTakeoverCatchesUp(t *testing.T) {
 	c.startFleet(dir)
 	allAt(t, files, b, 2, 20*time.Second)
 }
+
+// The fault suite's core scenarios with agents on their own hosts, on each
+// heartbeat channel (embedded, ActiveMQ, RabbitMQ), each ending with the
+// invariant checks over the agents' own files: kill -9 of the primary;
+// SIGSTOP past the window and SIGCONT (the old primary is fenced, through
+// the new primary's notify heartbeat and the agents' reports); a cut
+// between backup and primary while the agents still reach the primary.
+func TestRemoteFaults(t *testing.T) {
+	for _, kind := range []string{"embedded", "activemq", "rabbitmq"} {
+		t.Run(kind, func(t *testing.T) {
+			var ext *extBroker
+			if kind != "embedded" {
+				ext = newBroker(t, kind)
+			}
+			o := rigOpts{remote: true}
+			t.Run("KillPrimary", func(t *testing.T) { killPrimary(t, kind, ext, o) })
+			t.Run("FreezePrimary", func(t *testing.T) { freezePrimary(t, kind, ext, o) })
+			t.Run("PartitionBackupPrimary", func(t *testing.T) { partitionPair(t, kind, ext, o) })
+		})
+	}
+}

@@ -32,6 +32,10 @@ type rigOpts struct {
 	hooks  string // hooks: {...}
 	agents int    // agent files and agent processes (default 3)
 	signed bool   // configure the shared secret (servers and agents)
+	// remote: the agents' files are in no server's agents glob (agents on
+	// their own hosts): they name only where to connect, and the agents
+	// rewrite them on the servers' signed rebinds.
+	remote bool
 }
 
 // extTiming is a little wider than fastTiming: an external broker adds a
@@ -62,6 +66,20 @@ func settledRig(t testing.TB, kind string, ext *extBroker, o rigOpts) *rig {
 	r.pairUp()
 	r.startAgents()
 	r.settled(r.a, 1, 20*time.Second)
+	if o.remote {
+		// The standby links are up: every agent names the backup (its
+		// agents' address) as its failover server.
+		want := fmt.Sprintf("127.0.0.1:%d", r.ag["b"].port())
+		eventually(t, 20*time.Second, "every agent knows the backup as its failover server", func() bool {
+			for _, f := range r.files {
+				b, err := os.ReadFile(f)
+				if err != nil || !strings.Contains(string(b), want) {
+					return false
+				}
+			}
+			return true
+		})
+	}
 	return r
 }
 
@@ -129,7 +147,11 @@ func (r *rig) pairUp() {
 	r.t.Helper()
 	r.a = r.addServer("a", nil)
 	r.b = r.addServer("b", r.a)
-	r.files = r.c.writeAgents(r.opts.agents, &server{brokerPort: r.ag["a"].port()})
+	if r.opts.remote {
+		_, r.files = r.c.remoteAgents(r.opts.agents, &server{brokerPort: r.ag["a"].port()})
+	} else {
+		r.files = r.c.writeAgents(r.opts.agents, &server{brokerPort: r.ag["a"].port()})
+	}
 	r.samp = startEpochSampler(r.t, r.files)
 	r.c.start(r.a)
 	r.c.waitRole(r.a, "primary", 20*time.Second)

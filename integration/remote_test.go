@@ -190,6 +190,28 @@ func TestRemoteFaults(t *testing.T) {
 			t.Run("KillPrimary", func(t *testing.T) { killPrimary(t, kind, ext, o) })
 			t.Run("FreezePrimary", func(t *testing.T) { freezePrimary(t, kind, ext, o) })
 			t.Run("PartitionBackupPrimary", func(t *testing.T) { partitionPair(t, kind, ext, o) })
+			t.Run("CutBackupFromAgentsDuringTakeover", func(t *testing.T) { cutBackupFromAgents(t, kind, ext, o) })
 		})
 	}
+}
+
+// The new primary cannot reach the agents during its takeover (a cut
+// between it and them; the pair still hears each other until the kill):
+// no agent moves while cut; after the heal their standby links come back,
+// report a token behind the new primary, and it rebinds them all.
+func cutBackupFromAgents(t *testing.T, kind string, ext *extBroker, o rigOpts) {
+	r := settledRig(t, kind, ext, o)
+	r.ag["b"].Cut()
+	r.a.p.signal(syscall.SIGKILL)
+	r.a.p.wait(5 * time.Second)
+	r.c.waitRole(r.b, "primary", 20*time.Second)
+	// b's first rebinds go out while it cannot reach anyone: wait them out
+	// (its first 10 periods), then look: no file moved.
+	time.Sleep(10 * 200 * time.Millisecond)
+	if r.filesAt(r.b, 2) {
+		t.Fatal("agents moved while cut from the new primary")
+	}
+	r.ag["b"].Heal()
+	r.settled(r.b, 2, 20*time.Second)
+	r.check()
 }

@@ -64,7 +64,11 @@ type agentFiles struct {
 	failTotal uint64
 	cache     map[string]fileFacts // survey's memory; only survey uses it
 	paths     []string             // the managed files at the last full survey
-	changes   *changeWatch         // which files changed since the last survey
+	progDone  int                  // files done by the rewrite under way
+	progTotal int                  // its size (0: no rewrite under way)
+	// progressHook, when set (tests), is called at every progress step.
+	progressHook func()
+	changes      *changeWatch // which files changed since the last survey
 }
 
 // fileOptions tune agentFiles.
@@ -112,8 +116,15 @@ func (a *agentFiles) apply(ctx context.Context, paths []string, u agentcfg.Updat
 	// is stopping) stops a large rewrite within one slice.
 	const slice = 2048
 	res := make([]agentcfg.Result, 0, len(paths))
+	a.setProgress(0, len(paths))
+	defer a.setProgress(0, 0)
 	for i := 0; i < len(paths) && ctx.Err() == nil; i += slice {
-		res = append(res, agentcfg.RewriteAll(paths[i:min(i+slice, len(paths))], u, agentcfg.BatchOptions{MaxFileSize: a.opts.maxSize})...)
+		base := i
+		opt := agentcfg.BatchOptions{MaxFileSize: a.opts.maxSize, Progress: func(done, _ int) { a.setProgress(base+done, len(paths)) }}
+		res = append(res, agentcfg.RewriteAll(paths[i:min(i+slice, len(paths))], u, opt)...)
+		if len(paths) > slice {
+			a.log.WithFields(logrus.Fields{"epoch": u.Epoch, "done": min(i+slice, len(paths)), "files": len(paths)}).Info("rewriting agent files")
+		}
 	}
 	// Keep survey's cache warm: what we just wrote need not be re-parsed.
 	fresh := make(map[string]fileFacts, len(res))
@@ -162,7 +173,32 @@ func (a *agentFiles) apply(ctx context.Context, paths []string, u agentcfg.Updat
 		}
 	}
 	rewritten, failed := a.rewritten, len(a.failed)
+	logged := 0
+	for _, r := range res {
+		if why, bad := a.failed[r.Path]; bad {
+			if logged == maxFailedLogged {
+				a.log.WithField("more", failed-logged).Warn("more agent files could not be rewritten (tandem agents list)")
+				break
+			}
+			a.log.WithFields(logrus.Fields{"file": r.Path, "why": why}).Warn("agent file not rewritten; retried at the next check")
+			logged++
+		}
+	}
 	a.log.WithFields(logrus.Fields{"epoch": u.Epoch, "files": len(paths), "rewritten": rewritten, "failed": failed}).Info("agent files rewritten")
+}
+
+// maxFailedLogged bounds the warnings one rewrite logs about its failures.
+const maxFailedLogged = 20
+
+// setProgress records how far the rewrite under way is (total 0: none).
+func (a *agentFiles) setProgress(done, total int) {
+	a.mu.Lock()
+	a.progDone, a.progTotal = done, total
+	hook := a.progressHook
+	a.mu.Unlock()
+	if hook != nil && total > 0 {
+		hook()
+	}
 }
 
 // fileFacts is what scan remembers of a file, to skip re-parsing files that
@@ -367,6 +403,9 @@ func (a *agentFiles) Status() AgentsStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	s := AgentsStatus{Managed: a.managed, Rewritten: a.rewritten, Failed: len(a.failed), Tampered: len(a.tampered)}
+	if a.progTotal > 0 {
+		s.Rewriting = &Progress{Done: a.progDone, Total: a.progTotal}
+	}
 	var paths []string
 	for p := range a.failed {
 		paths = append(paths, p)

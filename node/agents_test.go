@@ -2,12 +2,15 @@ package node
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/tandem-ha/tandem/agentcfg"
 )
@@ -100,5 +103,45 @@ func TestSurveysReadOnlyWhatChanged(t *testing.T) {
 			t.Fatalf("%s recreated was not seen", p1)
 		}
 		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// A large rewrite shows its progress while it runs, and names the files it
+// could not rewrite at warning level.
+func TestARewriteShowsProgressAndNamesFailures(t *testing.T) {
+	dir := t.TempDir()
+	for i := 0; i < 30; i++ {
+		p := filepath.Join(dir, fmt.Sprintf("a%02d", i), "address.yaml")
+		os.MkdirAll(filepath.Dir(p), 0o755)
+		body := "stomp_interface: 127.0.0.1\n"
+		if i == 7 {
+			body = "stomp_interface: [broken\n"
+		}
+		os.WriteFile(p, []byte(body), 0o644)
+	}
+	log, hook := test.NewNullLogger()
+	f := newAgentFiles([]string{filepath.Join(dir, "*", "address.yaml")}, log)
+	defer f.Close()
+	var seen []int
+	f.progressHook = func() {
+		if s := f.Status(); s.Rewriting != nil {
+			seen = append(seen, s.Rewriting.Done)
+		}
+	}
+	f.Rewrite(context.Background(), agentcfg.Update{StompInterface: "127.0.0.1", StompPort: 4000, FailoverID: "a9a9a9a9-0000-4000-8000-000000000001", Epoch: 1})
+	if len(seen) == 0 || seen[len(seen)-1] != 30 {
+		t.Fatalf("progress seen %v: want it to reach 30", seen)
+	}
+	if s := f.Status(); s.Rewriting != nil {
+		t.Fatalf("progress still shown after the rewrite: %+v", s.Rewriting)
+	}
+	named := false
+	for _, e := range hook.AllEntries() {
+		if e.Level == logrus.WarnLevel && strings.Contains(fmt.Sprint(e.Data["file"]), "a07") {
+			named = true
+		}
+	}
+	if !named {
+		t.Fatal("the failed file was not named at warning level")
 	}
 }

@@ -82,6 +82,9 @@ type AgentsStatus struct {
 	// Tampered counts managed files that claim a token without a valid
 	// server signature (failover_sig): they fence nobody.
 	Tampered int `json:"tampered,omitempty"`
+	// Rewriting shows a rewrite under way (a takeover's, or a claim):
+	// how many files are done so far.
+	Rewriting *Progress `json:"rewriting,omitempty"`
 	// FailedFiles lists up to 20 files that could not be rewritten, with why.
 	FailedFiles []FailedFile `json:"failed_files,omitempty"`
 }
@@ -110,4 +113,10 @@ type HeartbeatTiming struct {
 	PeriodMS      int64 `json:"period_ms"`
 	ReplyPeriodMS int64 `json:"reply_period_ms"`
 	FailWindowMS  int64 `json:"fail_window_ms"`
+}
+
+// Progress is how far a long step is.
+type Progress struct {
+	Done  int `json:"done"`
+	Total int `json:"total"`
 }

@@ -326,6 +326,12 @@ func printStatus(w io.Writer, s node.Status) {
 	}
 	a := s.Agents
 	row("agents", "%d managed, %d rewritten, %d failed, %d connected", a.Managed, a.Rewritten, a.Failed, a.Connected)
+	if p := a.Rewriting; p != nil {
+		row("rewriting", "%d of %d agent files done", p.Done, p.Total)
+	}
+	if a.Remote > 0 {
+		row("remote agents", "%d in the roster, %d bound to this server", a.Remote, a.Bound)
+	}
 	for _, f := range a.FailedFiles {
 		row("  failed", "%s: %s", f.Path, f.Error)
 	}

@@ -113,8 +113,8 @@ type core struct {
 	gen, holdUntil   int
 	holdSince        time.Time
 
-	lastPing time.Time // the last command to the agents
-	replies  map[string]replyMark
+	lastPing time.Time                       // the last command to the agents
+	replies  map[string]map[string]replyMark // backup failover id → instance → newest reply
 	// rebindLeft counts the start's rebinds still to send; rebindDue: an
 	// agent behind us reported.
 	rebindLeft int
@@ -163,37 +163,57 @@ func (c *core) failoverServers() []string {
 	return nil
 }
 
-// replyMark is the newest reply taken from one backup: its process and the
-// reply's sequence number in that process (both signed).
+// replyMark is the newest reply taken from one backup process: its start
+// and the reply's sequence number in that process (both signed).
 type replyMark struct {
 	startedMS int64
 	seq       uint64
-	instance  string
 }
 
+// maxInstances bounds the processes remembered per backup failover id (a
+// restart, or a clone that has not stopped yet).
+const maxInstances = 3
+
 // freshReply reports whether env is newer than every reply taken from the
-// same backup before, and if so records it: a newer process (started
-// later), or the same process and a higher sequence number (not the wall
-// clock, which may step back). Replies without these stamps (older
-// versions) are taken as they come.
+// same backup process before (a higher reply seq: not the wall clock,
+// which may step back), and if so records it. Processes are told apart by
+// instance, so a clone's or a restarted process's replies never displace
+// another live process's nonce. Per failover id at most maxInstances are
+// kept, the latest started. Replies without these stamps (older versions)
+// are taken as they come.
 func (c *core) freshReply(env protocol.Envelope) bool {
 	if env.Instance == "" || env.Seq == 0 {
 		return true
 	}
 	if c.replies == nil {
-		c.replies = map[string]replyMark{}
+		c.replies = map[string]map[string]replyMark{}
 	}
-	m, ok := c.replies[env.FailoverID]
-	switch {
-	case !ok, env.StartedMS > m.startedMS, env.StartedMS == m.startedMS && env.Instance != m.instance:
-	case env.Instance == m.instance && env.Seq > m.seq:
-	default:
-		return false
+	procs := c.replies[env.FailoverID]
+	if procs == nil {
+		if len(c.replies) >= maxEchoes {
+			return true // bounded: a flood of made-up backups is not remembered
+		}
+		procs = map[string]replyMark{}
+		c.replies[env.FailoverID] = procs
 	}
-	if !ok && len(c.replies) >= maxEchoes {
-		return true // bounded: a flood of made-up backups is not remembered
+	if m, ok := procs[env.Instance]; ok {
+		if env.Seq <= m.seq {
+			return false
+		}
+	} else if len(procs) >= maxInstances {
+		oldest, oldestStart := "", int64(0)
+		for inst, m := range procs {
+			if oldest == "" || m.startedMS < oldestStart {
+				oldest, oldestStart = inst, m.startedMS
+			}
+		}
+		if env.StartedMS <= oldestStart {
+			return false // an older process than every one kept: a replay
+		}
+		delete(procs, oldest)
+		c.forget("backup:" + env.FailoverID + "/" + oldest)
 	}
-	c.replies[env.FailoverID] = replyMark{startedMS: env.StartedMS, seq: env.Seq, instance: env.Instance}
+	procs[env.Instance] = replyMark{startedMS: env.StartedMS, seq: env.Seq}
 	return true
 }
 
@@ -217,6 +237,16 @@ func (c *core) remember(key, value string) {
 	c.echoes = append(c.echoes, echoEntry{key, value})
 	if len(c.echoes) > maxEchoes {
 		c.echoes = c.echoes[len(c.echoes)-maxEchoes:]
+	}
+}
+
+// forget drops the echo for key.
+func (c *core) forget(key string) {
+	for i, e := range c.echoes {
+		if e.key == key {
+			c.echoes = append(c.echoes[:i], c.echoes[i+1:]...)
+			return
+		}
 	}
 }
 
@@ -418,7 +448,7 @@ func (c *core) reply(now time.Time, env protocol.Envelope, _ []byte) Output {
 	}
 	c.backupStopped = ""
 	if env.Nonce != "" {
-		c.remember("backup:"+env.FailoverID, env.Nonce)
+		c.remember("backup:"+env.FailoverID+"/"+env.Instance, env.Nonce)
 	}
 	np := failoverid.Peer{Node: env.Node, FailoverID: env.FailoverID, Epoch: env.Epoch, Address: env.Advertise}
 	c.lastReply, c.backupConfigured = now, true

@@ -511,9 +511,18 @@ func TestReplayedRepliesDoNotReplaceTheEchoedNonce(t *testing.T) {
 	if out = c.tick(at(2)); !out.Beat.Echoes("restarted") {
 		t.Fatalf("echo %v: want the restarted backup's nonce", out.Beat.Echo)
 	}
-	// And a replay of the old process's replies changes nothing.
-	reply(5000, "old-process")
-	if out = c.tick(at(3)); !out.Beat.Echoes("restarted") || out.Beat.Echoes("old-process") {
+	// Two live processes of one failover id (a clone not stopped yet): each
+	// keeps its own nonce echoed; neither displaces the other.
+	c.reply(at(2.1), protocol.Envelope{FailoverID: backID, Node: "b", Role: "backup", Advertise: "b:1",
+		Instance: "b-3", StartedMS: 950, Seq: 1, Nonce: "clone"}, nil)
+	c.reply(at(2.2), protocol.Envelope{FailoverID: backID, Node: "b", Role: "backup", Advertise: "b:1",
+		Instance: "b-2", StartedMS: 900, Seq: 2, Nonce: "restarted2"}, nil)
+	if out = c.tick(at(2.5)); !out.Beat.Echoes("restarted2") || !out.Beat.Echoes("clone") {
+		t.Fatalf("echo %v: want both live processes' nonces", out.Beat.Echo)
+	}
+	// And a replay of the old process's recorded replies changes nothing.
+	reply(2000, "old-process")
+	if out = c.tick(at(3)); !out.Beat.Echoes("restarted2") || out.Beat.Echoes("old-process") {
 		t.Fatalf("echo %v: an old process's reply was taken", out.Beat.Echo)
 	}
 }

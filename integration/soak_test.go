@@ -28,6 +28,10 @@ import (
 // replaying recorded signed ones (hostile_test.go, at most 40 a second);
 // the invariants must hold as without it.
 //
+// With SOAK_REMOTE=1 the agents are on their own hosts: their files are in
+// no server's glob and every takeover reaches them as a signed rebind
+// (soak_remote_test.go).
+//
 // It ends with one line (hostile: the stranger's messages, 0 without it):
 //
 //	soak: seed=S cycles=N faults=F failovers=X false_failovers=Y violations=Z hostile=H
@@ -56,6 +60,9 @@ func TestSoak(t *testing.T) {
 		kind = "embedded"
 	}
 	fmt.Printf("soak: seed=%d cycles=%d broker=%s\n", seed, cycles, kind)
+	if soakRemote() {
+		fmt.Println("soak: agents on their own hosts (SOAK_REMOTE=1): files in no server's glob, rebinds only")
+	}
 	t.Logf("soak: seed=%d (rerun with SEED=%d)", seed, seed)
 	var ext *extBroker
 	if kind != "embedded" {
@@ -135,11 +142,18 @@ func newSoak(t *testing.T, kind string, ext *extBroker, seed int64) *soak {
 	// mid-takeover), as a switchover gives up after fail_window.
 	slow := filepath.Join(t.TempDir(), "slow-takeover")
 	r := newRig(t, kind, ext, rigOpts{hooks: fmt.Sprintf(`{before_takeover: "if [ -f %s ]; then sleep 0.3; fi"}`, slow)})
-	r.pairUp()
+	if soakRemote() {
+		r.pairUpRemote()
+	} else {
+		r.pairUp()
+	}
 	r.startAgents()
 	s := &soak{t: t, r: r, rnd: rand.New(rand.NewSource(seed)), seed: seed, prim: r.a, back: r.b, epoch: 1,
 		lastEpoch: map[string]uint64{}, slowFlag: slow}
 	s.settle(s.prim, 1)
+	if soakRemote() {
+		s.waitStandby()
+	}
 	return s
 }
 
@@ -239,6 +253,9 @@ func (s *soak) rejoin(n *server) {
 		st, err := getStatus(n.admin)
 		return err == nil && st.Primary != nil && st.Primary.LastHeartbeatAgeMS >= 0 && st.Primary.LastHeartbeatAgeMS < 1000
 	})
+	if soakRemote() {
+		s.waitStandby() // the agents can be rebound by n
+	}
 }
 
 // check counts and reports invariant violations found so far.

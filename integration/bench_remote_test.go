@@ -1,0 +1,479 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/tandem-ha/tandem/internal/eventlog"
+)
+
+// BenchmarkRemoteAgentsFollow measures a failover of agents on their own
+// hosts: N agent files in no server's glob (remoteAgents), run by one fleet
+// process (`tandem agent --fleet DIR --period 1s`); the servers' period is
+// 100 ms and their fail window 1 s. No server rewrites a file: the new
+// primary's signed rebind reaches the agents on their standby links, each
+// agent compare-and-swaps its own address.yaml and reconnects.
+//
+// Before the kill every file is at epoch 1 on a and names b in
+// failover_servers (the standby links are up). Figures, medians over the
+// iterations (-benchtime 3x for a median of 3):
+//
+//	bound-ms       window end → every agent bound to the new primary (the
+//	               latest of each agent's first command accepted from the new
+//	               primary's failover id, from the fleet's --events)
+//	cpu-ms         the new primary's CPU time (utime+stime, /proc/PID/stat;
+//	               every thread) from window end to all bound
+//	rss-KB/agent   the fleet's VmRSS / N, settled before the kill
+//
+// The window end is the killed primary's last heartbeat in the servers'
+// event log + the window (as BenchmarkTakeoverPhases). Each run also logs a
+// timeline: detect, primary, b's first rebind, the fleet's "rebound" lines
+// (first, median, last), the first and last agent bound.
+//
+//	go test -run '^$' -bench RemoteAgentsFollow -benchtime 3x -timeout 30m ./integration
+//
+// TANDEM_BENCH_PERF=DIR records a perf profile of the fleet and the new
+// primary from just before the kill to all bound (DIR/perf-remote-N.data).
+// TANDEM_BENCH_KEEP=DIR copies each run's logs (fleet, servers, event
+// logs) into DIR for a closer look; TANDEM_BENCH_LOG=debug runs the fleet at that log level (default info:
+// the "rebound" lines); TANDEM_BENCH_AGENTS=10,1000 picks the sizes
+// (default 10,1000,10000).
+func BenchmarkRemoteAgentsFollow(b *testing.B) {
+	raiseNofile(b)
+	sizes := []int{10, 1000, 10000}
+	if v := os.Getenv("TANDEM_BENCH_AGENTS"); v != "" {
+		sizes = nil
+		for _, s := range strings.Split(v, ",") {
+			n, err := strconv.Atoi(strings.TrimSpace(s))
+			if err != nil || n < 1 {
+				b.Fatalf("TANDEM_BENCH_AGENTS=%q: want sizes such as 10,1000", v)
+			}
+			sizes = append(sizes, n)
+		}
+	}
+	for _, n := range sizes {
+		b.Run(fmt.Sprintf("agents=%d", n), func(b *testing.B) {
+			var bound, cpu, rss []float64
+			for i := 0; i < b.N; i++ {
+				r := remoteFollowRun(b, n)
+				bound, cpu, rss = append(bound, r.bound), append(cpu, r.cpuMS), append(rss, r.rssKB)
+			}
+			b.ReportMetric(median(bound), "bound-ms")
+			b.ReportMetric(median(cpu), "cpu-ms")
+			b.ReportMetric(median(rss), "rss-KB/agent")
+		})
+	}
+}
+
+// raiseNofile lifts the soft RLIMIT_NOFILE of the test process (and so of
+// the processes it starts) to the hard limit.
+func raiseNofile(b testing.TB) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		b.Logf("getrlimit: %v", err)
+		return
+	}
+	if lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+			b.Logf("setrlimit NOFILE %d: %v", lim.Max, err)
+		}
+	}
+}
+
+type remoteFollowResult struct {
+	bound, cpuMS, rssKB float64
+}
+
+func remoteFollowRun(b *testing.B, n int) remoteFollowResult {
+	b.Helper()
+	const window = time.Second
+	c := newCluster(b)
+	c.timing = "{period: 100ms, reply_period: 1s, fail_window: 1s}"
+	a := c.addServer("a", nil)
+	bk := c.addServer("b", a)
+	c.start(a)
+	defer a.p.kill()
+	c.waitRole(a, "primary", 60*time.Second)
+	c.start(bk)
+	defer bk.p.kill()
+	c.waitRole(bk, "backup", 60*time.Second)
+	dir, files := c.remoteAgents(n, a)
+	evPath := filepath.Join(c.dir, "agent-events.jsonl")
+	level := os.Getenv("TANDEM_BENCH_LOG")
+	if level == "" {
+		level = "info"
+	}
+	t0 := time.Now()
+	fleet := start(b, c.dir, "fleet", "agent", "--fleet", dir, "--period", "1s", "--log-level", level, "--events", evPath)
+	defer fleet.kill()
+	// A 10,000-agent fleet takes minutes to be rebound by a and learn b.
+	setupMax := 60*time.Second + time.Duration(n)*30*time.Millisecond
+	waitFilesFor(b, files, a, "1", setupMax)
+	waitFailoverServersTB(b, files, bk, setupMax)
+	setup := time.Since(t0)
+	time.Sleep(2 * time.Second) // settle: the standby links report, GC
+	rssKB := rssMB(b, fleet.pid()) * 1024 / float64(n)
+	idA := mustStatus(b, a).FailoverID
+	eventually(b, 20*time.Second, "b hears a", func() bool {
+		s, err := getStatus(bk.admin)
+		return err == nil && s.Primary != nil && s.Primary.Node == a.name && s.Primary.LastHeartbeatAgeMS >= 0 && s.Primary.LastHeartbeatAgeMS < 50
+	})
+	cpu, fleetCPU := startCPUSampler(bk.p.pid()), startCPUSampler(fleet.pid())
+	var perf *exec.Cmd
+	if d := os.Getenv("TANDEM_BENCH_PERF"); d != "" {
+		perf = exec.Command("perf", "record", "-g", "-F", "999", "-o", filepath.Join(d, fmt.Sprintf("perf-remote-%d.data", n)),
+			"-p", fmt.Sprintf("%d,%d", fleet.pid(), bk.p.pid()))
+		perf.Stderr = os.Stderr
+		if err := perf.Start(); err != nil {
+			b.Fatal(err)
+		}
+		time.Sleep(300 * time.Millisecond)
+		fmt.Fprintf(os.Stderr, "perf: fleet pid %d, b pid %d\n", fleet.pid(), bk.p.pid())
+	}
+	evOff := fileSize(evPath) // the new primary's commands come after this
+	a.p.signal(syscall.SIGKILL)
+	<-a.p.done
+	var sb status
+	eventually(b, 120*time.Second, "b primary", func() bool {
+		var err error
+		sb, err = getStatus(bk.admin)
+		return err == nil && sb.Role == "primary"
+	})
+	if sb.FailoverID == idA || sb.Epoch != 2 {
+		b.Fatalf("b is primary as %s@%d (a was %s@1)", sb.FailoverID, sb.Epoch, idA)
+	}
+	first := map[string]int64{} // agent -> first accepted command of b
+	rd := &eventTail{path: evPath, off: evOff}
+	eventually(b, setupMax, fmt.Sprintf("%d agents accepted b's commands", n), func() bool {
+		rd.read(sb.FailoverID, func(e event) {
+			if e.Accepted && e.From.ID == sb.FailoverID && e.From.Epoch == sb.Epoch {
+				if t, ok := first[e.Agent]; !ok || e.T < t {
+					first[e.Agent] = e.T
+				}
+			}
+		})
+		return len(first) >= n
+	})
+	samples, fleetSamples := cpu.halt(), fleetCPU.halt()
+	if perf != nil {
+		_ = perf.Process.Signal(syscall.SIGINT)
+		_ = perf.Wait()
+	}
+	evs, err := eventlog.Read(c.serverEvents(), 0)
+	if err != nil {
+		b.Fatal(err)
+	}
+	var lastHB, takingOver, primary, rebind *eventlog.Event
+	rebinds := 0
+	for i := range evs {
+		e := &evs[i]
+		switch {
+		case e.Node == a.name && e.Kind == eventlog.KindHeartbeat:
+			lastHB = e
+		case e.Node == bk.name && e.Kind == eventlog.KindRole && e.Role == "taking-over" && takingOver == nil:
+			takingOver = e
+		case e.Node == bk.name && e.Kind == eventlog.KindRole && e.Role == "primary" && primary == nil:
+			primary = e
+		case e.Node == bk.name && e.Kind == "rebind" && e.Epoch == sb.Epoch:
+			if rebind == nil {
+				rebind = e
+			}
+			rebinds++
+		}
+	}
+	if lastHB == nil || takingOver == nil || primary == nil {
+		b.Fatalf("server event log %s lacks a's last heartbeat (%v), b's taking-over (%v) or primary (%v) event",
+			c.serverEvents(), lastHB != nil, takingOver != nil, primary != nil)
+	}
+	windowEnd := lastHB.TMS + window.Milliseconds()
+	var last, firstBound int64
+	for _, t := range first {
+		last = max(last, t)
+		if firstBound == 0 || t < firstBound {
+			firstBound = t
+		}
+	}
+	rel := func(t int64) string { return fmt.Sprintf("%+d", t-windowEnd) }
+	cpuD, how := cpuBetween(samples, windowEnd, last)
+	fleetD, _ := cpuBetween(fleetSamples, windowEnd, last)
+	// The fleet's "rebound" lines: when each agent's own rewrite was done.
+	var rebound []int64
+	sc := bufio.NewScanner(strings.NewReader(fleet.logText()))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if strings.Contains(l, "rebound: address.yaml now names the new primary") && strings.Contains(l, sb.FailoverID) {
+			if t := logTime(l); !t.IsZero() {
+				rebound = append(rebound, t.UnixMilli())
+			}
+		}
+	}
+	sort.Slice(rebound, func(i, j int) bool { return rebound[i] < rebound[j] })
+	rb := "none logged"
+	if k := len(rebound); k > 0 {
+		rb = fmt.Sprintf("%d, first %s, median %s, last %s", k, rel(rebound[0]), rel(rebound[k/2]), rel(rebound[k-1]))
+	}
+	firstRebind := "-"
+	if rebind != nil {
+		firstRebind = rel(rebind.TMS)
+	}
+	b.Logf("agents=%d: ms after window end: detect %s, primary %s, first rebind %s (%d rebinds sent in all), rebound %s, bound first %s, all %s; b's CPU %.0f ms (%s), the fleet's %.0f ms; fleet RSS %.0f KB/agent; setup %s",
+		n, rel(takingOver.TMS), rel(primary.TMS), firstRebind, rebinds, rb, rel(firstBound), rel(last),
+		float64(cpuD)/float64(time.Millisecond), how, float64(fleetD)/float64(time.Millisecond), rssKB, setup.Round(time.Millisecond))
+	if keep := os.Getenv("TANDEM_BENCH_KEEP"); keep != "" {
+		keepLogs(b, c.dir, filepath.Join(keep, fmt.Sprintf("agents-%d-%d", n, time.Now().UnixMilli())))
+	}
+	return remoteFollowResult{bound: float64(last - windowEnd), cpuMS: float64(cpuD) / float64(time.Millisecond), rssKB: rssKB}
+}
+
+// waitFilesFor is waitFiles with a deadline of d.
+func waitFilesFor(b testing.TB, files []string, srv *server, epoch string, d time.Duration) {
+	b.Helper()
+	deadline := time.Now().Add(d)
+	for !filesAt(b, files, srv, epoch) {
+		if time.Now().After(deadline) {
+			b.Fatalf("timed out after %s waiting for %d files at epoch %s on %s", d, len(files), epoch, srv.name)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitFailoverServersTB waits (polling every 200 ms) until every file names
+// srv in failover_servers.
+func waitFailoverServersTB(b testing.TB, files []string, srv *server, d time.Duration) {
+	b.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		ok := true
+		for _, f := range files {
+			raw, err := os.ReadFile(f)
+			if err != nil || !namesFailoverServer(string(raw), srv.addr()) {
+				ok = false
+				break
+			}
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			b.Fatalf("timed out waiting for %d files to name %s in failover_servers", len(files), srv.name)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func namesFailoverServer(text, addr string) bool {
+	for _, line := range strings.Split(text, "\n") {
+		k, v, ok := strings.Cut(line, ":")
+		if !ok || strings.TrimSpace(k) != "failover_servers" {
+			continue
+		}
+		v = strings.Trim(strings.TrimSpace(strings.SplitN(v, "#", 2)[0]), `"'`)
+		for _, hp := range strings.Split(v, ",") {
+			if strings.TrimSpace(hp) == addr {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func fileSize(p string) int64 {
+	fi, err := os.Stat(p)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// eventTail reads an agents' --events file from off on, a call at a time;
+// only lines containing filter are decoded (a fleet of 10,000 writes
+// 100,000 lines a second).
+type eventTail struct {
+	path string
+	off  int64
+	part []byte
+}
+
+func (r *eventTail) read(filter string, fn func(event)) {
+	f, err := os.Open(r.path)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	if _, err := f.Seek(r.off, 0); err != nil {
+		return
+	}
+	buf := make([]byte, 1<<20)
+	for {
+		k, err := f.Read(buf)
+		if k > 0 {
+			r.off += int64(k)
+			data := append(r.part, buf[:k]...)
+			for {
+				i := bytes.IndexByte(data, '\n')
+				if i < 0 {
+					break
+				}
+				line := data[:i]
+				data = data[i+1:]
+				if !bytes.Contains(line, []byte(filter)) {
+					continue
+				}
+				var e event
+				if json.Unmarshal(line, &e) == nil {
+					fn(e)
+				}
+			}
+			r.part = append([]byte(nil), data...)
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// logTime is the time="..." of a text log line (zero if none).
+func logTime(l string) time.Time {
+	i := strings.Index(l, `time="`)
+	if i < 0 {
+		return time.Time{}
+	}
+	rest := l[i+len(`time="`):]
+	if j := strings.IndexByte(rest, '"'); j >= 0 {
+		t, _ := time.Parse(time.RFC3339Nano, rest[:j])
+		return t
+	}
+	return time.Time{}
+}
+
+// cpuSampler samples a process's CPU time every 10 ms.
+type cpuSampler struct {
+	pid  int
+	mu   sync.Mutex
+	out  []stampedCPU
+	stop chan struct{}
+	done chan struct{}
+}
+
+type stampedCPU struct {
+	at int64 // Unix ms
+	s  cpuSample
+}
+
+func startCPUSampler(pid int) *cpuSampler {
+	c := &cpuSampler{pid: pid, stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(c.done)
+		tk := time.NewTicker(10 * time.Millisecond)
+		defer tk.Stop()
+		for {
+			if s, err := readCPU(c.pid); err == nil {
+				c.mu.Lock()
+				c.out = append(c.out, stampedCPU{at: time.Now().UnixMilli(), s: s})
+				c.mu.Unlock()
+			}
+			select {
+			case <-c.stop:
+				return
+			case <-tk.C:
+			}
+		}
+	}()
+	return c
+}
+
+func (c *cpuSampler) halt() []stampedCPU {
+	close(c.stop)
+	<-c.done
+	return c.out
+}
+
+// cpuBetween is the CPU time between the last sample at or before from and
+// the first at or after to.
+func cpuBetween(ss []stampedCPU, from, to int64) (time.Duration, string) {
+	if len(ss) == 0 {
+		return 0, "no samples"
+	}
+	i0, i1 := 0, len(ss)-1
+	for i, s := range ss {
+		if s.at <= from {
+			i0 = i
+		}
+	}
+	for i := len(ss) - 1; i >= 0; i-- {
+		if ss[i].at >= to {
+			i1 = i
+		}
+	}
+	d := ss[i1].s.sub(ss[i0].s)
+	return d.ticks, fmt.Sprintf("stat ticks over %d ms of samples; schedstat %.0f ms", ss[i1].at-ss[i0].at, float64(d.cpu)/float64(time.Millisecond))
+}
+
+// readCPU is procCPU without testing.TB (for a sampling goroutine).
+func readCPU(pid int) (cpuSample, error) {
+	raw, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
+	if err != nil {
+		return cpuSample{}, err
+	}
+	i := strings.LastIndexByte(string(raw), ')')
+	if i < 0 || i+2 > len(raw) {
+		return cpuSample{}, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	f := strings.Fields(string(raw[i+2:]))
+	if len(f) < 13 {
+		return cpuSample{}, fmt.Errorf("bad /proc/%d/stat", pid)
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	s := cpuSample{ticks: ut + st, ns: map[string]int64{}}
+	dir := filepath.Join("/proc", strconv.Itoa(pid), "task")
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		s.ns = nil
+		return s, nil
+	}
+	for _, e := range ents {
+		s.tids = append(s.tids, e.Name())
+		b, err := os.ReadFile(filepath.Join(dir, e.Name(), "schedstat"))
+		if err != nil {
+			s.ns = nil
+			continue
+		}
+		if fs := strings.Fields(string(b)); len(fs) > 0 && s.ns != nil {
+			v, _ := strconv.ParseInt(fs[0], 10, 64)
+			s.ns[e.Name()] = v
+		}
+	}
+	return s, nil
+}
+
+// keepLogs copies the *.log and *.jsonl files of dir into to.
+func keepLogs(b testing.TB, dir, to string) {
+	if err := os.MkdirAll(to, 0o755); err != nil {
+		b.Logf("keep logs: %v", err)
+		return
+	}
+	for _, pat := range []string{"*.log", "*.jsonl"} {
+		ms, _ := filepath.Glob(filepath.Join(dir, pat))
+		for _, m := range ms {
+			if raw, err := os.ReadFile(m); err == nil {
+				_ = os.WriteFile(filepath.Join(to, filepath.Base(m)), raw, 0o644)
+			}
+		}
+	}
+	b.Logf("logs kept in %s", to)
+}

@@ -119,6 +119,18 @@ func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
 		a.rejectRebind(level, f, "no --server-key: this agent cannot verify a rebind and ignores every one")
 		return
 	}
+	// The new primary repeats its rebind for a while: one not above the
+	// token this agent already holds (its last good file) changes nothing,
+	// and costs no signature check and no re-read of the file.
+	if pre, err := protocol.Decode(m.Headers); err == nil {
+		a.mu.Lock()
+		held := failoverid.Token{ID: a.good.FailoverID, Epoch: a.good.FailoverEpoch}
+		a.mu.Unlock()
+		if t := (failoverid.Token{ID: pre.FailoverID, Epoch: pre.Epoch}); held.ID != "" && !t.Above(held) {
+			a.rejectRebind(logrus.DebugLevel, f, "not newer than address.yaml's token")
+			return
+		}
+	}
 	if err := a.cfg.Signer.Verify(a.cfg.Dest.AgentCommand, m.Headers, m.Body); err != nil {
 		a.rejectRebind(logrus.WarnLevel, f, "message signature: "+err.Error())
 		return
@@ -267,6 +279,7 @@ func (a *Agent) applyRebind(r rebindReq) {
 	}
 	a.rb.seqs[r.tok] = r.seq
 	a.mu.Unlock()
+	f["agent"] = a.cfg.ID
 	a.cfg.Log.WithFields(f).Info("rebound: address.yaml now names the new primary")
 	a.kickRun()
 	if a.cfg.OnRebind != "" {

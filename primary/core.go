@@ -141,8 +141,9 @@ type core struct {
 const maxFileError = 512
 
 // pingGap is the least time between two pings sent for agents that just
-// bound (each ping reaches every agent of this server).
-const pingGap = 2 * time.Millisecond
+// bound: a tenth of a period, at least 2 ms (each ping reaches, and is
+// verified by, every agent of this server).
+func (c *core) pingGap() time.Duration { return max(c.cfg.Period/10, 2*time.Millisecond) }
 
 // ping puts a command to the agents in out (a new seq: agents refuse a
 // seq they have seen).
@@ -508,7 +509,7 @@ func (c *core) agentStatus(now time.Time, env protocol.Envelope, body []byte, tr
 		// ping at once rather than at the next period, so it is obeying
 		// this server within milliseconds of a takeover. Bounded: one such
 		// ping per pingGap, whatever the size of the fleet.
-		if now.Sub(c.lastPing) >= pingGap {
+		if now.Sub(c.lastPing) >= c.pingGap() {
 			c.ping(now, &out)
 		}
 	}

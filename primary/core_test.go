@@ -459,7 +459,7 @@ func TestRebindsGoOutAtTheStartAndForAgentsBehind(t *testing.T) {
 }
 
 // An agent that just bound to this primary (it reports on connect) is
-// pinged at once, not at the next period — bounded to one ping per pingGap
+// pinged at once, not at the next period — bounded to one ping per c.pingGap()
 // however many agents connect; each ping has a new seq.
 func TestAnAgentThatJustBoundIsPingedAtOnce(t *testing.T) {
 	c := testCore(false)
@@ -471,14 +471,14 @@ func TestAnAgentThatJustBoundIsPingedAtOnce(t *testing.T) {
 	}
 	first := out.Command.Seq
 	if out = c.agentStatus(now.Add(time.Millisecond), protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "ag-2"}, nil, true); out.Command != nil {
-		t.Fatal("a second ping within pingGap")
+		t.Fatal("a second ping within c.pingGap()")
 	}
-	out = c.agentStatus(now.Add(pingGap+time.Millisecond), protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "ag-3"}, nil, true)
+	out = c.agentStatus(now.Add(c.pingGap()+time.Millisecond), protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "ag-3"}, nil, true)
 	if out.Command == nil || out.Command.Seq <= first {
-		t.Fatalf("ping after pingGap: %+v", out.Command)
+		t.Fatalf("ping after c.pingGap(): %+v", out.Command)
 	}
 	// An agent already known at our token: no extra ping.
-	if out = c.agentStatus(now.Add(10*pingGap), protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "ag-1"}, nil, true); out.Command != nil {
+	if out = c.agentStatus(now.Add(10*c.pingGap()), protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: "ag-1"}, nil, true); out.Command != nil {
 		t.Fatal("a ping for an agent already bound")
 	}
 }

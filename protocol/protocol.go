@@ -313,6 +313,7 @@ type Signer struct {
 	priv      ed25519.PrivateKey
 	pub       ed25519.PublicKey
 	agentDest string // the destination agents publish on ("" = every one is HMAC)
+	verified  verdicts
 }
 
 // NewSigner returns a signer for key (nil or empty: signing off).

@@ -203,3 +203,30 @@ func TestKeyFilesRoundTrip(t *testing.T) {
 		t.Fatalf("junk: %v", err)
 	}
 }
+
+// A verdict is kept only for the exact bytes it covered: a changed header
+// or signature is checked (and refused) again.
+func TestGroupVerdictsAreForTheExactMessage(t *testing.T) {
+	d := NewDestinations("")
+	pub, priv, _ := GenerateKey()
+	server := NewGroupSigner(d, Keys{Private: priv})
+	agent := NewGroupSigner(d, Keys{Public: pub})
+	h := Envelope{FailoverID: "a", Epoch: 3, Node: "a", Seq: 1}.Headers()
+	server.Sign(d.AgentCommand, h, nil)
+	for i := 0; i < 3; i++ {
+		if err := agent.Verify(d.AgentCommand, h, nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h2 := map[string]string{}
+	for k, v := range h {
+		h2[k] = v
+	}
+	h2[HEpoch] = "999"
+	if err := agent.Verify(d.AgentCommand, h2, nil); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("a changed header after a cached verdict: %v", err)
+	}
+	if err := agent.Verify(d.AgentCommand, h, []byte("x")); !errors.Is(err, ErrBadSignature) {
+		t.Fatalf("a changed body after a cached verdict: %v", err)
+	}
+}

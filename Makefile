@@ -53,11 +53,14 @@ demo: build
 demo-activemq: build
 	ACTIVEMQ=1 bash demo/run.sh
 
-# Randomized fault soak: make soak SEED=42 CYCLES=300 (SEED default: time).
+# Randomized fault soak: make soak SEED=42 CYCLES=300 (SEED default: time),
+# with a hostile stranger on the brokers throughout (forged and replayed
+# frames: SOAK_HOSTILE=0 turns it off).
 SEED   ?=
 CYCLES ?= 20
+SOAK_HOSTILE ?= 1
 soak:
-	TANDEM_SOAK=1 SEED=$(SEED) CYCLES=$(CYCLES) $(GO) test -race -count=1 -run '^TestSoak$$' -timeout 120m -v ./integration
+	TANDEM_SOAK=1 SEED=$(SEED) CYCLES=$(CYCLES) SOAK_HOSTILE=$(SOAK_HOSTILE) $(GO) test -race -count=1 -run '^TestSoak$$' -timeout 120m -v ./integration
 
 clean:
 	rm -rf bin

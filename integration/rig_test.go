@@ -297,6 +297,14 @@ func (r *rig) runningAgents() int {
 // I4/I5 are checked by the cluster's cleanup from the server event log.
 func (r *rig) check() {
 	r.t.Helper()
+	if r.samp != nil {
+		// A last sample of every file now: an agent that rewrote its own
+		// file (agents on their own hosts) may have accepted commands at
+		// the new token before the sampler's next round saw the change.
+		for _, f := range r.files {
+			r.samp.sample(f)
+		}
+	}
 	evs := readEvents(r.t, r.evPath)
 	checkI1(r.t, evs, r.samp, agentFiles(r.files))
 	checkMonotoneAccepts(r.t, evs)

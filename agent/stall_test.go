@@ -30,46 +30,6 @@ func (b enteringBus) Publish(ctx context.Context, dest string, h map[string]stri
 	return b.Bus.Publish(ctx, dest, h, body)
 }
 
-// jam backs up pub's path to a server that does not read, then keeps
-// publishing from background goroutines until stop is called.
-func jam(t *testing.T, pub func(ctx context.Context, body []byte) error) (stop func()) {
-	t.Helper()
-	body := make([]byte, 256<<10)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if time.Now().After(deadline) {
-			t.Fatal("could not back up the link")
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		start := time.Now()
-		err := pub(ctx, body)
-		cancel()
-		if err != nil || time.Since(start) > 100*time.Millisecond {
-			break
-		}
-	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 4; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				if pub(context.Background(), body[:64<<10]) != nil {
-					time.Sleep(time.Millisecond) // pacing only
-				}
-			}
-		}()
-	}
-	var once sync.Once
-	return func() { once.Do(func() { close(done); wg.Wait() }) }
-}
-
 func linkDial(entered *atomic.Int64, record func(broker.Bus)) DialFunc {
 	log, _ := test.NewNullLogger()
 	return func(ctx context.Context, addr agentcfg.Address) (broker.Bus, error) {
@@ -170,7 +130,7 @@ func TestPooledAgentsFollowTheirFilesAfterTheirJammedServerDies(t *testing.T) {
 		t.Fatal(err)
 	}
 	base := entered.Load()
-	stop := jam(t, func(ctx context.Context, body []byte) error { return h.Publish(ctx, "/topic/jam", nil, body) })
+	stop := testbrokers.Jam(t, func(ctx context.Context, body []byte) error { return h.Publish(ctx, "/topic/jam", nil, body) })
 	defer stop()
 	// The agents' reports are in the jam too (the jam's own publishes are
 	// at least 5 of these).
@@ -241,7 +201,7 @@ func TestAgentStopsPromptlyWhenItsLinkIsJammed(t *testing.T) {
 	mu.Lock()
 	l := links[0]
 	mu.Unlock()
-	stop := jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
+	stop := testbrokers.Jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
 	defer stop()
 	base := entered.Load()
 	waitUntil(t, 10*time.Second, "the agent publishing into the jam", func() bool { return entered.Load() > base })

@@ -222,48 +222,6 @@ func TestLinkCloseDuringConnect(t *testing.T) {
 	}
 }
 
-// jam fills the link's path to a broker that does not read: it publishes
-// big bodies until a publish fails or outlives its context (the writes are
-// backed up), then keeps publishing from background goroutines, as a busy
-// fleet would, until the returned stop is called.
-func jam(t testing.TB, pub func(ctx context.Context, body []byte) error) (stop func()) {
-	t.Helper()
-	body := make([]byte, 256<<10)
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if time.Now().After(deadline) {
-			t.Fatal("could not back up the link")
-		}
-		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		start := time.Now()
-		err := pub(ctx, body)
-		cancel()
-		if err != nil || time.Since(start) > 100*time.Millisecond {
-			break
-		}
-	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	for i := 0; i < 4; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				select {
-				case <-done:
-					return
-				default:
-				}
-				if pub(context.Background(), body[:64<<10]) != nil {
-					time.Sleep(time.Millisecond) // pacing only
-				}
-			}
-		}()
-	}
-	var once sync.Once
-	return func() { once.Do(func() { close(done); wg.Wait() }) }
-}
-
 // TestLinkPublishAndCloseBoundedWhenTheBrokerStopsReading: go-stomp's Send
 // holds the connection's lock while it waits (up to its send timeout) for a
 // slot in a write queue nothing drains; publishers queue behind each other
@@ -281,7 +239,7 @@ func TestLinkPublishAndCloseBoundedWhenTheBrokerStopsReading(t *testing.T) {
 	if err := l.WaitConnected(ctx); err != nil {
 		t.Fatal(err)
 	}
-	stop := jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
+	stop := testbrokers.Jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
 	defer stop()
 
 	for i := 0; i < 3; i++ {
@@ -333,7 +291,7 @@ func TestLinkPublishAndCloseBoundedWhenTheBrokerDiesJammed(t *testing.T) {
 	if err := l.WaitConnected(ctx); err != nil {
 		t.Fatal(err)
 	}
-	stop := jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
+	stop := testbrokers.Jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
 	defer stop()
 	bh.Kill()
 	// Every publish, including those already waiting, ends by its deadline.
@@ -384,7 +342,7 @@ func TestLinkOutboxDropsOldest(t *testing.T) {
 	if err := l.WaitConnected(ctx); err != nil {
 		t.Fatal(err)
 	}
-	stop := jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
+	stop := testbrokers.Jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
 	stop() // only the backed-up connection, no background publishers
 	// The sender takes a message every send timeout at most; if it takes
 	// the first one before the second arrives, try again.

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"syscall"
 	"testing"
+	"time"
 )
 
 // BlackHole is a STOMP "broker" that answers CONNECT (declining
@@ -71,4 +72,46 @@ func (b *BlackHole) Kill() {
 		c.Close()
 	}
 	b.conns = nil
+}
+
+// Jam fills the link's path to a broker that does not read: it publishes
+// big bodies until a publish fails or outlives its context (the writes are
+// backed up), then keeps publishing from background goroutines, as a busy
+// fleet would, until the returned stop is called.
+func Jam(t testing.TB, pub func(ctx context.Context, body []byte) error) (stop func()) {
+	t.Helper()
+	body := make([]byte, 256<<10)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatal("could not back up the link")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+		start := time.Now()
+		err := pub(ctx, body)
+		cancel()
+		if err != nil || time.Since(start) > 100*time.Millisecond {
+			break
+		}
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	for i := 0; i < 4; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-done:
+					return
+				default:
+				}
+				if pub(context.Background(), body[:64<<10]) != nil {
+					time.Sleep(time.Millisecond) // pacing only
+				}
+			}
+		}()
+	}
+	var once sync.Once
+	return func() { once.Do(func() { close(done); wg.Wait() }) }
 }

@@ -197,17 +197,17 @@ func readTarget(t *target, max int64) ([]byte, *unix.Stat_t, error) {
 	return data, st, err
 }
 
-// decide reads and parses the locked target and computes the new content.
-// It returns out == nil when nothing is to be written (r.Outcome set).
-func decide(r *Result, t *target, u Update, force bool, max int64) ([]byte, *unix.Stat_t) {
+// readLocked reads and parses the locked target into r.Before (and
+// r.After): nil with r.Outcome set when it cannot be read or parsed.
+func readLocked(r *Result, t *target, max int64) (*doc, []byte, *unix.Stat_t) {
 	data, st, err := readTarget(t, max)
 	if errors.Is(err, ErrTooLarge) {
 		r.Outcome, r.Err = Invalid, err
-		return nil, nil
+		return nil, nil, nil
 	}
 	if err != nil {
 		r.Outcome, r.Err = Failed, err
-		return nil, nil
+		return nil, nil, nil
 	}
 	d, err := loadBounded(data)
 	if err == nil {
@@ -215,9 +215,19 @@ func decide(r *Result, t *target, u Update, force bool, max int64) ([]byte, *uni
 	}
 	if err != nil {
 		r.Outcome, r.Err = Invalid, fmt.Errorf("%s: %w", r.Path, err)
-		return nil, nil
+		return nil, nil, nil
 	}
 	r.After = r.Before
+	return d, data, st
+}
+
+// decide reads and parses the locked target and computes the new content.
+// It returns out == nil when nothing is to be written (r.Outcome set).
+func decide(r *Result, t *target, u Update, force bool, max int64) ([]byte, *unix.Stat_t) {
+	d, data, st := readLocked(r, t, max)
+	if d == nil {
+		return nil, nil
+	}
 	if !force && !u.newerThan(r.Before) {
 		r.Outcome = Unchanged
 		return nil, nil

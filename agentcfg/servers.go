@@ -2,7 +2,6 @@ package agentcfg
 
 import (
 	"bytes"
-	"errors"
 	"fmt"
 	"slices"
 
@@ -122,24 +121,10 @@ func SetFailoverServersWith(path string, list []string, opt BatchOptions) Result
 		return Result{Path: path, Outcome: Failed, Err: err}
 	}
 	return rewriteLocked(path, opt, func(r *Result, t *target) ([]byte, *unix.Stat_t) {
-		data, st, err := readTarget(t, opt.MaxFileSize)
-		if errors.Is(err, ErrTooLarge) {
-			r.Outcome, r.Err = Invalid, err
+		d, data, st := readLocked(r, t, opt.MaxFileSize)
+		if d == nil {
 			return nil, nil
 		}
-		if err != nil {
-			r.Outcome, r.Err = Failed, err
-			return nil, nil
-		}
-		d, err := loadBounded(data)
-		if err == nil {
-			r.Before, err = d.address()
-		}
-		if err != nil {
-			r.Outcome, r.Err = Invalid, fmt.Errorf("%s: %w", r.Path, err)
-			return nil, nil
-		}
-		r.After = r.Before
 		out, after, err := d.editServers(list)
 		if err != nil {
 			r.Outcome, r.Err = Invalid, fmt.Errorf("%s: %w", r.Path, err)

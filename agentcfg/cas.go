@@ -233,6 +233,12 @@ func decide(r *Result, t *target, u Update, force bool, max int64) ([]byte, *uni
 		return nil, nil
 	}
 	out, after, err := d.edit(u)
+	return edited(r, data, st, out, after, err)
+}
+
+// edited is the end of a locked edit: the new content to write, or nil
+// with r.Outcome set (Invalid on an edit error, Unchanged when identical).
+func edited(r *Result, data []byte, st *unix.Stat_t, out []byte, after Address, err error) ([]byte, *unix.Stat_t) {
 	if err != nil {
 		r.Outcome, r.Err = Invalid, fmt.Errorf("%s: %w", r.Path, err)
 		return nil, nil

@@ -1,7 +1,6 @@
 package agentcfg
 
 import (
-	"bytes"
 	"fmt"
 	"slices"
 
@@ -126,15 +125,6 @@ func SetFailoverServersWith(path string, list []string, opt BatchOptions) Result
 			return nil, nil
 		}
 		out, after, err := d.editServers(list)
-		if err != nil {
-			r.Outcome, r.Err = Invalid, fmt.Errorf("%s: %w", r.Path, err)
-			return nil, nil
-		}
-		if bytes.Equal(out, data) {
-			r.Outcome = Unchanged
-			return nil, nil
-		}
-		r.After = after
-		return out, st
+		return edited(r, data, st, out, after, err)
 	})
 }

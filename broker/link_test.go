@@ -227,19 +227,27 @@ func TestLinkCloseDuringConnect(t *testing.T) {
 // slot in a write queue nothing drains; publishers queue behind each other
 // and so does Disconnect. Publish must still return by its context's
 // deadline and Close within a bound.
-func TestLinkPublishAndCloseBoundedWhenTheBrokerStopsReading(t *testing.T) {
+// jammedLink dials cfg to a broker that stops reading (a BlackHole) and
+// backs its writes up; stop ends the background publishers.
+func jammedLink(t *testing.T, cfg LinkConfig) (*testbrokers.BlackHole, *Link, func()) {
+	t.Helper()
 	bh := testbrokers.StartBlackHole(t)
-	l, err := Dial(context.Background(), LinkConfig{URL: bh.Addr(), Log: testLog(t)})
+	cfg.URL = bh.Addr()
+	l, err := Dial(context.Background(), cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
+	t.Cleanup(func() { l.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := l.WaitConnected(ctx); err != nil {
 		t.Fatal(err)
 	}
-	stop := testbrokers.Jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
+	return bh, l, testbrokers.Jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
+}
+
+func TestLinkPublishAndCloseBoundedWhenTheBrokerStopsReading(t *testing.T) {
+	_, l, stop := jammedLink(t, LinkConfig{Log: testLog(t)})
 	defer stop()
 
 	for i := 0; i < 3; i++ {
@@ -280,18 +288,7 @@ func TestLinkPublishAndCloseBoundedWhenTheBrokerStopsReading(t *testing.T) {
 // queue is full and never drained again, and every waiting Send (and the
 // link's own disconnect) waits out the send timeout, one after the other.
 func TestLinkPublishAndCloseBoundedWhenTheBrokerDiesJammed(t *testing.T) {
-	bh := testbrokers.StartBlackHole(t)
-	l, err := Dial(context.Background(), LinkConfig{URL: bh.Addr(), Log: testLog(t), BackoffMin: 20 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := l.WaitConnected(ctx); err != nil {
-		t.Fatal(err)
-	}
-	stop := testbrokers.Jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
+	bh, l, stop := jammedLink(t, LinkConfig{Log: testLog(t), BackoffMin: 20 * time.Millisecond, BackoffMax: 50 * time.Millisecond})
 	defer stop()
 	bh.Kill()
 	// Every publish, including those already waiting, ends by its deadline.
@@ -331,18 +328,7 @@ func TestLinkPublishAndCloseBoundedWhenTheBrokerDiesJammed(t *testing.T) {
 // not read, a full outbox drops its oldest message (that Publish fails
 // with ErrOutboxFull at once, counted) and the newest waits its turn.
 func TestLinkOutboxDropsOldest(t *testing.T) {
-	bh := testbrokers.StartBlackHole(t)
-	l, err := Dial(context.Background(), LinkConfig{URL: bh.Addr(), Log: testLog(t), OutboxSize: 1, WriteTimeout: time.Minute})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := l.WaitConnected(ctx); err != nil {
-		t.Fatal(err)
-	}
-	stop := testbrokers.Jam(t, func(ctx context.Context, body []byte) error { return l.Publish(ctx, "/topic/jam", nil, body) })
+	_, l, stop := jammedLink(t, LinkConfig{Log: testLog(t), OutboxSize: 1, WriteTimeout: time.Minute})
 	stop() // only the backed-up connection, no background publishers
 	// The sender takes a message every send timeout at most; if it takes
 	// the first one before the second arrives, try again.

@@ -33,8 +33,6 @@ type Store struct {
 
 	mu sync.Mutex
 	st State
-	// watchers are called, in order, with each new persisted state.
-	watchers []func(State)
 }
 
 // StoreOptions are a Store's seams (for tests: a failing disk).
@@ -59,9 +57,6 @@ func NewStore(dir string, st State, opts StoreOptions) *Store {
 	}
 	return &Store{dir: dir, save: opts.Save, st: st.Clone()}
 }
-
-// Dir is the data dir.
-func (s *Store) Dir() string { return s.dir }
 
 // Get returns a copy of the current state.
 func (s *Store) Get() State {
@@ -94,19 +89,7 @@ func (s *Store) Update(mut func(*State) error) (State, error) {
 		return s.st.Clone(), err
 	}
 	s.st = next
-	out := next.Clone()
-	for _, w := range s.watchers {
-		w(out.Clone())
-	}
-	return out, nil
-}
-
-// Watch calls fn with every state persisted from now on, under the store's
-// lock (fn must not call the store).
-func (s *Store) Watch(fn func(State)) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.watchers = append(s.watchers, fn)
+	return next.Clone(), nil
 }
 
 // Probe checks that the data dir accepts a new file now (not read-only, not

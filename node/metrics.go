@@ -199,16 +199,6 @@ func (t *Telemetry) TakeoverStep(step string, now time.Time) (phasesMS map[strin
 // telemetry is this node's Telemetry.
 func (n *Node) telemetry() *Telemetry { return n.tel }
 
-// ObserveTakeoverPhase records that a phase (Phase*) of this node's
-// takeover took d (tandem_takeover_phase_duration_seconds{phase}).
-func (n *Node) ObserveTakeoverPhase(phase string, d time.Duration) {
-	n.telemetry().ObserveTakeoverPhase(phase, d)
-}
-
-// ObserveTakeover records that this node's takeover took d, decision to
-// first heartbeat (tandem_takeover_duration_seconds).
-func (n *Node) ObserveTakeover(d time.Duration) { n.telemetry().ObserveTakeover(d) }
-
 // takeoverBegan marks a fresh takeover decision (runBackup).
 func (n *Node) takeoverBegan() { n.telemetry().TakeoverBegan(n.clock.Now()) }
 

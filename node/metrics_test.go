@@ -270,8 +270,8 @@ func TestRegistriesArePerNode(t *testing.T) {
 	if a.telemetry() == b.telemetry() || a.telemetry() != a.telemetry() {
 		t.Fatal("telemetry is not per node")
 	}
-	a.ObserveTakeoverPhase(PhaseFilesRewritten, time.Second)
-	a.ObserveTakeover(3 * time.Second)
+	a.telemetry().ObserveTakeoverPhase(PhaseFilesRewritten, time.Second)
+	a.telemetry().ObserveTakeover(3 * time.Second)
 	ca := &metricsCtl{fakeCtl: &fakeCtl{st: Status{Node: "a", Role: "primary"}}, tel: a.telemetry()}
 	cb := &metricsCtl{fakeCtl: &fakeCtl{st: Status{Node: "b", Role: "backup"}}, tel: b.telemetry()}
 	ha, hb := AdminHandler(ca), AdminHandler(cb) // registering twice in one process must not panic

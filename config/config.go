@@ -17,6 +17,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -44,7 +45,33 @@ const (
 	DefaultMaxAgentFileSize = 1 << 20
 	// MinSecretLength is the shortest shared secret accepted.
 	MinSecretLength = 16
+
+	// DefaultPriority is priority: when the key is left out. MaxPriority
+	// is the highest; 0 means "never takes over automatically".
+	DefaultPriority = 100
+	MaxPriority     = 255
+	// Defaults of a checks: item.
+	DefaultCheckInterval = 5 * time.Second
+	DefaultCheckTimeout  = 2 * time.Second
+	DefaultCheckFall     = 3
+	DefaultCheckRise     = 2
+	// MaxCheckCount bounds fall and rise.
+	MaxCheckCount = 100
+	// DefaultPreemptDelay is preempt_delay: when the key is left out.
+	DefaultPreemptDelay = 5 * time.Minute
 )
+
+// The values of health: (how failed checks lower the effective priority).
+const (
+	HealthAll         = "all"         // every check must be up, else 0
+	HealthOne         = "one"         // one check up is enough; 0 only when all are down
+	HealthProgressive = "progressive" // priority × (1 - down/total), rounded down
+)
+
+// ServiceCheckName is the name of the health package's synthetic check that
+// is down while the last service.start failed; a configured check may not
+// use it.
+const ServiceCheckName = "service"
 
 var (
 	// ErrInvalid is wrapped by every error about a bad configuration or a
@@ -126,6 +153,57 @@ type Log struct {
 	Level  string `yaml:"level"`  // a logrus level: trace debug info warn error fatal panic
 }
 
+// Check is one item of checks: a probe that runs every Interval and must
+// finish within Timeout. Command is a shell command (run with /bin/sh -c,
+// exit status 0 is success), or "http:URL", "http://..." or "https://..."
+// (an HTTP GET that must answer 2xx), or "tcp:HOST:PORT" (a TCP connect).
+// Fall consecutive failures take it down, Rise consecutive successes bring
+// it back up.
+type Check struct {
+	Name     string
+	Command  string
+	Interval time.Duration
+	Timeout  time.Duration
+	Fall     int
+	Rise     int
+}
+
+// The kinds of a Check's Command (see Check.Probe).
+const (
+	CheckShell = "shell"
+	CheckHTTP  = "http"
+	CheckTCP   = "tcp"
+)
+
+// Probe splits Command into its kind (CheckShell, CheckHTTP or CheckTCP)
+// and target: the shell command, the URL ("http:host:port/x" means
+// http://host:port/x; "http:http://..." and "http:https://..." are the URL
+// after "http:") or HOST:PORT. It does not validate (Validate does).
+func (c Check) Probe() (kind, target string) {
+	cmd := strings.TrimSpace(c.Command)
+	switch {
+	case strings.HasPrefix(cmd, "http://"), strings.HasPrefix(cmd, "https://"):
+		return CheckHTTP, cmd
+	case strings.HasPrefix(cmd, "http:"):
+		rest := strings.TrimSpace(cmd[len("http:"):])
+		if !strings.HasPrefix(rest, "http://") && !strings.HasPrefix(rest, "https://") {
+			rest = "http://" + rest
+		}
+		return CheckHTTP, rest
+	case strings.HasPrefix(cmd, "tcp:"):
+		return CheckTCP, strings.TrimSpace(cmd[len("tcp:"):])
+	}
+	return CheckShell, c.Command
+}
+
+// Service holds the commands (run with /bin/sh -c) that start the managed
+// service when this node becomes primary and stop it when it stops being
+// primary. Both optional.
+type Service struct {
+	Start string `yaml:"start"`
+	Stop  string `yaml:"stop"`
+}
+
 // Config is a server's tandem.yaml.
 type Config struct {
 	// Node names this server in messages and logs (default: the host name).
@@ -185,6 +263,26 @@ type Config struct {
 	// Log settings.
 	Log Log
 
+	// Priority (key "priority", 0..255, default DefaultPriority) ranks the
+	// backups of one group: the eligible one with the highest effective
+	// priority takes over. 0: never takes over automatically.
+	Priority int
+	// Checks (key "checks") are the health checks that make the priority
+	// effective (package health).
+	Checks []Check
+	// Health (key "health": HealthAll, HealthOne or HealthProgressive,
+	// default all) is how failed checks lower the effective priority.
+	Health string
+	// Service (key "service") starts and stops the managed service with
+	// the primary role.
+	Service Service
+	// Preempt (key "preempt", default false: no failback): a healthier,
+	// higher-priority server that has been up PreemptDelay asks the
+	// primary for a switchover.
+	Preempt bool
+	// PreemptDelay (key "preempt_delay", default DefaultPreemptDelay, >= 0).
+	PreemptDelay time.Duration
+
 	// Path is the file this Config was loaded from ("" if built in code).
 	Path string
 	// lines maps dotted keys to their line in Path, for error messages.
@@ -208,6 +306,9 @@ func DefaultConfig() *Config {
 		MaxAgentFileSize:  DefaultMaxAgentFileSize,
 		Hooks:             Hooks{Timeout: DefaultHookTimeout},
 		Log:               Log{Format: "text", Level: "info"},
+		Priority:          DefaultPriority,
+		Health:            HealthAll,
+		PreemptDelay:      DefaultPreemptDelay,
 	}
 }
 
@@ -317,8 +418,76 @@ func (c *Config) Validate() error {
 	if _, err := logrus.ParseLevel(c.Log.Level); err != nil {
 		return fail("log.level", "log.level %q must be one of trace, debug, info, warn, error, fatal, panic", c.Log.Level)
 	}
+	if c.Priority < 0 || c.Priority > MaxPriority {
+		return fail("priority", "priority %d must be between 0 and %d (default %d; 0: never takes over automatically)", c.Priority, MaxPriority, DefaultPriority)
+	}
+	switch c.Health {
+	case HealthAll, HealthOne, HealthProgressive:
+	default:
+		return fail("health", "health %q must be all, one or progressive (default all)", c.Health)
+	}
+	if c.PreemptDelay < 0 {
+		return fail("preempt_delay", "preempt_delay (%s) must not be negative", c.PreemptDelay)
+	}
+	seen := map[string]int{}
+	for i, k := range c.Checks {
+		item := fmt.Sprintf("checks[%d]", i)
+		failc := func(field, format string, args ...interface{}) error {
+			key := item + "." + field
+			line, ok := c.lines[key]
+			if !ok {
+				line = c.lines[item] // a key left out: the item's line
+			}
+			return &Error{Path: c.Path, Key: key, Line: line, Msg: key + ": " + fmt.Sprintf(format, args...)}
+		}
+		if k.Name == "" {
+			return failc("name", "is required (a name of letters, digits, _ . or -)")
+		}
+		if !checkNameRE.MatchString(k.Name) {
+			return failc("name", "%q must be 1 to 64 letters, digits, _ . or -", k.Name)
+		}
+		if k.Name == ServiceCheckName {
+			return failc("name", "%q is reserved (the service check: down while service.start failed)", k.Name)
+		}
+		if j, dup := seen[k.Name]; dup {
+			return failc("name", "%q is also the name of checks[%d]; names must be unique", k.Name, j)
+		}
+		seen[k.Name] = i
+		if strings.TrimSpace(k.Command) == "" {
+			return failc("command", "is required: a shell command, http:URL or tcp:HOST:PORT")
+		}
+		switch kind, target := k.Probe(); kind {
+		case CheckHTTP:
+			u, err := url.Parse(target)
+			if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" {
+				return failc("command", "%q is not an http: check: expected http://HOST[:PORT]/PATH or https://...", RedactURL(k.Command))
+			}
+		case CheckTCP:
+			host, port, err := splitHostPort(target, false, -1)
+			if err != nil {
+				return failc("command", "tcp: check: %v", err)
+			}
+			if host == "" || port == 0 {
+				return failc("command", "%q is not a tcp: check: expected tcp:HOST:PORT with a host and a port 1-65535", k.Command)
+			}
+		}
+		if k.Interval <= 0 {
+			return failc("interval", "(%s) must be positive (default %s)", k.Interval, DefaultCheckInterval)
+		}
+		if k.Timeout <= 0 || k.Timeout > k.Interval {
+			return failc("timeout", "(%s) must be positive and at most %s.interval (%s)", k.Timeout, item, k.Interval)
+		}
+		if k.Fall < 1 || k.Fall > MaxCheckCount {
+			return failc("fall", "%d must be between 1 and %d (default %d)", k.Fall, MaxCheckCount, DefaultCheckFall)
+		}
+		if k.Rise < 1 || k.Rise > MaxCheckCount {
+			return failc("rise", "%d must be between 1 and %d (default %d)", k.Rise, MaxCheckCount, DefaultCheckRise)
+		}
+	}
 	return nil
 }
+
+var checkNameRE = regexp.MustCompile(`^[A-Za-z0-9_.-]{1,64}$`)
 
 // AdvertiseHostPort splits Advertise, applying DefaultPort when it names no
 // port. Call it on a validated Config (it returns port 0 for a bad one).

@@ -40,6 +40,26 @@ type fileConfig struct {
 	Agents            []string   `yaml:"agents"`
 	Hooks             fileHooks  `yaml:"hooks"`
 	Log               Log        `yaml:"log"`
+	// Priority is a pointer so that an explicit 0 (never take over
+	// automatically) differs from a key left out (DefaultPriority).
+	Priority     *int        `yaml:"priority"`
+	Checks       []fileCheck `yaml:"checks"`
+	Health       string      `yaml:"health"`
+	Service      Service     `yaml:"service"`
+	Preempt      bool        `yaml:"preempt"`
+	PreemptDelay Duration    `yaml:"preempt_delay"`
+}
+
+// fileCheck is one item of checks:. Pointers tell a key left out (its
+// default applies) from an explicit value (validated, so interval: 0 is an
+// error rather than the default).
+type fileCheck struct {
+	Name     string    `yaml:"name"`
+	Command  string    `yaml:"command"`
+	Interval *Duration `yaml:"interval"`
+	Timeout  *Duration `yaml:"timeout"`
+	Fall     *int      `yaml:"fall"`
+	Rise     *int      `yaml:"rise"`
 }
 
 type fileHB struct {
@@ -56,26 +76,58 @@ type fileHooks struct {
 }
 
 func toFile(c *Config) fileConfig {
+	prio := c.Priority
+	var checks []fileCheck
+	for _, k := range c.Checks {
+		iv, to, fall, rise := Duration(k.Interval), Duration(k.Timeout), k.Fall, k.Rise
+		checks = append(checks, fileCheck{Name: k.Name, Command: k.Command, Interval: &iv, Timeout: &to, Fall: &fall, Rise: &rise})
+	}
 	return fileConfig{
 		Node: c.Node, DataDir: c.DataDir, Listen: c.Listen, Advertise: c.Advertise, Admin: c.Admin,
 		Heartbeat:       fileHB{Duration(c.Heartbeat.Period), Duration(c.Heartbeat.ReplyPeriod), Duration(c.Heartbeat.FailWindow)},
 		HeartbeatBroker: c.HeartbeatBroker, Broker: c.Broker, TLS: c.TLS, Secret: c.SharedSecret, SecretFile: c.SecretFile, EventLog: c.EventLog,
 		SigningKey: c.SigningKey, Insecure: c.Insecure, MaxAgentFileSize: c.MaxAgentFileSize, EventLogMessages: c.EventLogMessages,
 		DestinationPrefix: c.DestinationPrefix, Agents: append([]string(nil), c.Agents...),
-		Hooks: fileHooks{c.Hooks.BeforeTakeover, c.Hooks.AfterTakeover, c.Hooks.OnFenced, Duration(c.Hooks.Timeout)},
-		Log:   c.Log,
+		Hooks:    fileHooks{c.Hooks.BeforeTakeover, c.Hooks.AfterTakeover, c.Hooks.OnFenced, Duration(c.Hooks.Timeout)},
+		Log:      c.Log,
+		Priority: &prio, Checks: checks, Health: c.Health, Service: c.Service,
+		Preempt: c.Preempt, PreemptDelay: Duration(c.PreemptDelay),
 	}
 }
 
 func (f fileConfig) config() *Config {
+	prio := DefaultPriority
+	if f.Priority != nil {
+		prio = *f.Priority
+	}
+	var checks []Check
+	for _, k := range f.Checks {
+		c := Check{Name: k.Name, Command: k.Command, Interval: DefaultCheckInterval, Timeout: DefaultCheckTimeout,
+			Fall: DefaultCheckFall, Rise: DefaultCheckRise}
+		if k.Interval != nil {
+			c.Interval = k.Interval.Std()
+		}
+		if k.Timeout != nil {
+			c.Timeout = k.Timeout.Std()
+		}
+		if k.Fall != nil {
+			c.Fall = *k.Fall
+		}
+		if k.Rise != nil {
+			c.Rise = *k.Rise
+		}
+		checks = append(checks, c)
+	}
 	return &Config{
 		Node: f.Node, DataDir: f.DataDir, Listen: f.Listen, Advertise: f.Advertise, Admin: f.Admin,
 		Heartbeat:       Heartbeat{f.Heartbeat.Period.Std(), f.Heartbeat.ReplyPeriod.Std(), f.Heartbeat.FailWindow.Std()},
 		HeartbeatBroker: f.HeartbeatBroker, Broker: f.Broker, TLS: f.TLS, SharedSecret: f.Secret, SecretFile: f.SecretFile, EventLog: f.EventLog,
 		SigningKey: f.SigningKey, Insecure: f.Insecure, MaxAgentFileSize: f.MaxAgentFileSize, EventLogMessages: f.EventLogMessages,
 		DestinationPrefix: f.DestinationPrefix, Agents: f.Agents,
-		Hooks: Hooks{f.Hooks.BeforeTakeover, f.Hooks.AfterTakeover, f.Hooks.OnFenced, f.Hooks.Timeout.Std()},
-		Log:   f.Log,
+		Hooks:    Hooks{f.Hooks.BeforeTakeover, f.Hooks.AfterTakeover, f.Hooks.OnFenced, f.Hooks.Timeout.Std()},
+		Log:      f.Log,
+		Priority: prio, Checks: checks, Health: f.Health, Service: f.Service,
+		Preempt: f.Preempt, PreemptDelay: f.PreemptDelay.Std(),
 	}
 }
 
@@ -152,6 +204,7 @@ func Parse(path string, data []byte) (*Config, error) {
 	}{
 		{&c.Node, def.Node}, {&c.Listen, def.Listen}, {&c.Admin, def.Admin},
 		{&c.DestinationPrefix, def.DestinationPrefix}, {&c.Log.Format, def.Log.Format}, {&c.Log.Level, def.Log.Level},
+		{&c.Health, def.Health},
 	} {
 		if *d.v == "" {
 			*d.v = d.def
@@ -159,6 +212,7 @@ func Parse(path string, data []byte) (*Config, error) {
 	}
 	c.Log.Format = strings.ToLower(c.Log.Format)
 	c.Log.Level = strings.ToLower(c.Log.Level)
+	c.Health = strings.ToLower(c.Health)
 	base := "."
 	if abs, err := filepath.Abs(path); err == nil {
 		base = filepath.Dir(abs)
@@ -236,6 +290,8 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, key string) error {
 		n = n.Alias
 	}
 	switch {
+	case t.Kind() == reflect.Pointer:
+		return w.walk(n, t.Elem(), key)
 	case t == durationType:
 		if n.Kind != yaml.ScalarNode {
 			return w.fail(key, n, "expected a duration like 10s or 500ms, or whole seconds like 10, got a %s", kindName(n))
@@ -261,8 +317,18 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, key string) error {
 		if _, err := strconv.ParseInt(n.Value, 10, 64); err != nil {
 			return w.fail(key, n, "expected a whole number of bytes like 1048576, got %q", n.Value)
 		}
-	case t.Kind() == reflect.Slice && t.Elem().Kind() == reflect.String:
+	case t.Kind() == reflect.Int:
+		if n.Kind != yaml.ScalarNode || (n.Tag != "!!int" && n.Tag != "") {
+			return w.fail(key, n, "expected a whole number, got %s", scalarOrKind(n))
+		}
+		if _, err := strconv.Atoi(n.Value); err != nil {
+			return w.fail(key, n, "expected a whole number like 100, got %q", n.Value)
+		}
+	case t.Kind() == reflect.Slice && (t.Elem().Kind() == reflect.String || t.Elem().Kind() == reflect.Struct):
 		if n.Kind != yaml.SequenceNode {
+			if t.Elem().Kind() == reflect.Struct {
+				return w.fail(key, n, "expected a list of mappings (- name: ...), got a %s", kindName(n))
+			}
 			return w.fail(key, n, "expected a list like [\"/path/*/address.yaml\"], got a %s", kindName(n))
 		}
 		for i, item := range n.Content {
@@ -320,6 +386,13 @@ func (w *walker) walk(n *yaml.Node, t reflect.Type, key string) error {
 	return nil
 }
 
+func scalarOrKind(n *yaml.Node) string {
+	if n.Kind == yaml.ScalarNode && n.Tag != "!!null" {
+		return strconv.Quote(n.Value)
+	}
+	return "a " + kindName(n)
+}
+
 func join(prefix, k string) string {
 	if prefix == "" {
 		return k
@@ -358,6 +431,9 @@ func knownKeys() []string {
 			if ft.Kind() == reflect.Struct && ft != durationType {
 				rec(ft, full)
 			}
+			if ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct {
+				rec(ft.Elem(), full+"[]")
+			}
 		}
 	}
 	rec(reflect.TypeOf(fileConfig{}), "")
@@ -365,11 +441,23 @@ func knownKeys() []string {
 	return out
 }
 
-// suggest returns the known key closest to an unknown one, or "".
+var indexRE = regexp.MustCompile(`\[\d+\]`)
+
+// suggest returns the known key closest to an unknown one, or "". A list
+// item's index (checks[2].intervl) is kept in the suggestion
+// (checks[2].interval).
 func suggest(unknown string) string {
+	if idx := indexRE.FindString(unknown); idx != "" {
+		s := suggest(indexRE.ReplaceAllString(unknown, "[]"))
+		return strings.Replace(s, "[]", idx, 1)
+	}
 	leaf := unknown[strings.LastIndex(unknown, ".")+1:]
 	best, bestD := "", 1<<30
+	inList := strings.Contains(unknown, "[]")
 	for _, k := range knownKeys() {
+		if strings.Contains(k, "[]") != inList {
+			continue // a list item's key for a list item's typo only
+		}
 		d := editDistance(strings.ToLower(unknown), k)
 		kleaf := k[strings.LastIndex(k, ".")+1:]
 		if d > 2 && d > len(k)/4 {

@@ -24,6 +24,10 @@ const (
 	// NeverHeard: the window passed, but no heartbeat of the primary was
 	// ever counted: no takeover (reported once).
 	NeverHeard
+	// NotEligible: the window passed, but this backup may not take over
+	// automatically (priority 0, health checks down): reported once per
+	// silence.
+	NotEligible
 )
 
 func (a Action) String() string {
@@ -38,6 +42,8 @@ func (a Action) String() string {
 		return "ignored"
 	case NeverHeard:
 		return "never-heard"
+	case NotEligible:
+		return "not-eligible"
 	}
 	return fmt.Sprintf("action(%d)", int(a))
 }
@@ -65,6 +71,16 @@ type DetectorConfig struct {
 	// in primary_location, another group key) must not take the role from
 	// a healthy primary it cannot see.
 	Heard bool
+	// Priority is this backup's configured priority (0: the default,
+	// protocol.DefaultPriority); the effective one starts equal
+	// (SetEffective). Manual: priority 0 in tandem.yaml, never takes
+	// over automatically.
+	Priority int
+	Manual   bool
+	// ReplyPeriod is how often backups reply (how long a peer counts).
+	ReplyPeriod time.Duration
+	// StaggerBy overrides Stagger (0: the default).
+	StaggerBy time.Duration
 }
 
 // StallThreshold is how late the backup's own loop may wake before the
@@ -87,6 +103,8 @@ type PrimaryView struct {
 	Seq        uint64
 	// Heard is when the last counted heartbeat arrived (zero: never).
 	Heard time.Time
+	// Priority and Effective are what its heartbeats say of it.
+	Priority, Effective int
 }
 
 // Detector decides when a backup must take over. It is pure: time comes in
@@ -109,11 +127,20 @@ type Detector struct {
 	decided      bool
 	heard        bool // a heartbeat of the primary was counted (now or before)
 	neverWarned  bool // the silence of a never-heard primary was reported
+	// Groups (group.go).
+	effective   int
+	peers       map[string]PeerInfo
+	stoodDown   map[string]bool
+	inelWarned  bool // this silence's NotEligible was reported
+	suspectSent bool // this silence's half-window reply was asked for
 }
 
 // NewDetector starts a detector whose first window opens at now.
 func NewDetector(cfg DetectorConfig, now time.Time) *Detector {
-	return &Detector{cfg: cfg, since: now, lastTick: now, heard: cfg.Heard}
+	if cfg.Priority <= 0 {
+		cfg.Priority = protocol.DefaultPriority
+	}
+	return &Detector{cfg: cfg, since: now, lastTick: now, heard: cfg.Heard, effective: cfg.Priority}
 }
 
 // Heard reports whether a heartbeat of the primary was ever counted (in
@@ -124,10 +151,10 @@ func (d *Detector) Heard() bool { return d.heard }
 // (0: it is due), and false when no takeover is coming: in maintenance,
 // already decided, or a primary never heard.
 func (d *Detector) TakeoverIn(now time.Time) (time.Duration, bool) {
-	if d.decided || d.Maintenance() || !d.heard {
+	if ok, _ := d.Eligible(); d.decided || d.Maintenance() || !d.heard || !ok {
 		return 0, false
 	}
-	left := d.cfg.Window - now.Sub(d.since)
+	left := d.cfg.Window + d.extra(now) - now.Sub(d.since)
 	if left < 0 {
 		left = 0
 	}
@@ -158,10 +185,24 @@ func (d *Detector) PrimaryMaintenance() bool { return d.primaryMaint }
 // primary's announcement.
 func (d *Detector) Maintenance() bool { return d.maintenance || d.primaryMaint }
 
-// Deadline is the instant the current window ends: the driver ticks the
-// detector then, so a takeover starts when last heartbeat + window expires
-// rather than on the next periodic tick.
-func (d *Detector) Deadline() time.Time { return d.since.Add(d.cfg.Window) }
+// Deadline is the instant the current window ends for this backup (its
+// rank's stagger added, as of now): the driver ticks the detector then, so
+// a takeover starts when last heartbeat + window expires rather than on
+// the next periodic tick.
+func (d *Detector) Deadline(now time.Time) time.Time {
+	return d.since.Add(d.cfg.Window + d.extra(now))
+}
+
+// Suspect reports, once per silence, that the primary has been silent for
+// half the window: the driver replies then, so that the other backups
+// rank this one on fresh figures (its heard seq, its effective priority).
+func (d *Detector) Suspect(now time.Time) bool {
+	if d.suspectSent || d.decided || now.Sub(d.since) < d.cfg.Window/2 {
+		return false
+	}
+	d.suspectSent = true
+	return true
+}
 
 // SilentFor is how long the current window has been open at now.
 func (d *Detector) SilentFor(now time.Time) time.Duration { return now.Sub(d.since) }
@@ -209,7 +250,10 @@ func (d *Detector) Observe(hb protocol.Envelope, now time.Time) Decision {
 		return Decision{Action: Ignored, Reason: fmt.Sprintf("unknown server %s (node %s) at epoch %d, not above the primary's %d", hb.FailoverID, hb.Node, hb.Epoch, p.Epoch)}
 	}
 	d.primary = PrimaryView{Node: hb.Node, FailoverID: hb.FailoverID, Epoch: hb.Epoch, Advertise: hb.Advertise, Seq: hb.Seq, Heard: now}
+	d.primary.Priority, d.primary.Effective = hb.Priorities()
+	d.ForgetPeer(hb.FailoverID)
 	d.since = now
+	d.suspectSent, d.inelWarned = false, false
 	d.heard = true
 	d.primaryMaint = hb.Maintenance
 	if hb.HandoverTo != "" && hb.HandoverTo == d.cfg.Self && !d.decided {
@@ -242,12 +286,34 @@ func (d *Detector) Tick(now time.Time) Decision {
 			}
 			return Decision{}
 		}
+		if ok, why := d.Eligible(); !ok {
+			if !d.inelWarned {
+				d.inelWarned = true
+				return Decision{Action: NotEligible, Reason: fmt.Sprintf("no heartbeat from the primary for %s, but %s", silent.Round(time.Millisecond), why)}
+			}
+			return Decision{}
+		}
+		if extra := d.extra(now); silent < d.cfg.Window+extra {
+			return Decision{}
+		}
 		d.decided = true
 		who := "the primary"
 		if d.primary.Node != "" {
 			who = "primary " + d.primary.Node
 		}
-		return Decision{Action: Takeover, Reason: fmt.Sprintf("no heartbeat from %s for %s (fail_window %s)", who, silent.Round(time.Millisecond), d.cfg.Window)}
+		reason := fmt.Sprintf("no heartbeat from %s for %s (fail_window %s)", who, silent.Round(time.Millisecond), d.cfg.Window)
+		if r := d.Rank(now); r > 0 {
+			reason += fmt.Sprintf("; %d backup(s) ranked above this one did not take over in %s each", r, d.cfg.Stagger())
+		}
+		return Decision{Action: Takeover, Reason: reason}
 	}
 	return Decision{}
+}
+
+// Hold restarts the window at now: the heartbeat channel is down, so the
+// silence says nothing about the primary.
+func (d *Detector) Hold(now time.Time) {
+	if !d.decided {
+		d.since = now
+	}
 }

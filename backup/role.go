@@ -44,6 +44,31 @@ type RoleConfig struct {
 	// OnPrimary is called (from Run) when the watched primary changes, so
 	// the node can remember it.
 	OnPrimary func(failoverid.Peer)
+
+	// Groups. Priority is this backup's configured priority (0 with
+	// Manual: never takes over automatically); Location is its
+	// primary_location (host:port), which follows a new primary.
+	Priority int
+	Manual   bool
+	Location string
+	// DialPeer, when set, opens a link to another server's embedded broker
+	// (peers of a group with embedded heartbeat channels).
+	DialPeer func(ctx context.Context, addr string) (broker.Bus, error)
+	// SecondPath, with an external heartbeat broker, is the primary's
+	// embedded broker address (dialed with DialPeer): heartbeats there
+	// count too, so the broker's outage is not a dead primary.
+	SecondPath string
+	// ChannelUp, when set, says whether the heartbeat channel's link is
+	// connected: while it is not, the silence does not count (an external
+	// broker's outage, or this backup's own link to it, is not a dead
+	// primary).
+	ChannelUp func() bool
+	// Preempt: a healthier, higher-priority backup up for PreemptDelay
+	// asks the primary for a switchover.
+	Preempt      bool
+	PreemptDelay time.Duration
+	// StaggerBy overrides the election's stagger (tests; 0: default).
+	StaggerBy time.Duration
 }
 
 // End is why Run returned a takeover.
@@ -55,6 +80,10 @@ type End struct {
 	Switch    bool   // a planned switchover, not a failure
 	SeenEpoch uint64 // highest epoch seen on the channel
 	Primary   PrimaryView
+	// Follow: another server became the primary (a backup of the group
+	// took over, or a switchover): the node points primary_location at
+	// Primary.Advertise and watches it.
+	Follow bool
 }
 
 // Status is a snapshot for the admin API.
@@ -80,6 +109,14 @@ type Status struct {
 	// Unknown is the last server heard that is not the watched primary
 	// (another failover id on the channel), "" if none.
 	Unknown string
+	// Groups: this backup's effective priority, its rank in the election
+	// (0: best), why it is not eligible ("" if it is), and the other
+	// backups it knows.
+	Effective  int
+	Rank       int
+	Ineligible string
+	Peers      []PeerInfo
+	Holding    string // why the silence is not counted ("" when it is)
 }
 
 // Role is a running backup.
@@ -87,6 +124,7 @@ type Role struct {
 	cfg   RoleConfig
 	bus   broker.Bus
 	maint chan bool
+	eff   chan int
 
 	mu  sync.Mutex
 	det *Detector
@@ -102,7 +140,21 @@ func NewRole(cfg RoleConfig, bus broker.Bus) *Role {
 	if cfg.Log == nil {
 		cfg.Log = logrus.New()
 	}
-	return &Role{cfg: cfg, bus: bus, maint: make(chan bool, 1)}
+	return &Role{cfg: cfg, bus: bus, maint: make(chan bool, 1), eff: make(chan int, 1)}
+}
+
+// SetEffective sets the backup's effective priority (health checks); the
+// backup replies at once so the primary and its peers rank it right.
+func (r *Role) SetEffective(eff int) {
+	select {
+	case r.eff <- eff:
+	default:
+		select {
+		case <-r.eff:
+		default:
+		}
+		r.eff <- eff
+	}
 }
 
 // SetMaintenance pauses (true) or resumes automatic takeover.
@@ -144,6 +196,12 @@ func (r *Role) Status() Status {
 		if !s.Primary.Heard.IsZero() {
 			s.LastHeartbeatAgeMS = now.Sub(s.Primary.Heard).Milliseconds()
 		}
+		s.Effective = r.det.Effective()
+		s.Rank = r.det.Rank(now)
+		if ok, why := r.det.Eligible(); !ok {
+			s.Ineligible = why
+		}
+		s.Peers = r.det.Peers(now)
 	}
 	return s
 }
@@ -177,7 +235,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	defer rsub.Close()
 
 	now := r.cfg.Clock.Now()
-	det := NewDetector(DetectorConfig{Window: r.cfg.Window, Period: r.cfg.Period, Self: r.cfg.Token.ID, Heard: r.cfg.Heard}, now)
+	det := NewDetector(DetectorConfig{Window: r.cfg.Window, Period: r.cfg.Period, Self: r.cfg.Token.ID, Heard: r.cfg.Heard,
+		Priority: r.cfg.Priority, Manual: r.cfg.Manual, ReplyPeriod: r.cfg.ReplyPeriod, StaggerBy: r.cfg.StaggerBy}, now)
+	started := now
 	if r.cfg.Seed != nil {
 		det.Seed(PrimaryView{Node: r.cfg.Seed.Node, FailoverID: r.cfg.Seed.FailoverID, Epoch: r.cfg.Seed.Epoch, Advertise: r.cfg.Seed.Address})
 	}
@@ -191,6 +251,18 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	replyT := r.cfg.Clock.NewTicker(r.cfg.ReplyPeriod)
 	defer replyT.Stop()
 
+	// Extra links: the peers' embedded brokers (a group with embedded
+	// heartbeat channels), or the primary's own broker as the second path
+	// (an external heartbeat broker).
+	extra := newLinks(ctx, r.cfg.DialPeer, r.cfg.Dest)
+	defer extra.close()
+	extra.add(r.cfg.SecondPath, true, false)
+	addPeerLink := func(addr string) {
+		if r.cfg.SecondPath == "" && addr != "" && addr != r.cfg.Location && addr != r.cfg.Advertise {
+			extra.add(addr, true, true)
+		}
+	}
+
 	// Each reply carries a fresh nonce; only heartbeats that echo one of
 	// our recent nonces count as the primary being alive (a recorded
 	// stream replayed later echoes nothing this process issued). A
@@ -198,43 +270,52 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	// most once a period, so a lost reply costs a period, not reply_period.
 	var nonces nonceRing
 	var clones cloneEchoes
-	var lastChallenge time.Time
+	var lastChallenge, lastPreempt time.Time
 	var replySeq uint64 // signed: the primary takes a reply only if newer than the last
-	reply := func() {
+	send := func(preempt bool) {
 		replySeq++
 		r.mu.Lock()
 		maint := r.cfg.Maintenance
+		prio, eff, heardSeq := r.cfg.Priority, det.Effective(), det.Primary().Seq
 		r.mu.Unlock()
+		if r.cfg.Manual {
+			prio = 0
+		}
 		lastChallenge = r.cfg.Clock.Now()
 		env := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node,
 			Advertise: r.cfg.Advertise, Role: "backup", Maintenance: maint, SentMS: time.Now().UnixMilli(),
-			Instance: r.cfg.Instance, StartedMS: r.cfg.StartedMS, Nonce: nonces.next(), Echo: clones.values(), Seq: replySeq}
+			Instance: r.cfg.Instance, StartedMS: r.cfg.StartedMS, Nonce: nonces.next(), Echo: clones.values(), Seq: replySeq,
+			HasPriority: true, Priority: prio, Effective: eff, HeardSeq: heardSeq, Preempt: preempt}
 		h := env.Headers()
 		r.cfg.Signer.Sign(r.cfg.Dest.Reply, h, nil)
+		extra.publish(r.cfg.Dest.Reply, h, nil, r.cfg.Period)
 		pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)
 		defer cancel()
 		if err := r.bus.Publish(pctx, r.cfg.Dest.Reply, h, nil); err != nil {
 			log.WithError(err).Debug("reply not sent")
 		}
 	}
+	reply := func() { send(false) }
 	reply() // at once when starting, so the primary knows
 	lastPrimary := det.Primary().FailoverID
 	lastInstance := ""
 	heardSaved := r.cfg.Heard // OnPrimary has recorded a counted heartbeat
+	holding := false          // the heartbeat channel is down: the silence does not count
 
 	// The window's end is armed as a timer at its exact deadline (the
 	// periodic tick still runs for the stall guard and the watchdog).
 	var deadline time.Time
 	var deadlineC <-chan time.Time
 	arm := func() {
+		now := r.cfg.Clock.Now()
 		r.mu.Lock()
-		dl := det.Deadline()
+		dl := det.Deadline(now)
 		r.mu.Unlock()
 		if dl.Equal(deadline) {
 			return
 		}
 		deadline = dl
-		deadlineC = r.cfg.Clock.After(dl.Sub(r.cfg.Clock.Now()))
+		deadlineC = r.cfg.Clock.After(dl.Sub(now))
 	}
 	arm()
 
@@ -244,9 +325,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			log.WithField("reason", d.Reason).Warn("taking over")
 			return End{Takeover: true, Reason: d.Reason, Switch: d.Switchover,
 				SeenEpoch: det.SeenEpoch(), Primary: det.Primary()}, true
-		case WindowRestarted:
-			log.Warn(d.Reason)
-		case NeverHeard:
+		case WindowRestarted, NeverHeard, NotEligible:
 			log.Warn(d.Reason)
 		case Ignored:
 			r.st.Ignored++
@@ -258,10 +337,182 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		return End{}, false
 	}
 
+	tickDetector := func() (End, bool) {
+		now := r.cfg.Clock.Now()
+		if r.cfg.ChannelUp != nil {
+			up := r.cfg.ChannelUp()
+			r.mu.Lock()
+			switch {
+			case !up:
+				det.Hold(now)
+				if !holding {
+					holding = true
+					r.st.Holding = "the heartbeat channel's link is down: the primary's silence is not counted (a broker outage is not a dead primary)"
+					log.Warn(r.st.Holding)
+				}
+			case holding:
+				holding = false
+				r.st.Holding = ""
+				det.Hold(now) // the window starts again from the link's return
+				log.Info("the heartbeat channel's link is back: the silence window starts again")
+			}
+			r.mu.Unlock()
+		}
+		r.mu.Lock()
+		d := det.Tick(now)
+		suspect := d.Action == None && det.Suspect(now)
+		r.mu.Unlock()
+		if suspect {
+			reply() // fresh figures for the other backups' ranking
+		}
+		return handle(d)
+	}
+
+	// onReply is a reply on any channel: a clone of ours, or another
+	// backup of the group.
+	onReply := func(m broker.Message) (End, bool) {
+		if r.cfg.Signer.Verify(r.cfg.Dest.Reply, m.Headers, m.Body) != nil {
+			return End{}, false
+		}
+		env, err := protocol.Decode(m.Headers)
+		if err != nil {
+			return End{}, false
+		}
+		if env.Clone(r.cfg.Token.ID, r.cfg.Instance) {
+			clones.add(env.Instance)
+		}
+		if end, stop := r.clone(env); stop {
+			return end, true
+		} else if env.Clone(r.cfg.Token.ID, r.cfg.Instance) {
+			// A later clone: answer at once so that it learns it is
+			// the later one and stops (replies are otherwise rare).
+			log.WithFields(logrus.Fields{"clone_node": env.Node, "clone_instance": env.Instance}).
+				Error("duplicate failover_id: a server that started later uses this server's id; it should stop by itself")
+			reply()
+			return End{}, false
+		}
+		if env.FailoverID == r.cfg.Token.ID || env.Role != "backup" {
+			return End{}, false
+		}
+		r.mu.Lock()
+		if env.Stopping {
+			det.ForgetPeer(env.FailoverID)
+		} else {
+			prio, eff := env.Priorities()
+			det.ObservePeer(PeerInfo{Node: env.Node, FailoverID: env.FailoverID, Address: env.Advertise, Priority: prio, Effective: eff,
+				HeardSeq: env.HeardSeq, Maintenance: env.Maintenance, Seen: r.cfg.Clock.Now()})
+		}
+		r.mu.Unlock()
+		if !env.Stopping {
+			addPeerLink(env.Advertise)
+		}
+		arm()
+		return End{}, false
+	}
+
+	onHeartbeat := func(m broker.Message) (End, bool) {
+		if err := r.cfg.Signer.Verify(r.cfg.Dest.Heartbeat, m.Headers, m.Body); err != nil {
+			r.mu.Lock()
+			r.st.SignatureFails++
+			r.mu.Unlock()
+			log.WithError(err).Debug("dropped heartbeat")
+			return End{}, false
+		}
+		env, err := protocol.Decode(m.Headers)
+		if err != nil {
+			r.mu.Lock()
+			r.st.Dropped++
+			r.mu.Unlock()
+			log.WithError(err).Debug("dropped heartbeat")
+			return End{}, false
+		}
+		if env.Clone(r.cfg.Token.ID, r.cfg.Instance) {
+			clones.add(env.Instance)
+		}
+		if end, stop := r.clone(env); stop {
+			return end, true
+		}
+		now := r.cfg.Clock.Now()
+		if env.FailoverID != r.cfg.Token.ID && !nonces.echoedBy(env) {
+			// Sent before the primary heard our reply, or replayed.
+			r.mu.Lock()
+			r.st.Received++
+			r.st.Ignored++
+			r.st.Unechoed++
+			d := Decision{}
+			if env.Role == "primary" {
+				d = det.Contender(env.Node, env.FailoverID, env.Epoch, now)
+			}
+			r.mu.Unlock()
+			handle(d)
+			log.WithFields(logrus.Fields{"from": env.Node, "seq": env.Seq}).Debug("heartbeat does not echo a nonce of ours: not counted")
+			if now.Sub(lastChallenge) >= r.cfg.Period {
+				reply()
+			}
+			arm()
+			return End{}, false
+		}
+		r.mu.Lock()
+		r.st.Received++
+		d := det.Observe(env, now)
+		end, done := handle(d)
+		p := det.Primary()
+		counted := d.Action != Ignored && env.FailoverID == p.FailoverID
+		var members []protocol.Member
+		if counted {
+			members, _ = protocol.DecodeMembers(m.Body) // a bad list lists nobody
+			for _, mb := range members {
+				if mb.FailoverID != r.cfg.Token.ID {
+					det.ObservePeer(PeerInfo{Node: mb.Node, FailoverID: mb.FailoverID, Address: mb.Address, Priority: mb.Priority,
+						Effective: mb.Effective, HeardSeq: mb.HeardSeq, Maintenance: mb.Maintenance,
+						Seen: now.Add(-time.Duration(mb.LastReplyAgeMS) * time.Millisecond)})
+				}
+			}
+		}
+		r.mu.Unlock()
+		for _, mb := range members {
+			if mb.FailoverID != r.cfg.Token.ID {
+				addPeerLink(mb.Address)
+			}
+		}
+		changed := p.FailoverID != lastPrimary && p.FailoverID != ""
+		switch {
+		case changed, counted && !heardSaved:
+			follow := changed && lastPrimary != "" && p.Advertise != "" && p.Advertise != r.cfg.Location
+			lastPrimary, lastInstance, heardSaved = p.FailoverID, env.Instance, true
+			log.WithFields(logrus.Fields{"primary": p.Node, "primary_failover_id": p.FailoverID, "primary_epoch": p.Epoch}).Info("watching primary")
+			if r.cfg.OnPrimary != nil {
+				r.cfg.OnPrimary(failoverid.Peer{Node: p.Node, FailoverID: p.FailoverID, Epoch: p.Epoch, Address: p.Advertise})
+			}
+			if follow && !done {
+				log.WithFields(logrus.Fields{"primary": p.Node, "address": p.Advertise}).Warn("a new primary of the group: following it")
+				return End{Follow: true, Reason: fmt.Sprintf("%s is the primary at epoch %d", p.Node, p.Epoch), SeenEpoch: det.SeenEpoch(), Primary: p}, true
+			}
+			reply()
+		case counted && env.Instance != lastInstance:
+			// The same primary restarted (a new process): answer at
+			// once, so it knows it has a backup without waiting up to
+			// reply_period.
+			lastInstance = env.Instance
+			log.WithField("primary_instance", env.Instance).Info("the primary restarted: replying at once")
+			reply()
+		case counted && r.wantsPreempt(det, p, started, now) && now.Sub(lastPreempt) >= 10*r.cfg.Period:
+			lastPreempt = now
+			log.WithFields(logrus.Fields{"primary": p.Node, "primary_effective": p.Effective, "effective": det.Effective()}).
+				Info("preempt: asking the primary to hand over to this healthier, higher-priority backup")
+			send(true)
+		}
+		if done {
+			return end, true
+		}
+		arm()
+		return End{}, false
+	}
+
 	for {
 		select {
 		case <-ctx.Done():
-			r.sayStopping()
+			r.sayStopping(extra)
 			return End{}, nil
 		case on := <-r.maint:
 			r.mu.Lock()
@@ -270,23 +521,27 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			log.WithField("maintenance", on).Info("maintenance mode changed")
 			handle(d)
 			reply()
+		case eff := <-r.eff:
+			r.mu.Lock()
+			was := det.Effective()
+			det.SetEffective(eff)
+			r.mu.Unlock()
+			if eff != was {
+				log.WithFields(logrus.Fields{"effective_priority": eff, "was": was}).Info("effective priority changed")
+				reply()
+				arm()
+			}
 		case <-tick.C():
 			if r.cfg.Alive != nil {
 				r.cfg.Alive()
 			}
-			r.mu.Lock()
-			d := det.Tick(r.cfg.Clock.Now())
-			r.mu.Unlock()
-			if end, done := handle(d); done {
+			if end, done := tickDetector(); done {
 				return end, nil
 			}
 			arm()
 		case <-deadlineC:
 			deadlineC = nil
-			r.mu.Lock()
-			d := det.Tick(r.cfg.Clock.Now())
-			r.mu.Unlock()
-			if end, done := handle(d); done {
+			if end, done := tickDetector(); done {
 				return end, nil
 			}
 			deadline = time.Time{}
@@ -297,100 +552,49 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			if !ok {
 				return End{}, broker.ErrClosed
 			}
-			if r.cfg.Signer.Verify(m.Destination, m.Headers, m.Body) != nil {
-				continue
+			if end, stop := onReply(m); stop {
+				return end, nil
 			}
-			if env, err := protocol.Decode(m.Headers); err == nil {
-				if env.Clone(r.cfg.Token.ID, r.cfg.Instance) {
-					clones.add(env.Instance)
-				}
-				if end, stop := r.clone(env); stop {
-					return end, nil
-				} else if env.Clone(r.cfg.Token.ID, r.cfg.Instance) {
-					// A later clone: answer at once so that it learns it is
-					// the later one and stops (replies are otherwise rare).
-					log.WithFields(logrus.Fields{"clone_node": env.Node, "clone_instance": env.Instance}).
-						Error("duplicate failover_id: a server that started later uses this server's id; it should stop by itself")
-					reply()
-				}
+		case in := <-extra.in:
+			f := onHeartbeat
+			if in.reply {
+				f = onReply
+			}
+			if end, stop := f(in.m); stop {
+				return end, nil
 			}
 		case m, ok := <-sub.C():
 			if !ok {
 				return End{}, broker.ErrClosed
 			}
-			if err := r.cfg.Signer.Verify(m.Destination, m.Headers, m.Body); err != nil {
-				r.mu.Lock()
-				r.st.SignatureFails++
-				r.mu.Unlock()
-				log.WithError(err).Debug("dropped heartbeat")
-				continue
-			}
-			env, err := protocol.Decode(m.Headers)
-			if err != nil {
-				r.mu.Lock()
-				r.st.Dropped++
-				r.mu.Unlock()
-				log.WithError(err).Debug("dropped heartbeat")
-				continue
-			}
-			if env.Clone(r.cfg.Token.ID, r.cfg.Instance) {
-				clones.add(env.Instance)
-			}
-			if end, stop := r.clone(env); stop {
+			if end, stop := onHeartbeat(m); stop {
 				return end, nil
 			}
-			if env.FailoverID != r.cfg.Token.ID && !nonces.echoedBy(env) {
-				// Sent before the primary heard our reply, or replayed.
-				r.mu.Lock()
-				r.st.Received++
-				r.st.Ignored++
-				r.st.Unechoed++
-				r.mu.Unlock()
-				log.WithFields(logrus.Fields{"from": env.Node, "seq": env.Seq}).Debug("heartbeat does not echo a nonce of ours: not counted")
-				if now := r.cfg.Clock.Now(); now.Sub(lastChallenge) >= r.cfg.Period {
-					reply()
-				}
-				continue
-			}
-			r.mu.Lock()
-			r.st.Received++
-			d := det.Observe(env, r.cfg.Clock.Now())
-			end, done := handle(d)
-			p := det.Primary()
-			r.mu.Unlock()
-			counted := d.Action != Ignored && env.FailoverID == p.FailoverID
-			switch {
-			case p.FailoverID != lastPrimary && p.FailoverID != "", counted && !heardSaved:
-				lastPrimary, lastInstance, heardSaved = p.FailoverID, env.Instance, true
-				log.WithFields(logrus.Fields{"primary": p.Node, "primary_failover_id": p.FailoverID, "primary_epoch": p.Epoch}).Info("watching primary")
-				if r.cfg.OnPrimary != nil {
-					r.cfg.OnPrimary(failoverid.Peer{Node: p.Node, FailoverID: p.FailoverID, Epoch: p.Epoch, Address: p.Advertise})
-				}
-				reply()
-			case counted && env.Instance != lastInstance:
-				// The same primary restarted (a new process): answer at
-				// once, so it knows it has a backup without waiting up to
-				// reply_period.
-				lastInstance = env.Instance
-				log.WithField("primary_instance", env.Instance).Info("the primary restarted: replying at once")
-				reply()
-			}
-			if done {
-				return end, nil
-			}
-			arm()
 		}
 	}
 }
 
+// wantsPreempt: with preempt on, this backup has been up PreemptDelay, is
+// eligible and healthier than the primary (a higher effective priority).
+func (r *Role) wantsPreempt(det *Detector, p PrimaryView, started, now time.Time) bool {
+	if !r.cfg.Preempt || now.Sub(started) < r.cfg.PreemptDelay || det.Maintenance() {
+		return false
+	}
+	if ok, _ := det.Eligible(); !ok {
+		return false
+	}
+	return det.Effective() > p.Effective
+}
+
 // sayStopping publishes a last reply on a clean stop, so the primary knows
 // at once that it has no backup (bounded: a dead broker costs a second).
-func (r *Role) sayStopping() {
+func (r *Role) sayStopping(extra *links) {
 	env := protocol.Envelope{FailoverID: r.cfg.Token.ID, Epoch: r.cfg.Token.Epoch, Node: r.cfg.Node,
 		Advertise: r.cfg.Advertise, Role: "backup", Stopping: true, SentMS: time.Now().UnixMilli(),
 		Instance: r.cfg.Instance, StartedMS: r.cfg.StartedMS}
 	h := env.Headers()
 	r.cfg.Signer.Sign(r.cfg.Dest.Reply, h, nil)
+	extra.publish(r.cfg.Dest.Reply, h, nil, time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 	defer cancel()
 	if err := r.bus.Publish(ctx, r.cfg.Dest.Reply, h, nil); err != nil {

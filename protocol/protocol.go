@@ -14,6 +14,7 @@ import (
 	"crypto/ed25519"
 	"crypto/hmac"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -64,7 +65,23 @@ const (
 	// addresses, "HOST:PORT,HOST:PORT"; an agent keeps them as
 	// failover_servers and holds a standby subscription on each.
 	HFailoverServers = "failover-servers"
+	// Groups: HPriority and HEffective are the sender's configured and
+	// effective priority (heartbeats and replies); HHeardSeq (replies) is
+	// the seq of the last heartbeat the backup counted from its primary,
+	// the election's tie-break; HPreempt (replies) asks the primary for a
+	// switchover to this backup (preempt: true).
+	HPriority  = "priority"
+	HEffective = "effective-priority"
+	HHeardSeq  = "heard-seq"
+	HPreempt   = "preempt"
 )
+
+// MaxPriority is the highest priority a server may have.
+const MaxPriority = 255
+
+// DefaultPriority is the priority of a server that does not say its own
+// (an older version, or priority not set).
+const DefaultPriority = 100
 
 // HRosterPart: "i/n", part i of n of one roster message (its seq).
 const HRosterPart = "roster-part"
@@ -130,6 +147,24 @@ type Envelope struct {
 	// Command and FailoverServers (agent commands): see HCommand.
 	Command         string
 	FailoverServers []string
+	// Priority and Effective (heartbeats, replies) are sent and were
+	// received only with HasPriority (absent: an older server, taken as
+	// DefaultPriority by PriorityOf); HeardSeq and Preempt (replies): see
+	// HPriority.
+	HasPriority bool
+	Priority    int
+	Effective   int
+	HeardSeq    uint64
+	Preempt     bool
+}
+
+// Priorities are the sender's configured and effective priority, or
+// DefaultPriority for both when it said none (an older server).
+func (e Envelope) Priorities() (configured, effective int) {
+	if !e.HasPriority {
+		return DefaultPriority, DefaultPriority
+	}
+	return e.Priority, e.Effective
 }
 
 // Echoes reports whether e echoes nonce.
@@ -218,6 +253,16 @@ func (e Envelope) Headers() map[string]string {
 	if len(e.FailoverServers) > 0 {
 		h[HFailoverServers] = strings.Join(e.FailoverServers, ",")
 	}
+	if e.HasPriority {
+		h[HPriority] = strconv.Itoa(e.Priority)
+		h[HEffective] = strconv.Itoa(e.Effective)
+	}
+	if e.HeardSeq != 0 {
+		h[HHeardSeq] = strconv.FormatUint(e.HeardSeq, 10)
+	}
+	if e.Preempt {
+		h[HPreempt] = "true"
+	}
 	return h
 }
 
@@ -288,6 +333,25 @@ func Decode(h map[string]string) (Envelope, error) {
 	if v := h[HFailoverServers]; v != "" {
 		e.FailoverServers = strings.Split(v, ",")
 	}
+	_, e.HasPriority = h[HPriority]
+	for _, pv := range []struct {
+		k string
+		p *int
+	}{{HPriority, &e.Priority}, {HEffective, &e.Effective}} {
+		if v, ok := h[pv.k]; ok {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 0 || n > MaxPriority {
+				return e, fmt.Errorf("%w: %s=%q: expected an integer 0..%d", ErrBadHeader, pv.k, v, MaxPriority)
+			}
+			*pv.p = n
+		}
+	}
+	if v, ok := h[HHeardSeq]; ok {
+		if e.HeardSeq, err = strconv.ParseUint(v, 10, 64); err != nil {
+			return e, fmt.Errorf("%w: %s=%q: expected an unsigned integer", ErrBadHeader, HHeardSeq, v)
+		}
+	}
+	e.Preempt = h[HPreempt] == "true"
 	return e, nil
 }
 
@@ -370,8 +434,66 @@ var signed = map[string]bool{
 	HVersion: true, HFailoverID: true, HEpoch: true, HNode: true, HSeq: true, HAdvertise: true,
 	HPeriodMS: true, HRole: true, HSentMS: true, HHandoverTo: true, HMaintenance: true,
 	HInstance: true, HStartedMS: true, HNonce: true, HEcho: true, HFailoverSig: true, HBound: true, HStopping: true, HCommand: true, HFailoverServers: true, HRosterPart: true,
+	HPriority: true, HEffective: true, HHeardSeq: true, HPreempt: true,
 }
 
 func (s *Signer) mac(dest string, h map[string]string, body []byte) []byte {
 	return macOf(s.key, canonical(dest, h, body))
+}
+
+// Member is one backup of a group as the primary's heartbeats list it (in
+// the heartbeat's body, JSON): backups learn each other from it, and
+// `tandem members` shows it.
+type Member struct {
+	Node           string `json:"node"`
+	FailoverID     string `json:"failover_id"`
+	Address        string `json:"address,omitempty"`
+	Priority       int    `json:"priority"`
+	Effective      int    `json:"effective_priority"`
+	Maintenance    bool   `json:"maintenance,omitempty"`
+	HeardSeq       uint64 `json:"heard_seq,omitempty"`
+	LastReplyAgeMS int64  `json:"last_reply_age_ms"`
+}
+
+// MaxMembers bounds the members a heartbeat lists (and a receiver keeps).
+const MaxMembers = 32
+
+type heartbeatBody struct {
+	Members []Member `json:"members"`
+}
+
+// EncodeMembers is a heartbeat body listing ms (at most MaxMembers).
+func EncodeMembers(ms []Member) []byte {
+	if len(ms) == 0 {
+		return nil
+	}
+	if len(ms) > MaxMembers {
+		ms = ms[:MaxMembers]
+	}
+	b, _ := json.Marshal(heartbeatBody{Members: ms})
+	return b
+}
+
+// DecodeMembers reads a heartbeat body (empty: no members). A body that
+// is not a members list, lists more than MaxMembers, or has a field out of
+// bounds is an error and lists nobody.
+func DecodeMembers(body []byte) ([]Member, error) {
+	if len(body) == 0 {
+		return nil, nil
+	}
+	var hb heartbeatBody
+	if err := json.Unmarshal(body, &hb); err != nil {
+		return nil, fmt.Errorf("%w: heartbeat body: %v", ErrBadHeader, err)
+	}
+	if len(hb.Members) > MaxMembers {
+		return nil, fmt.Errorf("%w: heartbeat body lists %d members, more than %d", ErrBadHeader, len(hb.Members), MaxMembers)
+	}
+	for i, m := range hb.Members {
+		if m.FailoverID == "" || len(m.FailoverID) > 64 || len(m.Node) > maxHeader || len(m.Address) > maxHeader ||
+			m.Priority < 0 || m.Priority > MaxPriority || m.Effective < 0 || m.Effective > MaxPriority || m.LastReplyAgeMS < 0 {
+			return nil, fmt.Errorf("%w: heartbeat body: member %d out of bounds", ErrBadHeader, i)
+		}
+		hb.Members[i].FailoverID = asciiLower(m.FailoverID)
+	}
+	return hb.Members, nil
 }

@@ -230,3 +230,40 @@ func TestGroupVerdictsAreForTheExactMessage(t *testing.T) {
 		t.Fatalf("a changed body after a cached verdict: %v", err)
 	}
 }
+
+func TestPriorityHeadersRoundTrip(t *testing.T) {
+	in := Envelope{FailoverID: "a", Epoch: 1, Node: "b", Role: "backup", HasPriority: true, Priority: 150, Effective: 75, HeardSeq: 9, Preempt: true}
+	out, err := Decode(in.Headers())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !out.HasPriority || out.Priority != 150 || out.Effective != 75 || out.HeardSeq != 9 || !out.Preempt {
+		t.Fatalf("decoded %+v", out)
+	}
+	if p, e := (Envelope{}).Priorities(); p != DefaultPriority || e != DefaultPriority {
+		t.Fatalf("absent priorities = %d, %d", p, e)
+	}
+	for _, bad := range []string{"-1", "256", "x"} {
+		h := in.Headers()
+		h[HEffective] = bad
+		if _, err := Decode(h); err == nil {
+			t.Errorf("effective-priority=%q accepted", bad)
+		}
+	}
+}
+
+func TestMembersBody(t *testing.T) {
+	in := []Member{{Node: "b", FailoverID: "B", Address: "127.0.0.1:1", Priority: 150, Effective: 150, LastReplyAgeMS: 5}}
+	out, err := DecodeMembers(EncodeMembers(in))
+	if err != nil || len(out) != 1 || out[0].FailoverID != "b" || out[0].Priority != 150 {
+		t.Fatalf("round trip: %+v, %v", out, err)
+	}
+	for _, bad := range []string{`{`, `{"members":[{"failover_id":""}]}`, `{"members":[{"failover_id":"x","priority":300}]}`} {
+		if ms, err := DecodeMembers([]byte(bad)); err == nil {
+			t.Errorf("%s accepted: %+v", bad, ms)
+		}
+	}
+	if ms, err := DecodeMembers(nil); err != nil || ms != nil {
+		t.Errorf("empty body: %v, %v", ms, err)
+	}
+}

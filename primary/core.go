@@ -3,6 +3,7 @@ package primary
 import (
 	"encoding/json"
 	"fmt"
+	"slices"
 	"sort"
 	"time"
 
@@ -44,6 +45,13 @@ type coreConfig struct {
 	// rebind goes out in the period after an agent reported a token below
 	// ours (an agent that was down, or a new one).
 	RebindPeriods int
+	// Priority is this server's configured priority, announced in its
+	// heartbeats; the effective one starts equal (health input).
+	Priority int
+	// GaveUp is the failover id of the primary that handed this one the
+	// role by a switchover: automatic handovers (health, preemption) never
+	// hand it straight back (pg_auto_failover #772); an operator may.
+	GaveUp string
 }
 
 // Output is what the driver does after one input: write Logs, then, if End
@@ -62,6 +70,8 @@ type Output struct {
 	// Rebind, when set, tells agents on their own hosts to bind to this
 	// server (the driver adds the failover-sig and signs it).
 	Rebind *protocol.Envelope
+	// Members is the group's backups, the body of Beat.
+	Members []protocol.Member
 }
 
 // LogLine is one log entry the core asks for.
@@ -98,10 +108,18 @@ type core struct {
 	lastCheck time.Time // last periodic file scan
 	ended     bool
 
-	// The backup, as its replies describe it.
+	// The best backup (the one a switchover goes to), as its replies
+	// describe it; lastReply is the latest reply of any backup.
 	peer             failoverid.Peer
 	lastReply        time.Time
 	backupConfigured bool
+	// Every backup of the group, by failover id (bounded by maxEchoes).
+	backups map[string]*backupView
+	// effective is this server's effective priority (health checks);
+	// unhealthy: the last health-handover warning, "" when none.
+	effective   int
+	healthKnown bool // a health input came (the node runs checks)
+	unhealthy   string
 
 	// A planned switchover in progress.
 	handoverTo    string
@@ -158,10 +176,16 @@ func (c *core) ping(now time.Time, out *Output) {
 // failoverServers are the group's other servers an agent should keep a
 // standby subscription on: for a pair, the backup.
 func (c *core) failoverServers() []string {
-	if a := c.peer.Address; a != "" && a != c.cfg.Advertise && c.backupConfigured {
-		return []string{a}
+	if !c.backupConfigured {
+		return nil
 	}
-	return nil
+	var out []string
+	for _, b := range c.alive(c.lastBeat) {
+		if a := b.peer.Address; a != "" && a != c.cfg.Advertise && !slices.Contains(out, a) {
+			out = append(out, a)
+		}
+	}
+	return out
 }
 
 // replyMark is the newest reply taken from one backup process: its start
@@ -263,7 +287,11 @@ func (c *core) echoValues() []string {
 }
 
 func newCore(cfg coreConfig) *core {
-	return &core{cfg: cfg, seq: cfg.SeqBase, holdUntil: -1}
+	eff := cfg.Priority
+	if eff <= 0 {
+		eff = protocol.DefaultPriority // until the first health input
+	}
+	return &core{cfg: cfg, seq: cfg.SeqBase, holdUntil: -1, effective: eff}
 }
 
 // stallThreshold: a tick more than half a period late means the process may
@@ -297,7 +325,7 @@ func (c *core) start(now time.Time, files *scanResult) Output {
 	if files != nil && c.scanned(*files, &out) {
 		return out
 	}
-	c.beat(&out)
+	c.beat(now, &out)
 	return out
 }
 
@@ -352,7 +380,8 @@ func (c *core) tick(now time.Time) Output {
 		c.handoverTo = ""
 	}
 	c.lastBeat = now
-	c.beat(&out)
+	c.beat(now, &out)
+	c.checkHealth(now, &out)
 	c.updateWarnings(now, &out)
 	return out
 }
@@ -370,7 +399,7 @@ func (c *core) scanDone(now time.Time, res scanResult) Output {
 	if c.holdUntil >= 0 && res.gen >= c.holdUntil {
 		c.holdUntil = -1
 		c.lastBeat = now
-		c.beat(&out)
+		c.beat(now, &out)
 	}
 	if c.rescan {
 		c.rescan = false
@@ -379,21 +408,43 @@ func (c *core) scanDone(now time.Time, res scanResult) Output {
 	return out
 }
 
-// switchover is an operator's request for a planned handover at now.
-func (c *core) switchover(now time.Time) (Output, error) {
+// switchover is an operator's request for a planned handover at now, to
+// the backup named to (its node name or failover id), or with to empty to
+// the best backup.
+func (c *core) switchover(now time.Time, to string) (Output, error) {
 	var out Output
 	switch {
 	case c.ended:
 		return out, ErrNotRunning
 	case c.handoverTo != "":
 		return out, ErrSwitchoverState
-	case c.peer.FailoverID == "" || !c.backupAlive(now):
+	}
+	var target *backupView
+	if to != "" {
+		for _, b := range c.alive(now) {
+			if b.peer.Node == to || b.peer.FailoverID == to {
+				target = b
+				break
+			}
+		}
+		if target == nil {
+			return out, fmt.Errorf("%w: no live backup is named %q (tandem members lists them)", ErrNoBackup, to)
+		}
+	} else if bs := c.alive(now); len(bs) > 0 {
+		target = bs[0]
+	}
+	if target == nil {
 		return out, ErrNoBackup
 	}
-	c.handoverTo, c.handoverStart = c.peer.FailoverID, now
-	out.log(logrus.InfoLevel, "switchover: asking the backup to take over", logrus.Fields{"backup": c.peer.Node, "backup_failover_id": c.peer.FailoverID})
-	c.beat(&out)
+	c.handOver(now, target, "switchover: asking the backup to take over", &out)
 	return out, nil
+}
+
+// handOver starts a planned handover to b at now.
+func (c *core) handOver(now time.Time, b *backupView, msg string, out *Output) {
+	c.handoverTo, c.handoverStart = b.peer.FailoverID, now
+	out.log(logrus.InfoLevel, msg, logrus.Fields{"backup": b.peer.Node, "backup_failover_id": b.peer.FailoverID})
+	c.beat(now, out)
 }
 
 // heartbeat is a valid message on the heartbeat channel.
@@ -432,7 +483,13 @@ func (c *core) reply(now time.Time, env protocol.Envelope, _ []byte) Output {
 		return out
 	}
 	if env.Stopping {
-		// A clean stop of the backup: nobody watches us from now on.
+		delete(c.backups, env.FailoverID)
+		if len(c.alive(now)) > 0 {
+			out.log(logrus.WarnLevel, fmt.Sprintf("backup %s stopped (a clean stop)", env.Node), nil)
+			c.pickBest(now, &out)
+			return out
+		}
+		// A clean stop of the last backup: nobody watches us from now on.
 		c.lastReply, c.backupConfigured = time.Time{}, false
 		c.backupStopped = fmt.Sprintf("backup %s stopped (a clean stop) at %s: automatic failover is off until a backup replies", env.Node, now.Format(time.RFC3339))
 		out.log(logrus.WarnLevel, c.backupStopped, nil)
@@ -453,16 +510,167 @@ func (c *core) reply(now time.Time, env protocol.Envelope, _ []byte) Output {
 	}
 	np := failoverid.Peer{Node: env.Node, FailoverID: env.FailoverID, Epoch: env.Epoch, Address: env.Advertise}
 	c.lastReply, c.backupConfigured = now, true
-	c.backupMaint = env.Maintenance
-	if np != c.peer {
-		if c.peer.FailoverID != np.FailoverID {
-			out.log(logrus.InfoLevel, "backup replied: failover is enabled", logrus.Fields{"backup": np.Node, "backup_failover_id": np.FailoverID})
+	if c.backups == nil {
+		c.backups = map[string]*backupView{}
+	}
+	b := c.backups[np.FailoverID]
+	if b == nil {
+		if len(c.backups) >= maxEchoes {
+			c.dropStale(now)
 		}
-		c.peer = np
-		out.Peer = &np
+		if len(c.backups) >= maxEchoes {
+			return out // bounded: a flood of made-up backups is not remembered
+		}
+		b = &backupView{}
+		c.backups[np.FailoverID] = b
+		out.log(logrus.InfoLevel, "backup replied: failover is enabled", logrus.Fields{"backup": np.Node, "backup_failover_id": np.FailoverID})
+	}
+	b.peer, b.lastReply, b.maint = np, now, env.Maintenance
+	b.priority, b.effective = env.Priorities()
+	b.heardSeq = env.HeardSeq
+	c.pickBest(now, &out)
+	if env.Preempt && c.handoverTo == "" {
+		c.preempt(now, b, &out)
 	}
 	c.updateWarnings(now, &out)
 	return out
+}
+
+// backupView is one backup of the group as its replies describe it.
+type backupView struct {
+	peer                failoverid.Peer
+	lastReply           time.Time
+	maint               bool
+	priority, effective int
+	heardSeq            uint64
+}
+
+func (b *backupView) eligible() bool { return b.priority > 0 && b.effective > 0 && !b.maint }
+
+// alive are the backups that replied within 2 × reply_period, best first:
+// eligible before not, then by effective priority, the most recent
+// heartbeat heard, the lowest failover id (the backups' own election order).
+func (c *core) alive(now time.Time) []*backupView {
+	var out []*backupView
+	for _, b := range c.backups {
+		if now.Sub(b.lastReply) <= 2*c.cfg.ReplyPeriod {
+			out = append(out, b)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		a, b := out[i], out[j]
+		if a.eligible() != b.eligible() {
+			return a.eligible()
+		}
+		if a.effective != b.effective {
+			return a.effective > b.effective
+		}
+		if a.heardSeq != b.heardSeq {
+			return a.heardSeq > b.heardSeq
+		}
+		return a.peer.FailoverID < b.peer.FailoverID
+	})
+	return out
+}
+
+// dropStale forgets backups not heard of for 2 × reply_period.
+func (c *core) dropStale(now time.Time) {
+	for id, b := range c.backups {
+		if now.Sub(b.lastReply) > 2*c.cfg.ReplyPeriod {
+			delete(c.backups, id)
+		}
+	}
+}
+
+// pickBest makes the best live backup the peer (remembered in state.json
+// through Output.Peer) and keeps the maintenance view: failover is paused
+// only when every live backup is in maintenance.
+func (c *core) pickBest(now time.Time, out *Output) {
+	bs := c.alive(now)
+	if len(bs) == 0 {
+		return
+	}
+	all := true
+	for _, b := range bs {
+		all = all && b.maint
+	}
+	c.backupMaint = all
+	if bs[0].peer != c.peer {
+		c.peer = bs[0].peer
+		p := c.peer
+		out.Peer = &p
+	}
+}
+
+// healthy is the best live backup an automatic handover may go to: eligible
+// and not the server that just handed us the role.
+func (c *core) healthy(now time.Time) *backupView {
+	for _, b := range c.alive(now) {
+		if b.eligible() && b.peer.FailoverID != c.cfg.GaveUp {
+			return b
+		}
+	}
+	return nil
+}
+
+// preempt: backup b asks for the role (preempt: true there). It gets it if
+// it is healthier than this primary and did not just give the role up.
+func (c *core) preempt(now time.Time, b *backupView, out *Output) {
+	switch {
+	case !b.eligible() || b.effective <= c.effective:
+		out.log(logrus.InfoLevel, "preempt request refused: the backup is not healthier than this primary", logrus.Fields{"backup": b.peer.Node, "backup_effective": b.effective, "effective": c.effective})
+	case b.peer.FailoverID == c.cfg.GaveUp:
+		out.log(logrus.InfoLevel, "preempt request refused: that backup handed this primary the role (no ping-pong)", logrus.Fields{"backup": b.peer.Node})
+	default:
+		c.handOver(now, b, "preempt: handing over to a healthier, higher-priority backup", out)
+	}
+}
+
+// health is this server's effective priority changing at now. At 0 (its
+// checks down) it hands over to the best healthy backup; with none it
+// stays primary and warns.
+func (c *core) health(now time.Time, effective int) Output {
+	var out Output
+	if c.ended {
+		return out
+	}
+	c.effective, c.healthKnown = effective, true
+	c.checkHealth(now, &out)
+	return out
+}
+
+func (c *core) checkHealth(now time.Time, out *Output) {
+	if c.effective > 0 || !c.healthKnown {
+		c.unhealthy = ""
+		return
+	}
+	if c.handoverTo != "" {
+		return
+	}
+	if b := c.healthy(now); b != nil {
+		c.unhealthy = ""
+		c.handOver(now, b, "effective priority 0 (health checks down): handing over to the best healthy backup", out)
+		return
+	}
+	if c.unhealthy == "" {
+		c.unhealthy = "effective priority 0 (health checks down) and no healthy backup to hand over to: staying primary"
+		out.log(logrus.WarnLevel, c.unhealthy, nil)
+	}
+}
+
+// members lists the live backups for the heartbeat's body.
+func (c *core) members(now time.Time) []protocol.Member {
+	bs := c.alive(now)
+	if len(bs) == 0 {
+		return nil
+	}
+	ms := make([]protocol.Member, 0, len(bs))
+	for _, b := range bs {
+		ms = append(ms, protocol.Member{Node: b.peer.Node, FailoverID: b.peer.FailoverID, Address: b.peer.Address,
+			Priority: b.priority, Effective: b.effective, Maintenance: b.maint, HeardSeq: b.heardSeq,
+			LastReplyAgeMS: now.Sub(b.lastReply).Milliseconds()})
+	}
+	return ms
 }
 
 // agentReport is the part of an agent's status body the registry keeps.
@@ -541,10 +749,10 @@ func token(env protocol.Envelope) failoverid.Token {
 func (c *core) fence(out *Output, by failoverid.Token, node, adv, reason string) {
 	c.ended = true
 	if c.handoverTo != "" && by.ID == c.handoverTo {
-		if adv == "" && by.ID == c.peer.FailoverID {
+		if b := c.backups[by.ID]; adv == "" && b != nil {
 			// Learned from a file or an agent before the new primary's
 			// heartbeat: its reply told us where it is.
-			adv, node = c.peer.Address, c.peer.Node
+			adv, node = b.peer.Address, b.peer.Node
 		}
 		out.log(logrus.InfoLevel, "switchover complete: the backup is primary now", logrus.Fields{"new_primary": node, "new_epoch": by.Epoch})
 		out.End = &End{Kind: HandedOver, By: by, ByNode: node, ByAdvertise: adv, Reason: "switchover to " + node}
@@ -588,12 +796,14 @@ func (c *core) clone(env protocol.Envelope, out *Output) bool {
 }
 
 // beat puts the next heartbeat (and ping) into out.
-func (c *core) beat(out *Output) {
+func (c *core) beat(now time.Time, out *Output) {
 	c.seq++
 	tok := c.cfg.Token
 	out.Beat = &protocol.Envelope{FailoverID: tok.ID, Epoch: tok.Epoch, Node: c.cfg.Node, Seq: c.seq,
 		Advertise: c.cfg.Advertise, PeriodMS: c.cfg.Period.Milliseconds(), Role: "primary",
-		HandoverTo: c.handoverTo, Instance: c.cfg.Instance, StartedMS: c.cfg.StartedMS, Echo: c.echoValues()}
+		HandoverTo: c.handoverTo, Instance: c.cfg.Instance, StartedMS: c.cfg.StartedMS, Echo: c.echoValues(),
+		HasPriority: true, Priority: c.cfg.Priority, Effective: c.effective}
+	out.Members = c.members(now)
 	// Agent commands go through the agents' broker: they do not depend on
 	// the heartbeat channel (an external broker may be unreachable).
 	if c.cfg.Ping && c.handoverTo == "" {
@@ -651,6 +861,9 @@ func (c *core) updateWarnings(now time.Time, out *Output) {
 	if c.dup != "" {
 		w = append(w, c.dup)
 	}
+	if c.unhealthy != "" {
+		w = append(w, c.unhealthy)
+	}
 	c.warnings = w
 }
 
@@ -668,6 +881,11 @@ func (c *core) status(now time.Time, s *Status) {
 		s.LastReplyAgeMS = now.Sub(c.lastReply).Milliseconds()
 	}
 	s.Handover = c.handoverTo
+	s.Effective = c.effective
+	for _, b := range c.alive(now) {
+		s.Backups = append(s.Backups, BackupStatus{Node: b.peer.Node, FailoverID: b.peer.FailoverID, Address: b.peer.Address,
+			Priority: b.priority, Effective: b.effective, Maintenance: b.maint, LastReplyAgeMS: now.Sub(b.lastReply).Milliseconds()})
+	}
 	s.Received = c.received
 	s.Tampered = c.tampered
 	s.Warnings = append([]string(nil), c.warnings...)

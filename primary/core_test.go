@@ -76,7 +76,7 @@ func scanned(n float64, gen int, higher *failoverid.Token) func(c *core) (Output
 	return func(c *core) (Output, error) { return c.scanDone(at(n), scanResult{higher: higher, gen: gen}), nil }
 }
 func switchover(n float64) func(c *core) (Output, error) {
-	return func(c *core) (Output, error) { return c.switchover(at(n)) }
+	return func(c *core) (Output, error) { return c.switchover(at(n), "") }
 }
 
 func tok(id string, epoch uint64) *failoverid.Token { return &failoverid.Token{ID: id, Epoch: epoch} }
@@ -408,7 +408,7 @@ func TestABackupsCleanStopIsKnownAtOnce(t *testing.T) {
 	if s.BackupConfigured || len(s.Warnings) == 0 || !strings.Contains(s.Warnings[0], "clean stop") {
 		t.Fatalf("after the backup's stop: %+v", s)
 	}
-	if _, err := c.switchover(at(0.5)); err == nil {
+	if _, err := c.switchover(at(0.5), ""); err == nil {
 		t.Fatal("a switchover to a stopped backup was accepted")
 	}
 	// It comes back.

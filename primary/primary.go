@@ -111,6 +111,15 @@ type Config struct {
 	// previous primary's broker after a takeover, so that a primary that
 	// resumes from a freeze learns at once that it was replaced.
 	Notify []broker.Bus
+	// SecondPath: the heartbeat channel is an external broker; heartbeats
+	// also go out on the agents' broker (this server's own), and replies
+	// are read there too, so a backup tells the broker's outage from a
+	// dead primary.
+	SecondPath bool
+	// Priority is this server's configured priority (see coreConfig);
+	// GaveUp the primary that handed this one the role by a switchover.
+	Priority int
+	GaveUp   string
 }
 
 // Status is a snapshot for the admin API.
@@ -136,6 +145,21 @@ type Status struct {
 	LastBadAgent        string
 	Handover            string // failover id of the backup being handed to
 	Warnings            []string
+	// Effective is this server's effective priority; Backups every live
+	// backup of the group, best first.
+	Effective int
+	Backups   []BackupStatus
+}
+
+// BackupStatus is one backup of the group (status JSON "backups").
+type BackupStatus struct {
+	Node           string `json:"node"`
+	FailoverID     string `json:"failover_id"`
+	Address        string `json:"address,omitempty"`
+	Priority       int    `json:"priority"`
+	Effective      int    `json:"effective_priority"`
+	Maintenance    bool   `json:"maintenance"`
+	LastReplyAgeMS int64  `json:"last_reply_age_ms"`
 }
 
 // Role is a running primary: a thin driver around the pure core (core.go).
@@ -146,7 +170,8 @@ type Role struct {
 	hb  broker.Bus // heartbeat channel
 	ag  broker.Bus // agents' channel (the embedded broker)
 
-	switchReq chan chan error
+	switchReq chan switchReq
+	health    chan int
 
 	mu   sync.Mutex // guards core and the counters in st
 	core *core
@@ -205,8 +230,9 @@ func New(cfg Config, hb, agents broker.Bus) *Role {
 	}
 	c := newCore(coreConfig{Node: cfg.Node, Token: cfg.Token, Advertise: cfg.Advertise, Period: cfg.Period,
 		ReplyPeriod: cfg.ReplyPeriod, HandoverTimeout: cfg.HandoverTimeout, CheckEvery: cfg.CheckEvery, RebindPeriods: max(cfg.RebindPeriods, 0),
-		Files: cfg.CheckFiles != nil, Ping: cfg.Ping, Instance: cfg.Instance, StartedMS: cfg.StartedMS, SeqBase: cfg.SeqBase})
-	return &Role{cfg: cfg, hb: hb, ag: agents, switchReq: make(chan chan error), core: c}
+		Files: cfg.CheckFiles != nil, Ping: cfg.Ping, Instance: cfg.Instance, StartedMS: cfg.StartedMS, SeqBase: cfg.SeqBase,
+		Priority: cfg.Priority, GaveUp: cfg.GaveUp})
+	return &Role{cfg: cfg, hb: hb, ag: agents, switchReq: make(chan switchReq), health: make(chan int, 1), core: c}
 }
 
 // Status returns a snapshot.
@@ -219,12 +245,32 @@ func (r *Role) Status() Status {
 	return s
 }
 
-// Switchover asks the backup to take over now. It returns once the request
-// is being sent; Run ends with HandedOver when the backup has taken over.
-func (r *Role) Switchover(ctx context.Context) error {
+type switchReq struct {
+	to    string
+	reply chan error
+}
+
+// SetEffective tells the role this server's effective priority (health
+// checks); at 0 it hands over to the best healthy backup.
+func (r *Role) SetEffective(eff int) {
+	select {
+	case r.health <- eff:
+	default:
+		select {
+		case <-r.health:
+		default:
+		}
+		r.health <- eff
+	}
+}
+
+// Switchover asks the backup named to (node name or failover id; "": the
+// best one) to take over now. It returns once the request is being sent;
+// Run ends with HandedOver when the backup has taken over.
+func (r *Role) Switchover(ctx context.Context, to string) error {
 	reply := make(chan error, 1)
 	select {
-	case r.switchReq <- reply:
+	case r.switchReq <- switchReq{to: to, reply: reply}:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -239,16 +285,19 @@ func (r *Role) Switchover(ctx context.Context) error {
 // Run is the role's loop; see the package doc. It feeds the core and does
 // what the core says (do); every send happens here, after the core's checks.
 func (r *Role) Run(ctx context.Context) (End, error) {
-	dests := []string{r.cfg.Dest.Heartbeat, r.cfg.Dest.Reply, r.cfg.Dest.AgentStatus}
+	dests := []string{r.cfg.Dest.Heartbeat, r.cfg.Dest.Reply, r.cfg.Dest.AgentStatus, r.cfg.Dest.Reply}
 	agentStatus := func(c *core, now time.Time, env protocol.Envelope, body []byte) Output {
 		return c.agentStatus(now, env, body, r.trusted(env))
 	}
-	handlers := []func(*core, time.Time, protocol.Envelope, []byte) Output{(*core).heartbeat, (*core).reply, agentStatus}
-	chans := make([]<-chan broker.Message, len(dests))
+	handlers := []func(*core, time.Time, protocol.Envelope, []byte) Output{(*core).heartbeat, (*core).reply, agentStatus, (*core).reply}
+	if !r.cfg.SecondPath {
+		dests = dests[:3] // replies come on the heartbeat channel only
+	}
+	chans := make([]<-chan broker.Message, 4)
 	for i, d := range dests {
 		bus := r.hb
-		if d == r.cfg.Dest.AgentStatus {
-			bus = r.ag
+		if i >= 2 {
+			bus = r.ag // agents' status, and the second path's replies
 		}
 		sub, err := bus.Subscribe(d)
 		if err != nil {
@@ -282,7 +331,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				scans <- scanResult{higher: t, err: err, gen: gen} // buffered, one scan at a time: never blocks
 			}(out.Scan)
 		}
-		r.publish(ctx, out.Beat, out.Command)
+		r.publish(ctx, out.Beat, out.Members, out.Command)
 		r.rebind(ctx, out.Rebind)
 		return End{}, false
 	}
@@ -304,11 +353,13 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		select {
 		case <-ctx.Done():
 			return End{Kind: Stopped}, nil
-		case reply := <-r.switchReq:
+		case req := <-r.switchReq:
 			var err error
-			do(r.step(func(c *core, now time.Time) (o Output) { o, err = c.switchover(now); return o }))
-			reply <- err
+			do(r.step(func(c *core, now time.Time) (o Output) { o, err = c.switchover(now, req.to); return o }))
+			req.reply <- err
 			continue
+		case eff := <-r.health:
+			out = r.step(func(c *core, now time.Time) Output { return c.health(now, eff) })
 		case <-ticker.C():
 			if r.cfg.Alive != nil {
 				r.cfg.Alive()
@@ -322,6 +373,8 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			out, chans[1] = r.message(m, ok, chans[1], handlers[1])
 		case m, ok := <-chans[2]:
 			out, chans[2] = r.message(m, ok, chans[2], handlers[2])
+		case m, ok := <-chans[3]:
+			out, chans[3] = r.message(m, ok, chans[3], handlers[3])
 		}
 		if end, done := do(out); done {
 			return end, nil
@@ -366,9 +419,9 @@ func (r *Role) message(m broker.Message, ok bool, ch <-chan broker.Message, h fu
 
 // publish sends a heartbeat (on the heartbeat channel and every Notify bus)
 // and an agent command (on the agents' broker), stamped at send time.
-func (r *Role) publish(ctx context.Context, beat, cmd *protocol.Envelope) {
+func (r *Role) publish(ctx context.Context, beat *protocol.Envelope, members []protocol.Member, cmd *protocol.Envelope) {
 	if beat != nil {
-		r.publishBeat(ctx, *beat)
+		r.publishBeat(ctx, *beat, protocol.EncodeMembers(members))
 	}
 	if cmd == nil {
 		return
@@ -388,18 +441,21 @@ func (r *Role) publish(ctx context.Context, beat, cmd *protocol.Envelope) {
 
 // publishBeat sends one heartbeat on the heartbeat channel and every
 // Notify bus, stamped at send time.
-func (r *Role) publishBeat(ctx context.Context, env protocol.Envelope) {
+func (r *Role) publishBeat(ctx context.Context, env protocol.Envelope, body []byte) {
 	env.SentMS = time.Now().UnixMilli()
 	if r.cfg.Maintenance != nil {
 		env.Maintenance = r.cfg.Maintenance()
 	}
 	h := env.Headers()
-	r.cfg.Signer.Sign(r.cfg.Dest.Heartbeat, h, nil)
+	r.cfg.Signer.Sign(r.cfg.Dest.Heartbeat, h, body)
 	pctx, cancel := context.WithTimeout(ctx, r.cfg.Period)
 	defer cancel()
-	err := r.hb.Publish(pctx, r.cfg.Dest.Heartbeat, h, nil)
+	err := r.hb.Publish(pctx, r.cfg.Dest.Heartbeat, h, body)
+	if r.cfg.SecondPath {
+		_ = r.ag.Publish(pctx, r.cfg.Dest.Heartbeat, h, body) // best effort: the backups' second path
+	}
 	for _, n := range r.cfg.Notify {
-		_ = n.Publish(pctx, r.cfg.Dest.Heartbeat, h, nil) // best effort
+		_ = n.Publish(pctx, r.cfg.Dest.Heartbeat, h, body) // best effort
 	}
 	if err != nil {
 		r.cfg.Log.WithError(err).Debug("heartbeat not sent")

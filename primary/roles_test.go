@@ -314,7 +314,7 @@ func TestForgedMessagesAreDroppedWithASecret(t *testing.T) {
 func TestSwitchoverHandsOverAndThePrimaryLearnsIt(t *testing.T) {
 	p := newPair(t, nil, true)
 	p.beat(true)
-	if err := p.prim.Switchover(context.Background()); err != nil {
+	if err := p.prim.Switchover(context.Background(), ""); err != nil {
 		t.Fatal(err)
 	}
 	var bend backup.End
@@ -326,7 +326,7 @@ func TestSwitchoverHandsOverAndThePrimaryLearnsIt(t *testing.T) {
 	if !bend.Takeover || !bend.Switch {
 		t.Fatalf("backup end: %+v", bend)
 	}
-	if err := p.prim.Switchover(context.Background()); err != primary.ErrSwitchoverState {
+	if err := p.prim.Switchover(context.Background(), ""); err != primary.ErrSwitchoverState {
 		t.Fatalf("second switchover: %v", err)
 	}
 	// The new primary heartbeats at epoch 4.
@@ -343,7 +343,7 @@ func TestSwitchoverHandsOverAndThePrimaryLearnsIt(t *testing.T) {
 
 func TestSwitchoverWithoutABackupIsRefused(t *testing.T) {
 	p := newPair(t, nil, false)
-	if err := p.prim.Switchover(context.Background()); err != primary.ErrNoBackup {
+	if err := p.prim.Switchover(context.Background(), ""); err != primary.ErrNoBackup {
 		t.Fatalf("got %v", err)
 	}
 }
@@ -475,7 +475,7 @@ func TestACloneOfThePrimaryThatStartedEarlierStopsUs(t *testing.T) {
 func TestSwitchoverLearnedFromTheFilesStillNamesTheNewPrimary(t *testing.T) {
 	p := newPair(t, nil, true)
 	p.beat(true)
-	if err := p.prim.Switchover(context.Background()); err != nil {
+	if err := p.prim.Switchover(context.Background(), ""); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -501,7 +501,7 @@ func TestSwitchoverLearnedFromTheFilesStillNamesTheNewPrimary(t *testing.T) {
 func TestASwitchoverLapsesOnlyAfterTheHandoverTimeout(t *testing.T) {
 	p := newPair(t, nil, true)
 	p.beat(true)
-	if err := p.prim.Switchover(context.Background()); err != nil {
+	if err := p.prim.Switchover(context.Background(), ""); err != nil {
 		t.Fatal(err)
 	}
 	select {
@@ -515,7 +515,7 @@ func TestASwitchoverLapsesOnlyAfterTheHandoverTimeout(t *testing.T) {
 	if s := p.prim.Status(); s.Handover != backID {
 		t.Fatalf("handover dropped before the timeout: %+v", s)
 	}
-	if err := p.prim.Switchover(context.Background()); err != primary.ErrSwitchoverState {
+	if err := p.prim.Switchover(context.Background(), ""); err != primary.ErrSwitchoverState {
 		t.Fatalf("switchover during a handover: %v", err)
 	}
 	p.beat(false)

@@ -31,7 +31,7 @@ func (ctl) Status() node.Status {
 		Primary: &node.PrimaryStatus{Node: "a", Epoch: 1, LastHeartbeatAgeMS: 10}}
 }
 func (ctl) Metrics() node.Metrics                { return node.Metrics{} }
-func (ctl) Switchover(ctx context.Context) error { return nil }
+func (ctl) Switchover(ctx context.Context, _ string) error { return nil }
 func (ctl) SetMaintenance(on bool) error         { return nil }
 func (ctl) Agents() []primary.AgentView          { return nil }
 

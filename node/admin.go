@@ -22,7 +22,9 @@ import (
 type Controller interface {
 	Status() Status
 	Metrics() Metrics
-	Switchover(ctx context.Context) error
+	// Switchover hands the primary role to the backup named to (its node
+	// name or failover id), or with to empty to the best backup.
+	Switchover(ctx context.Context, to string) error
 	SetMaintenance(on bool) error
 	Agents() []primary.AgentView
 }
@@ -116,7 +118,12 @@ func AdminHandler(c Controller, opts ...AdminOption) http.Handler {
 	mux.HandleFunc("/switchover", cfg.guard(func(w http.ResponseWriter, r *http.Request, _ []byte) {
 		ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 		defer cancel()
-		if err := c.Switchover(ctx); err != nil {
+		to := r.URL.Query().Get("to")
+		if len(to) > 256 {
+			httpError(w, http.StatusBadRequest, "to: a node name or failover id of at most 256 bytes")
+			return
+		}
+		if err := c.Switchover(ctx, to); err != nil {
 			code := http.StatusConflict
 			if errors.Is(err, context.DeadlineExceeded) {
 				code = http.StatusGatewayTimeout
@@ -124,7 +131,11 @@ func AdminHandler(c Controller, opts ...AdminOption) http.Handler {
 			httpError(w, code, err.Error())
 			return
 		}
-		writeJSON(w, http.StatusAccepted, map[string]string{"result": "switchover started: the backup is taking over"})
+		msg := "switchover started: the backup is taking over"
+		if to != "" {
+			msg = "switchover started: " + to + " is taking over"
+		}
+		writeJSON(w, http.StatusAccepted, map[string]string{"result": msg})
 	}))
 	mux.HandleFunc("/maintenance", cfg.guard(func(w http.ResponseWriter, r *http.Request, body []byte) {
 		v := r.URL.Query().Get("state")

@@ -32,7 +32,7 @@ func (f *fakeCtl) Status() Status { f.mu.Lock(); defer f.mu.Unlock(); return f.s
 func (f *fakeCtl) Metrics() Metrics {
 	return Metrics{HeartbeatsSent: 42, HeartbeatsIgnored: 7, SignatureFailures: 3}
 }
-func (f *fakeCtl) Switchover(ctx context.Context) error {
+func (f *fakeCtl) Switchover(ctx context.Context, _ string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.swCall++

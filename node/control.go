@@ -77,6 +77,7 @@ func (n *Node) Status() Status {
 		}
 		s.Warnings = append(s.Warnings, n.backupWarnings(bs, s.HeartbeatChannel, why)...)
 	}
+	n.groupStatus(&s, prim, back)
 	s.Warnings = append(s.Warnings, n.configWarnings(s)...)
 	if n.cfg.Insecure {
 		s.Warnings = append(s.Warnings, "insecure: true: no group key; anyone who reaches the broker can speak for a server (tandem keygen, then signing_key)")
@@ -117,7 +118,7 @@ func (n *Node) Metrics() Metrics {
 }
 
 // Switchover implements Controller: only the active primary can hand over.
-func (n *Node) Switchover(ctx context.Context) error {
+func (n *Node) Switchover(ctx context.Context, to string) error {
 	n.mu.Lock()
 	prim := n.prim
 	role := n.role
@@ -128,7 +129,10 @@ func (n *Node) Switchover(ctx context.Context) error {
 	if n.state().Takeover != nil {
 		return fmt.Errorf("this node is still completing its takeover (after_takeover hook); try again in a moment")
 	}
-	return prim.Switchover(ctx)
+	if to != "" && to == n.cfg.Node {
+		return fmt.Errorf("switchover --to %s: that is this node, already the primary", to)
+	}
+	return prim.Switchover(ctx, to)
 }
 
 // SetMaintenance implements Controller. The flag is persisted so that a

@@ -274,10 +274,15 @@ var (
 	descTampered    = desc("tandem_agents_tampered", "Managed address.yaml files that claim a token without a valid server signature.")
 	descSigFail     = desc("tandem_signature_failures_total", "Messages dropped for a missing or bad signature.")
 	descDropped     = desc("tandem_messages_dropped_total", "Messages dropped as malformed or invalid.")
+	descPriority    = desc("tandem_priority", "This node's configured priority (0: never takes over automatically).")
+	descEffective   = desc("tandem_effective_priority", "This node's effective priority: its priority as its health checks leave it (0: not eligible).")
+	descCheckUp     = desc("tandem_check_up", "1 while the health check is up.", "check")
+	descBackups     = desc("tandem_group_backups", "Backups of the group this node knows of (a primary: those replying to it).")
 
 	snapshotDescs = []*prometheus.Desc{descInfo, descRole, descEpoch, descFenced, descMaintenance, descBackupConf,
 		descHBAge, descSilent, descPrimEpoch, descTakingOver, descChannel, descSent, descReceived, descIgnored,
-		descTakeovers, descRewrites, descManaged, descConnected, descTampered, descSigFail, descDropped}
+		descTakeovers, descRewrites, descManaged, descConnected, descTampered, descSigFail, descDropped,
+		descPriority, descEffective, descCheckUp, descBackups}
 )
 
 // roles are the values of tandem_role's role label, each always exported.
@@ -333,4 +338,10 @@ func (s snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge(descTampered, float64(st.Agents.Tampered))
 	counter(descSigFail, m.SignatureFailures)
 	counter(descDropped, m.MessagesDropped)
+	gauge(descPriority, float64(st.Priority))
+	gauge(descEffective, float64(st.EffectivePriority))
+	for _, c := range st.Checks {
+		gauge(descCheckUp, b01(c.Up), c.Name)
+	}
+	gauge(descBackups, float64(len(st.Backups)))
 }

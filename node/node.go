@@ -30,6 +30,7 @@ import (
 	"github.com/tandem-ha/tandem/backup"
 	"github.com/tandem-ha/tandem/config"
 	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/health"
 	"github.com/tandem-ha/tandem/internal/clock"
 	"github.com/tandem-ha/tandem/internal/eventlog"
 	"github.com/tandem-ha/tandem/internal/hooks"
@@ -118,6 +119,7 @@ type Node struct {
 	// test's stand-in), so their addresses are checked before start.
 	realListeners bool
 	tel           *Telemetry // takeover timings (metrics, event log)
+	checker       *health.Checker
 
 	// instance and startedMS identify this process on the wire.
 	instance  string
@@ -186,6 +188,7 @@ func New(cfg *config.Config, log *logrus.Logger, opts Options) (*Node, error) {
 		startedMS: time.Now().UnixMilli(),
 		tel:       NewTelemetry(cfg.Heartbeat.Period, cfg.Heartbeat.FailWindow),
 	}
+	n.checker = n.newChecker()
 	if n.opts.Dial == nil {
 		n.opts.Dial = n.dialSTOMP
 	}
@@ -358,6 +361,9 @@ func (n *Node) Run(ctx context.Context) error {
 
 	n.ownURL = n.brokerURL(loopback(srv.Addr()))
 	defer n.g.Wait()
+	hctx, stopChecks := context.WithCancel(ctx)
+	defer stopChecks()
+	n.runChecks(hctx)
 	for ctx.Err() == nil {
 		loc, isBackup, err := config.ReadPrimaryLocation(n.cfg.DataDir)
 		if err != nil {

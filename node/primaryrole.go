@@ -102,7 +102,12 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 	upd := n.update(st.Epoch)
 	token := failoverid.Token{ID: n.id, Epoch: st.Epoch}
 	finishing := st.Takeover != nil
+	gaveUp := ""
+	if j := st.Takeover; j != nil && j.Reason == "switchover" && j.From != nil {
+		gaveUp = j.From.FailoverID
+	}
 	role := primary.New(primary.Config{
+		Priority: n.cfg.Priority, GaveUp: gaveUp, SecondPath: n.cfg.HeartbeatBroker != "",
 		Node: n.cfg.Node, Token: token, Advertise: n.advertise,
 		Period: n.cfg.Heartbeat.Period, ReplyPeriod: n.cfg.Heartbeat.ReplyPeriod,
 		// The backup takes over at once on a handover, then runs its
@@ -121,6 +126,12 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 			}
 		},
 		Started: func() {
+			// The managed service is the primary's singleton.
+			work.Add(1)
+			go func() {
+				defer work.Done()
+				n.startService(rctx)
+			}()
 			if finishing {
 				n.takeoverStep(failoverid.StepPrimaryHeartbeat)
 				// after_takeover may take a while: not on the heartbeat loop.
@@ -141,6 +152,7 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		Alive:  n.notify.Alive,
 		Notify: notify,
 	}, hb, agents)
+	role.SetEffective(n.checker.Effective())
 	n.mu.Lock()
 	n.prim = role
 	n.mu.Unlock()
@@ -181,6 +193,9 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 	n.prim = nil
 	n.mu.Unlock()
 	work.Wait()
+	// The primary's term is over, whatever the end: the managed service
+	// stops before anything else (on_fenced, becoming a backup).
+	n.stopService()
 	if err != nil {
 		return true, err
 	}
@@ -243,7 +258,7 @@ func (n *Node) stopHandover(role *primary.Role, runDone <-chan struct{}) {
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	n.entry().WithFields(logrus.Fields{"to": st.Backup.Node, "limit": limit.String()}).Warn("clean stop: handing over to the backup first")
-	if err := role.Switchover(ctx); err != nil {
+	if err := role.Switchover(ctx, ""); err != nil {
 		n.entry().WithError(err).Warn("clean stop: the handover could not start; stopping without it")
 		return
 	}

@@ -30,6 +30,40 @@ type Status struct {
 	// Heartbeat is this node's timing.
 	Heartbeat HeartbeatTiming `json:"heartbeat"`
 	Version   string          `json:"version"`
+
+	// Groups: this node's configured and effective priority, its health
+	// checks, and the group's backups — on a primary those that reply to
+	// it (best first), on a backup the other backups it knows of.
+	Priority          int           `json:"priority"`
+	EffectivePriority int           `json:"effective_priority"`
+	Health            string        `json:"health"` // all | one | progressive
+	Checks            []CheckStatus `json:"checks"`
+	Backups           []GroupMember `json:"backups"`
+	// Rank is a backup's place in the election (0: it takes over first);
+	// Eligible says whether it may take over automatically, and why not.
+	Rank       *int   `json:"rank,omitempty"`
+	Ineligible string `json:"ineligible,omitempty"`
+}
+
+// CheckStatus is one health check (status JSON "checks").
+type CheckStatus struct {
+	Name      string `json:"name"`
+	Up        bool   `json:"up"`
+	Since     string `json:"since"`
+	Output    string `json:"output"`
+	Failures  int    `json:"failures"`
+	Successes int    `json:"successes"`
+}
+
+// GroupMember is another server of the group (status JSON "backups").
+type GroupMember struct {
+	Node              string `json:"node"`
+	FailoverID        string `json:"failover_id"`
+	Address           string `json:"address,omitempty"`
+	Priority          int    `json:"priority"`
+	EffectivePriority int    `json:"effective_priority"`
+	Maintenance       bool   `json:"maintenance"`
+	LastReplyAgeMS    int64  `json:"last_reply_age_ms"`
 }
 
 // PrimaryStatus is a backup's view of its primary.
@@ -50,6 +84,9 @@ type PrimaryStatus struct {
 	// the primary); the status's own maintenance says whether failover is
 	// paused here, whichever node set it.
 	Maintenance bool `json:"maintenance"`
+	// Priority and EffectivePriority are what its heartbeats say.
+	Priority          int `json:"priority"`
+	EffectivePriority int `json:"effective_priority"`
 }
 
 // PeerStatus names another server.

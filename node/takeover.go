@@ -37,7 +37,7 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 		return fmt.Errorf("heartbeat channel %s: %w", url, err)
 	}
 	defer n.closeLater(link)
-	role := backup.NewRole(backup.RoleConfig{
+	rc := backup.RoleConfig{
 		Node: n.cfg.Node, Token: failoverid.Token{ID: n.id, Epoch: st.Epoch}, Advertise: n.advertise,
 		Period: n.cfg.Heartbeat.Period, ReplyPeriod: n.cfg.Heartbeat.ReplyPeriod, Window: n.cfg.Heartbeat.FailWindow,
 		Maintenance: st.Maintenance, Dest: n.dest, Signer: n.signer, Clock: n.clock, Alive: n.notify.Alive,
@@ -49,7 +49,10 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 				n.entry().WithError(err).Warn("could not remember the primary in state.json")
 			}
 		},
-	}, link)
+	}
+	n.backupGroupConfig(ctx, &rc, loc)
+	role := backup.NewRole(rc, link)
+	role.SetEffective(n.effective())
 	n.mu.Lock()
 	n.back = role
 	n.mu.Unlock()
@@ -94,6 +97,9 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 	<-warmDone
 	if end.Duplicate != "" {
 		return fmt.Errorf("%w: %s", ErrDuplicateID, end.Duplicate)
+	}
+	if err == nil && end.Follow {
+		return n.follow(end)
 	}
 	if err != nil || !end.Takeover {
 		if err != nil && ctx.Err() == nil {

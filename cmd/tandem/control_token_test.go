@@ -36,7 +36,7 @@ type ctlFake struct {
 func (c *ctlFake) Status() node.Status         { return node.Status{Node: "opsc-b", Role: "primary"} }
 func (c *ctlFake) Metrics() node.Metrics       { return node.Metrics{} }
 func (c *ctlFake) Agents() []primary.AgentView { return nil }
-func (c *ctlFake) Switchover(context.Context) error {
+func (c *ctlFake) Switchover(context.Context, string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.sw++

@@ -256,6 +256,15 @@ func (d *Detector) Observe(hb protocol.Envelope, now time.Time) Decision {
 	d.suspectSent, d.inelWarned = false, false
 	d.heard = true
 	d.primaryMaint = hb.Maintenance
+	if hb.HandoverTo != "" && hb.HandoverTo == d.cfg.Self && !d.decided && d.effective == 0 && !d.cfg.Manual {
+		// Handing the role to a backup whose own checks are down helps
+		// nobody: the primary's handover times out and it picks another.
+		if !d.inelWarned {
+			d.inelWarned = true
+			return Decision{Action: NotEligible, Reason: fmt.Sprintf("refusing the handover from %s: this backup's effective priority is 0 (health checks down)", hb.Node)}
+		}
+		return Decision{}
+	}
 	if hb.HandoverTo != "" && hb.HandoverTo == d.cfg.Self && !d.decided {
 		d.decided = true
 		return Decision{Action: Takeover, Reason: fmt.Sprintf("switchover requested by %s at epoch %d", hb.Node, hb.Epoch), Switchover: true}

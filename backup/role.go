@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -69,6 +70,14 @@ type RoleConfig struct {
 	PreemptDelay time.Duration
 	// StaggerBy overrides the election's stagger (tests; 0: default).
 	StaggerBy time.Duration
+	// Effective, when set, is the effective priority the role starts with
+	// (default Priority); SetEffective changes it.
+	Effective func() int
+	// ReplySeq, when set, numbers the replies across every backup role of
+	// this process (a primary takes a reply only if its seq is above the
+	// last of the same process; a role that restarts to follow a new
+	// primary must not start again at 1).
+	ReplySeq *atomic.Uint64
 }
 
 // End is why Run returned a takeover.
@@ -238,6 +247,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	det := NewDetector(DetectorConfig{Window: r.cfg.Window, Period: r.cfg.Period, Self: r.cfg.Token.ID, Heard: r.cfg.Heard,
 		Priority: r.cfg.Priority, Manual: r.cfg.Manual, ReplyPeriod: r.cfg.ReplyPeriod, StaggerBy: r.cfg.StaggerBy}, now)
 	started := now
+	if r.cfg.Effective != nil {
+		det.SetEffective(r.cfg.Effective())
+	}
 	if r.cfg.Seed != nil {
 		det.Seed(PrimaryView{Node: r.cfg.Seed.Node, FailoverID: r.cfg.Seed.FailoverID, Epoch: r.cfg.Seed.Epoch, Advertise: r.cfg.Seed.Address})
 	}
@@ -271,9 +283,12 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	var nonces nonceRing
 	var clones cloneEchoes
 	var lastChallenge, lastPreempt time.Time
-	var replySeq uint64 // signed: the primary takes a reply only if newer than the last
+	seq := r.cfg.ReplySeq // signed: the primary takes a reply only if newer than the last
+	if seq == nil {
+		seq = new(atomic.Uint64)
+	}
 	send := func(preempt bool) {
-		replySeq++
+		replySeq := seq.Add(1)
 		r.mu.Lock()
 		maint := r.cfg.Maintenance
 		prio, eff, heardSeq := r.cfg.Priority, det.Effective(), det.Primary().Seq

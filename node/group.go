@@ -25,7 +25,7 @@ import (
 // start counts as a failed check.
 
 func (n *Node) newChecker() *health.Checker {
-	return health.New(n.cfg.Checks, healthPriority(n.cfg), n.cfg.Health, health.Options{Clock: n.clock,
+	return health.New(n.cfg.Checks, healthPriority(n.cfg), n.cfg.Health, health.Options{Clock: n.clock, Probe: n.opts.Probe,
 		Log: n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "component": "health"}), OnChange: n.healthChanged})
 }
 
@@ -184,6 +184,8 @@ func (n *Node) hookEnv() []string {
 // backupGroupConfig fills the group part of a backup role's config.
 func (n *Node) backupGroupConfig(ctx context.Context, rc *backup.RoleConfig, loc string) {
 	rc.Priority, rc.Manual, rc.Location = n.cfg.Priority, n.cfg.Priority == 0, loc
+	rc.ReplySeq = &n.replySeq
+	rc.Effective = n.effective
 	rc.Preempt, rc.PreemptDelay = n.cfg.Preempt, n.cfg.PreemptDelay
 	rc.DialPeer = func(ctx context.Context, addr string) (broker.Bus, error) {
 		return n.dial(ctx, n.brokerURL(addr), false)

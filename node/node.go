@@ -78,6 +78,8 @@ type Options struct {
 	RunHook hooks.Func
 	// Notify speaks sd_notify (default: from $NOTIFY_SOCKET).
 	Notify *sdnotify.Notifier
+	// Probe runs one health check (default health.Probe).
+	Probe health.ProbeFunc
 	// StopHandover bounds a clean stop's handover to the backup (0: up to
 	// fail_window + hooks.timeout, at most 45 s; negative: none, a stop is
 	// like a kill — for tests that stop nodes to fail them over).
@@ -120,6 +122,7 @@ type Node struct {
 	realListeners bool
 	tel           *Telemetry // takeover timings (metrics, event log)
 	checker       *health.Checker
+	replySeq      atomic.Uint64 // the backup roles' reply numbering
 
 	// instance and startedMS identify this process on the wire.
 	instance  string
@@ -385,7 +388,7 @@ func (n *Node) Run(ctx context.Context) error {
 			}
 		}
 	}
-	n.entry().Info("stopping")
+	n.entry().WithField("cause", context.Cause(ctx)).Info("stopping")
 	return nil
 }
 

@@ -52,7 +52,6 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 	}
 	n.backupGroupConfig(ctx, &rc, loc)
 	role := backup.NewRole(rc, link)
-	role.SetEffective(n.effective())
 	n.mu.Lock()
 	n.back = role
 	n.mu.Unlock()

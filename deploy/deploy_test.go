@@ -30,10 +30,10 @@ func (ctl) Status() node.Status {
 	return node.Status{Node: "b", Role: "backup", FailoverID: "id", Epoch: 2, Version: "test",
 		Primary: &node.PrimaryStatus{Node: "a", Epoch: 1, LastHeartbeatAgeMS: 10}}
 }
-func (ctl) Metrics() node.Metrics                { return node.Metrics{} }
+func (ctl) Metrics() node.Metrics                          { return node.Metrics{} }
 func (ctl) Switchover(ctx context.Context, _ string) error { return nil }
-func (ctl) SetMaintenance(on bool) error         { return nil }
-func (ctl) Agents() []primary.AgentView          { return nil }
+func (ctl) SetMaintenance(on bool) error                   { return nil }
+func (ctl) Agents() []primary.AgentView                    { return nil }
 
 // exported is every series name a node's registry exports, with the
 // _bucket/_sum/_count series of its histograms and summaries.

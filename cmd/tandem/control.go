@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -21,8 +22,8 @@ import (
 )
 
 func init() {
-	register("status", "show a server's role, epoch, primary/backup, agents and warnings (a stopped one's from its data dir)", func(a []string) int { return runStatus(a, os.Stdout, os.Stderr) })
-	register("switchover", "planned handover: the backup takes over now, this primary becomes its backup", func(a []string) int { return runSwitchover(a, os.Stdout, os.Stderr) })
+	register("status", "show a server's role, epoch, primary/backups, priority and checks, agents and warnings (a stopped one's from its data dir)", func(a []string) int { return runStatus(a, os.Stdout, os.Stderr) })
+	register("switchover", "planned handover: the best backup (or --to NODE) takes over now, this primary becomes its backup", func(a []string) int { return runSwitchover(a, os.Stdout, os.Stderr) })
 	register("maintenance", "maintenance on|off: pause or resume automatic failover", func(a []string) int { return runMaintenance(a, os.Stdout, os.Stderr) })
 }
 
@@ -243,7 +244,13 @@ func runStatus(args []string, stdout, stderr io.Writer) int {
 
 Shows a running server's role, epoch, the primary it watches (backup) or
 whether a backup is configured (primary), maintenance mode, agents, warnings
-and, when something needs doing, the runbook step.
+and, when something needs doing, the runbook step. In a group it also shows
+this server's priority and effective priority, each health check (up or
+DOWN, since when, its last output), the group's backups (on a primary those
+replying to it, best first; on a backup the others it knows of) and, on a
+backup, its rank in the election (0: it takes over first) and whether it is
+eligible for automatic takeover (and why not). tandem members shows the
+whole group as a table.
 
 With --config, when the server does not answer and no server holds its data
 dir, it shows the stopped server from its data dir instead: "server NODE is
@@ -309,14 +316,73 @@ func printStatus(w io.Writer, s node.Status) {
 		if name == "" {
 			name = "(not heard yet)"
 		}
-		row("primary", "%s epoch %d, last heartbeat %s", name, p.Epoch, heard)
+		prio := ""
+		if p.Heard || p.LastHeartbeatAgeMS >= 0 {
+			prio = fmt.Sprintf(", priority %d (effective %d)", p.Priority, p.EffectivePriority)
+		}
+		row("primary", "%s epoch %d, last heartbeat %s%s", name, p.Epoch, heard, prio)
+	}
+	if s.Health != "" { // a server that has groups (priorities, checks)
+		row("priority", "%d, effective %d (health: %s)%s", s.Priority, s.EffectivePriority, s.Health,
+			map[bool]string{true: "; 0: never takes over automatically", false: ""}[s.Priority == 0])
+		if len(s.Checks) == 0 {
+			row("checks", "none")
+		}
+		for _, c := range s.Checks {
+			state := "up"
+			if !c.Up {
+				state = "DOWN"
+			}
+			line := c.Name + " " + state
+			if c.Since != "" {
+				line += " since " + c.Since
+			}
+			if c.Output != "" {
+				line += ": " + singleLine(c.Output)
+			}
+			row("check", "%s", line)
+		}
+	}
+	if s.Rank != nil {
+		if *s.Rank == 0 {
+			row("rank", "0 (takes over first)")
+		} else {
+			row("rank", "%d (%d eligible backup(s) outrank it and take over first)", *s.Rank, *s.Rank)
+		}
+	}
+	if s.Role == "backup" && s.Health != "" {
+		if s.Ineligible != "" {
+			row("eligible", "NO: %s", s.Ineligible)
+		} else {
+			row("eligible", "yes")
+		}
 	}
 	if s.Role == "primary" {
-		if s.BackupConfigured && s.Backup != nil {
+		switch {
+		case len(s.Backups) > 0:
+		case s.BackupConfigured && s.Backup != nil:
 			row("backup", "%s (%s), replied %s ago", s.Backup.Node, s.Backup.Address, time.Duration(s.Backup.AgeMS)*time.Millisecond)
-		} else {
+		default:
 			row("backup", "none replying: automatic failover is NOT enabled")
 		}
+	}
+	// The group's backups: on a primary those replying (best first), on
+	// a backup the others it knows of.
+	label := "backups"
+	if s.Role != "primary" {
+		label = "other backups"
+	}
+	for i, b := range s.Backups {
+		line := fmt.Sprintf("%s (%s), priority %d (effective %d), heard %s ago", nonEmpty(b.Node, b.FailoverID), nonEmpty(b.Address, "-"),
+			b.Priority, b.EffectivePriority, fmtMS(b.LastReplyAgeMS))
+		if b.Maintenance {
+			line += ", maintenance ON"
+		}
+		if i == 0 && s.Role == "primary" && b.Priority > 0 && b.EffectivePriority > 0 && !b.Maintenance {
+			line += ": takes over first"
+		}
+		row(label, "%s", line)
+		label = ""
 	}
 	if s.HeartbeatChannel.URL != "" {
 		row("heartbeat channel", "%s (%s)", s.HeartbeatChannel.URL, map[bool]string{true: "connected", false: "DISCONNECTED"}[s.HeartbeatChannel.Connected])
@@ -345,18 +411,25 @@ func printStatus(w io.Writer, s node.Status) {
 }
 
 func runSwitchover(args []string, stdout, stderr io.Writer) int {
-	fs, resolve, code, ok := parseControl("switchover", `Usage: tandem switchover --config FILE
-       tandem switchover --admin HOST:PORT --token-file FILE
+	var to *string
+	fs, resolve, code, ok := parseControl("switchover", `Usage: tandem switchover [--to NODE] --config FILE
+       tandem switchover [--to NODE] --admin HOST:PORT --token-file FILE
 
-Run on (or against) the primary: the backup takes over at once with epoch+1,
+Run on (or against) the primary: a backup takes over at once with epoch+1,
 rewrites every agent's address.yaml, and this primary becomes its backup by
-itself (it writes its own primary_location). Fails when no backup replies.
+itself (it writes its own primary_location); the other backups of the group
+follow the new primary by themselves. Without --to the best backup takes
+over (the first of tandem members); --to NODE names the one that must (its
+node name or failover id), even one with priority 0. Fails when no backup
+replies, or when none replying is named NODE.
 
 It sends the server's admin token (DATA_DIR/admin.token, which the server
 creates on its first start, mode 0600): with --config it reads the token
 from the config's data_dir; with --admin give --token-file. Run it as the
 user the server runs as (or root), who can read that file.
-`, args, stdout, stderr, true, nil)
+`, args, stdout, stderr, true, func(fs *flag.FlagSet) {
+		to = fs.String("to", "", "the backup that takes over (node name or failover id; default: the best backup)")
+	})
 	if !ok {
 		return code
 	}
@@ -364,14 +437,32 @@ user the server runs as (or root), who can read that file.
 		fmt.Fprintln(stderr, "tandem switchover: unexpected argument", fs.Arg(0))
 		return exitUsage
 	}
+	*to = strings.TrimSpace(*to)
 	target, err := resolve()
 	if err != nil {
 		fmt.Fprintln(stderr, "tandem switchover:", err)
 		return exitUsage
 	}
+	path := "/switchover"
+	if *to != "" {
+		path += "?to=" + url.QueryEscape(*to)
+	}
 	var out map[string]string
-	if code, err := call(http.MethodPost, target, "/switchover", "", &out); err != nil {
-		fmt.Fprintln(stderr, "tandem switchover:", err)
+	if code, err := call(http.MethodPost, target, path, "", &out); err != nil {
+		msg := singleLine(err.Error())
+		if i := strings.Index(msg, "no live backup is named"); i > 0 {
+			// The server wraps this in "no backup has replied; nothing to
+			// hand over to", which is not so when others reply.
+			msg = msg[i:]
+		}
+		switch {
+		case code == http.StatusConflict && *to != "":
+			fmt.Fprintf(stderr, "tandem switchover --to %s: the server at %s refused: %s\n", *to, target.addr, msg)
+		case code == http.StatusConflict:
+			fmt.Fprintf(stderr, "tandem switchover: the server at %s refused: %s\n", target.addr, msg)
+		default:
+			fmt.Fprintln(stderr, "tandem switchover:", msg)
+		}
 		return callExit(code)
 	}
 	fmt.Fprintln(stdout, out["result"])

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -95,3 +96,75 @@ func TestControlCommandsSayWhenNoServerAnswers(t *testing.T) {
 		t.Fatalf("switchover without backup: exit %d %s", code, errb.String())
 	}
 }
+
+// Groups in the status table: priorities, each check, the backups, and a
+// backup's rank and eligibility.
+func TestStatusTableOfAGroup(t *testing.T) {
+	prim := node.Status{Node: "a", Role: "primary", Epoch: 7, BackupConfigured: true, Priority: 200, EffectivePriority: 200, Health: "all",
+		Checks: []node.CheckStatus{{Name: "opscenterd", Up: true, Since: "2026-12-01T10:00:00Z", Output: "HTTP 200"}},
+		Backup: &node.PeerStatus{Node: "b", FailoverID: "id-b", Address: "10.0.0.2:61620", AgeMS: 3000},
+		Backups: []node.GroupMember{
+			{Node: "b", FailoverID: "id-b", Address: "10.0.0.2:61620", Priority: 150, EffectivePriority: 150, LastReplyAgeMS: 3000},
+			{Node: "c", FailoverID: "id-c", Address: "10.0.0.3:61620", Priority: 120, EffectivePriority: 0, LastReplyAgeMS: 12500, Maintenance: true},
+		}}
+	rank := 1
+	back := node.Status{Node: "c", Role: "backup", Epoch: 5, Priority: 120, EffectivePriority: 0, Health: "progressive", Rank: &rank,
+		Ineligible: "effective priority is 0 (health checks down): not eligible to take over",
+		Checks: []node.CheckStatus{{Name: "opscenterd", Up: false, Since: "2026-12-01T11:00:00Z", Output: "exit status 7\nmore"},
+			{Name: "cassandra", Up: true}},
+		Primary: &node.PrimaryStatus{Node: "a", Epoch: 7, LastHeartbeatAgeMS: 800, Heard: true, Priority: 200, EffectivePriority: 200},
+		Backups: []node.GroupMember{{Node: "b", Address: "10.0.0.2:61620", Priority: 150, EffectivePriority: 150, LastReplyAgeMS: 9000}}}
+	for _, tc := range []struct {
+		st      node.Status
+		want    []string
+		notWant []string
+	}{
+		{prim, []string{
+			"priority 200, effective 200 (health: all)",
+			"check opscenterd up since 2026-12-01T10:00:00Z: HTTP 200",
+			"backups b (10.0.0.2:61620), priority 150 (effective 150), heard 3s ago: takes over first",
+			"\n c (10.0.0.3:61620), priority 120 (effective 0), heard 12.5s ago, maintenance ON\n",
+		}, []string{"rank", "eligible", "backup "}},
+		{back, []string{
+			"primary a epoch 7, last heartbeat 800ms ago, priority 200 (effective 200)",
+			"priority 120, effective 0 (health: progressive)",
+			"check opscenterd DOWN since 2026-12-01T11:00:00Z: exit status 7; more\n",
+			"check cassandra up\n",
+			"rank 1 (1 eligible backup(s) outrank it and take over first)",
+			"eligible NO: effective priority is 0 (health checks down)",
+			"other backups b (10.0.0.2:61620), priority 150 (effective 150), heard 9s ago\n",
+		}, nil},
+	} {
+		addr, _ := fakeAdmin(t, tc.st)
+		code, out, errs := runCLI(statusCmd, "--admin", addr)
+		out = squeeze(out)
+		if code != 0 {
+			t.Fatalf("exit %d %s", code, errs)
+		}
+		for _, w := range tc.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("status lacks %q:\n%s", w, out)
+			}
+		}
+		for _, w := range tc.notWant {
+			if strings.Contains(out, w) {
+				t.Errorf("status has %q:\n%s", w, out)
+			}
+		}
+	}
+	// No checks, and a pre-groups server (no health key): nothing new.
+	st := prim
+	st.Checks, st.Backups = []node.CheckStatus{}, nil
+	addr, _ := fakeAdmin(t, st)
+	if _, out, _ := runCLI(statusCmd, "--admin", addr); !strings.Contains(squeeze(out), "checks none") || !strings.Contains(squeeze(out), "backup b (10.0.0.2:61620), replied 3s ago") {
+		t.Errorf("%s", out)
+	}
+	st.Health = ""
+	addr, _ = fakeAdmin(t, st)
+	if _, out, _ := runCLI(statusCmd, "--admin", addr); strings.Contains(out, "priority") || strings.Contains(out, "checks") {
+		t.Errorf("%s", out)
+	}
+}
+
+// squeeze turns each run of spaces into one (the table's padding).
+func squeeze(s string) string { return regexp.MustCompile(` {2,}`).ReplaceAllString(s, " ") }

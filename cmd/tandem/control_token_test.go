@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -31,14 +33,22 @@ type ctlFake struct {
 	mu    sync.Mutex
 	maint []bool
 	sw    int
+	// to is the `to` of every switchover asked; backups, when set, are the
+	// names a switchover may go to (others fail as the primary's do).
+	to      []string
+	backups []string
 }
 
 func (c *ctlFake) Status() node.Status         { return node.Status{Node: "opsc-b", Role: "primary"} }
 func (c *ctlFake) Metrics() node.Metrics       { return node.Metrics{} }
 func (c *ctlFake) Agents() []primary.AgentView { return nil }
-func (c *ctlFake) Switchover(context.Context, string) error {
+func (c *ctlFake) Switchover(_ context.Context, to string) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.to = append(c.to, to)
+	if to != "" && c.backups != nil && !slices.Contains(c.backups, to) {
+		return fmt.Errorf("%w: no live backup is named %q (tandem members lists them)", primary.ErrNoBackup, to)
+	}
 	c.sw++
 	return nil
 }
@@ -184,5 +194,52 @@ func TestControlHelpNamesTheToken(t *testing.T) {
 	}
 	if _, out, _ := runCLI(statusCmd, "--help"); strings.Contains(out, "token-file") {
 		t.Errorf("status needs no token, its help should not offer one:\n%s", out)
+	}
+}
+
+// --to reaches the controller as the "to" query parameter (escaped), and a
+// refusal naming an unknown node is one clear line, exit 1.
+func TestSwitchoverTo(t *testing.T) {
+	c := &ctlFake{backups: []string{"c", "opsc b&c"}}
+	addr := realAdmin(t, c, testToken)
+	tf := testTokenFile(t)
+	for _, to := range []string{"c", "opsc b&c"} {
+		code, out, errs := runCLI(swCmd, "--admin", addr, "--token-file", tf, "--to", to)
+		if code != exitOK || !strings.Contains(out, "switchover started: "+to+" is taking over") {
+			t.Fatalf("--to %s: %d %q %q", to, code, out, errs)
+		}
+	}
+	if code, out, errs := runCLI(swCmd, "--to=", "--admin", addr, "--token-file", tf); code != exitOK || !strings.Contains(out, "the backup is taking over") {
+		t.Fatalf("--to empty: %d %q %q", code, out, errs)
+	}
+	code, out, errs := runCLI(swCmd, "--admin", addr, "--token-file", tf, "--to", "zz")
+	if code != exitRuntime || out != "" {
+		t.Fatalf("--to zz: %d %q %q", code, out, errs)
+	}
+	cliOneLineErr(t, errs)
+	if strings.Contains(errs, "no backup has replied") {
+		t.Errorf("other backups reply; only none is named zz: %q", errs)
+	}
+	for _, w := range []string{"tandem switchover --to zz: the server at " + addr + " refused", `no live backup is named "zz"`, "tandem members"} {
+		if !strings.Contains(errs, w) {
+			t.Errorf("%q lacks %q", errs, w)
+		}
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if strings.Join(c.to, "|") != "c|opsc b&c||zz" || c.sw != 3 {
+		t.Fatalf("to %q, switchovers %d", c.to, c.sw)
+	}
+}
+
+func TestSwitchoverHelpNamesTo(t *testing.T) {
+	code, out, _ := runCLI(swCmd, "--help")
+	if code != 0 {
+		t.Fatalf("--help: exit %d", code)
+	}
+	for _, w := range []string{"tandem switchover [--to NODE]", "-to", "best backup", "failover id"} {
+		if !strings.Contains(out, w) {
+			t.Errorf("help lacks %q:\n%s", w, out)
+		}
 	}
 }

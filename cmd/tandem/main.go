@@ -70,8 +70,8 @@ func usage(w io.Writer) {
 	}
 	sort.Strings(names)
 	var b strings.Builder
-	b.WriteString("tandem keeps a management server highly available: a primary heartbeats,\n")
-	b.WriteString("a backup takes over after a silence and repoints every agent's address.yaml.\n\n")
+	b.WriteString("tandem keeps a management server highly available: a primary heartbeats to\n")
+	b.WriteString("its backups; after a silence the best healthy backup takes over and repoints\nevery agent's address.yaml (tandem members lists the group).\n\n")
 	b.WriteString("Usage: tandem COMMAND [flags]   (tandem COMMAND --help for its flags)\n\nCommands:\n")
 	for _, n := range names {
 		fmt.Fprintf(&b, "  %-12s %s\n", n, commands[n].summary)

@@ -18,6 +18,14 @@ type membersOut struct {
 	Members []member `json:"members"`
 }
 
+// intv is *p, or -1 for nil (unknown).
+func intv[T int | uint64](p *T) int64 {
+	if p == nil {
+		return -1
+	}
+	return int64(*p)
+}
+
 func membersJSON(t *testing.T, args ...string) []member {
 	t.Helper()
 	code, out, errs := runCLI(membersCmd, append(args, "--json")...)
@@ -32,8 +40,9 @@ func membersJSON(t *testing.T, args ...string) []member {
 }
 
 func TestMembersFromABackup(t *testing.T) {
-	st := node.Status{Node: "opsc-b", Role: "backup", Epoch: 2, FailoverID: "id-b", Advertise: "10.0.0.2:61620",
-		Primary: &node.PrimaryStatus{Node: "opsc-a", FailoverID: "id-a", Epoch: 3, Advertise: "10.0.0.1:61620", LastHeartbeatAgeMS: 2100, SilentForMS: 2100, Heard: true, TakeoverInMS: 57900}}
+	st := node.Status{Node: "opsc-b", Role: "backup", Epoch: 2, FailoverID: "id-b", Advertise: "10.0.0.2:61620", Priority: 100, EffectivePriority: 100,
+		Primary: &node.PrimaryStatus{Node: "opsc-a", FailoverID: "id-a", Epoch: 3, Advertise: "10.0.0.1:61620", LastHeartbeatAgeMS: 2100, SilentForMS: 2100, Heard: true, TakeoverInMS: 57900,
+			Priority: 100, EffectivePriority: 100}}
 	addr, _ := fakeAdmin(t, st)
 	code, out, errs := runCLI(membersCmd, "--admin", addr)
 	if code != exitOK || errs != "" {
@@ -79,7 +88,7 @@ func TestMembersFromABackup(t *testing.T) {
 }
 
 func TestMembersFromAPrimary(t *testing.T) {
-	base := node.Status{Node: "opsc-a", Role: "primary", Epoch: 3, FailoverID: "id-a", Advertise: "10.0.0.1:61620", BackupConfigured: true,
+	base := node.Status{Node: "opsc-a", Role: "primary", Epoch: 3, FailoverID: "id-a", Advertise: "10.0.0.1:61620", BackupConfigured: true, Priority: 100, EffectivePriority: 100,
 		Backup: &node.PeerStatus{Node: "opsc-b", FailoverID: "id-b", Epoch: 2, Address: "10.0.0.2:61620", AgeMS: 41000}}
 	for _, tc := range []struct {
 		name        string
@@ -105,10 +114,10 @@ func TestMembersFromAPrimary(t *testing.T) {
 		tc.mut(&s)
 		addr, _ := fakeAdmin(t, s)
 		m := membersJSON(t, "--admin", addr)
-		if len(m) != 2 || m[0].Node != "opsc-a" || m[0].Role != "primary" || m[0].Priority != 100 || m[0].EffectivePriority != 100 {
+		if len(m) != 2 || m[0].Node != "opsc-a" || m[0].Role != "primary" || intv(m[0].Priority) != 100 || intv(m[0].EffectivePriority) != 100 {
 			t.Fatalf("%s: %+v", tc.name, m)
 		}
-		if m[1].Node != "opsc-b" || m[1].Health != tc.health || m[1].Maintenance != tc.maintenance || m[1].Address != "10.0.0.2:61620" || m[1].Epoch != 2 {
+		if m[1].Node != "opsc-b" || m[1].Health != tc.health || m[1].Maintenance != tc.maintenance || m[1].Address != "10.0.0.2:61620" || intv(m[1].Epoch) != 2 {
 			t.Errorf("%s: peer %+v", tc.name, m[1])
 		}
 		if tc.name == "maintenance on the backup" {
@@ -169,7 +178,8 @@ func TestMembersOfAStoppedServer(t *testing.T) {
 		t.Fatalf("%d %q %q", code, out, errs)
 	}
 	m := membersJSON(t, "--config", e.cfg)
-	if len(m) != 2 || m[0].Role != "stopped" || m[0].Epoch != 4 || m[1].Node != "opsc-a" || m[1].Role != "primary" || m[1].Epoch != 5 {
+	if len(m) != 2 || m[0].Role != "stopped" || intv(m[0].Epoch) != 4 || m[1].Node != "opsc-a" || m[1].Role != "primary" || intv(m[1].Epoch) != 5 ||
+		intv(m[0].Priority) != 100 || m[0].EffectivePriority != nil || m[1].Priority != nil {
 		t.Fatalf("%+v", m)
 	}
 	// Nothing answers at --admin: exit 1, one line.
@@ -181,4 +191,126 @@ func TestMembersOfAStoppedServer(t *testing.T) {
 		t.Fatalf("%d %q", code, errs)
 	}
 	cliOneLineErr(t, errs)
+}
+
+// membersTable runs members --admin addr and returns its lines as fields
+// (" ago" joined to its age, so each column is one field).
+func membersTable(t *testing.T, addr string) (rows [][]string, warnings []string) {
+	t.Helper()
+	code, out, errs := runCLI(membersCmd, "--admin", addr)
+	if code != exitOK || errs != "" {
+		t.Fatalf("%d %q", code, errs)
+	}
+	for _, l := range strings.Split(strings.TrimRight(out, "\n"), "\n") {
+		if w, ok := strings.CutPrefix(l, "WARNING: "); ok {
+			warnings = append(warnings, w)
+			continue
+		}
+		l = strings.ReplaceAll(l, " ago", "_ago")
+		l = strings.ReplaceAll(l, "down (effective 0)", "down_(effective_0)")
+		rows = append(rows, strings.Fields(l))
+	}
+	return rows, warnings
+}
+
+func wantRows(t *testing.T, got [][]string, want [][]string) {
+	t.Helper()
+	if len(got) != len(want) {
+		t.Fatalf("%d lines, want %d: %q", len(got), len(want), got)
+	}
+	for i := range want {
+		if strings.Join(got[i], " ") != strings.Join(want[i], " ") {
+			t.Errorf("line %d: %q\n           want %q", i, got[i], want[i])
+		}
+	}
+}
+
+// A primary with two backups: every member, best backup first, each
+// backup's health from its effective priority.
+func TestMembersOfAGroupFromThePrimary(t *testing.T) {
+	st := node.Status{Node: "a", Role: "primary", Epoch: 7, FailoverID: "id-a", Advertise: "10.0.0.1:61620", BackupConfigured: true,
+		Priority: 200, EffectivePriority: 200, Health: "all",
+		Checks: []node.CheckStatus{{Name: "opscenterd", Up: true, Since: "2026-12-01T10:00:00Z", Output: "200 OK"}},
+		Backup: &node.PeerStatus{Node: "b", FailoverID: "id-b", Epoch: 6, Address: "10.0.0.2:61620", AgeMS: 3000},
+		Backups: []node.GroupMember{
+			{Node: "b", FailoverID: "id-b", Address: "10.0.0.2:61620", Priority: 150, EffectivePriority: 150, LastReplyAgeMS: 3000},
+			{Node: "c", FailoverID: "id-c", Address: "10.0.0.3:61620", Priority: 120, EffectivePriority: 0, LastReplyAgeMS: 12500},
+		}}
+	addr, _ := fakeAdmin(t, st)
+	rows, warns := membersTable(t, addr)
+	wantRows(t, rows, [][]string{
+		{"NODE", "ROLE", "EPOCH", "PRIORITY", "EFFECTIVE", "HEALTH", "LAST_HEARD", "ADDRESS", "MAINTENANCE"},
+		{"a", "PRIMARY", "7", "200", "200", "ok", "now", "10.0.0.1:61620", "off"},
+		{"b", "BACKUP", "6", "150", "150", "ok", "3s_ago", "10.0.0.2:61620", "off"},
+		{"c", "BACKUP", "-", "120", "0", "down_(effective_0)", "12.5s_ago", "10.0.0.3:61620", "off"},
+	})
+	if len(warns) != 0 {
+		t.Errorf("warnings %q", warns)
+	}
+	m := membersJSON(t, "--admin", addr)
+	if len(m) != 3 || m[2].Epoch != nil || intv(m[2].Priority) != 120 || intv(m[2].EffectivePriority) != 0 || m[2].LastHeardMS != 12500 || m[2].FailoverID != "id-c" || m[2].Self {
+		t.Fatalf("%+v", m)
+	}
+
+	// The primary's own check down, a backup in maintenance, a manual one,
+	// equal priorities, and the last backup that replied no longer does.
+	st.EffectivePriority = 0
+	st.Checks = []node.CheckStatus{{Name: "opscenterd", Up: false, Output: "connection refused"}, {Name: "api", Up: true}, {Name: "cassandra", Up: false}}
+	st.Backups = []node.GroupMember{
+		{Node: "c", FailoverID: "id-c", Address: "10.0.0.3:61620", Priority: 120, EffectivePriority: 120, Maintenance: true, LastReplyAgeMS: 1000},
+		{Node: "d", FailoverID: "id-d", Address: "10.0.0.4:61620", Priority: 0, EffectivePriority: 0, LastReplyAgeMS: 2000},
+		{Node: "e", FailoverID: "id-e", Address: "10.0.0.5:61620", Priority: 120, EffectivePriority: 120, LastReplyAgeMS: 4000},
+	}
+	st.Backup.AgeMS = 700000
+	st.Warnings = []string{"WARNING: equal configured priority 120 on c, e: the election then goes by the last heartbeat heard; give each server its own priority"}
+	addr, _ = fakeAdmin(t, st)
+	rows, warns = membersTable(t, addr)
+	wantRows(t, rows, [][]string{
+		rows[0],
+		{"a", "PRIMARY", "7", "200", "0", "down:", "opscenterd,cassandra", "now", "10.0.0.1:61620", "off"},
+		{"c", "BACKUP", "-", "120", "120", "maintenance", "1s_ago", "10.0.0.3:61620", "ON"},
+		{"d", "BACKUP", "-", "0", "0", "manual", "(priority", "0)", "2s_ago", "10.0.0.4:61620", "off"},
+		{"e", "BACKUP", "-", "120", "120", "ok", "4s_ago", "10.0.0.5:61620", "off"},
+		{"b", "BACKUP", "6", "-", "-", "silent", "11m40s_ago", "10.0.0.2:61620", "off"},
+	})
+	if len(warns) != 1 || !strings.HasPrefix(warns[0], "equal configured priority 120 on c, e") {
+		t.Errorf("warnings %q", warns)
+	}
+}
+
+// A backup that knows one peer: itself, its primary, the peer; its rank
+// and why it is not eligible.
+func TestMembersOfAGroupFromABackup(t *testing.T) {
+	rank := 1
+	st := node.Status{Node: "c", Role: "backup", Epoch: 5, FailoverID: "id-c", Advertise: "10.0.0.3:61620",
+		Priority: 100, EffectivePriority: 0, Health: "all", Rank: &rank,
+		Ineligible: "effective priority is 0 (health checks down): not eligible to take over",
+		Checks:     []node.CheckStatus{{Name: "opscenterd", Up: false, Output: "exit status 7"}},
+		Primary: &node.PrimaryStatus{Node: "a", FailoverID: "id-a", Epoch: 7, Advertise: "10.0.0.1:61620", LastHeartbeatAgeMS: 800, SilentForMS: 800,
+			Heard: true, TakeoverInMS: -1, Priority: 200, EffectivePriority: 200},
+		Backups: []node.GroupMember{{Node: "b", FailoverID: "id-b", Address: "10.0.0.2:61620", Priority: 150, EffectivePriority: 150, LastReplyAgeMS: 9000}},
+	}
+	addr, _ := fakeAdmin(t, st)
+	rows, warns := membersTable(t, addr)
+	wantRows(t, rows, [][]string{
+		{"NODE", "ROLE", "EPOCH", "PRIORITY", "EFFECTIVE", "HEALTH", "LAST_HEARD", "ADDRESS", "MAINTENANCE"},
+		{"c", "BACKUP", "5", "100", "0", "down:", "opscenterd", "now", "10.0.0.3:61620", "off"},
+		{"a", "PRIMARY", "7", "200", "200", "ok", "800ms_ago", "10.0.0.1:61620", "off"},
+		{"b", "BACKUP", "-", "150", "150", "ok", "9s_ago", "10.0.0.2:61620", "off"},
+	})
+	if len(warns) != 1 || !strings.Contains(warns[0], "c is not eligible for automatic takeover: effective priority is 0") {
+		t.Errorf("warnings %q", warns)
+	}
+	// The primary's checks down (its heartbeats say effective 0).
+	st.Primary.EffectivePriority = 0
+	addr, _ = fakeAdmin(t, st)
+	if m := membersJSON(t, "--admin", addr); len(m) != 3 || m[1].Health != "down (effective 0)" || intv(m[1].Priority) != 200 {
+		t.Fatalf("%+v", m)
+	}
+	// A primary never heard: its priorities are not known.
+	st.Primary = &node.PrimaryStatus{LastHeartbeatAgeMS: -1, TakeoverInMS: -1}
+	addr, _ = fakeAdmin(t, st)
+	if m := membersJSON(t, "--admin", addr); len(m) != 3 || m[1].Health != "never heard" || m[1].Priority != nil || m[1].EffectivePriority != nil {
+		t.Fatalf("%+v", m)
+	}
 }

@@ -352,17 +352,16 @@ func printStatus(w io.Writer, s node.Status) {
 	}
 	if s.Role == "backup" && s.Health != "" {
 		if s.Ineligible != "" {
-			row("eligible", "NO: %s", s.Ineligible)
+			row("eligible", "NO: %s", ineligibleWhy(s.Ineligible))
 		} else {
 			row("eligible", "yes")
 		}
 	}
 	if s.Role == "primary" {
-		switch {
-		case len(s.Backups) > 0:
-		case s.BackupConfigured && s.Backup != nil:
+		// The backup that replied last (the pair's line), then the group.
+		if s.BackupConfigured && s.Backup != nil {
 			row("backup", "%s (%s), replied %s ago", s.Backup.Node, s.Backup.Address, time.Duration(s.Backup.AgeMS)*time.Millisecond)
-		default:
+		} else {
 			row("backup", "none replying: automatic failover is NOT enabled")
 		}
 	}

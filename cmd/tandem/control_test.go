@@ -124,7 +124,8 @@ func TestStatusTableOfAGroup(t *testing.T) {
 			"check opscenterd up since 2026-12-01T10:00:00Z: HTTP 200",
 			"backups b (10.0.0.2:61620), priority 150 (effective 150), heard 3s ago: takes over first",
 			"\n c (10.0.0.3:61620), priority 120 (effective 0), heard 12.5s ago, maintenance ON\n",
-		}, []string{"rank", "eligible", "backup "}},
+			"backup b (10.0.0.2:61620), replied 3s ago\nbackups b",
+		}, []string{"rank", "eligible"}},
 		{back, []string{
 			"primary a epoch 7, last heartbeat 800ms ago, priority 200 (effective 200)",
 			"priority 120, effective 0 (health: progressive)",

@@ -49,6 +49,10 @@ type member struct {
 	Self bool `json:"self"`
 }
 
+// ineligibleWhy is status "ineligible" without its closing "not eligible
+// to take over" (the line around it says so already).
+func ineligibleWhy(s string) string { return strings.TrimSuffix(s, ": not eligible to take over") }
+
 func ptr[T any](v T) *T { return &v }
 
 // selfHealth is the answering node's HEALTH: "ok", or the checks down.
@@ -146,15 +150,23 @@ func members(s node.Status, period time.Duration, ownMaint *bool) (rows []member
 	// The group's backups: on a primary those replying to it (best
 	// first), on a backup the other backups it knows of.
 	role := "backup"
-	listed := map[string]bool{s.FailoverID: true}
+	listed := map[string]bool{}
+	seen := func(id string) bool {
+		if id == "" {
+			return false
+		}
+		was := listed[id]
+		listed[id] = true
+		return was
+	}
+	seen(s.FailoverID)
 	if s.Primary != nil {
-		listed[s.Primary.FailoverID] = true
+		seen(s.Primary.FailoverID)
 	}
 	for _, g := range s.Backups {
-		if listed[g.FailoverID] {
+		if seen(g.FailoverID) {
 			continue
 		}
-		listed[g.FailoverID] = true
 		m := member{Node: nonEmpty(g.Node, g.FailoverID), Role: role, Priority: ptr(g.Priority), EffectivePriority: ptr(g.EffectivePriority),
 			Health: groupHealth(g), LastHeardMS: g.LastReplyAgeMS, Address: nonEmpty(g.Address, "-"), Maintenance: g.Maintenance, FailoverID: g.FailoverID}
 		if b := s.Backup; b != nil && b.FailoverID == g.FailoverID {
@@ -164,7 +176,7 @@ func members(s node.Status, period time.Duration, ownMaint *bool) (rows []member
 	}
 	// The last backup that replied to a primary, when it no longer replies
 	// (or the status predates the group list): why it is not in the list.
-	if b := s.Backup; b != nil && s.Primary == nil && !listed[b.FailoverID] {
+	if b := s.Backup; b != nil && s.Primary == nil && (b.FailoverID == "" || !listed[b.FailoverID]) {
 		m := member{Node: nonEmpty(b.Node, b.FailoverID), Role: "backup", Epoch: ptr(b.Epoch), Address: nonEmpty(b.Address, "-"),
 			LastHeardMS: b.AgeMS, Maintenance: b.Maintenance, FailoverID: b.FailoverID}
 		switch {
@@ -184,7 +196,7 @@ func members(s node.Status, period time.Duration, ownMaint *bool) (rows []member
 		notes = append(notes, "no backup has replied to this primary: automatic failover is NOT enabled")
 	}
 	if s.Ineligible != "" {
-		notes = append(notes, fmt.Sprintf("%s is not eligible for automatic takeover: %s", s.Node, s.Ineligible))
+		notes = append(notes, fmt.Sprintf("%s is not eligible for automatic takeover: %s", s.Node, ineligibleWhy(s.Ineligible)))
 	}
 	for _, w := range s.Warnings {
 		if strings.HasPrefix(w, "WARNING: equal configured priority") {

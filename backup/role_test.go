@@ -36,6 +36,12 @@ func newRoleRig(t *testing.T, period, window time.Duration) *roleRig {
 // newRoleRigHeard: heard says state.json recorded the primary as heard.
 func newRoleRigHeard(t *testing.T, period, window time.Duration, heard bool) *roleRig {
 	t.Helper()
+	return newRoleRigWith(t, period, window, func(c *RoleConfig) { c.Heard = heard })
+}
+
+// newRoleRigWith: edit changes the role's config before it starts.
+func newRoleRigWith(t *testing.T, period, window time.Duration, edit func(*RoleConfig)) *roleRig {
+	t.Helper()
 	log, _ := test.NewNullLogger()
 	r := &roleRig{t: t, hub: broker.NewMemHub(), clk: clock.NewHandoverFake(time.Unix(1000, 0)), dest: protocol.NewDestinations(""), ends: make(chan End, 1)}
 	r.probe = r.hub.Client("primary")
@@ -53,8 +59,10 @@ func newRoleRigHeard(t *testing.T, period, window time.Duration, heard bool) *ro
 			}
 		}
 	}()
-	r.role = NewRole(RoleConfig{Node: "b", Token: failoverid.Token{ID: self}, Period: period, ReplyPeriod: time.Hour, Window: window,
-		Dest: r.dest, Signer: protocol.NewSigner(nil), Clock: r.clk, Log: log, Instance: "b-1", StartedMS: 1, Heard: heard}, r.hub.Client("backup"))
+	rc := RoleConfig{Node: "b", Token: failoverid.Token{ID: self}, Period: period, ReplyPeriod: time.Hour, Window: window,
+		Dest: r.dest, Signer: protocol.NewSigner(nil), Clock: r.clk, Log: log, Instance: "b-1", StartedMS: 1}
+	edit(&rc)
+	r.role = NewRole(rc, r.hub.Client("backup"))
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	go func() { e, _ := r.role.Run(ctx); r.ends <- e }()
@@ -196,5 +204,70 @@ func TestReplayedHeartbeatsDoNotKeepADeadPrimaryAlive(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the replayed heartbeats kept the dead primary alive")
+	}
+}
+
+// preemptReplies collects the heard-seq of every preempt request seen.
+func preemptReplies(s broker.Subscription) (seqs []uint64) {
+	for {
+		select {
+		case m := <-s.C():
+			if env, err := protocol.Decode(m.Headers); err == nil && env.Preempt {
+				seqs = append(seqs, env.HeardSeq)
+			}
+		case <-time.After(50 * time.Millisecond):
+			return seqs
+		}
+	}
+}
+
+// With preempt on, a healthier, higher-priority backup asks for the role
+// only once it has been up preempt_delay.
+func TestPreemptWaitsForTheDelay(t *testing.T) {
+	r := newRoleRigWith(t, time.Second, time.Hour, func(c *RoleConfig) {
+		c.Heard, c.Priority, c.Preempt, c.PreemptDelay = true, 150, true, 30*time.Second
+	})
+	replies, err := r.hub.Client("watcher").Subscribe(r.dest.Reply)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.beat("a-1", 1) // the primary's effective priority: the default 100
+	r.beat("a-1", 2)
+	r.clk.Step(29 * time.Second)
+	r.beat("a-1", 3)
+	r.clk.Step(time.Second) // up 30 s
+	r.beat("a-1", 4)
+	r.beat("a-1", 5) // 4 was handled when 5 is counted
+	if got := preemptReplies(replies); len(got) != 1 || got[0] != 4 {
+		t.Fatalf("preempt requests at heard seqs %v, want one, at the first heartbeat after the delay (4)", got)
+	}
+}
+
+func TestNoPreemptByABackupNotHealthierThanThePrimary(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		edit func(c *RoleConfig)
+	}{
+		{"equal priority", func(c *RoleConfig) { c.Priority = 100 }},
+		{"preempt off", func(c *RoleConfig) { c.Priority, c.Preempt = 150, false }},
+		{"manual", func(c *RoleConfig) { c.Priority, c.Manual = 150, true }},
+		{"unhealthy", func(c *RoleConfig) { c.Priority, c.Effective = 150, func() int { return 0 } }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newRoleRigWith(t, time.Second, time.Hour, func(c *RoleConfig) {
+				c.Heard, c.Preempt = true, true
+				tc.edit(c)
+			})
+			replies, err := r.hub.Client("watcher").Subscribe(r.dest.Reply)
+			if err != nil {
+				t.Fatal(err)
+			}
+			r.beat("a-1", 1)
+			r.beat("a-1", 2)
+			r.beat("a-1", 3)
+			if got := preemptReplies(replies); len(got) != 0 {
+				t.Fatalf("preempt requests at %v", got)
+			}
+		})
 	}
 }

@@ -420,7 +420,8 @@ itself (it writes its own primary_location); the other backups of the group
 follow the new primary by themselves. Without --to the best backup takes
 over (the first of tandem members); --to NODE names the one that must (its
 node name or failover id), even one with priority 0. Fails when no backup
-replies, or when none replying is named NODE.
+replies, when none replying is named NODE, or when NODE's health checks are
+down (effective priority 0: it would refuse the handover).
 
 It sends the server's admin token (DATA_DIR/admin.token, which the server
 creates on its first start, mode 0600): with --config it reads the token
@@ -444,6 +445,10 @@ user the server runs as (or root), who can read that file.
 	}
 	path := "/switchover"
 	if *to != "" {
+		if why := unhealthyTarget(target, *to); why != "" {
+			fmt.Fprintf(stderr, "tandem switchover --to %s: %s\n", *to, why)
+			return exitRuntime
+		}
 		path += "?to=" + url.QueryEscape(*to)
 	}
 	var out map[string]string
@@ -467,6 +472,24 @@ user the server runs as (or root), who can read that file.
 	fmt.Fprintln(stdout, out["result"])
 	fmt.Fprintln(stdout, "watch it with: tandem status --admin", target.addr)
 	return exitOK
+}
+
+// unhealthyTarget says why the backup to (a node name or failover id of the
+// primary's status "backups") would refuse the handover: its health checks
+// are down (effective priority 0, priority above 0). The primary accepts
+// such a request and waits for a takeover that never comes; "" when the
+// backup looks able, or the status cannot tell.
+func unhealthyTarget(t adminTarget, to string) string {
+	var s node.Status
+	if _, err := call(http.MethodGet, t, "/status", "", &s); err != nil || s.Role != "primary" {
+		return ""
+	}
+	for _, b := range s.Backups {
+		if (b.Node == to || b.FailoverID == to) && b.Priority > 0 && b.EffectivePriority == 0 {
+			return fmt.Sprintf("%s reports effective priority 0 (its health checks are down): it would refuse the handover and %s would stay primary; fix its checks first (tandem status on %s shows them)", to, nonEmpty(s.Node, "this server"), to)
+		}
+	}
+	return ""
 }
 
 func runMaintenance(args []string, stdout, stderr io.Writer) int {

@@ -37,9 +37,16 @@ type ctlFake struct {
 	// names a switchover may go to (others fail as the primary's do).
 	to      []string
 	backups []string
+	// st, when set, is the status served.
+	st *node.Status
 }
 
-func (c *ctlFake) Status() node.Status         { return node.Status{Node: "opsc-b", Role: "primary"} }
+func (c *ctlFake) Status() node.Status {
+	if c.st != nil {
+		return *c.st
+	}
+	return node.Status{Node: "opsc-b", Role: "primary"}
+}
 func (c *ctlFake) Metrics() node.Metrics       { return node.Metrics{} }
 func (c *ctlFake) Agents() []primary.AgentView { return nil }
 func (c *ctlFake) Switchover(_ context.Context, to string) error {
@@ -226,9 +233,31 @@ func TestSwitchoverTo(t *testing.T) {
 		}
 	}
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if strings.Join(c.to, "|") != "c|opsc b&c||zz" || c.sw != 3 {
 		t.Fatalf("to %q, switchovers %d", c.to, c.sw)
+	}
+	c.to = nil
+	// A backup whose checks are down would refuse the handover: said at
+	// once, nothing asked. A manual one (priority 0) is a fine target.
+	c.st = &node.Status{Node: "a", Role: "primary", Backups: []node.GroupMember{
+		{Node: "c", FailoverID: "id-c", Priority: 120, EffectivePriority: 0},
+		{Node: "opsc b&c", FailoverID: "id-d", Priority: 0, EffectivePriority: 0},
+	}}
+	c.mu.Unlock()
+	for _, to := range []string{"c", "id-c"} {
+		code, out, errs := runCLI(swCmd, "--admin", addr, "--token-file", tf, "--to", to)
+		if code != exitRuntime || out != "" || !strings.Contains(errs, "effective priority 0") || !strings.Contains(errs, "would refuse the handover") {
+			t.Fatalf("--to %s (checks down): %d %q %q", to, code, out, errs)
+		}
+		cliOneLineErr(t, errs)
+	}
+	if code, _, errs := runCLI(swCmd, "--admin", addr, "--token-file", tf, "--to", "opsc b&c"); code != exitOK {
+		t.Fatalf("--to a manual backup: %d %q", code, errs)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if strings.Join(c.to, "|") != "opsc b&c" {
+		t.Fatalf("to %q", c.to)
 	}
 }
 

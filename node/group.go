@@ -108,7 +108,7 @@ func (n *Node) groupStatus(s *Status, prim *primary.Role, back *backup.Role) {
 	if prim != nil {
 		ps := prim.Status()
 		for _, b := range ps.Backups {
-			s.Backups = append(s.Backups, GroupMember{Node: b.Node, FailoverID: b.FailoverID, Address: b.Address, Priority: b.Priority,
+			s.Backups = append(s.Backups, GroupMember{Node: b.Node, FailoverID: b.FailoverID, Address: b.Address, Epoch: b.Epoch, Priority: b.Priority,
 				EffectivePriority: b.Effective, Maintenance: b.Maintenance, LastReplyAgeMS: b.LastReplyAgeMS})
 		}
 		s.Warnings = append(s.Warnings, equalPriorities("", 0, s.Backups)...) // the backups among themselves

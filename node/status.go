@@ -60,6 +60,7 @@ type GroupMember struct {
 	Node              string `json:"node"`
 	FailoverID        string `json:"failover_id"`
 	Address           string `json:"address,omitempty"`
+	Epoch             uint64 `json:"epoch"`
 	Priority          int    `json:"priority"`
 	EffectivePriority int    `json:"effective_priority"`
 	Maintenance       bool   `json:"maintenance"`

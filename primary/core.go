@@ -428,10 +428,21 @@ func (c *core) switchover(now time.Time, to string) (Output, error) {
 			}
 		}
 		if target == nil {
-			return out, fmt.Errorf("%w: no live backup is named %q (tandem members lists them)", ErrNoBackup, to)
+			return out, fmt.Errorf("%w: no live backup is named %q (tandem members lists them)", ErrUnknownBackup, to)
 		}
-	} else if bs := c.alive(now); len(bs) > 0 {
-		target = bs[0]
+		if target.unhealthy() {
+			return out, fmt.Errorf("%w: backup %s's health checks are down (effective priority 0); it would refuse the role", ErrUnhealthyBackup, target.peer.Node)
+		}
+	} else {
+		for _, b := range c.alive(now) {
+			if !b.unhealthy() {
+				target = b
+				break
+			}
+		}
+		if target == nil && len(c.alive(now)) > 0 {
+			return out, fmt.Errorf("%w: every live backup's health checks are down (effective priority 0)", ErrUnhealthyBackup)
+		}
 	}
 	if target == nil {
 		return out, ErrNoBackup
@@ -546,6 +557,10 @@ type backupView struct {
 }
 
 func (b *backupView) eligible() bool { return b.priority > 0 && b.effective > 0 && !b.maint }
+
+// unhealthy: its checks are down (a manual backup, priority 0, reports
+// effective 0 whatever its checks say, and may still be handed the role).
+func (b *backupView) unhealthy() bool { return b.priority > 0 && b.effective == 0 }
 
 // alive are the backups that replied within 2 × reply_period, best first:
 // eligible before not, then by effective priority, the most recent
@@ -883,7 +898,7 @@ func (c *core) status(now time.Time, s *Status) {
 	s.Handover = c.handoverTo
 	s.Effective = c.effective
 	for _, b := range c.alive(now) {
-		s.Backups = append(s.Backups, BackupStatus{Node: b.peer.Node, FailoverID: b.peer.FailoverID, Address: b.peer.Address,
+		s.Backups = append(s.Backups, BackupStatus{Node: b.peer.Node, FailoverID: b.peer.FailoverID, Address: b.peer.Address, Epoch: b.peer.Epoch,
 			Priority: b.priority, Effective: b.effective, Maintenance: b.maint, LastReplyAgeMS: now.Sub(b.lastReply).Milliseconds()})
 	}
 	s.Received = c.received

@@ -41,8 +41,21 @@ func TestGroupSwitchoverGoesToTheBestOrTheNamedBackup(t *testing.T) {
 		t.Fatalf("switchover --to c: %v, handover to %q", err, c.handoverTo)
 	}
 	c = groupCore(t, "")
-	if _, err := c.switchover(at(0.5), "zz"); !errors.Is(err, ErrNoBackup) || !strings.Contains(err.Error(), `"zz"`) {
+	if _, err := c.switchover(at(0.5), "zz"); !errors.Is(err, ErrUnknownBackup) || !strings.Contains(err.Error(), `"zz"`) {
 		t.Fatalf("switchover --to an unknown node: %v", err)
+	}
+	c.reply(at(0.6), groupReply(cID, "c", 100, 0), nil) // c's checks are down
+	if _, err := c.switchover(at(0.7), "c"); !errors.Is(err, ErrUnhealthyBackup) || c.handoverTo != "" {
+		t.Fatalf("switchover --to an unhealthy backup: %v", err)
+	}
+	if _, err := c.switchover(at(0.7), ""); err != nil || c.handoverTo != bID {
+		t.Fatalf("switchover to the best healthy backup: %v, to %q", err, c.handoverTo)
+	}
+	c = groupCore(t, "")
+	c.reply(at(0.3), groupReply(bID, "b", 150, 0), nil)
+	c.reply(at(0.3), groupReply(cID, "c", 100, 0), nil)
+	if _, err := c.switchover(at(0.5), ""); !errors.Is(err, ErrUnhealthyBackup) {
+		t.Fatalf("switchover with every backup unhealthy: %v", err)
 	}
 }
 

@@ -31,6 +31,11 @@ var (
 	ErrNoBackup        = errors.New("primary: no backup has replied; nothing to hand over to")
 	ErrNotRunning      = errors.New("primary: not running")
 	ErrSwitchoverState = errors.New("primary: a switchover is already in progress")
+	// ErrUnknownBackup: switchover --to names no live backup.
+	ErrUnknownBackup = errors.New("primary: no such backup")
+	// ErrUnhealthyBackup: the backup a switchover would go to has its
+	// health checks down.
+	ErrUnhealthyBackup = errors.New("primary: the backup is unhealthy")
 )
 
 // EndKind says why Run returned.
@@ -156,6 +161,7 @@ type BackupStatus struct {
 	Node           string `json:"node"`
 	FailoverID     string `json:"failover_id"`
 	Address        string `json:"address,omitempty"`
+	Epoch          uint64 `json:"epoch"`
 	Priority       int    `json:"priority"`
 	Effective      int    `json:"effective_priority"`
 	Maintenance    bool   `json:"maintenance"`

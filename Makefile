@@ -7,7 +7,7 @@ FUZZTIME  ?= 5s
 BENCHTIME ?= 1x
 PKGS      := ./...
 
-.PHONY: all build test unit fuzz bench lint demo demo-activemq soak clean
+.PHONY: all build test unit fuzz bench lint demo demo-group demo-activemq soak clean
 
 all: build
 
@@ -52,6 +52,12 @@ demo: build
 # The same with the heartbeat channel on a local ActiveMQ (apt-get install activemq).
 demo-activemq: build
 	ACTIVEMQ=1 bash demo/run.sh
+
+# A group of three servers (priorities, health checks, services) and three
+# agents: a failing check hands over, a kill -9 fails over past an unhealthy
+# backup, then a switchover --to (under a minute).
+demo-group: build
+	bash demo/group.sh
 
 # Randomized fault soak: make soak SEED=42 CYCLES=300 (SEED default: time),
 # with a hostile stranger on the brokers throughout (forged and replayed

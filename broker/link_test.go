@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/tandem-ha/tandem/protocol"
 	"net"
 	"strings"
 	"sync"
@@ -382,6 +383,17 @@ func TestLinkURLErrorsHideThePassword(t *testing.T) {
 		_, err := parseURL(u)
 		if err == nil || strings.Contains(err.Error(), "hunter2") {
 			t.Errorf("%s: %v", u, err)
+		}
+	}
+}
+
+// Every header a server's signature covers reaches the receiver: a
+// tandem header that a broker owns (ActiveMQ's "priority") would be
+// stripped on receipt and fail every signature.
+func TestTransportKeepsEverySignedHeader(t *testing.T) {
+	for _, h := range protocol.SignedHeaders() {
+		if transportHeaders[h] {
+			t.Errorf("signed header %q is a transport header: receivers drop it and every signature fails", h)
 		}
 	}
 }

@@ -17,6 +17,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 
@@ -70,8 +71,10 @@ const (
 	// the seq of the last heartbeat the backup counted from its primary,
 	// the election's tie-break; HPreempt (replies) asks the primary for a
 	// switchover to this backup (preempt: true).
-	HPriority  = "priority"
-	HEffective = "effective-priority"
+	// (Not "priority": brokers own that STOMP header — ActiveMQ's JMS
+	// priority — and strip or rewrite it.)
+	HPriority  = "group-priority"
+	HEffective = "group-effective-priority"
 	HHeardSeq  = "heard-seq"
 	HPreempt   = "preempt"
 )
@@ -435,6 +438,17 @@ var signed = map[string]bool{
 	HPeriodMS: true, HRole: true, HSentMS: true, HHandoverTo: true, HMaintenance: true,
 	HInstance: true, HStartedMS: true, HNonce: true, HEcho: true, HFailoverSig: true, HBound: true, HStopping: true, HCommand: true, HFailoverServers: true, HRosterPart: true,
 	HPriority: true, HEffective: true, HHeardSeq: true, HPreempt: true,
+}
+
+// SignedHeaders lists the headers a signature covers (tandem's own), so
+// that the transport can check it passes every one of them on.
+func SignedHeaders() []string {
+	out := make([]string, 0, len(signed))
+	for k := range signed {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
 }
 
 func (s *Signer) mac(dest string, h map[string]string, body []byte) []byte {

@@ -36,6 +36,9 @@ type rigOpts struct {
 	// their own hosts): they name only where to connect, and the agents
 	// rewrite them on the servers' signed rebinds.
 	remote bool
+	// serverExtra, when set, adds lines to one server's tandem.yaml
+	// (groups: priority, checks, service).
+	serverExtra func(name string) string
 }
 
 // extTiming is a little wider than fastTiming: an external broker adds a
@@ -132,6 +135,9 @@ func (r *rig) addServer(name string, primaryOf *server) *server {
 	if r.opts.hooks != "" {
 		fmt.Fprintf(&extra, "hooks: %s\n", r.opts.hooks)
 	}
+	if r.opts.serverExtra != nil {
+		extra.WriteString(r.opts.serverExtra(name))
+	}
 	cfg := c.serverConfig(s, r.ag[name].addr(), extra.String())
 	mustOK(r.t, os.WriteFile(s.cfgPath, []byte(cfg), 0o644))
 	if primaryOf != nil {
@@ -192,12 +198,17 @@ func (r *rig) other(s *server) *server {
 
 // partition cuts backup↔primary only: the backup's way to the primary's
 // broker (embedded heartbeat channel) or to the heartbeat broker.
+//
+// With an external heartbeat broker a backup that loses its own link to
+// the broker counts no silence (a broker outage is not a dead primary), so
+// the partition is on the primary's side: it loses the heartbeat broker,
+// and the backup loses the second path (the primary's own broker).
 func (r *rig) partition(backup *server) {
+	prim := r.other(backup)
 	if r.ext != nil {
-		r.hb[backup.name].Cut()
-		return
+		r.hb[prim.name].Cut()
 	}
-	r.to[r.other(backup).name].Cut()
+	r.to[prim.name].Cut()
 }
 
 func (r *rig) heal() {

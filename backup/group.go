@@ -131,7 +131,7 @@ func (d *Detector) Eligible() (bool, string) {
 	case d.cfg.Manual:
 		return false, "priority is 0: this backup never takes over automatically (tandem switchover --to it)"
 	case d.effective == 0:
-		return false, "effective priority is 0 (health checks down): not eligible to take over"
+		return false, "effective priority is 0 (health checks down)"
 	}
 	return true, ""
 }

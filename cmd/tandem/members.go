@@ -169,7 +169,9 @@ func members(s node.Status, period time.Duration, ownMaint *bool) (rows []member
 		}
 		m := member{Node: nonEmpty(g.Node, g.FailoverID), Role: role, Priority: ptr(g.Priority), EffectivePriority: ptr(g.EffectivePriority),
 			Health: groupHealth(g), LastHeardMS: g.LastReplyAgeMS, Address: nonEmpty(g.Address, "-"), Maintenance: g.Maintenance, FailoverID: g.FailoverID}
-		if b := s.Backup; b != nil && b.FailoverID == g.FailoverID {
+		if s.Role == "primary" {
+			m.Epoch = ptr(g.Epoch) // from the backup's replies
+		} else if b := s.Backup; b != nil && b.FailoverID == g.FailoverID {
 			m.Epoch = ptr(b.Epoch)
 		}
 		rows = append(rows, m)

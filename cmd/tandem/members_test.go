@@ -233,8 +233,8 @@ func TestMembersOfAGroupFromThePrimary(t *testing.T) {
 		Checks: []node.CheckStatus{{Name: "opscenterd", Up: true, Since: "2026-12-01T10:00:00Z", Output: "200 OK"}},
 		Backup: &node.PeerStatus{Node: "b", FailoverID: "id-b", Epoch: 6, Address: "10.0.0.2:61620", AgeMS: 3000},
 		Backups: []node.GroupMember{
-			{Node: "b", FailoverID: "id-b", Address: "10.0.0.2:61620", Priority: 150, EffectivePriority: 150, LastReplyAgeMS: 3000},
-			{Node: "c", FailoverID: "id-c", Address: "10.0.0.3:61620", Priority: 120, EffectivePriority: 0, LastReplyAgeMS: 12500},
+			{Node: "b", FailoverID: "id-b", Address: "10.0.0.2:61620", Epoch: 6, Priority: 150, EffectivePriority: 150, LastReplyAgeMS: 3000},
+			{Node: "c", FailoverID: "id-c", Address: "10.0.0.3:61620", Epoch: 4, Priority: 120, EffectivePriority: 0, LastReplyAgeMS: 12500},
 		}}
 	addr, _ := fakeAdmin(t, st)
 	rows, warns := membersTable(t, addr)
@@ -242,7 +242,7 @@ func TestMembersOfAGroupFromThePrimary(t *testing.T) {
 		{"NODE", "ROLE", "EPOCH", "PRIORITY", "EFFECTIVE", "HEALTH", "LAST_HEARD", "ADDRESS", "MAINTENANCE"},
 		{"a", "PRIMARY", "7", "200", "200", "ok", "now", "10.0.0.1:61620", "off"},
 		{"b", "BACKUP", "6", "150", "150", "ok", "3s_ago", "10.0.0.2:61620", "off"},
-		{"c", "BACKUP", "-", "120", "0", "down_(effective_0)", "12.5s_ago", "10.0.0.3:61620", "off"},
+		{"c", "BACKUP", "4", "120", "0", "down_(effective_0)", "12.5s_ago", "10.0.0.3:61620", "off"},
 	})
 	if len(warns) != 0 {
 		t.Errorf("warnings %q", warns)

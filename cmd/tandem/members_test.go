@@ -248,7 +248,7 @@ func TestMembersOfAGroupFromThePrimary(t *testing.T) {
 		t.Errorf("warnings %q", warns)
 	}
 	m := membersJSON(t, "--admin", addr)
-	if len(m) != 3 || m[2].Epoch != nil || intv(m[2].Priority) != 120 || intv(m[2].EffectivePriority) != 0 || m[2].LastHeardMS != 12500 || m[2].FailoverID != "id-c" || m[2].Self {
+	if len(m) != 3 || m[2].Epoch == nil || *m[2].Epoch != 4 || intv(m[2].Priority) != 120 || intv(m[2].EffectivePriority) != 0 || m[2].LastHeardMS != 12500 || m[2].FailoverID != "id-c" || m[2].Self {
 		t.Fatalf("%+v", m)
 	}
 

@@ -268,9 +268,9 @@ func TestMembersOfAGroupFromThePrimary(t *testing.T) {
 	wantRows(t, rows, [][]string{
 		rows[0],
 		{"a", "PRIMARY", "7", "200", "0", "down:", "opscenterd,cassandra", "now", "10.0.0.1:61620", "off"},
-		{"c", "BACKUP", "-", "120", "120", "maintenance", "1s_ago", "10.0.0.3:61620", "ON"},
-		{"d", "BACKUP", "-", "0", "0", "manual", "(priority", "0)", "2s_ago", "10.0.0.4:61620", "off"},
-		{"e", "BACKUP", "-", "120", "120", "ok", "4s_ago", "10.0.0.5:61620", "off"},
+		{"c", "BACKUP", "0", "120", "120", "maintenance", "1s_ago", "10.0.0.3:61620", "ON"},
+		{"d", "BACKUP", "0", "0", "0", "manual", "(priority", "0)", "2s_ago", "10.0.0.4:61620", "off"},
+		{"e", "BACKUP", "0", "120", "120", "ok", "4s_ago", "10.0.0.5:61620", "off"},
 		{"b", "BACKUP", "6", "-", "-", "silent", "11m40s_ago", "10.0.0.2:61620", "off"},
 	})
 	if len(warns) != 1 || !strings.HasPrefix(warns[0], "equal configured priority 120 on c, e") {

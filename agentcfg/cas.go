@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"path/filepath"
 	"syscall"
 	"time"
@@ -52,6 +53,11 @@ type Result struct {
 	Before  Address
 	After   Address
 	Err     error
+	// Written, when Rewritten by CompareAndSwap or SetFailoverServers, is
+	// the identity (lstat) of the file renamed into place, taken before the
+	// rename under the lock: a reader comparing it with a later stat knows
+	// whether the file still holds After.
+	Written os.FileInfo
 }
 
 // LockPath returns the lock file guarding path's target: ".NAME.lock" in the
@@ -299,7 +305,9 @@ func rewriteLocked(path string, opt BatchOptions, decide func(r *Result, t *targ
 		return r
 	}
 	staged, err := t.dir.Stage(t.name, out, st, fsutil.Options{})
+	var written os.FileInfo
 	if err == nil {
+		written, _ = os.Lstat(staged.Temp) // nil on error: no identity
 		err = staged.Commit()
 	}
 	if err == nil {
@@ -309,7 +317,7 @@ func rewriteLocked(path string, opt BatchOptions, decide func(r *Result, t *targ
 		r.Outcome, r.Err, r.After = Failed, err, r.Before
 		return r
 	}
-	r.Outcome = Rewritten
+	r.Outcome, r.Written = Rewritten, written
 	return r
 }
 

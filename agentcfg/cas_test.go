@@ -375,3 +375,26 @@ func TestRewriteAllDuplicateInGroup(t *testing.T) {
 		t.Fatal("deadlock")
 	}
 }
+
+// A rewrite reports the identity of the file it renamed into place: a stat
+// of the target afterwards is the same file (inode, mtime, size).
+func TestCompareAndSwapReportsTheWrittenFile(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "address.yaml")
+	if err := os.WriteFile(p, []byte("stomp_interface: a\nstomp_port: 1\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	r := CompareAndSwap(p, Update{StompInterface: "b", StompPort: 2, FailoverID: "6ba7b810-9dad-41d1-80b4-00c04fd430c8", Epoch: 3}, false)
+	if r.Outcome != Rewritten || r.Written == nil {
+		t.Fatalf("%+v", r)
+	}
+	fi, err := os.Stat(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !os.SameFile(fi, r.Written) || !fi.ModTime().Equal(r.Written.ModTime()) || fi.Size() != r.Written.Size() {
+		t.Fatalf("written %v, on disk %v", r.Written, fi)
+	}
+	if r = CompareAndSwap(p, Update{StompInterface: "b", StompPort: 2, FailoverID: "6ba7b810-9dad-41d1-80b4-00c04fd430c8", Epoch: 3}, false); r.Outcome != Unchanged || r.Written != nil {
+		t.Fatalf("%+v", r)
+	}
+}

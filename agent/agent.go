@@ -380,10 +380,11 @@ func (a *Agent) Run(ctx context.Context) error {
 			// The agent rewrote its file (a rebind, failover_servers):
 			// follow it now (the file watch would too, a moment later), and
 			// tell a server that stays the same about a new token.
-			a.mu.Lock()
-			prev := failoverid.Token{ID: a.good.FailoverID, Epoch: a.good.FailoverEpoch}
-			a.mu.Unlock()
-			if addr, ok := a.reload(true); ok {
+			// The agent's own write left its content and identity as the
+			// last good read (wrote): no re-read unless the file changed
+			// since. prev is the token this loop last followed.
+			prev := curTok
+			if addr, ok := a.reload(false); ok {
 				moved := bus == nil || target(addr) != cur
 				connect(addr)
 				sb.sync(addr, cur)

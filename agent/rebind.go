@@ -223,6 +223,7 @@ func (a *Agent) writeServers(r serversReq) {
 	log := a.cfg.Log.WithFields(logrus.Fields{"agent": a.cfg.ID, "failover_servers": agentcfg.FormatFailoverServers(r.list)})
 	switch res.Outcome {
 	case agentcfg.Rewritten:
+		a.wrote(res)
 		log.Info("wrote the group's servers (from the primary's ping) into address.yaml")
 		a.kickRun()
 	case agentcfg.Unchanged:
@@ -239,13 +240,6 @@ func (a *Agent) applyRebind(r rebindReq) {
 	}
 	f := logrus.Fields{"via": r.via, "from": r.tok.String(), "from_node": r.node, "seq": r.seq,
 		"advertise": net.JoinHostPort(r.host, strconv.Itoa(r.port))}
-	cur, err := agentcfg.ReadFile(a.cfg.Path)
-	if err != nil {
-		a.rejectRebind(logrus.WarnLevel, f, "address.yaml unreadable: "+err.Error())
-		return
-	}
-	bound := failoverid.Token{ID: cur.FailoverID, Epoch: cur.FailoverEpoch}
-	f["bound"] = bound.String()
 	a.mu.Lock()
 	last := a.rb.seqs[r.tok]
 	a.mu.Unlock()
@@ -253,20 +247,22 @@ func (a *Agent) applyRebind(r rebindReq) {
 		a.rejectRebind(logrus.InfoLevel, f, "replayed (its seq is not above the last rebind accepted from that token)")
 		return
 	}
-	if !r.tok.Above(bound) {
+	// The compare-and-swap reads the file under its lock and rewrites it
+	// only if the rebind's token is above the file's (I2): no read before.
+	res := agentcfg.CompareAndSwap(a.cfg.Path, agentcfg.Update{StompInterface: r.host, StompPort: r.port,
+		FailoverID: r.tok.ID, Epoch: r.tok.Epoch, FailoverSig: r.sig}, false)
+	bound := failoverid.Token{ID: res.Before.FailoverID, Epoch: res.Before.FailoverEpoch}
+	if res.Outcome == agentcfg.Rewritten || res.Outcome == agentcfg.Unchanged {
+		f["bound"] = bound.String()
+	}
+	switch res.Outcome {
+	case agentcfg.Rewritten:
+	case agentcfg.Unchanged:
 		level := logrus.InfoLevel
 		if r.tok.Same(bound) {
 			level = logrus.DebugLevel // the new primary repeating itself
 		}
 		a.rejectRebind(level, f, "not newer than address.yaml's token")
-		return
-	}
-	res := agentcfg.CompareAndSwap(a.cfg.Path, agentcfg.Update{StompInterface: r.host, StompPort: r.port,
-		FailoverID: r.tok.ID, Epoch: r.tok.Epoch, FailoverSig: r.sig}, false)
-	switch res.Outcome {
-	case agentcfg.Rewritten:
-	case agentcfg.Unchanged:
-		a.rejectRebind(logrus.InfoLevel, f, "not newer than address.yaml's token")
 		return
 	default:
 		a.rejectRebind(logrus.WarnLevel, f, "address.yaml not rewritten: "+res.Outcome.String()+": "+errString(res.Err))
@@ -279,6 +275,7 @@ func (a *Agent) applyRebind(r rebindReq) {
 	}
 	a.rb.seqs[r.tok] = r.seq
 	a.mu.Unlock()
+	a.wrote(res)
 	f["agent"] = a.cfg.ID
 	a.cfg.Log.WithFields(f).Info("rebound: address.yaml now names the new primary")
 	a.kickRun()
@@ -287,6 +284,19 @@ func (a *Agent) applyRebind(r rebindReq) {
 			"TANDEM_EPOCH=" + strconv.FormatUint(r.tok.Epoch, 10), "TANDEM_SERVER=" + net.JoinHostPort(r.host, strconv.Itoa(r.port))}
 		_ = a.cfg.RunHook(r.ctx, "on_rebind", a.cfg.OnRebind, a.cfg.OnRebindTimeout, env, a.cfg.Log.WithField("agent", a.cfg.ID))
 	}
+}
+
+// wrote takes what the agent's own rewrite put in its file as the last good
+// read, with the identity of the file it renamed into place: Run follows it
+// without reading the file again, and any later change of the file (a new
+// inode, mtime or size) is still read when a command or tick comes.
+func (a *Agent) wrote(res agentcfg.Result) {
+	if res.Outcome != agentcfg.Rewritten || res.Written == nil {
+		return
+	}
+	a.mu.Lock()
+	a.good, a.goodStat, a.fileErr = res.After, res.Written, ""
+	a.mu.Unlock()
 }
 
 // kickRun tells Run that the agent rewrote its file.

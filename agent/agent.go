@@ -262,6 +262,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("watch %s: %w", a.cfg.Path, err)
 	}
+	running.Add(1)
+	defer running.Add(-1)
 	tick := a.cfg.Clock.NewTicker(a.cfg.Period)
 	defer tick.Stop()
 	defer a.repWG.Wait() // a report in flight ends with ctx
@@ -351,7 +353,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.conn = true
 		a.gen++
 		a.mu.Unlock()
-		log.WithFields(logrus.Fields{"server": t, "failover_id": addr.FailoverID, "epoch": addr.FailoverEpoch}).Info("following address.yaml")
+		log.WithFields(logrus.Fields{"server": t, "failover_id": addr.FailoverID, "epoch": addr.FailoverEpoch}).Log(a.perAgentLevel(), "following address.yaml")
 		a.report(ctx, bus, addr) // the new server knows us at once
 	}
 	if addr, ok := a.reload(true); ok {

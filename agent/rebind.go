@@ -224,7 +224,7 @@ func (a *Agent) writeServers(r serversReq) {
 	switch res.Outcome {
 	case agentcfg.Rewritten:
 		a.wrote(res)
-		log.Info("wrote the group's servers (from the primary's ping) into address.yaml")
+		log.Log(a.perAgentLevel(), "wrote the group's servers (from the primary's ping) into address.yaml")
 		a.kickRun()
 	case agentcfg.Unchanged:
 	default:
@@ -277,7 +277,8 @@ func (a *Agent) applyRebind(r rebindReq) {
 	a.mu.Unlock()
 	a.wrote(res)
 	f["agent"] = a.cfg.ID
-	a.cfg.Log.WithFields(f).Info("rebound: address.yaml now names the new primary")
+	a.cfg.Log.WithFields(f).Log(a.perAgentLevel(), "rebound: address.yaml now names the new primary")
+	noteRebound(a.cfg.Log, r.tok, r.node)
 	a.kickRun()
 	if a.cfg.OnRebind != "" {
 		env := []string{"TANDEM_AGENT_ID=" + a.cfg.ID, "TANDEM_AGENT_CONFIG=" + a.absPath, "TANDEM_FAILOVER_ID=" + r.tok.ID,
@@ -297,6 +298,73 @@ func (a *Agent) wrote(res agentcfg.Result) {
 	a.mu.Lock()
 	a.good, a.goodStat, a.fileErr = res.After, res.Written, ""
 	a.mu.Unlock()
+}
+
+// running counts the agents of this process in Run: more than one is a
+// fleet (tandem agent --fleet).
+var running atomic.Int64
+
+// perAgentLevel is the level of the lines every agent logs for one event
+// (a rebind, a reconnect): info for a lone agent, debug in a fleet, where a
+// takeover would log thousands of them (noteRebound sums rebinds up).
+func (a *Agent) perAgentLevel() logrus.Level {
+	if running.Load() > 1 {
+		return logrus.DebugLevel
+	}
+	return logrus.InfoLevel
+}
+
+// rebindSummaryQuiet is how long after a process's last rebind to a token
+// its summary line is logged.
+const rebindSummaryQuiet = 500 * time.Millisecond
+
+// rebound sums up the rebinds of a fleet: one info line per new token
+// ("rebound N agents"), once they have been quiet for rebindSummaryQuiet.
+var rebound struct {
+	mu    sync.Mutex
+	tok   failoverid.Token
+	node  string
+	n     int
+	first time.Time
+	log   logrus.FieldLogger
+	timer *time.Timer
+}
+
+// noteRebound counts one agent's rebind to tok (from node) in the fleet's
+// summary; a lone agent logs its own line instead.
+func noteRebound(log logrus.FieldLogger, tok failoverid.Token, node string) {
+	if running.Load() <= 1 {
+		return
+	}
+	s := &rebound
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.n > 0 && s.tok != tok {
+		flushReboundLocked()
+	}
+	if s.n == 0 {
+		s.tok, s.node, s.first, s.log = tok, node, time.Now(), log
+	}
+	s.n++
+	if s.timer == nil {
+		s.timer = time.AfterFunc(rebindSummaryQuiet, func() {
+			s.mu.Lock()
+			defer s.mu.Unlock()
+			flushReboundLocked()
+		})
+	} else {
+		s.timer.Reset(rebindSummaryQuiet)
+	}
+}
+
+func flushReboundLocked() {
+	s := &rebound
+	if s.n == 0 {
+		return
+	}
+	s.log.WithFields(logrus.Fields{"agents": s.n, "from": s.tok.String(), "from_node": s.node,
+		"over": time.Since(s.first).Round(time.Millisecond).String()}).Info("rebound: the agents' address.yaml files now name the new primary")
+	s.n = 0
 }
 
 // kickRun tells Run that the agent rewrote its file.

@@ -47,8 +47,9 @@ import (
 // TANDEM_BENCH_PERF=DIR records a perf profile of the fleet and the new
 // primary from just before the kill to all bound (DIR/perf-remote-N.data).
 // TANDEM_BENCH_KEEP=DIR copies each run's logs (fleet, servers, event
-// logs) into DIR for a closer look; TANDEM_BENCH_LOG=debug runs the fleet at that log level (default info:
-// the "rebound" lines); TANDEM_BENCH_AGENTS=10,1000 picks the sizes
+// logs) into DIR for a closer look; TANDEM_BENCH_LOG=debug runs the fleet at that log level (default info;
+// a fleet logs each agent's "rebound" line, the timeline's, at debug and one
+// summary line at info); TANDEM_BENCH_AGENTS=10,1000 picks the sizes
 // (default 10,1000,10000).
 func BenchmarkRemoteAgentsFollow(b *testing.B) {
 	raiseNofile(b)

@@ -94,10 +94,20 @@ func groupTakeoverRun(b *testing.B, servers int) (done, firstHB float64) {
 			b.Fatalf("c took over too (epoch %d)", s.Epoch)
 		}
 	}
-	evs, err := eventlog.Read(c.serverEvents(), 0)
-	if err != nil {
-		b.Fatal(err)
-	}
+	var evs []eventlog.Event
+	eventually(b, 20*time.Second, "b's takeover event in the log (written at its first heartbeat)", func() bool {
+		var err error
+		evs, err = eventlog.Read(c.serverEvents(), 0)
+		if err != nil {
+			return false
+		}
+		for _, e := range evs {
+			if e.Node == bk.name && e.Kind == eventlog.KindTakeover {
+				return true
+			}
+		}
+		return false
+	})
 	var lastHB, takingOver, takeover *eventlog.Event
 	for i := range evs {
 		e := &evs[i]

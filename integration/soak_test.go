@@ -35,6 +35,10 @@ import (
 // It ends with one line (hostile: the stranger's messages, 0 without it):
 //
 //	soak: seed=S cycles=N faults=F failovers=X false_failovers=Y violations=Z hostile=H
+//
+// TestSoakGroup (soak_group_test.go, TANDEM_SOAK=1 SOAK_GROUP=1) is the
+// same for a group of three servers with priorities, health checks and a
+// managed service.
 func TestSoak(t *testing.T) {
 	if os.Getenv("TANDEM_SOAK") != "1" {
 		t.Skip("set TANDEM_SOAK=1 (and SEED, CYCLES) to run the randomized soak")

@@ -93,8 +93,10 @@ func New(cfg Config) (*Arbiter, error) {
 // Close ends the client (and with it any term).
 func (a *Arbiter) Close() error { return a.cli.Close() }
 
-func (a *Arbiter) electionPrefix() string { return strings.TrimSuffix(a.cfg.Prefix, "/") + "/election/" }
-func (a *Arbiter) epochKey() string       { return strings.TrimSuffix(a.cfg.Prefix, "/") + "/epoch" }
+func (a *Arbiter) electionPrefix() string {
+	return strings.TrimSuffix(a.cfg.Prefix, "/") + "/election/"
+}
+func (a *Arbiter) epochKey() string { return strings.TrimSuffix(a.cfg.Prefix, "/") + "/epoch" }
 
 // Term is one won election.
 type Term struct {
@@ -203,9 +205,24 @@ func (t *Term) run(ctx context.Context) {
 	every := t.a.cfg.RenewDeadline / 4
 	tick := time.NewTicker(every / 4)
 	defer tick.Stop()
+	// The watch on the leader key runs on its own goroutine: opening a
+	// watch blocks while etcd does not answer, and the renewal deadline
+	// must be checked meanwhile.
 	wctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	watch := t.a.cli.Watch(wctx, t.el.Key())
+	deleted := make(chan struct{})
+	watchDone := make(chan struct{})
+	defer func() { cancel(); <-watchDone }()
+	go func() {
+		defer close(watchDone)
+		for wr := range t.a.cli.Watch(wctx, t.el.Key()) {
+			for _, ev := range wr.Events {
+				if ev.Type == clientv3.EventTypeDelete {
+					close(deleted)
+					return
+				}
+			}
+		}
+	}()
 	nextRenew := time.Now()
 	renewing := make(chan renewResult, 1)
 	inFlight := false
@@ -216,17 +233,9 @@ func (t *Term) run(ctx context.Context) {
 		case <-t.sess.Done():
 			t.end("the etcd session ended (lease expired or revoked)")
 			return
-		case wr, ok := <-watch:
-			if !ok {
-				watch = nil
-				continue
-			}
-			for _, ev := range wr.Events {
-				if ev.Type == clientv3.EventTypeDelete {
-					t.end("the leader key was deleted")
-					return
-				}
-			}
+		case <-deleted:
+			t.end("the leader key was deleted")
+			return
 		case r := <-renewing:
 			inFlight = false
 			t.a.recordRenew(r)

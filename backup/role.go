@@ -70,6 +70,10 @@ type RoleConfig struct {
 	PreemptDelay time.Duration
 	// StaggerBy overrides the election's stagger (tests; 0: default).
 	StaggerBy time.Duration
+	// Peers seeds the election with the backups an earlier role of this
+	// process knew (a role that restarts to follow a new primary must not
+	// forget them and take over as if it were the only candidate).
+	Peers []PeerInfo
 	// Effective, when set, is the effective priority the role starts with
 	// (default Priority); SetEffective changes it.
 	Effective func() int
@@ -247,6 +251,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	det := NewDetector(DetectorConfig{Window: r.cfg.Window, Period: r.cfg.Period, Self: r.cfg.Token.ID, Heard: r.cfg.Heard,
 		Priority: r.cfg.Priority, Manual: r.cfg.Manual, ReplyPeriod: r.cfg.ReplyPeriod, StaggerBy: r.cfg.StaggerBy}, now)
 	started := now
+	for _, p := range r.cfg.Peers {
+		det.ObservePeer(p)
+	}
 	if r.cfg.Effective != nil {
 		det.SetEffective(r.cfg.Effective())
 	}

@@ -271,3 +271,17 @@ func TestNoPreemptByABackupNotHealthierThanThePrimary(t *testing.T) {
 		})
 	}
 }
+
+// A role that restarts (to follow a new primary) keeps the peers its
+// predecessor knew: it does not take over as if it were the only candidate.
+func TestARestartedRoleKeepsTheElectionsPeers(t *testing.T) {
+	clkNow := time.Unix(1000, 0)
+	r := newRoleRigWith(t, time.Second, 5*time.Second, func(c *RoleConfig) {
+		c.Heard, c.Priority = true, 100
+		c.Peers = []PeerInfo{{Node: "c", FailoverID: othr, Priority: 150, Effective: 150, HeardSeq: 1 << 40, Seen: clkNow}}
+	})
+	r.beat("a-1", 1)
+	if s := r.role.Status(); s.Rank != 1 || len(s.Peers) != 1 {
+		t.Fatalf("rank %d with peers %+v, want rank 1 below the seeded peer", s.Rank, s.Peers)
+	}
+}

@@ -185,6 +185,9 @@ func (n *Node) hookEnv() []string {
 func (n *Node) backupGroupConfig(ctx context.Context, rc *backup.RoleConfig, loc string) {
 	rc.Priority, rc.Manual, rc.Location = n.cfg.Priority, n.cfg.Priority == 0, loc
 	rc.ReplySeq = &n.replySeq
+	n.mu.Lock()
+	rc.Peers = n.peers
+	n.mu.Unlock()
 	rc.Effective = n.effective
 	rc.Preempt, rc.PreemptDelay = n.cfg.Preempt, n.cfg.PreemptDelay
 	rc.DialPeer = func(ctx context.Context, addr string) (broker.Bus, error) {

@@ -123,6 +123,7 @@ type Node struct {
 	tel           *Telemetry // takeover timings (metrics, event log)
 	checker       *health.Checker
 	replySeq      atomic.Uint64 // the backup roles' reply numbering
+	peers         []backup.PeerInfo // the group's backups the last backup role knew
 
 	// instance and startedMS identify this process on the wire.
 	instance  string

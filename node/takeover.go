@@ -92,6 +92,9 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 		}
 	}()
 	end, err := role.Run(ctx)
+	n.mu.Lock()
+	n.peers = role.Status().Peers // for the next backup role (a follow)
+	n.mu.Unlock()
 	stopWarm()
 	<-warmDone
 	if end.Duplicate != "" {

@@ -122,7 +122,7 @@ type Node struct {
 	realListeners bool
 	tel           *Telemetry // takeover timings (metrics, event log)
 	checker       *health.Checker
-	replySeq      atomic.Uint64 // the backup roles' reply numbering
+	replySeq      atomic.Uint64     // the backup roles' reply numbering
 	peers         []backup.PeerInfo // the group's backups the last backup role knew
 
 	// instance and startedMS identify this process on the wire.

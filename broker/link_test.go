@@ -333,8 +333,9 @@ func TestLinkOutboxDropsOldest(t *testing.T) {
 	stop() // only the backed-up connection, no background publishers
 	// The sender takes a message every send timeout at most; if it takes
 	// the first one before the second arrives, try again.
+	// Under a loaded CI machine the sender may win the race several times.
 	for round := 0; ; round++ {
-		if round == 5 {
+		if round == 12 {
 			t.Fatal("the oldest publish was never dropped")
 		}
 		first := make(chan error, 1)

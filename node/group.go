@@ -68,9 +68,18 @@ func (n *Node) runChecks(ctx context.Context) {
 // context (a fence kills it); a failure marks the synthetic "service"
 // check down, which at health: all makes the effective priority 0 and so
 // hands the role to a healthy backup.
-func (n *Node) startService(rctx context.Context) {
+//
+// After a planned switchover the old primary is alive and stops its
+// service when it learns it was replaced, then replies as this primary's
+// backup: the new term's start waits for that reply (bounded by
+// fail_window + hooks.timeout), so the singleton never runs twice. After
+// a failover the old primary is gone or fenced: the start is at once.
+func (n *Node) startService(rctx context.Context, role *primary.Role, gaveUp string) {
 	if n.cfg.Service.Start == "" {
 		return
+	}
+	if gaveUp != "" {
+		n.waitForBackup(rctx, role, gaveUp, n.cfg.Heartbeat.FailWindow+n.cfg.Hooks.Timeout)
 	}
 	err := n.opts.RunHook(rctx, "service.start", n.cfg.Service.Start, n.cfg.Hooks.Timeout, n.hookEnv(), n.entry())
 	if rctx.Err() != nil {
@@ -157,6 +166,29 @@ func equalPriorities(self string, own int, ms []GroupMember) []string {
 	}
 	sort.Strings(w)
 	return w
+}
+
+// waitForBackup waits until the server id replies as one of role's backups
+// (or limit passes, or rctx ends).
+func (n *Node) waitForBackup(rctx context.Context, role *primary.Role, id string, limit time.Duration) {
+	t := n.clock.NewTicker(max(n.cfg.Heartbeat.Period/4, time.Millisecond))
+	defer t.Stop()
+	deadline := n.clock.After(limit)
+	for {
+		for _, b := range role.Status().Backups {
+			if b.FailoverID == id {
+				return
+			}
+		}
+		select {
+		case <-rctx.Done():
+			return
+		case <-deadline:
+			n.entry().WithFields(logrus.Fields{"old_primary": id, "waited": limit.String()}).Warn("service.start: the old primary did not reply as a backup in time (its service.stop may still run); starting anyway")
+			return
+		case <-t.C():
+		}
+	}
 }
 
 // stopService runs service.stop when the primary role has ended (bounded

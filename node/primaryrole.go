@@ -106,7 +106,8 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 	if j := st.Takeover; j != nil && j.Reason == "switchover" && j.From != nil {
 		gaveUp = j.From.FailoverID
 	}
-	role := primary.New(primary.Config{
+	var role *primary.Role // Started runs inside role.Run, after the assignment
+	role = primary.New(primary.Config{
 		Priority: n.cfg.Priority, GaveUp: gaveUp, SecondPath: n.cfg.HeartbeatBroker != "",
 		Node: n.cfg.Node, Token: token, Advertise: n.advertise,
 		Period: n.cfg.Heartbeat.Period, ReplyPeriod: n.cfg.Heartbeat.ReplyPeriod,
@@ -130,7 +131,7 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 			work.Add(1)
 			go func() {
 				defer work.Done()
-				n.startService(rctx)
+				n.startService(rctx, role, gaveUp)
 			}()
 			if finishing {
 				n.takeoverStep(failoverid.StepPrimaryHeartbeat)

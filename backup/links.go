@@ -39,9 +39,8 @@ type links struct {
 }
 
 type extraLink struct {
-	cancel context.CancelFunc
-	mu     sync.Mutex
-	bus    broker.Bus
+	mu  sync.Mutex
+	bus broker.Bus
 }
 
 func newLinks(ctx context.Context, dial func(context.Context, string) (broker.Bus, error), dest protocol.Destinations) *links {
@@ -60,8 +59,8 @@ func (l *links) add(addr string, heartbeats, replies bool) {
 	if _, ok := l.m[addr]; ok || len(l.m) >= maxPeers {
 		return
 	}
-	ctx, cancel := context.WithCancel(l.ctx)
-	el := &extraLink{cancel: cancel}
+	ctx := l.ctx // every link ends with the set (close)
+	el := &extraLink{}
 	l.m[addr] = el
 	l.wg.Add(1)
 	go func() {
@@ -141,16 +140,6 @@ func (l *links) publish(dest string, h map[string]string, body []byte, timeout t
 			_ = b.Publish(ctx, dest, h, body)
 		}(b)
 	}
-}
-
-// count is how many extra links exist.
-func (l *links) count() int {
-	if l == nil {
-		return 0
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return len(l.m)
 }
 
 // close ends every link and waits for their goroutines (not for the

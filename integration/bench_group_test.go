@@ -108,18 +108,8 @@ func groupTakeoverRun(b *testing.B, servers int) (done, firstHB float64) {
 		}
 		return false
 	})
-	var lastHB, takingOver, takeover *eventlog.Event
-	for i := range evs {
-		e := &evs[i]
-		switch {
-		case e.Node == a.name && e.Kind == eventlog.KindHeartbeat:
-			lastHB = e
-		case e.Node == bk.name && e.Kind == eventlog.KindRole && e.Role == "taking-over" && takingOver == nil:
-			takingOver = e
-		case e.Node == bk.name && e.Kind == eventlog.KindTakeover && takeover == nil:
-			takeover = e
-		}
-	}
+	tk := findTakeover(evs, a.name, bk.name)
+	lastHB, takingOver, takeover := tk.lastHB, tk.takingOver, tk.takeover
 	if lastHB == nil || takingOver == nil || takeover == nil {
 		b.Fatalf("event log %s lacks a's last heartbeat, b's taking-over or takeover event", c.serverEvents())
 	}

@@ -130,20 +130,8 @@ func takeoverRun(b *testing.B, n int) takeoverResult {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var lastHB, takingOver, primary, takeover *eventlog.Event
-	for i := range evs {
-		e := &evs[i]
-		switch {
-		case e.Node == a.name && e.Kind == eventlog.KindHeartbeat:
-			lastHB = e
-		case e.Node == bk.name && e.Kind == eventlog.KindRole && e.Role == "taking-over" && takingOver == nil:
-			takingOver = e
-		case e.Node == bk.name && e.Kind == eventlog.KindRole && e.Role == "primary" && primary == nil:
-			primary = e
-		case e.Node == bk.name && e.Kind == eventlog.KindTakeover && takeover == nil:
-			takeover = e
-		}
-	}
+	tk := findTakeover(evs, a.name, bk.name)
+	lastHB, takingOver, primary, takeover := tk.lastHB, tk.takingOver, tk.primary, tk.takeover
 	if lastHB == nil || takingOver == nil || primary == nil || takeover == nil {
 		b.Fatalf("server event log %s lacks a's last heartbeat (%v), b's taking-over (%v), primary (%v) or takeover (%v) event",
 			c.serverEvents(), lastHB != nil, takingOver != nil, primary != nil, takeover != nil)
@@ -180,6 +168,32 @@ func takeoverRun(b *testing.B, n int) takeoverResult {
 	r.firstBound = rel(firstBound)
 	r.skew = float64(windowEnd - killed.Add(window).Add(-time.Duration(age)*time.Millisecond).UnixMilli())
 	return r
+}
+
+// takeoverEvents are the event-log records a takeover benchmark times:
+// the old primary's last heartbeat, and the new one's first taking-over
+// and primary role events and its takeover record (nil: not logged).
+type takeoverEvents struct {
+	lastHB, takingOver, primary, takeover *eventlog.Event
+}
+
+// findTakeover finds them in evs, for old's replacement by next.
+func findTakeover(evs []eventlog.Event, old, next string) takeoverEvents {
+	var tk takeoverEvents
+	for i := range evs {
+		e := &evs[i]
+		switch {
+		case e.Node == old && e.Kind == eventlog.KindHeartbeat:
+			tk.lastHB = e
+		case e.Node == next && e.Kind == eventlog.KindRole && e.Role == "taking-over" && tk.takingOver == nil:
+			tk.takingOver = e
+		case e.Node == next && e.Kind == eventlog.KindRole && e.Role == "primary" && tk.primary == nil:
+			tk.primary = e
+		case e.Node == next && e.Kind == eventlog.KindTakeover && tk.takeover == nil:
+			tk.takeover = e
+		}
+	}
+	return tk
 }
 
 // median of xs (0 for none).

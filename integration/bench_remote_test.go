@@ -177,18 +177,12 @@ func remoteFollowRun(b *testing.B, n int) remoteFollowResult {
 	if err != nil {
 		b.Fatal(err)
 	}
-	var lastHB, takingOver, primary, rebind *eventlog.Event
+	tk := findTakeover(evs, a.name, bk.name)
+	lastHB, takingOver, primary := tk.lastHB, tk.takingOver, tk.primary
+	var rebind *eventlog.Event
 	rebinds := 0
 	for i := range evs {
-		e := &evs[i]
-		switch {
-		case e.Node == a.name && e.Kind == eventlog.KindHeartbeat:
-			lastHB = e
-		case e.Node == bk.name && e.Kind == eventlog.KindRole && e.Role == "taking-over" && takingOver == nil:
-			takingOver = e
-		case e.Node == bk.name && e.Kind == eventlog.KindRole && e.Role == "primary" && primary == nil:
-			primary = e
-		case e.Node == bk.name && e.Kind == "rebind" && e.Epoch == sb.Epoch:
+		if e := &evs[i]; e.Node == bk.name && e.Kind == "rebind" && e.Epoch == sb.Epoch {
 			if rebind == nil {
 				rebind = e
 			}

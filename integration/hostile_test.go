@@ -86,7 +86,7 @@ func hostileAdd(r *rig, name string, primaryOf *server) *server {
 	return s
 }
 
-// hostilePair is r.pairUp with hostileAdd.
+// hostilePair is r.pairUp with hostileAdd, then the agents started and settled on a at epoch 1.
 func hostilePair(r *rig) {
 	r.t.Helper()
 	r.a = hostileAdd(r, "a", nil)
@@ -98,6 +98,8 @@ func hostilePair(r *rig) {
 	r.c.start(r.b)
 	r.c.waitRole(r.b, "backup", 20*time.Second)
 	r.waitPaired(r.a, r.b, 20*time.Second)
+	r.startAgents()
+	r.settled(r.a, 1, 20*time.Second)
 }
 
 // hostileSingle starts a alone (no backup) with the rig's agent files.
@@ -457,8 +459,6 @@ func TestHostileForgedAgentStatus(t *testing.T) {
 func TestHostileHandoverForged(t *testing.T) {
 	r := hostileRig(t, "embedded", nil, rigOpts{agents: 1, hooks: "{timeout: 1s}"})
 	hostilePair(r)
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
 	a, b := r.a, r.b
 	dest := protocol.NewDestinations("")
 	wrong := wrongSigner(t, dest)
@@ -498,8 +498,6 @@ func TestHostileHandoverForged(t *testing.T) {
 func TestHostileHandoverReplay(t *testing.T) {
 	r := hostileRig(t, "embedded", nil, rigOpts{agents: 1, hooks: "{timeout: 1s}"})
 	hostilePair(r)
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
 	a, b := r.a, r.b
 	dest := protocol.NewDestinations("")
 	ida, idb := mustStatus(t, a).FailoverID, mustStatus(t, b).FailoverID
@@ -571,8 +569,6 @@ func TestHostileHandoverReplay(t *testing.T) {
 func TestHostileHugeSeqMaintenance(t *testing.T) {
 	r := hostileRig(t, "embedded", nil, rigOpts{agents: 1})
 	hostilePair(r)
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
 	a, b := r.a, r.b
 	dest := protocol.NewDestinations("")
 	wrong := wrongSigner(t, dest)
@@ -636,8 +632,6 @@ func setEpoch(t testing.TB, path string, epoch uint64, dropSig bool) {
 func TestHostileTamperedAgentFile(t *testing.T) {
 	r := hostileRig(t, "embedded", nil, rigOpts{agents: 3})
 	hostilePair(r)
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
 	a, b := r.a, r.b
 	r.samp.halt() // this test lowers nothing, but the owner's edits are not the server's
 
@@ -703,8 +697,6 @@ func TestHostileReplayAfterBackupRestart(t *testing.T) {
 	eventually(t, 10*time.Second, "standalone broker up", func() bool { return stompPing(hbAddr) == nil })
 	r := hostileRig(t, "tandem-broker", &extBroker{kind: "tandem-broker", addr: hbAddr}, rigOpts{agents: 1, timing: fastTiming})
 	hostilePair(r)
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
 	a, b := r.a, r.b
 	dest := protocol.NewDestinations("")
 	ida := mustStatus(t, a).FailoverID
@@ -1067,8 +1059,6 @@ func (h *hostile) count() int {
 func TestHostileReplayedReplies(t *testing.T) {
 	r := hostileRig(t, "embedded", nil, rigOpts{agents: 1})
 	hostilePair(r)
-	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
 	a, b := r.a, r.b
 	dest := protocol.NewDestinations("")
 	idb := mustStatus(t, b).FailoverID

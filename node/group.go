@@ -214,7 +214,7 @@ func (n *Node) hookEnv() []string {
 }
 
 // backupGroupConfig fills the group part of a backup role's config.
-func (n *Node) backupGroupConfig(ctx context.Context, rc *backup.RoleConfig, loc string) {
+func (n *Node) backupGroupConfig(rc *backup.RoleConfig, loc string) {
 	rc.Priority, rc.Manual, rc.Location = n.cfg.Priority, n.cfg.Priority == 0, loc
 	rc.ReplySeq = &n.replySeq
 	n.mu.Lock()

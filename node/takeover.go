@@ -50,7 +50,7 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 			}
 		},
 	}
-	n.backupGroupConfig(ctx, &rc, loc)
+	n.backupGroupConfig(&rc, loc)
 	role := backup.NewRole(rc, link)
 	n.mu.Lock()
 	n.back = role

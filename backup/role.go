@@ -276,8 +276,13 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	extra := newLinks(ctx, r.cfg.DialPeer, r.cfg.Dest)
 	defer extra.close()
 	extra.add(r.cfg.SecondPath, true, false)
+	// A peer's link never goes to the watched primary (by its advertise
+	// address too): the heartbeat channel is the one path to it.
 	addPeerLink := func(addr string) {
-		if r.cfg.SecondPath == "" && addr != "" && addr != r.cfg.Location && addr != r.cfg.Advertise {
+		r.mu.Lock()
+		primaryAddr := det.Primary().Advertise
+		r.mu.Unlock()
+		if r.cfg.SecondPath == "" && addr != "" && addr != r.cfg.Location && addr != r.cfg.Advertise && addr != primaryAddr {
 			extra.add(addr, true, true)
 		}
 	}
@@ -432,7 +437,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		return End{}, false
 	}
 
-	onHeartbeat := func(m broker.Message) (End, bool) {
+	// onHeartbeat is a heartbeat from the heartbeat channel (main) or an
+	// extra link.
+	onHeartbeat := func(m broker.Message, main bool) (End, bool) {
 		if err := r.cfg.Signer.Verify(r.cfg.Dest.Heartbeat, m.Headers, m.Body); err != nil {
 			r.mu.Lock()
 			r.st.SignatureFails++
@@ -500,7 +507,12 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		changed := p.FailoverID != lastPrimary && p.FailoverID != ""
 		switch {
 		case changed, counted && !heardSaved:
-			follow := changed && lastPrimary != "" && p.Advertise != "" && p.Advertise != r.cfg.Location
+			// Follow a new primary heard on a peer's link. With embedded
+			// brokers one heard on the heartbeat channel is reachable where
+			// primary_location says (which may be a path of the operator's
+			// own choosing); an external heartbeat broker carries every
+			// server, so there the new primary is followed wherever heard.
+			follow := changed && (!main || r.cfg.SecondPath != "") && lastPrimary != "" && p.Advertise != "" && p.Advertise != r.cfg.Location
 			lastPrimary, lastInstance, heardSaved = p.FailoverID, env.Instance, true
 			log.WithFields(logrus.Fields{"primary": p.Node, "primary_failover_id": p.FailoverID, "primary_epoch": p.Epoch}).Info("watching primary")
 			if r.cfg.OnPrimary != nil {
@@ -509,6 +521,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			if follow && !done {
 				log.WithFields(logrus.Fields{"primary": p.Node, "address": p.Advertise}).Warn("a new primary of the group: following it")
 				return End{Follow: true, Reason: fmt.Sprintf("%s is the primary at epoch %d", p.Node, p.Epoch), SeenEpoch: det.SeenEpoch(), Primary: p}, true
+			}
+			if main && r.cfg.SecondPath == "" {
+				extra.remove(p.Advertise) // a peer that became the primary we watch
 			}
 			reply()
 		case counted && env.Instance != lastInstance:
@@ -578,18 +593,21 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				return end, nil
 			}
 		case in := <-extra.in:
-			f := onHeartbeat
+			var end End
+			var stop bool
 			if in.reply {
-				f = onReply
+				end, stop = onReply(in.m)
+			} else {
+				end, stop = onHeartbeat(in.m, false)
 			}
-			if end, stop := f(in.m); stop {
+			if stop {
 				return end, nil
 			}
 		case m, ok := <-sub.C():
 			if !ok {
 				return End{}, broker.ErrClosed
 			}
-			if end, stop := onHeartbeat(m); stop {
+			if end, stop := onHeartbeat(m, true); stop {
 				return end, nil
 			}
 		}

@@ -39,9 +39,8 @@ type links struct {
 }
 
 type extraLink struct {
-	cancel context.CancelFunc
-	mu     sync.Mutex
-	bus    broker.Bus
+	mu  sync.Mutex
+	bus broker.Bus
 }
 
 func newLinks(ctx context.Context, dial func(context.Context, string) (broker.Bus, error), dest protocol.Destinations) *links {
@@ -60,8 +59,8 @@ func (l *links) add(addr string, heartbeats, replies bool) {
 	if _, ok := l.m[addr]; ok || len(l.m) >= maxPeers {
 		return
 	}
-	ctx, cancel := context.WithCancel(l.ctx)
-	el := &extraLink{cancel: cancel}
+	ctx := l.ctx // every link ends with the set (close)
+	el := &extraLink{}
 	l.m[addr] = el
 	l.wg.Add(1)
 	go func() {
@@ -114,21 +113,6 @@ func (l *links) add(addr string, heartbeats, replies bool) {
 			s.Close()
 		}
 	}()
-}
-
-// remove ends the link to addr, if any (it is the watched primary's own
-// address: the heartbeat channel is the one path to it, so that cutting
-// that path is a partition, not a detour).
-func (l *links) remove(addr string) {
-	if l == nil {
-		return
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if el, ok := l.m[addr]; ok {
-		el.cancel()
-		delete(l.m, addr)
-	}
 }
 
 // publish sends a message on every connected extra link, without waiting

@@ -276,13 +276,8 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	extra := newLinks(ctx, r.cfg.DialPeer, r.cfg.Dest)
 	defer extra.close()
 	extra.add(r.cfg.SecondPath, true, false)
-	// A peer's link never goes to the watched primary (by its advertise
-	// address too): the heartbeat channel is the one path to it.
 	addPeerLink := func(addr string) {
-		r.mu.Lock()
-		primaryAddr := det.Primary().Advertise
-		r.mu.Unlock()
-		if r.cfg.SecondPath == "" && addr != "" && addr != r.cfg.Location && addr != r.cfg.Advertise && addr != primaryAddr {
+		if r.cfg.SecondPath == "" && addr != "" && addr != r.cfg.Location && addr != r.cfg.Advertise {
 			extra.add(addr, true, true)
 		}
 	}
@@ -437,9 +432,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		return End{}, false
 	}
 
-	// onHeartbeat is a heartbeat from the heartbeat channel (main) or an
-	// extra link.
-	onHeartbeat := func(m broker.Message, main bool) (End, bool) {
+	onHeartbeat := func(m broker.Message) (End, bool) {
 		if err := r.cfg.Signer.Verify(r.cfg.Dest.Heartbeat, m.Headers, m.Body); err != nil {
 			r.mu.Lock()
 			r.st.SignatureFails++
@@ -507,12 +500,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		changed := p.FailoverID != lastPrimary && p.FailoverID != ""
 		switch {
 		case changed, counted && !heardSaved:
-			// Follow a new primary heard on a peer's link. With embedded
-			// brokers one heard on the heartbeat channel is reachable where
-			// primary_location says (which may be a path of the operator's
-			// own choosing); an external heartbeat broker carries every
-			// server, so there the new primary is followed wherever heard.
-			follow := changed && (!main || r.cfg.SecondPath != "") && lastPrimary != "" && p.Advertise != "" && p.Advertise != r.cfg.Location
+			follow := changed && lastPrimary != "" && p.Advertise != "" && p.Advertise != r.cfg.Location
 			lastPrimary, lastInstance, heardSaved = p.FailoverID, env.Instance, true
 			log.WithFields(logrus.Fields{"primary": p.Node, "primary_failover_id": p.FailoverID, "primary_epoch": p.Epoch}).Info("watching primary")
 			if r.cfg.OnPrimary != nil {
@@ -521,9 +509,6 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			if follow && !done {
 				log.WithFields(logrus.Fields{"primary": p.Node, "address": p.Advertise}).Warn("a new primary of the group: following it")
 				return End{Follow: true, Reason: fmt.Sprintf("%s is the primary at epoch %d", p.Node, p.Epoch), SeenEpoch: det.SeenEpoch(), Primary: p}, true
-			}
-			if main && r.cfg.SecondPath == "" {
-				extra.remove(p.Advertise) // a peer that became the primary we watch
 			}
 			reply()
 		case counted && env.Instance != lastInstance:
@@ -593,21 +578,18 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 				return end, nil
 			}
 		case in := <-extra.in:
-			var end End
-			var stop bool
+			f := onHeartbeat
 			if in.reply {
-				end, stop = onReply(in.m)
-			} else {
-				end, stop = onHeartbeat(in.m, false)
+				f = onReply
 			}
-			if stop {
+			if end, stop := f(in.m); stop {
 				return end, nil
 			}
 		case m, ok := <-sub.C():
 			if !ok {
 				return End{}, broker.ErrClosed
 			}
-			if end, stop := onHeartbeat(m, true); stop {
+			if end, stop := onHeartbeat(m); stop {
 				return end, nil
 			}
 		}

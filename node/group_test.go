@@ -23,8 +23,6 @@ func groupOf3(t *testing.T, o clusterOptions) *cluster {
 	conf := o.configure
 	o.configure = func(i int, c *config.Config) {
 		c.Priority = []int{100, 150, 100}[i]
-		// The hub is one bus for every node: an external heartbeat broker.
-		c.HeartbeatBroker = "stomp://hub.invalid:61613"
 		if conf != nil {
 			conf(i, c)
 		}

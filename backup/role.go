@@ -323,6 +323,11 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	lastInstance := ""
 	heardSaved := r.cfg.Heard // OnPrimary has recorded a counted heartbeat
 	holding := false          // the heartbeat channel is down: the silence does not count
+	// countedHere: this role counted a heartbeat. Only a primary change
+	// seen in this role is followed: the primary remembered from an earlier
+	// run (the seed, stale after a rejoin) is no evidence that
+	// primary_location names the wrong server.
+	countedHere := false
 
 	// The window's end is armed as a timer at its exact deadline (the
 	// periodic tick still runs for the stall guard and the watchdog).
@@ -500,7 +505,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		changed := p.FailoverID != lastPrimary && p.FailoverID != ""
 		switch {
 		case changed, counted && !heardSaved:
-			follow := changed && lastPrimary != "" && p.Advertise != "" && p.Advertise != r.cfg.Location
+			follow := changed && countedHere && lastPrimary != "" && p.Advertise != "" && p.Advertise != r.cfg.Location
 			lastPrimary, lastInstance, heardSaved = p.FailoverID, env.Instance, true
 			log.WithFields(logrus.Fields{"primary": p.Node, "primary_failover_id": p.FailoverID, "primary_epoch": p.Epoch}).Info("watching primary")
 			if r.cfg.OnPrimary != nil {
@@ -523,6 +528,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			log.WithFields(logrus.Fields{"primary": p.Node, "primary_effective": p.Effective, "effective": det.Effective()}).
 				Info("preempt: asking the primary to hand over to this healthier, higher-priority backup")
 			send(true)
+		}
+		if counted {
+			countedHere = true
 		}
 		if done {
 			return end, true

@@ -328,54 +328,51 @@ func TestLinkPublishAndCloseBoundedWhenTheBrokerDiesJammed(t *testing.T) {
 // TestLinkOutboxDropsOldest: with the sender stuck on a broker that does
 // not read, a full outbox drops its oldest message (that Publish fails
 // with ErrOutboxFull at once, counted) and the newest waits its turn.
+// heldLink is a connected Link whose sender is held: nothing takes its
+// outbox, so what Publish queues stays there until the test takes it. The
+// outbox's bookkeeping is tested without racing a sender goroutine.
+func heldLink(t *testing.T, outbox int) *Link {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	return &Link{ep: endpoint{addr: "held:61613"}, ctx: ctx, cancel: cancel, out: make(chan *pubReq, outbox)}
+}
+
 func TestLinkOutboxDropsOldest(t *testing.T) {
-	_, l, stop := jammedLink(t, LinkConfig{Log: testLog(t), OutboxSize: 1, WriteTimeout: time.Minute})
-	stop() // only the backed-up connection, no background publishers
-	// The sender takes a message every send timeout at most; if it takes
-	// the first one before the second arrives, try again.
-	// Under a loaded CI machine the sender may win the race several times.
-	for round := 0; ; round++ {
-		if round == 12 {
-			t.Fatal("the oldest publish was never dropped")
-		}
-		first := make(chan error, 1)
-		go func() { first <- l.Publish(context.Background(), "/topic/a", nil, []byte("old")) }()
-		// Wait until the first message sits in the outbox (it is full),
-		// then push a newer one: the older one is dropped.
-		var early error
-		taken := false
-		waitFor(t, 10*time.Second, "the first message queued (or taken by the sender)", func() bool {
-			select {
-			case early = <-first:
-				taken = true
-				return true
-			default:
-			}
-			l.mu.Lock()
-			defer l.mu.Unlock()
-			return l.out != nil && len(l.out) == 1
-		})
-		if taken {
-			t.Logf("round %d: the sender took the first message before it queued (%v)", round, early)
-			continue
-		}
-		pctx, pcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
-		second := make(chan error, 1)
-		go func() { second <- l.Publish(pctx, "/topic/a", nil, []byte("new")) }()
-		err1 := <-first
-		err2 := <-second
-		pcancel()
-		if !errors.Is(err1, ErrOutboxFull) {
-			t.Logf("round %d: the sender took the first message (%v)", round, err1)
-			continue
-		}
-		if !errors.Is(err2, context.DeadlineExceeded) {
-			t.Fatalf("newest publish: %v, want its deadline", err2)
-		}
-		break
+	l := heldLink(t, 1)
+	first := make(chan error, 1)
+	go func() { first <- l.Publish(context.Background(), "/topic/a", nil, []byte("old")) }()
+	waitFor(t, 10*time.Second, "the first message queued", func() bool {
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		return len(l.out) == 1
+	})
+	select {
+	case err := <-first:
+		t.Fatalf("first publish returned %v while its message waits in the outbox", err)
+	default:
 	}
-	if st := l.Stats(); st.OutboxFull < 1 {
-		t.Fatalf("stats %+v, want OutboxFull counted", st)
+	pctx, pcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer pcancel()
+	second := make(chan error, 1)
+	go func() { second <- l.Publish(pctx, "/topic/a", nil, []byte("new")) }()
+	if err := <-first; !errors.Is(err, ErrOutboxFull) {
+		t.Fatalf("oldest publish: %v, want ErrOutboxFull", err)
+	}
+	if err := <-second; !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("newest publish: %v, want its deadline (nobody sends it)", err)
+	}
+	// The newest message is the one left in the outbox, and the drop is counted.
+	select {
+	case r := <-l.out:
+		if string(r.body) != "new" {
+			t.Fatalf("outbox holds %q, want the newest message", r.body)
+		}
+	default:
+		t.Fatal("outbox empty, want the newest message in it")
+	}
+	if st := l.Stats(); st.OutboxFull != 1 {
+		t.Fatalf("stats %+v, want one OutboxFull", st)
 	}
 }
 

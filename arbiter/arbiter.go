@@ -118,6 +118,18 @@ type Term struct {
 // ends), then raises the group's epoch above max(the stored one, seen) and
 // returns the term. node is the value the election shows as its holder.
 func (a *Arbiter) Campaign(ctx context.Context, node string, seen uint64) (*Term, error) {
+	return a.campaign(ctx, node, seen, false)
+}
+
+// Reclaim is Campaign for a primary that wins the election back (after its
+// term ended, or after a restart): when the group's epoch is still its own
+// (nobody held a term since) the term keeps it, so the agents bound to it
+// stay bound; otherwise it raises the epoch as Campaign does.
+func (a *Arbiter) Reclaim(ctx context.Context, node string, own uint64) (*Term, error) {
+	return a.campaign(ctx, node, own, true)
+}
+
+func (a *Arbiter) campaign(ctx context.Context, node string, seen uint64, keep bool) (*Term, error) {
 	ttl := int64(a.cfg.TTL / time.Second)
 	if ttl < 2 {
 		ttl = 2
@@ -137,13 +149,22 @@ func (a *Arbiter) Campaign(ctx context.Context, node string, seen uint64) (*Term
 	}
 	t := &Term{a: a, sess: sess, el: concurrency.NewElection(sess, a.electionPrefix()), lastRenew: sent,
 		lost: make(chan struct{}), stop: stop, done: make(chan struct{})}
+	// A campaign that did not win gives its lease back at once (bounded):
+	// a waiting candidate's key would otherwise queue it for a TTL.
+	abandon := func(why string) {
+		t.end(why)
+		stop()
+		rctx, cancel := context.WithTimeout(context.Background(), a.cfg.DialTimeout)
+		defer cancel()
+		_, _ = a.cli.Revoke(rctx, lease.ID)
+	}
 	if err := t.el.Campaign(ctx, node); err != nil {
-		t.end("campaign: " + err.Error())
+		abandon("campaign: " + err.Error())
 		return nil, fmt.Errorf("arbiter: campaign: %w", err)
 	}
-	epoch, err := t.raiseEpoch(ctx, seen)
+	epoch, err := t.raiseEpoch(ctx, seen, keep)
 	if err != nil {
-		t.end("epoch: " + err.Error())
+		abandon("epoch: " + err.Error())
 		return nil, err
 	}
 	t.Epoch = epoch
@@ -156,8 +177,8 @@ func (a *Arbiter) Campaign(ctx context.Context, node string, seen uint64) (*Term
 }
 
 // raiseEpoch writes max(stored, seen)+1 as the group's epoch, while this
-// term's leader key exists.
-func (t *Term) raiseEpoch(ctx context.Context, seen uint64) (uint64, error) {
+// term's leader key exists; with keep, a stored epoch equal to seen stays.
+func (t *Term) raiseEpoch(ctx context.Context, seen uint64, keep bool) (uint64, error) {
 	key := t.a.epochKey()
 	for {
 		get, err := t.a.cli.Get(ctx, key)
@@ -173,6 +194,9 @@ func (t *Term) raiseEpoch(ctx context.Context, seen uint64) (uint64, error) {
 			}
 		}
 		next := max(stored, seen)
+		if keep && stored == seen && seen > 0 {
+			next-- // written back unchanged, still guarded by the leader key
+		}
 		if next == ^uint64(0) {
 			return 0, fmt.Errorf("arbiter: the epoch is at its maximum")
 		}

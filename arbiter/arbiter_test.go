@@ -286,3 +286,68 @@ func (p *cutProxy) cut() {
 	}
 	p.conns = nil
 }
+
+func TestReclaimKeepsAnUntouchedEpochAndRaisesAMovedOne(t *testing.T) {
+	c := testetcd.Start(t, 3)
+	a, b := newArbiter(t, c.Endpoints()), newArbiter(t, c.Endpoints())
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	ta := campaign(t, a, "a", 6)
+	if ta.Epoch != 7 {
+		t.Fatalf("first term epoch %d, want 7", ta.Epoch)
+	}
+	if err := ta.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Nobody held a term since: a's epoch stays.
+	ta2, err := a.Reclaim(ctx, "a", 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ta2.Epoch != 7 {
+		t.Fatalf("reclaimed epoch %d, want 7 kept", ta2.Epoch)
+	}
+	if err := ta2.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tb := campaign(t, b, "b", 0)
+	if tb.Epoch != 8 {
+		t.Fatalf("b's epoch %d, want 8", tb.Epoch)
+	}
+	if err := tb.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// b held a term: a reclaiming its old epoch gets a higher one.
+	ta3, err := a.Reclaim(ctx, "a", 7)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ta3.Close()
+	if ta3.Epoch != 9 {
+		t.Fatalf("reclaim after another term: epoch %d, want 9", ta3.Epoch)
+	}
+}
+
+func TestALostCampaignGivesItsLeaseBack(t *testing.T) {
+	c := testetcd.Start(t, 3)
+	a, b := newArbiter(t, c.Endpoints()), newArbiter(t, c.Endpoints())
+	campaign(t, a, "a", 0)
+	leases := func() int {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		r, err := b.cli.Leases(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(r.Leases)
+	}
+	before := leases()
+	ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+	defer cancel()
+	if _, err := b.Campaign(ctx, "b", 0); err == nil {
+		t.Fatal("b won while a holds the election")
+	}
+	if after := leases(); after != before {
+		t.Fatalf("%d leases after a lost campaign, %d before: the campaign's lease is left to expire", after, before)
+	}
+}

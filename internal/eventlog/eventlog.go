@@ -10,6 +10,8 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Event kinds.
@@ -21,6 +23,8 @@ const (
 	KindRefused     = "refused"     // a start refused (Detail: why)
 	KindHeartbeat   = "heartbeat"   // a heartbeat sent (event_log_messages)
 	KindCommand     = "command"     // an agent command sent (event_log_messages)
+	KindRebind      = "rebind"      // a rebind sent (event_log_messages)
+	KindDeposed     = "deposed"     // the primary stopped acting: its arbiter term is over
 )
 
 // Event is one line.
@@ -28,7 +32,11 @@ type Event struct {
 	TMS int64 `json:"t_ms"`
 	// MonoMS is the writer's monotonic clock (ms since its start): lines of
 	// one process order by it even if the wall clock jumps.
-	MonoMS     int64  `json:"mono_ms,omitempty"`
+	MonoMS int64 `json:"mono_ms,omitempty"`
+	// HostMonoNS is the host's monotonic clock (CLOCK_MONOTONIC, ns since
+	// boot), the same for every process of the host: the I8 checker
+	// orders two servers' records on one host by it.
+	HostMonoNS int64  `json:"host_mono_ns,omitempty"`
 	Node       string `json:"node"`
 	Kind       string `json:"kind"` // see the Kind constants
 	FailoverID string `json:"failover_id,omitempty"`
@@ -106,6 +114,7 @@ func (l *Log) Add(e Event) {
 	now := time.Now()
 	e.TMS = now.UnixMilli()
 	e.MonoMS = now.Sub(processStart).Milliseconds()
+	e.HostMonoNS = HostMono()
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	_ = l.enc.Encode(e)
@@ -117,4 +126,13 @@ func (l *Log) Close() error {
 		return nil
 	}
 	return l.f.Close()
+}
+
+// HostMono reads the host's monotonic clock in ns (0 if it cannot).
+func HostMono() int64 {
+	var ts unix.Timespec
+	if unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts) != nil {
+		return 0
+	}
+	return ts.Nano()
 }

@@ -204,6 +204,47 @@ type Service struct {
 	Stop  string `yaml:"stop"`
 }
 
+// Arbiter defaults.
+const (
+	DefaultArbiterTTL    = 30 * time.Second
+	DefaultArbiterPrefix = "/tandem"
+)
+
+// Arbiter (key "arbiter") makes the group's primary role a lease in etcd:
+// a server acts as primary only while it holds the group's election.
+type Arbiter struct {
+	Etcd Etcd `yaml:"etcd"`
+	// Failsafe (key "arbiter.failsafe", default false): a primary that
+	// cannot renew its lease keeps acting while every backup it knew when
+	// the lease was lost still answers its heartbeats (Patroni's
+	// failsafe_mode); off, it stops acting at renew_deadline.
+	Failsafe bool `yaml:"failsafe"`
+}
+
+// Enabled reports whether an arbiter is configured.
+func (a Arbiter) Enabled() bool { return len(a.Etcd.Endpoints) > 0 }
+
+// Etcd is the arbiter's etcd cluster (key "arbiter.etcd"). The TLS and
+// auth keys are etcdctl's: cacert, cert, key, user, password.
+type Etcd struct {
+	Endpoints []string `yaml:"endpoints"`
+	// Prefix is the group's key prefix (default DefaultArbiterPrefix).
+	Prefix string `yaml:"prefix"`
+	// TTL is the lease's time to live, whole seconds (default
+	// DefaultArbiterTTL); RenewDeadline (default TTL/3) how long a primary
+	// acts after its last successful renewal was sent:
+	// renew_deadline + 2 × heartbeat.period must not exceed ttl.
+	TTL           time.Duration `yaml:"ttl"`
+	RenewDeadline time.Duration `yaml:"renew_deadline"`
+	CACert        string        `yaml:"cacert"`
+	Cert          string        `yaml:"cert"`
+	Key           string        `yaml:"key"`
+	User          string        `yaml:"user"`
+	Password      string        `yaml:"password"`
+	// PasswordFile holds the password (one line), instead of password.
+	PasswordFile string `yaml:"password_file"`
+}
+
 // Config is a server's tandem.yaml.
 type Config struct {
 	// Node names this server in messages and logs (default: the host name).
@@ -282,6 +323,9 @@ type Config struct {
 	Preempt bool
 	// PreemptDelay (key "preempt_delay", default DefaultPreemptDelay, >= 0).
 	PreemptDelay time.Duration
+
+	// Arbiter (key "arbiter"): the group's election in etcd.
+	Arbiter Arbiter
 
 	// Path is the file this Config was loaded from ("" if built in code).
 	Path string
@@ -428,6 +472,9 @@ func (c *Config) Validate() error {
 	}
 	if c.PreemptDelay < 0 {
 		return fail("preempt_delay", "preempt_delay (%s) must not be negative", c.PreemptDelay)
+	}
+	if err := c.validateArbiter(fail); err != nil {
+		return err
 	}
 	seen := map[string]int{}
 	for i, k := range c.Checks {
@@ -701,4 +748,48 @@ func oneLine(s string) string {
 		f[i] = strings.TrimSpace(f[i])
 	}
 	return strings.Join(f, "; ")
+}
+
+// validateArbiter checks arbiter.etcd: endpoints are URLs, the TTL whole
+// seconds, and the renew deadline leaves a primary time to stop acting
+// before its lease can expire (renew_deadline + 2 × heartbeat.period <= ttl).
+func (c *Config) validateArbiter(fail func(key, format string, args ...interface{}) error) error {
+	a := c.Arbiter
+	e := a.Etcd
+	if !a.Enabled() {
+		if e.Prefix != "" || e.TTL != 0 || e.RenewDeadline != 0 || e.CACert != "" || e.Cert != "" || e.User != "" || a.Failsafe {
+			return fail("arbiter.etcd.endpoints", "arbiter.etcd.endpoints is empty but other arbiter keys are set: list the etcd members (http://HOST:2379) or drop the arbiter section")
+		}
+		return nil
+	}
+	for i, ep := range e.Endpoints {
+		key := fmt.Sprintf("arbiter.etcd.endpoints[%d]", i)
+		u, err := url.Parse(ep)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.User != nil {
+			return fail(key, "%s %q: expected http://HOST:PORT or https://HOST:PORT (credentials go in arbiter.etcd.user and password)", key, RedactURL(ep))
+		}
+	}
+	if e.Prefix == "" || !strings.HasPrefix(e.Prefix, "/") || strings.IndexFunc(e.Prefix, func(r rune) bool { return r <= ' ' || r == 0x7f }) >= 0 {
+		return fail("arbiter.etcd.prefix", "arbiter.etcd.prefix %q must start with / and contain no spaces (default %s)", e.Prefix, DefaultArbiterPrefix)
+	}
+	if e.TTL < 2*time.Second || e.TTL%time.Second != 0 {
+		return fail("arbiter.etcd.ttl", "arbiter.etcd.ttl (%s) must be a whole number of seconds, at least 2s (etcd leases count seconds; default %s)", e.TTL, DefaultArbiterTTL)
+	}
+	if e.RenewDeadline <= 0 {
+		return fail("arbiter.etcd.renew_deadline", "arbiter.etcd.renew_deadline (%s) must be positive (default ttl/3)", e.RenewDeadline)
+	}
+	if e.RenewDeadline+2*c.Heartbeat.Period > e.TTL {
+		return fail("arbiter.etcd.renew_deadline", "arbiter.etcd.renew_deadline (%s) + 2 × heartbeat.period (%s) must be at most arbiter.etcd.ttl (%s): a primary must stop acting before its lease can expire; lower renew_deadline or heartbeat.period, or raise ttl",
+			e.RenewDeadline, c.Heartbeat.Period, e.TTL)
+	}
+	if (e.Cert == "") != (e.Key == "") {
+		return fail("arbiter.etcd.cert", "arbiter.etcd.cert and arbiter.etcd.key go together (a client certificate and its key)")
+	}
+	if e.Password != "" && e.PasswordFile != "" {
+		return fail("arbiter.etcd.password_file", "arbiter.etcd.password and password_file are both set; use one")
+	}
+	if (e.Password != "" || e.PasswordFile != "") && e.User == "" {
+		return fail("arbiter.etcd.user", "arbiter.etcd.password is set but arbiter.etcd.user is empty")
+	}
+	return nil
 }

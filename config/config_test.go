@@ -440,3 +440,38 @@ func TestTLS(t *testing.T) {
 		}
 	}
 }
+
+func TestArbiterConfig(t *testing.T) {
+	c, err := Load(writeConfig(t, minimal+"heartbeat: {period: 1s, fail_window: 10s}\narbiter:\n  etcd:\n    endpoints: [\"http://10.0.0.5:2379\", \"https://10.0.0.6:2379\"]\n    ttl: 10s\n    cacert: ca.pem\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := c.Arbiter.Etcd
+	if !c.Arbiter.Enabled() || e.Prefix != DefaultArbiterPrefix || e.TTL != 10*time.Second || e.RenewDeadline != 10*time.Second/3 || !filepath.IsAbs(e.CACert) || c.Arbiter.Failsafe {
+		t.Fatalf("arbiter %+v", c.Arbiter)
+	}
+	if c, err := Load(writeConfig(t, minimal)); err != nil || c.Arbiter.Enabled() {
+		t.Fatalf("no arbiter section: %+v %v", c.Arbiter, err)
+	}
+	bad := []struct{ content, want string }{
+		// The contract's example ttl with the default 10 s period: named both ways.
+		{"arbiter: {etcd: {endpoints: [\"http://h:2379\"], ttl: 10s}}\n", "arbiter.etcd.renew_deadline (3.333333333s) + 2 × heartbeat.period (10s) must be at most arbiter.etcd.ttl (10s)"},
+		{"heartbeat: {period: 1s, fail_window: 10s}\narbiter: {etcd: {endpoints: [\"http://h:2379\"], ttl: 10s, renew_deadline: 9s}}\n", "arbiter.etcd.renew_deadline (9s) + 2 × heartbeat.period (1s) must be at most arbiter.etcd.ttl (10s)"},
+		{"arbiter: {etcd: {endpoints: [\"h:2379\"]}}\n", `arbiter.etcd.endpoints[0] "h:2379": expected http://HOST:PORT`},
+		{"arbiter: {etcd: {endpoints: [\"http://u:secret@h:2379\"]}}\n", "credentials go in arbiter.etcd.user"},
+		{"arbiter: {etcd: {endpoints: [\"http://h:2379\"], ttl: 1500ms}}\n", "arbiter.etcd.ttl (1.5s) must be a whole number of seconds"},
+		{"arbiter: {etcd: {endpoints: [\"http://h:2379\"], prefix: tandem}}\n", `arbiter.etcd.prefix "tandem" must start with /`},
+		{"arbiter: {etcd: {ttl: 30s}}\n", "arbiter.etcd.endpoints is empty but other arbiter keys are set"},
+		{"arbiter: {etcd: {endpoints: [\"http://h:2379\"], cert: c.pem}}\n", "arbiter.etcd.cert and arbiter.etcd.key go together"},
+		{"arbiter: {etcd: {endpoints: [\"http://h:2379\"], password: x}}\n", "arbiter.etcd.password is set but arbiter.etcd.user is empty"},
+		{"arbiter: {etcd: {endpoints: [\"http://h:2379\"], ttl_: 3s}}\n", "arbiter.etcd.ttl_: unknown key (did you mean arbiter.etcd.ttl?)"},
+	}
+	for _, b := range bad {
+		path := writeConfig(t, minimal+b.content)
+		_, err := Load(path)
+		checkErr(t, err, path, b.want)
+		if strings.Contains(err.Error(), "secret") {
+			t.Errorf("error shows the endpoint's password: %v", err)
+		}
+	}
+}

@@ -48,6 +48,25 @@ type fileConfig struct {
 	Service      Service     `yaml:"service"`
 	Preempt      bool        `yaml:"preempt"`
 	PreemptDelay Duration    `yaml:"preempt_delay"`
+	Arbiter      fileArbiter `yaml:"arbiter"`
+}
+
+type fileArbiter struct {
+	Etcd     fileEtcd `yaml:"etcd"`
+	Failsafe bool     `yaml:"failsafe"`
+}
+
+type fileEtcd struct {
+	Endpoints     []string `yaml:"endpoints"`
+	Prefix        string   `yaml:"prefix"`
+	TTL           Duration `yaml:"ttl"`
+	RenewDeadline Duration `yaml:"renew_deadline"`
+	CACert        string   `yaml:"cacert"`
+	Cert          string   `yaml:"cert"`
+	Key           string   `yaml:"key"`
+	User          string   `yaml:"user"`
+	Password      string   `yaml:"password"`
+	PasswordFile  string   `yaml:"password_file"`
 }
 
 // fileCheck is one item of checks:. Pointers tell a key left out (its
@@ -92,6 +111,12 @@ func toFile(c *Config) fileConfig {
 		Log:      c.Log,
 		Priority: &prio, Checks: checks, Health: c.Health, Service: c.Service,
 		Preempt: c.Preempt, PreemptDelay: Duration(c.PreemptDelay),
+		Arbiter: fileArbiter{Failsafe: c.Arbiter.Failsafe, Etcd: fileEtcd{
+			Endpoints: append([]string(nil), c.Arbiter.Etcd.Endpoints...), Prefix: c.Arbiter.Etcd.Prefix,
+			TTL: Duration(c.Arbiter.Etcd.TTL), RenewDeadline: Duration(c.Arbiter.Etcd.RenewDeadline),
+			CACert: c.Arbiter.Etcd.CACert, Cert: c.Arbiter.Etcd.Cert, Key: c.Arbiter.Etcd.Key,
+			User: c.Arbiter.Etcd.User, Password: c.Arbiter.Etcd.Password, PasswordFile: c.Arbiter.Etcd.PasswordFile,
+		}},
 	}
 }
 
@@ -128,6 +153,12 @@ func (f fileConfig) config() *Config {
 		Log:      f.Log,
 		Priority: prio, Checks: checks, Health: f.Health, Service: f.Service,
 		Preempt: f.Preempt, PreemptDelay: f.PreemptDelay.Std(),
+		Arbiter: Arbiter{Failsafe: f.Arbiter.Failsafe, Etcd: Etcd{
+			Endpoints: append([]string(nil), f.Arbiter.Etcd.Endpoints...), Prefix: f.Arbiter.Etcd.Prefix,
+			TTL: f.Arbiter.Etcd.TTL.Std(), RenewDeadline: f.Arbiter.Etcd.RenewDeadline.Std(),
+			CACert: f.Arbiter.Etcd.CACert, Cert: f.Arbiter.Etcd.Cert, Key: f.Arbiter.Etcd.Key,
+			User: f.Arbiter.Etcd.User, Password: f.Arbiter.Etcd.Password, PasswordFile: f.Arbiter.Etcd.PasswordFile,
+		}},
 	}
 }
 
@@ -228,6 +259,18 @@ func Parse(path string, data []byte) (*Config, error) {
 	c.SigningKey = resolve(c.SigningKey)
 	c.EventLog = resolve(c.EventLog)
 	c.TLS.Cert, c.TLS.Key, c.TLS.CA = resolve(c.TLS.Cert), resolve(c.TLS.Key), resolve(c.TLS.CA)
+	if e := &c.Arbiter.Etcd; c.Arbiter.Enabled() {
+		if e.Prefix == "" {
+			e.Prefix = DefaultArbiterPrefix
+		}
+		if e.TTL == 0 {
+			e.TTL = DefaultArbiterTTL
+		}
+		if e.RenewDeadline == 0 {
+			e.RenewDeadline = e.TTL / 3
+		}
+		e.CACert, e.Cert, e.Key, e.PasswordFile = resolve(e.CACert), resolve(e.Cert), resolve(e.Key), resolve(e.PasswordFile)
+	}
 	for i := range c.Agents {
 		c.Agents[i] = resolve(c.Agents[i])
 	}

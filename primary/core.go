@@ -52,6 +52,10 @@ type coreConfig struct {
 	// role by a switchover: automatic handovers (health, preemption) never
 	// hand it straight back (pg_auto_failover #772); an operator may.
 	GaveUp string
+	// Failsafe > 0 turns arbiter.failsafe on: a primary whose term is not
+	// valid acts on while its backups confirm heartbeats made less than
+	// Failsafe ago (fail_window less a margin); see failsafe.
+	Failsafe time.Duration
 }
 
 // Output is what the driver does after one input: write Logs, then, if End
@@ -130,6 +134,12 @@ type core struct {
 	scanning, rescan bool
 	gen, holdUntil   int
 	holdSince        time.Time
+
+	// Failsafe: when recent heartbeats were made, and the backups that
+	// vouch for this primary while its term is not valid.
+	beats         []beatMark
+	failsafeSet   map[string]string // failover id → node
+	failsafeSince time.Time
 
 	lastPing time.Time                       // the last command to the agents
 	replies  map[string]map[string]replyMark // backup failover id → instance → newest reply
@@ -813,6 +823,7 @@ func (c *core) clone(env protocol.Envelope, out *Output) bool {
 // beat puts the next heartbeat (and ping) into out.
 func (c *core) beat(now time.Time, out *Output) {
 	c.seq++
+	c.markBeat(c.seq, now)
 	tok := c.cfg.Token
 	out.Beat = &protocol.Envelope{FailoverID: tok.ID, Epoch: tok.Epoch, Node: c.cfg.Node, Seq: c.seq,
 		Advertise: c.cfg.Advertise, PeriodMS: c.cfg.Period.Milliseconds(), Role: "primary",

@@ -46,10 +46,11 @@ const (
 	Fenced                    // a higher epoch exists
 	HandedOver                // a planned switchover completed
 	Duplicate                 // another, earlier process uses our failover id
+	Deposed                   // the arbiter's term is over (and no failsafe holds)
 )
 
 func (k EndKind) String() string {
-	return [...]string{"stopped", "fenced", "handed-over", "duplicate"}[k]
+	return [...]string{"stopped", "fenced", "handed-over", "duplicate", "deposed"}[k]
 }
 
 // End is Run's result.
@@ -125,6 +126,13 @@ type Config struct {
 	// GaveUp the primary that handed this one the role by a switchover.
 	Priority int
 	GaveUp   string
+	// Term, when set, is the arbiter's term: nothing is sent unless it is
+	// valid (or failsafe holds), checked before every send; the role ends
+	// Deposed when neither holds.
+	Term Term
+	// Failsafe > 0: arbiter.failsafe (see the core); the grace is
+	// fail_window less a margin.
+	Failsafe time.Duration
 }
 
 // Status is a snapshot for the admin API.
@@ -141,8 +149,11 @@ type Status struct {
 	Received          uint64 // valid messages from other servers and agents handled (own echoes not counted)
 	Tampered          uint64 // agent reports of a higher token without a valid server signature
 	RebindsSent       uint64 // rebinds published for agents on their own hosts
-	Dropped           uint64 // messages dropped as malformed
-	SignatureFails    uint64 // messages dropped: unsigned or badly signed
+	// Failsafe: the arbiter's term is not valid and the primary acts on
+	// because its backups vouch for it (arbiter.failsafe).
+	Failsafe       bool
+	Dropped        uint64 // messages dropped as malformed
+	SignatureFails uint64 // messages dropped: unsigned or badly signed
 	// AgentSignatureFails counts agents' status reports among them, and
 	// LastBadAgent is the id the last one claimed (an agent whose
 	// --secret-file differs from the servers' secret).
@@ -237,7 +248,7 @@ func New(cfg Config, hb, agents broker.Bus) *Role {
 	c := newCore(coreConfig{Node: cfg.Node, Token: cfg.Token, Advertise: cfg.Advertise, Period: cfg.Period,
 		ReplyPeriod: cfg.ReplyPeriod, HandoverTimeout: cfg.HandoverTimeout, CheckEvery: cfg.CheckEvery, RebindPeriods: max(cfg.RebindPeriods, 0),
 		Files: cfg.CheckFiles != nil, Ping: cfg.Ping, Instance: cfg.Instance, StartedMS: cfg.StartedMS, SeqBase: cfg.SeqBase,
-		Priority: cfg.Priority, GaveUp: cfg.GaveUp})
+		Priority: cfg.Priority, GaveUp: cfg.GaveUp, Failsafe: cfg.Failsafe})
 	return &Role{cfg: cfg, hb: hb, ag: agents, switchReq: make(chan switchReq), health: make(chan int, 1), core: c}
 }
 
@@ -326,6 +337,11 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		if out.End != nil {
 			return *out.End, true
 		}
+		if out.Beat != nil || out.Command != nil || out.Rebind != nil {
+			if end, deposed := r.deposed(); deposed {
+				return end, true
+			}
+		}
 		if out.Peer != nil && r.cfg.OnPeer != nil {
 			r.cfg.OnPeer(*out.Peer)
 		}
@@ -354,11 +370,24 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	if r.cfg.Started != nil {
 		r.cfg.Started()
 	}
+	var lost <-chan struct{}
+	if r.cfg.Term != nil {
+		lost = r.cfg.Term.Lost()
+	}
 	for {
 		var out Output
 		select {
 		case <-ctx.Done():
 			return End{Kind: Stopped}, nil
+		case <-lost:
+			// The term is over: end now, unless failsafe holds (then every
+			// send checks again; a term won back is watched from the next
+			// tick).
+			lost = nil
+			if end, deposed := r.deposed(); deposed {
+				return end, nil
+			}
+			continue
 		case req := <-r.switchReq:
 			var err error
 			do(r.step(func(c *core, now time.Time) (o Output) { o, err = c.switchover(now, req.to); return o }))
@@ -369,6 +398,9 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		case <-ticker.C():
 			if r.cfg.Alive != nil {
 				r.cfg.Alive()
+			}
+			if lost == nil && r.cfg.Term != nil && r.cfg.Term.Valid() {
+				lost = r.cfg.Term.Lost()
 			}
 			out = r.step((*core).tick)
 		case res := <-scans:
@@ -386,6 +418,48 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			return end, nil
 		}
 	}
+}
+
+// deposed checks the arbiter's term before anything is sent: the role may
+// act while the term is valid, or while failsafe holds; otherwise it ends.
+func (r *Role) deposed() (End, bool) {
+	if r.cfg.Term == nil {
+		return End{}, false
+	}
+	if r.cfg.Term.Valid() {
+		r.step(func(c *core, _ time.Time) Output {
+			if c.failsafeSet != nil {
+				r.cfg.Log.Warn("the arbiter's lease is fresh again: failsafe over")
+			}
+			c.termValid()
+			r.st.Failsafe = false
+			return Output{}
+		})
+		return End{}, false
+	}
+	var why string
+	entered := false
+	r.step(func(c *core, now time.Time) Output {
+		entered = c.failsafeSet == nil
+		why = c.failsafe(now)
+		r.st.Failsafe = why == ""
+		return Output{}
+	})
+	if why == "" {
+		if entered {
+			r.cfg.Log.WithField("why", r.cfg.Term.Why()).Warn("FAILSAFE: the arbiter's lease is not fresh; acting on while every backup confirms this primary's heartbeats")
+		}
+		return End{}, false
+	}
+	reason := nonEmpty(r.cfg.Term.Why(), "the lease was not renewed in time")
+	return End{Kind: Deposed, Reason: fmt.Sprintf("the arbiter's term is over (%s); %s", reason, why)}, true
+}
+
+func nonEmpty(s, def string) string {
+	if s == "" {
+		return def
+	}
+	return s
 }
 
 // step runs one input through the core, under the lock that Status reads by.

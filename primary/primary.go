@@ -133,6 +133,12 @@ type Config struct {
 	// Failsafe > 0: arbiter.failsafe (see the core); the grace is
 	// fail_window less a margin.
 	Failsafe time.Duration
+	// OnHandover, when set, is called (on the Run goroutine) once the first
+	// heartbeat of a planned handover to a backup is out: with an arbiter
+	// the node resigns the election there, so the backup can win it. The
+	// role then sends nothing more while the handover runs, and ends
+	// Deposed if it times out (no failsafe after a resignation).
+	OnHandover func(to string)
 }
 
 // Status is a snapshot for the admin API.
@@ -183,9 +189,10 @@ type BackupStatus struct {
 // It owns the subscriptions, the ticker and the scanning goroutine, feeds
 // the core its inputs and carries out its outputs.
 type Role struct {
-	cfg Config
-	hb  broker.Bus // heartbeat channel
-	ag  broker.Bus // agents' channel (the embedded broker)
+	handedOff bool // OnHandover was called (Run goroutine only)
+	cfg       Config
+	hb        broker.Bus // heartbeat channel
+	ag        broker.Bus // agents' channel (the embedded broker)
 
 	switchReq chan switchReq
 	health    chan int
@@ -338,8 +345,11 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			return *out.End, true
 		}
 		if out.Beat != nil || out.Command != nil || out.Rebind != nil {
-			if end, deposed := r.deposed(); deposed {
+			switch end, g := r.gate(); g {
+			case gateEnd:
 				return end, true
+			case gateQuiet:
+				out.Beat, out.Command, out.Rebind = nil, nil, nil
 			}
 		}
 		if out.Peer != nil && r.cfg.OnPeer != nil {
@@ -355,6 +365,10 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		}
 		r.publish(ctx, out.Beat, out.Members, out.Command)
 		r.rebind(ctx, out.Rebind)
+		if out.Beat != nil && out.Beat.HandoverTo != "" && !r.handedOff && r.cfg.OnHandover != nil {
+			r.handedOff = true
+			r.cfg.OnHandover(out.Beat.HandoverTo)
+		}
 		return End{}, false
 	}
 
@@ -384,7 +398,7 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			// send checks again; a term won back is watched from the next
 			// tick).
 			lost = nil
-			if end, deposed := r.deposed(); deposed {
+			if end, g := r.gate(); g == gateEnd {
 				return end, nil
 			}
 			continue
@@ -420,13 +434,23 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 	}
 }
 
-// deposed checks the arbiter's term before anything is sent: the role may
-// act while the term is valid, or while failsafe holds; otherwise it ends.
-func (r *Role) deposed() (End, bool) {
+// gateResult is what the arbiter's term lets the role do now.
+type gateResult int
+
+const (
+	gateAct   gateResult = iota // send
+	gateQuiet                   // send nothing, keep listening (a handover under way)
+	gateEnd                     // the role is over: Deposed
+)
+
+// gate checks the arbiter's term before anything is sent: the role may act
+// while the term is valid, or while failsafe holds; after it resigned for a
+// handover it stays quiet while the handover runs; otherwise it ends.
+func (r *Role) gate() (End, gateResult) {
 	if r.cfg.Term == nil {
-		return End{}, false
+		return End{}, gateAct
 	}
-	if r.cfg.Term.Valid() {
+	if !r.handedOff && r.cfg.Term.Valid() {
 		r.step(func(c *core, _ time.Time) Output {
 			if c.failsafeSet != nil {
 				r.cfg.Log.Warn("the arbiter's lease is fresh again: failsafe over")
@@ -435,24 +459,32 @@ func (r *Role) deposed() (End, bool) {
 			r.st.Failsafe = false
 			return Output{}
 		})
-		return End{}, false
+		return End{}, gateAct
 	}
 	var why string
-	entered := false
+	entered, handingOver := false, false
 	r.step(func(c *core, now time.Time) Output {
+		handingOver = c.handoverTo != ""
+		if r.handedOff {
+			why = "it resigned the election for a handover"
+			return Output{}
+		}
 		entered = c.failsafeSet == nil
 		why = c.failsafe(now)
 		r.st.Failsafe = why == ""
 		return Output{}
 	})
-	if why == "" {
+	switch {
+	case why == "":
 		if entered {
 			r.cfg.Log.WithField("why", r.cfg.Term.Why()).Warn("FAILSAFE: the arbiter's lease is not fresh; acting on while every backup confirms this primary's heartbeats")
 		}
-		return End{}, false
+		return End{}, gateAct
+	case r.handedOff && handingOver:
+		return End{}, gateQuiet
 	}
 	reason := nonEmpty(r.cfg.Term.Why(), "the lease was not renewed in time")
-	return End{Kind: Deposed, Reason: fmt.Sprintf("the arbiter's term is over (%s); %s", reason, why)}, true
+	return End{Kind: Deposed, Reason: fmt.Sprintf("the arbiter's term is over (%s); %s", reason, why)}, gateEnd
 }
 
 func nonEmpty(s, def string) string {

@@ -41,7 +41,7 @@ type termRig struct {
 	signer *protocol.Signer
 }
 
-func startTermRole(t *testing.T, term primary.Term, failsafe time.Duration) *termRig {
+func startTermRole(t *testing.T, term primary.Term, failsafe time.Duration, onHandover func(string)) *termRig {
 	t.Helper()
 	hub := broker.NewMemHub()
 	r := &termRig{clk: clock.NewHandoverFake(time.Unix(1_700_000_000, 0)), ended: make(chan primary.End, 1), hub: hub, signer: protocol.NewSigner(nil)}
@@ -55,7 +55,8 @@ func startTermRole(t *testing.T, term primary.Term, failsafe time.Duration) *ter
 	r.role = primary.New(primary.Config{
 		Node: "a", Token: failoverid.Token{ID: primID, Epoch: 3}, Advertise: "127.0.0.1:1001",
 		Period: period, ReplyPeriod: time.Second, Dest: dest, Signer: r.signer, Clock: r.clk, Log: quietLog(),
-		SeqBase: 1000, CheckEvery: time.Hour, Ping: true, Term: term, Failsafe: failsafe,
+		SeqBase: 1000, CheckEvery: time.Hour, Ping: true, Term: term, Failsafe: failsafe, HandoverTimeout: 20 * period,
+		OnHandover: onHandover,
 	}, bus, bus)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -69,6 +70,27 @@ func startTermRole(t *testing.T, term primary.Term, failsafe time.Duration) *ter
 	}()
 	t.Cleanup(func() { cancel(); <-done })
 	return r
+}
+
+// fromBackup sends env as backup b (id, node, address and priority filled
+// in) and waits until the role handled it.
+func (r *termRig) fromBackup(t *testing.T, d string, env protocol.Envelope) {
+	t.Helper()
+	env.FailoverID, env.Node, env.Advertise = backID, "b", "127.0.0.1:1002"
+	env.HasPriority, env.Priority, env.Effective = true, 100, 100
+	h := env.Headers()
+	r.signer.Sign(d, h, nil)
+	received := r.role.Status().Received
+	if err := r.hub.Client("backup").Publish(context.Background(), d, h, nil); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for r.role.Status().Received == received {
+		if time.Now().After(deadline) {
+			t.Fatal("message not handled")
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func waitBeat(t *testing.T, r *termRig) protocol.Envelope {
@@ -88,7 +110,7 @@ func waitBeat(t *testing.T, r *termRig) protocol.Envelope {
 
 func TestAPrimaryWithoutAValidTermSendsNothingAndEndsDeposed(t *testing.T) {
 	term := newFakeTerm()
-	r := startTermRole(t, term, 0)
+	r := startTermRole(t, term, 0, nil)
 	waitBeat(t, r)
 	r.clk.Advance(period)
 	waitBeat(t, r)
@@ -118,7 +140,7 @@ func TestAPrimaryWithoutAValidTermSendsNothingAndEndsDeposed(t *testing.T) {
 
 func TestATermLostEndsTheRoleAtOnce(t *testing.T) {
 	term := newFakeTerm()
-	r := startTermRole(t, term, 0)
+	r := startTermRole(t, term, 0, nil)
 	waitBeat(t, r)
 	term.end() // no tick: the loss itself ends the role
 	select {
@@ -133,25 +155,8 @@ func TestATermLostEndsTheRoleAtOnce(t *testing.T) {
 
 func TestFailsafeKeepsAPrimaryWhoseBackupVouchesForIt(t *testing.T) {
 	term := newFakeTerm()
-	r := startTermRole(t, term, 10*period)
-	backBus := r.hub.Client("backup")
-	vouch := func(seq uint64) {
-		env := protocol.Envelope{FailoverID: backID, Epoch: 0, Node: "b", Role: "backup", Advertise: "127.0.0.1:1002",
-			HasPriority: true, Priority: 100, Effective: 100, HeardSeq: seq}
-		h := env.Headers()
-		r.signer.Sign(dest.Reply, h, nil)
-		received := r.role.Status().Received
-		if err := backBus.Publish(context.Background(), dest.Reply, h, nil); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(5 * time.Second)
-		for r.role.Status().Received == received {
-			if time.Now().After(deadline) {
-				t.Fatal("reply not handled")
-			}
-			time.Sleep(time.Millisecond)
-		}
-	}
+	r := startTermRole(t, term, 10*period, nil)
+	vouch := func(seq uint64) { r.fromBackup(t, dest.Reply, protocol.Envelope{Role: "backup", HeardSeq: seq}) }
 	vouch(waitBeat(t, r).Seq)
 	term.end()
 	// The loss is handled (the loop took it) before the next tick: the
@@ -181,5 +186,48 @@ func TestFailsafeKeepsAPrimaryWhoseBackupVouchesForIt(t *testing.T) {
 			return
 		case <-r.beats:
 		}
+	}
+}
+
+func TestAHandoverResignsThenStaysQuietUntilTheBackupTakesOver(t *testing.T) {
+	term := newFakeTerm()
+	handedTo := make(chan string, 1)
+	r := startTermRole(t, term, 10*period, func(to string) { handedTo <- to; term.end() })
+	r.fromBackup(t, dest.Reply, protocol.Envelope{Role: "backup", HeardSeq: waitBeat(t, r).Seq})
+	if err := r.role.Switchover(context.Background(), ""); err != nil {
+		t.Fatal(err)
+	}
+	if env := waitBeat(t, r); env.HandoverTo != backID {
+		t.Fatalf("handover heartbeat %+v", env)
+	}
+	select {
+	case to := <-handedTo:
+		if to != backID {
+			t.Fatalf("handed over to %q", to)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("OnHandover not called")
+	}
+	// Resigned: nothing more is sent while the backup takes over — even
+	// though b vouches (no failsafe after a resignation).
+	sent := r.role.Status().HeartbeatsSent
+	for i := 0; i < 5; i++ {
+		r.fromBackup(t, dest.Reply, protocol.Envelope{Role: "backup", HeardSeq: 1})
+		if n := r.clk.Step(period); n != 1 {
+			t.Fatalf("tick %d: %d loops took it", i, n)
+		}
+	}
+	if got := r.role.Status().HeartbeatsSent; got != sent {
+		t.Fatalf("%d heartbeats sent after resigning", got-sent)
+	}
+	// b's heartbeat at a higher epoch ends the handover.
+	r.fromBackup(t, dest.Heartbeat, protocol.Envelope{Role: "primary", Epoch: 4, Seq: 1})
+	select {
+	case end := <-r.ended:
+		if end.Kind != primary.HandedOver {
+			t.Fatalf("end %+v, want handed over", end)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the role did not end")
 	}
 }

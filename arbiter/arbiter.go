@@ -52,6 +52,9 @@ type Config struct {
 	// DialTimeout bounds connecting (default 2 s).
 	DialTimeout time.Duration
 	Log         logrus.FieldLogger
+	// OnRenew, when set, is told of every lease renewal: how long it took
+	// and whether it renewed (metrics).
+	OnRenew func(took time.Duration, ok bool)
 }
 
 // ErrNotLeader: the term was lost before its epoch was written.
@@ -162,6 +165,19 @@ func (a *Arbiter) campaign(ctx context.Context, node string, seen uint64, keep b
 		abandon("campaign: " + err.Error())
 		return nil, fmt.Errorf("arbiter: campaign: %w", err)
 	}
+	// The campaign may have waited long (another holder's lease running
+	// out): the term's validity counts from a renewal sent now, not from
+	// the grant.
+	rsent := time.Now()
+	rctx, rcancel := context.WithTimeout(ctx, a.cfg.RenewDeadline)
+	ka, err := a.cli.KeepAliveOnce(rctx, lease.ID)
+	rcancel()
+	if err != nil || ka.TTL <= 0 {
+		abandon(fmt.Sprintf("renew after the win: %v", err))
+		return nil, fmt.Errorf("arbiter: renew the lease after winning: %w", errOr(err, "the lease is gone"))
+	}
+	a.recordRenew(renewResult{sent: rsent, took: time.Since(rsent), ttl: ka.TTL})
+	t.lastRenew = rsent
 	epoch, err := t.raiseEpoch(ctx, seen, keep)
 	if err != nil {
 		abandon("epoch: " + err.Error())
@@ -297,6 +313,13 @@ func (t *Term) run(ctx context.Context) {
 	}
 }
 
+func errOr(err error, msg string) error {
+	if err != nil {
+		return err
+	}
+	return errors.New(msg)
+}
+
 // rpctypesLeaseNotFound stands in for etcd's ErrLeaseNotFound (matched by
 // message too: it crosses gRPC).
 var rpctypesLeaseNotFound = errors.New("etcdserver: requested lease not found")
@@ -309,6 +332,9 @@ type renewResult struct {
 }
 
 func (a *Arbiter) recordRenew(r renewResult) {
+	if a.cfg.OnRenew != nil {
+		a.cfg.OnRenew(r.took, r.err == nil && r.ttl > 0)
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	a.renewMS = float64(r.took) / float64(time.Millisecond)

@@ -351,3 +351,35 @@ func TestALostCampaignGivesItsLeaseBack(t *testing.T) {
 		t.Fatalf("%d leases after a lost campaign, %d before: the campaign's lease is left to expire", after, before)
 	}
 }
+
+// A campaign that waited for the holder's lease to run out is valid when
+// it wins: its validity counts from a renewal after the win.
+func TestATermWonAfterAWaitIsValid(t *testing.T) {
+	c := testetcd.Start(t, 3)
+	a, b := newArbiter(t, c.Endpoints()), newArbiter(t, c.Endpoints())
+	ta := campaign(t, a, "a", 0)
+	won := make(chan *Term, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		tb, err := b.Campaign(ctx, "b", 0)
+		if err != nil {
+			t.Error(err)
+		}
+		won <- tb
+	}()
+	time.Sleep(testDeadline + 500*time.Millisecond) // b waits longer than a renew deadline
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := ta.Resign(ctx); err != nil {
+		t.Fatal(err)
+	}
+	tb := <-won
+	if tb == nil {
+		return
+	}
+	defer tb.Close()
+	if !tb.Valid() {
+		t.Fatal("the term is invalid the moment it was won")
+	}
+}

@@ -593,6 +593,41 @@ func (c *Config) ClientTLS() (*tls.Config, error) {
 	return &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
 }
 
+// ArbiterTLS is the TLS configuration for the arbiter's etcd (nil: plain
+// http endpoints and no cacert): arbiter.etcd.cacert verifies the members,
+// cert and key are this server's client certificate.
+func (c *Config) ArbiterTLS() (*tls.Config, error) {
+	e := c.Arbiter.Etcd
+	if e.CACert == "" && e.Cert == "" {
+		for _, ep := range e.Endpoints {
+			if strings.HasPrefix(ep, "https://") {
+				return &tls.Config{MinVersion: tls.VersionTLS12}, nil // system roots
+			}
+		}
+		return nil, nil
+	}
+	tc := &tls.Config{MinVersion: tls.VersionTLS12}
+	if e.CACert != "" {
+		b, err := os.ReadFile(e.CACert)
+		if err != nil {
+			return nil, &Error{Path: c.Path, Key: "arbiter.etcd.cacert", Line: c.lines["arbiter.etcd.cacert"], Msg: fmt.Sprintf("arbiter.etcd.cacert: %v", err)}
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(b) {
+			return nil, &Error{Path: c.Path, Key: "arbiter.etcd.cacert", Line: c.lines["arbiter.etcd.cacert"], Msg: fmt.Sprintf("arbiter.etcd.cacert %s: no PEM certificate found", e.CACert)}
+		}
+		tc.RootCAs = pool
+	}
+	if e.Cert != "" {
+		pair, err := tls.LoadX509KeyPair(e.Cert, e.Key)
+		if err != nil {
+			return nil, &Error{Path: c.Path, Key: "arbiter.etcd.cert", Line: c.lines["arbiter.etcd.cert"], Msg: fmt.Sprintf("arbiter.etcd.cert/key: %v", err)}
+		}
+		tc.Certificates = []tls.Certificate{pair}
+	}
+	return tc, nil
+}
+
 // EventLogFile is the event log's path: event_log, or DATA/events.jsonl
 // when it is not set (tandem history reads it).
 func (c *Config) EventLogFile() string {

@@ -45,6 +45,13 @@ func (n *Node) Status() Status {
 	n.mu.Unlock()
 
 	s.Agents = n.files.Status()
+	failsafe := false
+	if prim != nil {
+		failsafe = prim.Status().Failsafe
+	}
+	var arbWarn []string
+	s.Arbiter, arbWarn = n.arbiterStatus(failsafe)
+	s.Warnings = append(s.Warnings, arbWarn...)
 	if prim != nil {
 		ps := prim.Status()
 		s.BackupConfigured = ps.BackupConfigured

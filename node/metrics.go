@@ -60,6 +60,11 @@ type Telemetry struct {
 	phases *prometheus.HistogramVec
 	last   prometheus.Gauge
 
+	// The arbiter's lease renewals (exported with an arbiter only).
+	arbiter       bool
+	renew         prometheus.Histogram
+	renewFailures prometheus.Counter
+
 	mu       sync.Mutex
 	began    time.Time        // the current takeover's decision; zero: none being timed
 	mark     time.Time        // the end of the last phase observed
@@ -86,6 +91,15 @@ func NewTelemetry(period, window time.Duration) *Telemetry {
 			Help: "Duration of this node's last takeover (decision to first heartbeat); -1 when none since the process started.",
 		}),
 	}
+	t.renew = prometheus.NewHistogram(prometheus.HistogramOpts{
+		Name:    "tandem_arbiter_renew_duration_seconds",
+		Help:    "Lease renewals with the arbiter's etcd: from sending one to its answer (failed ones too).",
+		Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	})
+	t.renewFailures = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "tandem_arbiter_renew_failures_total",
+		Help: "Lease renewals with the arbiter's etcd that failed or found the lease gone.",
+	})
 	t.last.Set(-1)
 	for _, p := range TakeoverPhases {
 		t.phases.WithLabelValues(p) // every phase is exported, at 0, from the start
@@ -103,6 +117,8 @@ func (t *Telemetry) Describe(ch chan<- *prometheus.Desc) {
 	t.total.Describe(ch)
 	t.phases.Describe(ch)
 	t.last.Describe(ch)
+	t.renew.Describe(ch)
+	t.renewFailures.Describe(ch)
 	ch <- descPeriod
 	ch <- descWindow
 }
@@ -112,11 +128,27 @@ func (t *Telemetry) Collect(ch chan<- prometheus.Metric) {
 	t.total.Collect(ch)
 	t.phases.Collect(ch)
 	t.last.Collect(ch)
+	if t.arbiter {
+		t.renew.Collect(ch)
+		t.renewFailures.Collect(ch)
+	}
 	if t.period > 0 {
 		ch <- prometheus.MustNewConstMetric(descPeriod, prometheus.GaugeValue, t.period.Seconds())
 	}
 	if t.window > 0 {
 		ch <- prometheus.MustNewConstMetric(descWindow, prometheus.GaugeValue, t.window.Seconds())
+	}
+}
+
+// EnableArbiter exports the arbiter's renewal series (call before the
+// registry is scraped).
+func (t *Telemetry) EnableArbiter() { t.arbiter = true }
+
+// ArbiterRenew records one lease renewal (arbiter.Config.OnRenew).
+func (t *Telemetry) ArbiterRenew(took time.Duration, ok bool) {
+	t.renew.Observe(took.Seconds())
+	if !ok {
+		t.renewFailures.Inc()
 	}
 }
 
@@ -278,11 +310,15 @@ var (
 	descEffective   = desc("tandem_effective_priority", "This node's effective priority: its priority as its health checks leave it (0: not eligible).")
 	descCheckUp     = desc("tandem_check_up", "1 while the health check is up.", "check")
 	descBackups     = desc("tandem_group_backups", "Backups of the group this node knows of (a primary: those replying to it).")
+	descArbTerm     = desc("tandem_arbiter_holds_term", "1 while this node holds the group's election in etcd with a fresh lease (arbiter only).")
+	descArbTTL      = desc("tandem_arbiter_lease_ttl_left_seconds", "What etcd says is left of this node's lease; -1 without a term (arbiter only).")
+	descArbUp       = desc("tandem_arbiter_endpoints_reachable", "etcd endpoints that answered the last status read (arbiter only).")
+	descArbSafe     = desc("tandem_arbiter_failsafe", "1 while the primary acts in failsafe: its lease is not fresh and its backups vouch for it (arbiter only).")
 
 	snapshotDescs = []*prometheus.Desc{descInfo, descRole, descEpoch, descFenced, descMaintenance, descBackupConf,
 		descHBAge, descSilent, descPrimEpoch, descTakingOver, descChannel, descSent, descReceived, descIgnored,
 		descTakeovers, descRewrites, descManaged, descConnected, descTampered, descSigFail, descDropped,
-		descPriority, descEffective, descCheckUp, descBackups}
+		descPriority, descEffective, descCheckUp, descBackups, descArbTerm, descArbTTL, descArbUp, descArbSafe}
 )
 
 // roles are the values of tandem_role's role label, each always exported.
@@ -344,4 +380,20 @@ func (s snapshotCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(descCheckUp, b01(c.Up), c.Name)
 	}
 	gauge(descBackups, float64(len(st.Backups)))
+	if a := st.Arbiter; a != nil {
+		gauge(descArbTerm, b01(a.HoldsTerm))
+		ttl := -1.0
+		if a.LeaseTTLLeftMS >= 0 {
+			ttl = float64(a.LeaseTTLLeftMS) / 1000
+		}
+		gauge(descArbTTL, ttl)
+		up := 0
+		for _, e := range a.Endpoints {
+			if e.Reachable {
+				up++
+			}
+		}
+		gauge(descArbUp, float64(up))
+		gauge(descArbSafe, b01(a.Failsafe))
+	}
 }

@@ -121,6 +121,7 @@ type Node struct {
 	// test's stand-in), so their addresses are checked before start.
 	realListeners bool
 	tel           *Telemetry // takeover timings (metrics, event log)
+	arb           *arbiterState // the group's election in etcd (nil: no arbiter)
 	checker       *health.Checker
 	replySeq      atomic.Uint64     // the backup roles' reply numbering
 	peers         []backup.PeerInfo // the group's backups the last backup role knew
@@ -169,6 +170,7 @@ func New(cfg *config.Config, log *logrus.Logger, opts Options) (*Node, error) {
 	if opts.RunHook == nil {
 		opts.RunHook = hooks.Run
 	}
+	electedEpochs := opts.NextEpoch == nil && cfg.Arbiter.Enabled()
 	if opts.NextEpoch == nil {
 		opts.NextEpoch = func(_ context.Context, own, seen uint64) (uint64, error) { return failoverid.NextEpoch(own, seen) }
 	}
@@ -193,6 +195,15 @@ func New(cfg *config.Config, log *logrus.Logger, opts Options) (*Node, error) {
 		tel:       NewTelemetry(cfg.Heartbeat.Period, cfg.Heartbeat.FailWindow),
 	}
 	n.checker = n.newChecker()
+	if cfg.Arbiter.Enabled() {
+		n.tel.EnableArbiter()
+		if n.arb, err = n.newArbiter(); err != nil {
+			return nil, err
+		}
+		if electedEpochs {
+			n.opts.NextEpoch = n.electedEpoch
+		}
+	}
 	if n.opts.Dial == nil {
 		n.opts.Dial = n.dialSTOMP
 	}
@@ -368,6 +379,12 @@ func (n *Node) Run(ctx context.Context) error {
 	hctx, stopChecks := context.WithCancel(ctx)
 	defer stopChecks()
 	n.runChecks(hctx)
+	if n.arb != nil {
+		// A term still held at the end is resigned (a clean stop frees the
+		// election at once; a crash leaves it to expire).
+		defer func() { n.arb.drop(true); n.arb.cli.Close() }()
+		n.g.Go(func() { n.watchArbiter(hctx) })
+	}
 	for ctx.Err() == nil {
 		loc, isBackup, err := config.ReadPrimaryLocation(n.cfg.DataDir)
 		if err != nil {

@@ -32,6 +32,30 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		st = n.state()
 		n.entry().Info("fresh primary: epoch 1")
 	}
+	if n.arb != nil {
+		// With an arbiter the primary acts only while it holds the
+		// group's election; winning it back may raise the epoch.
+		want := st.Epoch
+		if j := st.Takeover; j != nil {
+			want = j.Epoch
+		}
+		epoch, err := n.acquireTerm(ctx, want)
+		if err != nil {
+			if ctx.Err() != nil {
+				return true, nil
+			}
+			return true, err
+		}
+		if epoch != want {
+			if err := n.termEpoch(epoch); err != nil {
+				n.arb.drop(true)
+				return true, err
+			}
+			st = n.state()
+			n.entry().WithFields(logrus.Fields{"from": want, "to": epoch}).Warn("the group's epoch moved while this server held no term: acting at the term's epoch")
+			n.files.Rewrite(ctx, n.update(st.Epoch))
+		}
+	}
 	if st.Takeover == nil {
 		// Claim: files with no epoch or a lower one point at us.
 		n.files.Rewrite(ctx, n.update(st.Epoch))
@@ -107,7 +131,7 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		gaveUp = j.From.FailoverID
 	}
 	var role *primary.Role // Started runs inside role.Run, after the assignment
-	role = primary.New(primary.Config{
+	pc := primary.Config{
 		Priority: n.cfg.Priority, GaveUp: gaveUp, SecondPath: n.cfg.HeartbeatBroker != "",
 		Node: n.cfg.Node, Token: token, Advertise: n.advertise,
 		Period: n.cfg.Heartbeat.Period, ReplyPeriod: n.cfg.Heartbeat.ReplyPeriod,
@@ -152,7 +176,30 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		},
 		Alive:  n.notify.Alive,
 		Notify: notify,
-	}, hb, agents)
+	}
+	if n.arb != nil {
+		pc.Term = termGate{n.arb}
+		if n.cfg.Arbiter.Failsafe {
+			pc.Failsafe = n.cfg.Heartbeat.FailWindow - 2*n.cfg.Heartbeat.Period
+		}
+		pc.OnHandover = func(to string) {
+			// Resign at once (off the role's loop): the backup can win.
+			work.Add(1)
+			go func() {
+				defer work.Done()
+				n.arb.drop(true)
+				n.entry().WithField("to", to).Info("resigned the group's election for the handover")
+			}()
+		}
+		if pc.Failsafe > 0 {
+			work.Add(1)
+			go func() {
+				defer work.Done()
+				n.reclaimInFailsafe(rctx, st.Epoch)
+			}()
+		}
+	}
+	role = primary.New(pc, hb, agents)
 	role.SetEffective(n.checker.Effective())
 	n.mu.Lock()
 	n.prim = role
@@ -197,6 +244,9 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 	// The primary's term is over, whatever the end: the managed service
 	// stops before anything else (on_fenced, becoming a backup).
 	n.stopService()
+	if end.Kind == primary.Fenced || end.Kind == primary.Duplicate || err != nil {
+		n.arb.drop(true) // a fenced server never holds the election
+	}
 	if err != nil {
 		return true, err
 	}
@@ -217,6 +267,13 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		return false, err
 	case primary.Duplicate:
 		return true, fmt.Errorf("%w: %s", ErrDuplicateID, end.Reason)
+	case primary.Deposed:
+		// The arbiter's term is over: nothing was sent since. Win it back
+		// (or learn who took over) before acting again.
+		n.arb.drop(false)
+		n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindDeposed, FailoverID: n.id, Epoch: st.Epoch, Detail: end.Reason})
+		n.entry().WithField("why", end.Reason).Error("stopped acting as primary: " + end.Reason)
+		return false, nil
 	}
 	return true, nil
 }

@@ -43,6 +43,9 @@ type Status struct {
 	// Eligible says whether it may take over automatically, and why not.
 	Rank       *int   `json:"rank,omitempty"`
 	Ineligible string `json:"ineligible,omitempty"`
+
+	// Arbiter is the group's election in etcd (absent without one).
+	Arbiter *ArbiterStatus `json:"arbiter,omitempty"`
 }
 
 // CheckStatus is one health check (status JSON "checks").

@@ -2,6 +2,7 @@ package node
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"github.com/tandem-ha/tandem/backup"
 	"github.com/tandem-ha/tandem/config"
 	"github.com/tandem-ha/tandem/failoverid"
+	"github.com/tandem-ha/tandem/internal/eventlog"
 )
 
 // runBackup runs the backup role until it decides a takeover, then takes over.
@@ -117,7 +119,18 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 	n.entry().WithField("why", end.Reason).Warn("taking over as primary")
 	n.takeoverBegan()
 	n.setWhy(end.Reason)
-	return n.takeOver(ctx, reason, from, end.SeenEpoch)
+	err = n.takeOver(ctx, reason, from, end.SeenEpoch)
+	if errors.Is(err, errNotElected) {
+		// Another server holds the group's election: the primary is alive
+		// where etcd sees it, or a better backup won. Watch again.
+		n.entry().WithError(err).Warn("not taking over: another server holds the group's election")
+		n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindRefused, FailoverID: n.id, Epoch: n.state().Epoch, Detail: err.Error()})
+		n.mu.Lock()
+		n.next = roleChange{Reason: "arbiter", Why: "another server holds the group's election"}
+		n.mu.Unlock()
+		return nil
+	}
+	return err
 }
 
 // takeOver runs (or resumes) the journaled takeover up to the point where
@@ -159,6 +172,7 @@ func (n *Node) takeOver(ctx context.Context, reason string, from *failoverid.Pee
 	}
 	return nil
 }
+
 
 // finishTakeover records that heartbeats flow, runs after_takeover and
 // closes the journal. It runs under the primary role's context: when the

@@ -63,14 +63,18 @@ demo-group: build
 # with a hostile stranger on the brokers throughout (forged and replayed
 # frames: SOAK_HOSTILE=0 turns it off); then the group soak (three servers
 # with priorities, health checks and services: TestSoakGroup) for
-# CYCLES_GROUP cycles.
+# CYCLES_GROUP cycles; then the arbiter soak (a pair under a real
+# three-member etcd, I8 checked after every cycle: TestSoakArbiter) for
+# CYCLES_ARBITER cycles.
 SEED   ?=
 CYCLES ?= 20
 CYCLES_GROUP ?= 8
+CYCLES_ARBITER ?= 10
 SOAK_HOSTILE ?= 1
 soak:
 	TANDEM_SOAK=1 SEED=$(SEED) CYCLES=$(CYCLES) SOAK_HOSTILE=$(SOAK_HOSTILE) $(GO) test -race -count=1 -run '^TestSoak$$' -timeout 120m -v ./integration
 	TANDEM_SOAK=1 SOAK_GROUP=1 SEED=$(SEED) CYCLES=$(CYCLES_GROUP) $(GO) test -race -count=1 -run '^TestSoakGroup$$' -timeout 60m -v ./integration
+	TANDEM_SOAK=1 SOAK_ARBITER=1 SEED=$(SEED) CYCLES=$(CYCLES_ARBITER) $(GO) test -race -count=1 -run '^TestSoakArbiter$$' -timeout 60m -v ./integration
 
 clean:
 	rm -rf bin

@@ -141,20 +141,27 @@ var soakFaults = []soakFault{
 }
 
 func newSoak(t *testing.T, kind string, ext *extBroker, seed int64) *soak {
+	return newSoakWith(t, kind, ext, seed, rigOpts{}, 1)
+}
+
+// newSoakWith is newSoak with rig options (the arbiter soak's timing and
+// config) and the epoch the first primary settles at.
+func newSoakWith(t *testing.T, kind string, ext *extBroker, seed int64, o rigOpts, epoch uint64) *soak {
 	// A short before_takeover hook widens the takeover so a kill can land
 	// inside it; only while the flag file exists (kill-9 backup
 	// mid-takeover), as a switchover gives up after fail_window.
 	slow := filepath.Join(t.TempDir(), "slow-takeover")
-	r := newRig(t, kind, ext, rigOpts{hooks: fmt.Sprintf(`{before_takeover: "if [ -f %s ]; then sleep 0.3; fi"}`, slow)})
+	o.hooks = fmt.Sprintf(`{before_takeover: "if [ -f %s ]; then sleep 0.3; fi"}`, slow)
+	r := newRig(t, kind, ext, o)
 	if soakRemote() {
 		r.pairUpRemote()
 	} else {
 		r.pairUp()
 	}
 	r.startAgents()
-	s := &soak{t: t, r: r, rnd: rand.New(rand.NewSource(seed)), seed: seed, prim: r.a, back: r.b, epoch: 1,
+	s := &soak{t: t, r: r, rnd: rand.New(rand.NewSource(seed)), seed: seed, prim: r.a, back: r.b, epoch: epoch,
 		lastEpoch: map[string]uint64{}, slowFlag: slow}
-	s.settle(s.prim, 1)
+	s.settle(s.prim, epoch)
 	if soakRemote() {
 		s.waitStandby()
 	}

@@ -319,3 +319,29 @@ func tailLines(s string, n int) string {
 	}
 	return strings.Join(lines, "\n")
 }
+
+// The I8 checker is not vacuous: without an arbiter a primary cut from
+// everything (agents on their own hosts, so no file tells it either) goes
+// on heartbeating after the backup took over, until the heal, and the
+// checker sees both acting.
+func TestI8CheckerSeesTwoPrimariesAfterAPartitionWithoutAnArbiter(t *testing.T) {
+	r := settledRig(t, "embedded", nil, rigOpts{remote: true})
+	r.cutAll(r.a)
+	r.c.waitRole(r.b, "primary", 30*time.Second)
+	time.Sleep(500 * time.Millisecond) // both heartbeat meanwhile
+	r.heal()
+	r.c.waitRole(r.a, "fenced", 30*time.Second)
+	evs, err := eventlog.Read(r.c.serverEvents(), 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byNode := map[string][]eventlog.Event{}
+	for _, e := range evs {
+		byNode[e.Node] = append(byNode[e.Node], e)
+	}
+	errs := eventlog.CheckI8([][]eventlog.Event{byNode["a"], byNode["b"]})
+	if len(errs) == 0 {
+		t.Fatalf("I8 checker found no overlap where a and b both acted as primary: a %+v b %+v", eventlog.ActingStretches(byNode["a"]), eventlog.ActingStretches(byNode["b"]))
+	}
+	t.Logf("as expected without an arbiter: %s", errs[0])
+}

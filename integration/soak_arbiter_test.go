@@ -211,4 +211,3 @@ func (a *arbiterSoak) checkI8() []string {
 	}
 	return eventlog.CheckI8(all)
 }
-

@@ -386,6 +386,9 @@ func printStatus(w io.Writer, s node.Status) {
 	if s.HeartbeatChannel.URL != "" {
 		row("heartbeat channel", "%s (%s)", s.HeartbeatChannel.URL, map[bool]string{true: "connected", false: "DISCONNECTED"}[s.HeartbeatChannel.Connected])
 	}
+	if s.Arbiter != nil {
+		row("arbiter", "%s", arbiterLine(s.Arbiter))
+	}
 	if t := s.Takeover; t != nil {
 		row("takeover", "%s to epoch %d, last step %s", t.Reason, t.Epoch, t.Step)
 	}
@@ -541,4 +544,29 @@ user the server runs as (or root), who can read that file.
 		fmt.Fprintln(stdout, "maintenance off: automatic failover resumed (the silence window starts now)")
 	}
 	return exitOK
+}
+
+// arbiterLine is the arbiter in one line: the election's holder, this
+// node's term and lease, the endpoints reachable, failsafe.
+func arbiterLine(a *node.ArbiterStatus) string {
+	up := 0
+	for _, e := range a.Endpoints {
+		if e.Reachable {
+			up++
+		}
+	}
+	line := fmt.Sprintf("etcd %s, election held by %s", a.Prefix, nonEmpty(a.Holder, "nobody"))
+	if a.HoldsTerm {
+		line += "; this node holds the term"
+		if a.LeaseTTLLeftMS >= 0 {
+			line += fmt.Sprintf(" (lease %s left)", (time.Duration(a.LeaseTTLLeftMS) * time.Millisecond).String())
+		}
+	}
+	line += fmt.Sprintf("; %d/%d endpoints reachable; renewals %d ok, %d failed (last %.1f ms)", up, len(a.Endpoints), a.RenewsOK, a.RenewsFailed, a.RenewLatencyMS)
+	if a.Failsafe {
+		line += "; FAILSAFE: acting on the backups' word"
+	} else if a.FailsafeOn {
+		line += "; failsafe on"
+	}
+	return line
 }

@@ -9,6 +9,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/tandem-ha/tandem/arbiter"
 	"github.com/tandem-ha/tandem/node"
 )
 
@@ -169,3 +170,19 @@ func TestStatusTableOfAGroup(t *testing.T) {
 
 // squeeze turns each run of spaces into one (the table's padding).
 func squeeze(s string) string { return regexp.MustCompile(` {2,}`).ReplaceAllString(s, " ") }
+
+func TestStatusAndMembersShowTheArbiter(t *testing.T) {
+	a := &node.ArbiterStatus{Prefix: "/tandem/opsc", Holder: "a", HoldsTerm: true, LeaseTTLLeftMS: 9000, RenewsOK: 12, RenewsFailed: 1, RenewLatencyMS: 2.5,
+		Endpoints: []arbiter.EndpointStatus{{URL: "http://e1:2379", Reachable: true}, {URL: "http://e2:2379", Reachable: true}, {URL: "http://e3:2379"}}}
+	var b strings.Builder
+	printStatus(&b, node.Status{Node: "a", Role: "primary", Arbiter: a})
+	for _, want := range []string{"arbiter", "etcd /tandem/opsc, election held by a; this node holds the term (lease 9s left); 2/3 endpoints reachable; renewals 12 ok, 1 failed (last 2.5 ms)"} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("status lacks %q:\n%s", want, b.String())
+		}
+	}
+	a.HoldsTerm, a.Failsafe = false, true
+	if l := arbiterLine(a); strings.Contains(l, "holds the term") || !strings.Contains(l, "FAILSAFE") {
+		t.Errorf("failsafe line: %s", l)
+	}
+}

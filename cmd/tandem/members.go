@@ -311,6 +311,7 @@ failover_id, self}]}; epoch and the priorities are null when not known.
 	}
 	var rows []member
 	var notes []string
+	var arb *node.ArbiterStatus
 	var raw json.RawMessage
 	if code, err := call(http.MethodGet, target, "/status", "", &raw); err != nil {
 		if code != 0 || target.cfg == nil {
@@ -347,13 +348,20 @@ failover_id, self}]}; epoch and the priorities are null when not known.
 			}
 		}
 		rows, notes = members(s, period, ownMaint)
+		arb = s.Arbiter
 	}
 	if *asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
-		enc.Encode(map[string][]member{"members": rows})
+		enc.Encode(struct {
+			Members []member            `json:"members"`
+			Arbiter *node.ArbiterStatus `json:"arbiter,omitempty"`
+		}{rows, arb})
 		return exitOK
 	}
 	printMembers(stdout, rows, notes)
+	if arb != nil {
+		fmt.Fprintln(stdout, "arbiter:", arbiterLine(arb))
+	}
 	return exitOK
 }

@@ -105,6 +105,7 @@ type arbiterOf struct {
 		Holder    string `json:"holder"`
 		HoldsTerm bool   `json:"holds_term"`
 		Failsafe  bool   `json:"failsafe"`
+		RenewsOK  uint64 `json:"renews_ok"`
 		Endpoints []struct {
 			Reachable bool `json:"reachable"`
 		} `json:"endpoints"`

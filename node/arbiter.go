@@ -254,10 +254,13 @@ func (n *Node) reclaimInFailsafe(ctx context.Context, epoch uint64) {
 	}
 }
 
+// arbiterStatusEvery is how often the arbiter's status is read from etcd.
+const arbiterStatusEvery = 3 * time.Second
+
 // watchArbiter refreshes the arbiter's status (endpoints, holder, lease)
 // for status and members, off the request path, until ctx ends.
 func (n *Node) watchArbiter(ctx context.Context) {
-	t := n.clock.NewTicker(max(n.cfg.Heartbeat.Period, time.Second))
+	t := n.clock.NewTicker(max(n.cfg.Heartbeat.Period, arbiterStatusEvery))
 	defer t.Stop()
 	for {
 		sctx, cancel := context.WithTimeout(ctx, 2*time.Second)

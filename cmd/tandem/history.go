@@ -45,7 +45,7 @@ Exit codes: 0 ok (also "no history yet" when the file does not exist),
 // lines are skipped.
 var historyKinds = map[string]bool{
 	eventlog.KindRole: true, eventlog.KindFenced: true, eventlog.KindTakeover: true,
-	eventlog.KindMaintenance: true, eventlog.KindRefused: true,
+	eventlog.KindMaintenance: true, eventlog.KindRefused: true, eventlog.KindDeposed: true,
 }
 
 // historyEntry is one event of `tandem history --json`. Every key is always
@@ -225,6 +225,8 @@ func historyRow(e eventlog.Event) (cols []string, extra string) {
 		}
 	case eventlog.KindRefused:
 		reason = "start refused"
+	case eventlog.KindDeposed:
+		reason = "stopped acting (arbiter)"
 	}
 	return []string{nonEmpty(role, "-"), nonEmpty(reason, "-"), ft, strconv.FormatUint(e.Epoch, 10), nonEmpty(detail, "-")}, extra
 }

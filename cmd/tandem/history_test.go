@@ -195,3 +195,14 @@ func TestHistoryBadUsageAndConfig(t *testing.T) {
 		t.Fatalf("help: %d %q", code, out)
 	}
 }
+
+func TestHistoryShowsAnArbiterDeposal(t *testing.T) {
+	e := newCLIEnv(t, "")
+	writeEvents(t, filepath.Join(e.data, "events.jsonl"), []eventlog.Event{
+		{TMS: t0, Node: "opsc-a", Kind: eventlog.KindDeposed, Epoch: 4, Detail: "the arbiter's term is over (no lease renewal for 3s (renew_deadline 3s)); failsafe is off"},
+	}, "")
+	code, out, _ := runCLI(historyCmd, "--config", e.cfg)
+	if code != exitOK || !strings.Contains(out, "stopped acting (arbiter)") || !strings.Contains(out, "no lease renewal for 3s") {
+		t.Fatalf("%d\n%s", code, out)
+	}
+}

@@ -281,6 +281,12 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			extra.add(addr, true, true)
 		}
 	}
+	// The peers an earlier role knew are listened to from the start: after
+	// a campaign lost to one of them (arbiter) the new primary is heard on
+	// its own broker, the old primary's being gone.
+	for _, p := range r.cfg.Peers {
+		addPeerLink(p.Address)
+	}
 
 	// Each reply carries a fresh nonce; only heartbeats that echo one of
 	// our recent nonces count as the primary being alive (a recorded

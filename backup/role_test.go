@@ -285,3 +285,28 @@ func TestARestartedRoleKeepsTheElectionsPeers(t *testing.T) {
 		t.Fatalf("rank %d with peers %+v, want rank 1 below the seeded peer", s.Rank, s.Peers)
 	}
 }
+
+// A role seeded with the peers of an earlier one listens on their brokers
+// from its start, before any heartbeat: after a campaign lost to one of
+// them (arbiter), the new primary is heard there while the old one's
+// broker is gone.
+func TestARestartedRoleListensOnItsPeersBrokersAtOnce(t *testing.T) {
+	dialed := make(chan string, 4)
+	hub := broker.NewMemHub()
+	newRoleRigWith(t, time.Second, 5*time.Second, func(c *RoleConfig) {
+		c.Heard, c.Priority = true, 100
+		c.Peers = []PeerInfo{{Node: "c", FailoverID: othr, Address: "10.0.0.3:61620", Priority: 150, Effective: 150, Seen: time.Unix(1000, 0)}}
+		c.DialPeer = func(_ context.Context, addr string) (broker.Bus, error) {
+			dialed <- addr
+			return hub.Client("peer-" + addr), nil
+		}
+	})
+	select {
+	case addr := <-dialed:
+		if addr != "10.0.0.3:61620" {
+			t.Fatalf("dialed %q, want the seeded peer's broker", addr)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the seeded peer's broker was never dialed")
+	}
+}

@@ -346,3 +346,37 @@ func TestI8CheckerSeesTwoPrimariesAfterAPartitionWithoutAnArbiter(t *testing.T) 
 	}
 	t.Logf("as expected without an arbiter: %s", errs[0])
 }
+
+// A group of three under the arbiter: kill the primary, the best backup
+// wins the election and takes over, the other follows it (its own
+// campaign, queued behind, gives up).
+func TestArbiterGroupKillPrimaryTheBestBackupWinsAndTheOtherFollows(t *testing.T) {
+	etcd := testetcd.Start(t, 3)
+	eps := `"` + strings.Join(etcd.Endpoints(), `", "`) + `"`
+	r, c := trioAt(t, func(string) string {
+		return fmt.Sprintf("arbiter:\n  etcd:\n    endpoints: [%s]\n    prefix: /tandem/trio\n    ttl: 4s\n    renew_deadline: 2500ms\n", eps)
+	}, 2)
+	ranked(t, c, 1)
+	t.Cleanup(func() {
+		if t.Failed() {
+			var keep []string
+			for _, l := range strings.Split(c.p.logText(), "\n") {
+				if !strings.Contains(l, "level=debug") && !strings.Contains(l, "broker link") {
+					keep = append(keep, l)
+				}
+			}
+			t.Logf("c:\n%s", tailLines(strings.Join(keep, "\n"), 40))
+		}
+	})
+	r.a.p.signal(syscall.SIGKILL)
+	r.a.p.wait(5 * time.Second)
+	// a's fresh epoch 1 became 2 with its first term; b's takeover is 3.
+	r.settled(r.b, 3, 30*time.Second)
+	eventually(t, 30*time.Second, "c follows b", func() bool { return watches(c, "b") })
+	if st := mustStatus(t, c); st.Epoch != 0 {
+		t.Fatalf("c took an epoch (%d)", st.Epoch)
+	}
+	ar := &arbiterRig{rig: r}
+	ar.checkI8()
+	r.check()
+}

@@ -60,6 +60,13 @@ func watches(s *server, prim string) bool {
 // other, the agents on a at epoch 1. extra adds config lines per server.
 func trio(t *testing.T, extra func(name string) string) (*rig, *server) {
 	t.Helper()
+	return trioAt(t, extra, 1)
+}
+
+// trioAt is trio with the epoch a settles at (2 under an arbiter: its
+// first term raises the fresh epoch).
+func trioAt(t *testing.T, extra func(name string) string, epoch uint64) (*rig, *server) {
+	t.Helper()
 	prio := map[string]int{"a": 100, "b": 150, "c": 100}
 	r := newRig(t, "embedded", nil, rigOpts{agents: 4, serverExtra: func(name string) string {
 		s := fmt.Sprintf("priority: %d\n", prio[name])
@@ -85,7 +92,7 @@ func trio(t *testing.T, extra func(name string) string) (*rig, *server) {
 			len(sb.Backups) >= 1 && len(sc.Backups) >= 1
 	})
 	r.startAgents()
-	r.settled(r.a, 1, 20*time.Second)
+	r.settled(r.a, epoch, 20*time.Second)
 	return r, cs
 }
 

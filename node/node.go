@@ -120,7 +120,7 @@ type Node struct {
 	// realListeners: the broker and admin listen on real sockets (not a
 	// test's stand-in), so their addresses are checked before start.
 	realListeners bool
-	tel           *Telemetry // takeover timings (metrics, event log)
+	tel           *Telemetry    // takeover timings (metrics, event log)
 	arb           *arbiterState // the group's election in etcd (nil: no arbiter)
 	checker       *health.Checker
 	replySeq      atomic.Uint64     // the backup roles' reply numbering

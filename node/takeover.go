@@ -173,7 +173,6 @@ func (n *Node) takeOver(ctx context.Context, reason string, from *failoverid.Pee
 	return nil
 }
 
-
 // finishTakeover records that heartbeats flow, runs after_takeover and
 // closes the journal. It runs under the primary role's context: when the
 // role ends (a fence, a switchover, a stop) the hook's process group is

@@ -37,14 +37,7 @@ func arbiterPair(t *testing.T, failsafe bool) *arbiterRig {
 	ar := &arbiterRig{etcd: etcd, etcdVia: map[string][]*proxy{}}
 	prefix := "/tandem/" + strings.ReplaceAll(t.Name(), "/", "-")
 	ar.rig = newRig(t, "embedded", nil, rigOpts{timing: arbiterTiming, serverExtra: func(name string) string {
-		var eps []string
-		for _, ep := range etcd.Endpoints() {
-			p := newProxy(t, strings.TrimPrefix(ep, "http://"))
-			ar.etcdVia[name] = append(ar.etcdVia[name], p)
-			eps = append(eps, fmt.Sprintf("%q", "http://"+p.addr()))
-		}
-		return fmt.Sprintf("arbiter:\n  failsafe: %v\n  etcd:\n    endpoints: [%s]\n    prefix: %s\n    ttl: %s\n    renew_deadline: 2500ms\n",
-			failsafe, strings.Join(eps, ", "), prefix, arbiterTTL)
+		return arbiterConfig(t, etcd, ar.etcdVia, name, prefix, arbiterTTL.String(), "2500ms", failsafe)
 	}})
 	ar.pairUp()
 	ar.startAgents()
@@ -69,29 +62,47 @@ func (ar *arbiterRig) healEtcd(s *server) {
 	}
 }
 
-// checkI8 reads the servers' event log: at no instant did two servers act
-// as primary (host monotonic clock).
-func (ar *arbiterRig) checkI8() {
-	ar.t.Helper()
-	evs, err := eventlog.Read(ar.c.serverEvents(), 0)
+// arbiterConfig is a server's arbiter section: its own proxies (kept in
+// via[name]) to each etcd member, so a test can cut it from etcd alone.
+func arbiterConfig(t testing.TB, etcd *testetcd.Cluster, via map[string][]*proxy, name, prefix, ttl, deadline string, failsafe bool) string {
+	var eps []string
+	for _, ep := range etcd.Endpoints() {
+		p := newProxy(t, strings.TrimPrefix(ep, "http://"))
+		via[name] = append(via[name], p)
+		eps = append(eps, fmt.Sprintf("%q", "http://"+p.addr()))
+	}
+	return fmt.Sprintf("arbiter:\n  failsafe: %v\n  etcd:\n    endpoints: [%s]\n    prefix: %s\n    ttl: %s\n    renew_deadline: %s\n",
+		failsafe, strings.Join(eps, ", "), prefix, ttl, deadline)
+}
+
+// i8Violations reads the servers' event log at path: the instants two
+// servers acted as primary (host monotonic clock), and how many stretches
+// of acting it saw.
+func i8Violations(path string) (errs []string, stretches int) {
+	evs, err := eventlog.Read(path, 0)
 	if err != nil {
-		ar.t.Errorf("I8 unchecked: %v", err)
-		return
+		return []string{"I8 unchecked: " + err.Error()}, 0
 	}
 	byNode := map[string][]eventlog.Event{}
 	for _, e := range evs {
 		byNode[e.Node] = append(byNode[e.Node], e)
 	}
 	var all [][]eventlog.Event
-	stretches := 0
 	for _, e := range byNode {
 		all = append(all, e)
 		stretches += len(eventlog.ActingStretches(e))
 	}
+	return eventlog.CheckI8(all), stretches
+}
+
+// checkI8: at no instant did two servers act as primary.
+func (ar *arbiterRig) checkI8() {
+	ar.t.Helper()
+	errs, stretches := i8Violations(ar.c.serverEvents())
 	if stretches == 0 {
 		ar.t.Error("I8 unchecked: no server sent anything as primary (event_log_messages off?)")
 	}
-	for _, v := range eventlog.CheckI8(all) {
+	for _, v := range errs {
 		ar.t.Error(v)
 	}
 }
@@ -332,17 +343,9 @@ func TestI8CheckerSeesTwoPrimariesAfterAPartitionWithoutAnArbiter(t *testing.T) 
 	time.Sleep(500 * time.Millisecond) // both heartbeat meanwhile
 	r.heal()
 	r.c.waitRole(r.a, "fenced", 30*time.Second)
-	evs, err := eventlog.Read(r.c.serverEvents(), 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	byNode := map[string][]eventlog.Event{}
-	for _, e := range evs {
-		byNode[e.Node] = append(byNode[e.Node], e)
-	}
-	errs := eventlog.CheckI8([][]eventlog.Event{byNode["a"], byNode["b"]})
+	errs, _ := i8Violations(r.c.serverEvents())
 	if len(errs) == 0 {
-		t.Fatalf("I8 checker found no overlap where a and b both acted as primary: a %+v b %+v", eventlog.ActingStretches(byNode["a"]), eventlog.ActingStretches(byNode["b"]))
+		t.Fatal("I8 checker found no overlap where a and b both acted as primary")
 	}
 	t.Logf("as expected without an arbiter: %s", errs[0])
 }

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/tandem-ha/tandem/internal/eventlog"
 	"github.com/tandem-ha/tandem/internal/testetcd"
 )
 
@@ -88,19 +87,7 @@ func arbiterTakeoverRun(b *testing.B, etcd *testetcd.Cluster, arb bool, run int)
 		s, err := getStatus(bk.admin)
 		return err == nil && s.Role == "primary" && s.Agents.Rewritten == n
 	})
-	var evs []eventlog.Event
-	eventually(b, 20*time.Second, "b's takeover event in the log", func() bool {
-		var err error
-		if evs, err = eventlog.Read(c.serverEvents(), 0); err != nil {
-			return false
-		}
-		for _, e := range evs {
-			if e.Node == bk.name && e.Kind == eventlog.KindTakeover {
-				return true
-			}
-		}
-		return false
-	})
+	evs := waitTakeoverEvent(b, c, bk.name)
 	tk := findTakeover(evs, a.name, bk.name)
 	if tk.lastHB == nil || tk.takingOver == nil || tk.takeover == nil {
 		b.Fatalf("event log %s lacks a's last heartbeat, b's taking-over or takeover event", c.serverEvents())

@@ -94,20 +94,7 @@ func groupTakeoverRun(b *testing.B, servers int) (done, firstHB float64) {
 			b.Fatalf("c took over too (epoch %d)", s.Epoch)
 		}
 	}
-	var evs []eventlog.Event
-	eventually(b, 20*time.Second, "b's takeover event in the log (written at its first heartbeat)", func() bool {
-		var err error
-		evs, err = eventlog.Read(c.serverEvents(), 0)
-		if err != nil {
-			return false
-		}
-		for _, e := range evs {
-			if e.Node == bk.name && e.Kind == eventlog.KindTakeover {
-				return true
-			}
-		}
-		return false
-	})
+	evs := waitTakeoverEvent(b, c, bk.name)
 	tk := findTakeover(evs, a.name, bk.name)
 	lastHB, takingOver, takeover := tk.lastHB, tk.takingOver, tk.takeover
 	if lastHB == nil || takingOver == nil || takeover == nil {
@@ -116,6 +103,26 @@ func groupTakeoverRun(b *testing.B, servers int) (done, firstHB float64) {
 	end := lastHB.TMS + window
 	done = float64(takingOver.TMS-end) + float64(takeover.PhasesMS["epoch_persisted"]+takeover.PhasesMS["before_hook"]+takeover.PhasesMS["files_rewritten"])
 	return done, float64(takeover.TMS - end)
+}
+
+// waitTakeoverEvent waits until node's takeover event is in the servers'
+// event log (written at its first heartbeat as primary) and returns the log.
+func waitTakeoverEvent(tb testing.TB, c *cluster, node string) []eventlog.Event {
+	tb.Helper()
+	var evs []eventlog.Event
+	eventually(tb, 20*time.Second, node+"'s takeover event in the log", func() bool {
+		var err error
+		if evs, err = eventlog.Read(c.serverEvents(), 0); err != nil {
+			return false
+		}
+		for _, e := range evs {
+			if e.Node == node && e.Kind == eventlog.KindTakeover {
+				return true
+			}
+		}
+		return false
+	})
+	return evs
 }
 
 // BenchmarkHealthHandover measures the time from the primary's managed

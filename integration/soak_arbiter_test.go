@@ -3,13 +3,10 @@ package integration
 import (
 	"fmt"
 	"os"
-	"strconv"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
-	"github.com/tandem-ha/tandem/internal/eventlog"
 	"github.com/tandem-ha/tandem/internal/testetcd"
 )
 
@@ -25,69 +22,26 @@ func TestSoakArbiter(t *testing.T) {
 	if os.Getenv("TANDEM_SOAK") != "1" || os.Getenv("SOAK_ARBITER") != "1" {
 		t.Skip("set TANDEM_SOAK=1 SOAK_ARBITER=1 (and SEED, CYCLES) to run the arbiter soak")
 	}
-	seed := time.Now().UnixNano()
-	if v := os.Getenv("SEED"); v != "" {
-		n, err := strconv.ParseInt(v, 10, 64)
-		if err != nil {
-			t.Fatalf("SEED=%q: %v", v, err)
-		}
-		seed = n
-	}
-	cycles := 10
-	if v := os.Getenv("CYCLES"); v != "" {
-		n, err := strconv.Atoi(v)
-		if err != nil || n < 1 {
-			t.Fatalf("CYCLES=%q: want a positive integer", v)
-		}
-		cycles = n
-	}
+	seed, cycles := soakEnv(t, 10)
 	fmt.Printf("soak-arbiter: seed=%d cycles=%d\n", seed, cycles)
 	etcd := testetcd.Start(t, 3)
 	via := map[string][]*proxy{}
 	o := rigOpts{timing: soakArbiterTiming, serverExtra: func(name string) string {
-		var eps []string
-		for _, ep := range etcd.Endpoints() {
-			p := newProxy(t, strings.TrimPrefix(ep, "http://"))
-			via[name] = append(via[name], p)
-			eps = append(eps, fmt.Sprintf("%q", "http://"+p.addr()))
-		}
-		return fmt.Sprintf("arbiter:\n  etcd:\n    endpoints: [%s]\n    prefix: /tandem/soak\n    ttl: 3s\n    renew_deadline: 1500ms\n", strings.Join(eps, ", "))
+		return arbiterConfig(t, etcd, via, name, "/tandem/soak", "3s", "1500ms", false)
 	}}
 	s := newSoakWith(t, "embedded", nil, seed, o, 2)
 	as := &arbiterSoak{soak: s, etcd: etcd, via: via}
-	i8Errs := 0
 	defer func() {
 		done := min(s.cycle-1, cycles)
 		line := fmt.Sprintf("soak-arbiter: seed=%d cycles=%d faults=%d failovers=%d false_failovers=%d violations=%d i8_violations=%d stretches=%d",
-			seed, done, s.faults, s.failovers, s.falseFailovers, s.violations, i8Errs, as.stretches)
+			seed, done, s.faults, s.failovers, s.falseFailovers, s.violations, as.i8Bad, as.stretches)
 		fmt.Println(line)
 		t.Log(line)
 	}()
-	for s.cycle = 1; s.cycle <= cycles; s.cycle++ {
-		f := arbiterFaults[s.rnd.Intn(len(arbiterFaults))]
-		t0 := time.Now()
-		ep0 := s.epoch
-		s.faults++
-		f.apply(as)
-		fa := int(s.epoch - ep0)
-		s.failovers += fa
-		if fa > f.failovers {
-			s.falseFailovers += fa - f.failovers
-			t.Errorf("cycle %d (%s): %d takeovers, expected %d (false failover)", s.cycle, f.name, fa, f.failovers)
-		}
-		s.check(f.name)
-		for _, v := range as.checkI8() {
-			i8Errs++
-			s.violations++
-			t.Errorf("cycle %d (%s): %s", s.cycle, f.name, v)
-		}
-		t.Logf("cycle %d: %-26s primary=%s epoch=%d takeovers=%d in %s", s.cycle, f.name, s.prim.name, s.epoch, fa, time.Since(t0).Round(time.Millisecond))
-		if t.Failed() && os.Getenv("SOAK_KEEP_GOING") == "" {
-			t.Logf("stopping at the first failure (SOAK_KEEP_GOING=1 continues; seed %d)", seed)
-			s.cycle++
-			return
-		}
-	}
+	s.runCycles(cycles, len(arbiterFaults), func(i int) (string, int, func()) {
+		f := arbiterFaults[i]
+		return f.name, f.failovers, func() { f.apply(as) }
+	}, as.checkI8)
 }
 
 // soakArbiterTiming: fail_window 2 s against a 3 s lease (a crash waits
@@ -99,6 +53,7 @@ type arbiterSoak struct {
 	etcd      *testetcd.Cluster
 	via       map[string][]*proxy
 	stretches int
+	i8Bad     int // I8 violations reported so far
 }
 
 var arbiterFaults = []struct {
@@ -193,21 +148,15 @@ func (a *arbiterSoak) etcdMember() {
 	a.settle(a.prim, a.epoch)
 }
 
-// checkI8 checks the whole event log so far.
+// checkI8 checks the whole event log so far and returns the violations
+// not reported before.
 func (a *arbiterSoak) checkI8() []string {
-	evs, err := eventlog.Read(a.r.c.serverEvents(), 0)
-	if err != nil {
-		return []string{"I8 unchecked: " + err.Error()}
+	errs, stretches := i8Violations(a.r.c.serverEvents())
+	a.stretches = stretches
+	if len(errs) <= a.i8Bad {
+		return nil
 	}
-	byNode := map[string][]eventlog.Event{}
-	for _, e := range evs {
-		byNode[e.Node] = append(byNode[e.Node], e)
-	}
-	var all [][]eventlog.Event
-	a.stretches = 0
-	for _, e := range byNode {
-		all = append(all, e)
-		a.stretches += len(eventlog.ActingStretches(e))
-	}
-	return eventlog.CheckI8(all)
+	fresh := errs[a.i8Bad:]
+	a.i8Bad = len(errs)
+	return fresh
 }

@@ -81,24 +81,42 @@ func TestSoak(t *testing.T) {
 		s.hostile = startHostile(t, seed, addrs, s.r.files, 40)
 	}
 	defer s.summary(cycles)
+	s.runCycles(cycles, len(soakFaults), func(i int) (string, int, func()) {
+		f := soakFaults[i]
+		return f.name, f.failovers, func() { f.apply(s) }
+	}, nil)
+}
+
+// runCycles runs the soak's cycles: each draws fault i of n (its name,
+// the takeovers it allows, how to apply it), applies it, counts its
+// takeovers (every takeover raises the epoch by one; a resumed one does
+// not count twice; more than allowed is a false failover), checks the
+// invariants (check, then more when set: the new violations it returns),
+// and stops at the first failure unless SOAK_KEEP_GOING is set.
+func (s *soak) runCycles(cycles, n int, fault func(i int) (name string, failovers int, apply func()), more func() []string) {
+	t := s.t
 	for s.cycle = 1; s.cycle <= cycles; s.cycle++ {
-		f := soakFaults[s.rnd.Intn(len(soakFaults))]
+		name, allowed, apply := fault(s.rnd.Intn(n))
 		t0 := time.Now()
 		ep0 := s.epoch
 		s.faults++
-		f.apply(s)
-		// Every takeover (failover or switchover) raises the epoch by one;
-		// a resumed takeover does not count twice.
+		apply()
 		fa := int(s.epoch - ep0)
 		s.failovers += fa
-		if fa > f.failovers {
-			s.falseFailovers += fa - f.failovers
-			t.Errorf("cycle %d (%s): %d takeovers, expected %d (false failover)", s.cycle, f.name, fa, f.failovers)
+		if fa > allowed {
+			s.falseFailovers += fa - allowed
+			t.Errorf("cycle %d (%s): %d takeovers, expected %d (false failover)", s.cycle, name, fa, allowed)
 		}
-		s.check(f.name)
-		t.Logf("cycle %d: %-22s primary=%s epoch=%d takeovers=%d in %s", s.cycle, f.name, s.prim.name, s.epoch, fa, time.Since(t0).Round(time.Millisecond))
+		s.check(name)
+		if more != nil {
+			for _, v := range more() {
+				s.violations++
+				t.Errorf("cycle %d (%s): %s", s.cycle, name, v)
+			}
+		}
+		t.Logf("cycle %d: %-26s primary=%s epoch=%d takeovers=%d in %s", s.cycle, name, s.prim.name, s.epoch, fa, time.Since(t0).Round(time.Millisecond))
 		if t.Failed() && os.Getenv("SOAK_KEEP_GOING") == "" {
-			t.Logf("stopping at the first failure (SOAK_KEEP_GOING=1 continues)")
+			t.Logf("stopping at the first failure (SOAK_KEEP_GOING=1 continues; seed %d)", s.seed)
 			s.cycle++
 			return
 		}

@@ -28,7 +28,8 @@ type ctl struct{}
 
 func (ctl) Status() node.Status {
 	return node.Status{Node: "b", Role: "backup", FailoverID: "id", Epoch: 2, Version: "test",
-		Primary: &node.PrimaryStatus{Node: "a", Epoch: 1, LastHeartbeatAgeMS: 10}}
+		Primary: &node.PrimaryStatus{Node: "a", Epoch: 1, LastHeartbeatAgeMS: 10},
+		Arbiter: &node.ArbiterStatus{Holder: "a", LeaseTTLLeftMS: -1}} // a server with an arbiter exports its series
 }
 func (ctl) Metrics() node.Metrics                          { return node.Metrics{} }
 func (ctl) Switchover(ctx context.Context, _ string) error { return nil }
@@ -39,7 +40,9 @@ func (ctl) Agents() []primary.AgentView                    { return nil }
 // _bucket/_sum/_count series of its histograms and summaries.
 func exported(t *testing.T) map[string]bool {
 	t.Helper()
-	fams, err := node.NewRegistry(ctl{}, node.NewTelemetry(10*time.Second, time.Minute)).Gather()
+	tel := node.NewTelemetry(10*time.Second, time.Minute)
+	tel.EnableArbiter()
+	fams, err := node.NewRegistry(ctl{}, tel).Gather()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/tandem-ha/tandem/arbiter"
 	"github.com/tandem-ha/tandem/failoverid"
 )
 
@@ -286,5 +287,33 @@ func TestRegistriesArePerNode(t *testing.T) {
 	}
 	if value(t, fa, "tandem_role", "role", "primary") != 1 || value(t, fb, "tandem_role", "role", "primary") != 0 {
 		t.Error("roles leaked between nodes")
+	}
+}
+
+func TestArbiterMetrics(t *testing.T) {
+	// Without an arbiter, none of its series.
+	fams, _ := parseMetrics(t, &metricsCtl{fakeCtl: &fakeCtl{st: Status{Role: "primary"}}, tel: NewTelemetry(time.Second, 5*time.Second)})
+	for name := range fams {
+		if strings.HasPrefix(name, "tandem_arbiter_") {
+			t.Errorf("%s exported without an arbiter", name)
+		}
+	}
+	tel := NewTelemetry(time.Second, 5*time.Second)
+	tel.EnableArbiter()
+	tel.ArbiterRenew(3*time.Millisecond, true)
+	tel.ArbiterRenew(2*time.Second, false)
+	st := Status{Role: "primary", Arbiter: &ArbiterStatus{HoldsTerm: true, LeaseTTLLeftMS: 8000, Failsafe: false,
+		Endpoints: []arbiter.EndpointStatus{{Reachable: true}, {Reachable: true}, {}}}}
+	fams, _ = parseMetrics(t, &metricsCtl{fakeCtl: &fakeCtl{st: st}, tel: tel})
+	for _, tc := range []struct {
+		name string
+		want float64
+	}{
+		{"tandem_arbiter_holds_term", 1}, {"tandem_arbiter_lease_ttl_left_seconds", 8}, {"tandem_arbiter_endpoints_reachable", 2},
+		{"tandem_arbiter_failsafe", 0}, {"tandem_arbiter_renew_failures_total", 1}, {"tandem_arbiter_renew_duration_seconds", 2},
+	} {
+		if got := value(t, fams, tc.name); got != tc.want {
+			t.Errorf("%s = %v, want %v", tc.name, got, tc.want)
+		}
 	}
 }

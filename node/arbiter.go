@@ -145,6 +145,27 @@ func (n *Node) acquireTerm(ctx context.Context, epoch uint64) (uint64, error) {
 		t   *arbiter.Term
 		err error
 	}
+	// The look for a higher epoch runs beside the campaign: a check dials
+	// the peer's channel for up to 1.5 periods, and a won term must not
+	// wait for it.
+	fctx, stopFence := context.WithCancel(ctx)
+	defer stopFence()
+	fenced := make(chan error, 1)
+	go func() {
+		t := n.clock.NewTicker(max(n.cfg.Heartbeat.Period, 500*time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-fctx.Done():
+				return
+			case <-t.C():
+			}
+			if err := n.startupFenceCheck(fctx); err != nil && fctx.Err() == nil {
+				fenced <- err
+				return
+			}
+		}
+	}()
 	for attempt := 0; ; attempt++ {
 		cctx, cancel := context.WithCancel(ctx)
 		res := make(chan won, 1)
@@ -152,26 +173,17 @@ func (n *Node) acquireTerm(ctx context.Context, epoch uint64) (uint64, error) {
 			t, err := n.arb.cli.Reclaim(cctx, n.cfg.Node, epoch)
 			res <- won{t, err}
 		}()
-		check := n.clock.NewTicker(max(n.cfg.Heartbeat.Period, 500*time.Millisecond))
 		var got won
-		waiting := true
-		for waiting {
-			select {
-			case got = <-res:
-				waiting = false
-			case <-check.C():
-				if err := n.startupFenceCheck(ctx); err != nil {
-					cancel()
-					if w := <-res; w.t != nil {
-						_ = w.t.Resign(context.Background())
-					}
-					check.Stop()
-					n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindRefused, FailoverID: n.id, Epoch: epoch, Detail: err.Error()})
-					return 0, err
-				}
+		select {
+		case got = <-res:
+		case err := <-fenced:
+			cancel()
+			if w := <-res; w.t != nil {
+				_ = w.t.Resign(context.Background())
 			}
+			n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindRefused, FailoverID: n.id, Epoch: epoch, Detail: err.Error()})
+			return 0, err
 		}
-		check.Stop()
 		cancel()
 		if got.err == nil {
 			n.arb.set(got.t)
@@ -187,6 +199,9 @@ func (n *Node) acquireTerm(ctx context.Context, epoch uint64) (uint64, error) {
 		select {
 		case <-ctx.Done():
 			return 0, ctx.Err()
+		case err := <-fenced:
+			n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindRefused, FailoverID: n.id, Epoch: epoch, Detail: err.Error()})
+			return 0, err
 		case <-n.clock.After(n.cfg.Heartbeat.Period):
 		}
 	}

@@ -430,13 +430,27 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 }
 
+// verifyKey names what a command's signature check depends on besides the
+// message: the verifying keys and the destination it must be signed for.
+type verifyKey struct {
+	signer *protocol.Signer
+	dest   string
+}
+
+// verify checks a command's signature for the agents' command destination,
+// once per message for the agents of a pool that share its keys.
+func (a *Agent) verify(m broker.Message) error {
+	dest := a.cfg.Dest.AgentCommand
+	return m.Memo.Do(verifyKey{a.cfg.Signer, dest}, func() error { return a.cfg.Signer.Verify(dest, m.Headers, m.Body) })
+}
+
 // command applies the binding check to one command. It returns the file it
 // checked against and whether the command was accepted.
 func (a *Agent) command(m broker.Message) (agentcfg.Address, bool) {
 	// The signature is checked for the destination the agent subscribed
 	// to, not the one the broker names: a server message signed for
 	// another destination (a heartbeat) is no command.
-	if err := a.cfg.Signer.Verify(a.cfg.Dest.AgentCommand, m.Headers, m.Body); err != nil {
+	if err := a.verify(m); err != nil {
 		a.cfg.Log.WithError(err).WithField("agent", a.cfg.ID).Debug("dropped a command")
 		return agentcfg.Address{}, false
 	}

@@ -176,6 +176,8 @@ func (l *poolLink) leave(s *poolSub) {
 // it closes (its last member left, or the link closed).
 func (l *poolLink) forward(f *fan) {
 	for m := range f.under.C() {
+		// The members share one signature check of the message.
+		m.Memo = &broker.Memo{}
 		f.mu.Lock()
 		for s := range f.members {
 			s.push(m)

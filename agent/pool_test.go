@@ -425,3 +425,39 @@ func TestPoolFailedDialWithATypedNilDoesNotCrash(t *testing.T) {
 		t.Fatal("a failed link is kept")
 	}
 }
+
+// The agents of one fan-out share one signature check per message: every
+// copy carries the same memo, and a check done by one is the others'.
+func TestPooledAgentsShareOneSignatureCheckPerMessage(t *testing.T) {
+	r := newPoolRig(0)
+	ctx := context.Background()
+	var subs []broker.Subscription
+	for i := 0; i < 3; i++ {
+		b, err := r.pool.Dial(ctx, addrOf("server-a", 1001))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, _ := b.Subscribe(dest.AgentCommand)
+		subs = append(subs, s)
+	}
+	h := protocol.Envelope{FailoverID: idA, Epoch: 1, Node: "a", Seq: 1}.Headers()
+	if err := r.hub.Client("server").Publish(ctx, dest.AgentCommand, h, []byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	checks := 0
+	key := verifyKey{dest: dest.AgentCommand}
+	var memo *broker.Memo
+	for _, s := range subs {
+		m := recv(t, s)
+		if m.Memo == nil || (memo != nil && m.Memo != memo) {
+			t.Fatalf("copies carry memos %p and %p, want one shared", memo, m.Memo)
+		}
+		memo = m.Memo
+		if err := m.Memo.Do(key, func() error { checks++; return nil }); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if checks != 1 {
+		t.Fatalf("%d signature checks for 3 agents, want 1", checks)
+	}
+}

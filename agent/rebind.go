@@ -131,7 +131,7 @@ func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
 			return
 		}
 	}
-	if err := a.cfg.Signer.Verify(a.cfg.Dest.AgentCommand, m.Headers, m.Body); err != nil {
+	if err := a.verify(m); err != nil {
 		a.rejectRebind(logrus.WarnLevel, f, "message signature: "+err.Error())
 		return
 	}

@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"errors"
+	"sync"
 )
 
 // Message is one STOMP MESSAGE as tandem sees it: a destination, the custom
@@ -13,6 +14,39 @@ type Message struct {
 	Destination string
 	Headers     map[string]string
 	Body        []byte
+	// Memo, when set, is shared by every receiver of one fanned-out copy
+	// of the message (agent.Pool): work that depends only on the message,
+	// such as its signature check, is done once for all of them.
+	Memo *Memo
+}
+
+// Memo is a message's shared result of one computation (see Message.Memo).
+// A nil *Memo computes every time.
+type Memo struct {
+	mu   sync.Mutex
+	done bool
+	key  any
+	err  error
+}
+
+// Do returns f's result for key: computed by the first caller (the others
+// with the same key wait for it and reuse it); a caller with another key
+// computes its own. key must be comparable and name everything f depends
+// on besides the message (the verifying keys, the destination).
+func (m *Memo) Do(key any, f func() error) error {
+	if m == nil {
+		return f()
+	}
+	m.mu.Lock()
+	if m.done && m.key != key {
+		m.mu.Unlock()
+		return f()
+	}
+	defer m.mu.Unlock()
+	if !m.done {
+		m.done, m.key, m.err = true, key, f()
+	}
+	return m.err
 }
 
 // Bus is the small publish/subscribe seam the rest of tandem uses. The real

@@ -1,0 +1,45 @@
+package broker
+
+import (
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+)
+
+func TestMemoComputesOncePerKey(t *testing.T) {
+	var m Memo
+	var calls atomic.Int32
+	bad := errors.New("bad signature")
+	f := func() error { calls.Add(1); return bad }
+	var wg sync.WaitGroup
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if err := m.Do("k", f); !errors.Is(err, bad) {
+				t.Errorf("Do: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if calls.Load() != 1 {
+		t.Fatalf("%d computations for one key, want 1", calls.Load())
+	}
+	// Another key (other verifying keys) computes its own, not cached.
+	ok := func() error { calls.Add(1); return nil }
+	if err := m.Do("other", ok); err != nil || calls.Load() != 2 {
+		t.Fatalf("other key: %v, %d calls", err, calls.Load())
+	}
+	if err := m.Do("k", ok); !errors.Is(err, bad) || calls.Load() != 2 {
+		t.Fatalf("the first key's result changed: %v, %d calls", err, calls.Load())
+	}
+	// No memo: every call computes.
+	var none *Memo
+	for i := 0; i < 2; i++ {
+		_ = none.Do("k", ok)
+	}
+	if calls.Load() != 4 {
+		t.Fatalf("nil memo: %d calls, want 4", calls.Load())
+	}
+}

@@ -105,6 +105,11 @@ func (a *Agent) rejectRebind(level logrus.Level, fields logrus.Fields, reason st
 	a.cfg.Log.WithFields(fields).Log(level, "rejected a rebind: "+reason)
 }
 
+// tokenSigKey names a rebind's failover_sig check: it depends on the
+// message's headers and the group's public key only, so the agents of a
+// pool share it (broker.Message.Memo).
+type tokenSigKey struct{ signer *protocol.Signer }
+
 // offerRebind checks what a rebind's signatures say and hands a valid one to
 // the worker. It never blocks.
 func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
@@ -153,7 +158,9 @@ func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
 		a.rejectRebind(logrus.WarnLevel, f, "advertise, failover-id or epoch is not a valid binding")
 		return
 	}
-	if err := a.cfg.Signer.VerifyTokenSig(env.FailoverSig, env.FailoverID, env.Epoch, host, port); err != nil {
+	if err := m.Memo.Do(tokenSigKey{a.cfg.Signer}, func() error {
+		return a.cfg.Signer.VerifyTokenSig(env.FailoverSig, env.FailoverID, env.Epoch, host, port)
+	}); err != nil {
 		a.rejectRebind(logrus.WarnLevel, f, "failover-sig does not cover this failover id, epoch and address: "+err.Error())
 		return
 	}

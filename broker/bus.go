@@ -20,33 +20,42 @@ type Message struct {
 	Memo *Memo
 }
 
-// Memo is a message's shared result of one computation (see Message.Memo).
-// A nil *Memo computes every time.
+// Memo is a message's shared results of a few computations (see
+// Message.Memo), each under its own key. A nil *Memo computes every time.
 type Memo struct {
 	mu   sync.Mutex
-	done bool
-	key  any
-	err  error
+	done []memoEntry
 }
 
+type memoEntry struct {
+	key any
+	err error
+}
+
+// maxMemo bounds the results a memo keeps (a command's signature check, a
+// rebind's token check): a caller with a key beyond them computes its own.
+const maxMemo = 4
+
 // Do returns f's result for key: computed by the first caller (the others
-// with the same key wait for it and reuse it); a caller with another key
-// computes its own. key must be comparable and name everything f depends
-// on besides the message (the verifying keys, the destination).
+// with the same key wait for it and reuse it). key must be comparable and
+// name everything f depends on besides the message (the verifying keys,
+// the destination).
 func (m *Memo) Do(key any, f func() error) error {
 	if m == nil {
 		return f()
 	}
 	m.mu.Lock()
-	if m.done && m.key != key {
-		m.mu.Unlock()
-		return f()
-	}
 	defer m.mu.Unlock()
-	if !m.done {
-		m.done, m.key, m.err = true, key, f()
+	for _, e := range m.done {
+		if e.key == key {
+			return e.err
+		}
 	}
-	return m.err
+	err := f()
+	if len(m.done) < maxMemo {
+		m.done = append(m.done, memoEntry{key, err})
+	}
+	return err
 }
 
 // Bus is the small publish/subscribe seam the rest of tandem uses. The real

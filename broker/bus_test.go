@@ -26,14 +26,27 @@ func TestMemoComputesOncePerKey(t *testing.T) {
 	if calls.Load() != 1 {
 		t.Fatalf("%d computations for one key, want 1", calls.Load())
 	}
-	// Another key (other verifying keys) computes its own, not cached.
+	// Another key (another check, other verifying keys) has its own result.
 	ok := func() error { calls.Add(1); return nil }
-	if err := m.Do("other", ok); err != nil || calls.Load() != 2 {
-		t.Fatalf("other key: %v, %d calls", err, calls.Load())
+	for i := 0; i < 2; i++ {
+		if err := m.Do("other", ok); err != nil || calls.Load() != 2 {
+			t.Fatalf("other key: %v, %d calls", err, calls.Load())
+		}
 	}
 	if err := m.Do("k", ok); !errors.Is(err, bad) || calls.Load() != 2 {
 		t.Fatalf("the first key's result changed: %v, %d calls", err, calls.Load())
 	}
+	// Beyond maxMemo keys, each call computes (bounded memory).
+	for i := 0; i < maxMemo; i++ {
+		_ = m.Do(i, ok)
+	}
+	before := calls.Load()
+	_ = m.Do(maxMemo-1, ok)
+	_ = m.Do(maxMemo-1, ok)
+	if calls.Load() != before+2 {
+		t.Fatalf("a key beyond the bound was cached")
+	}
+	calls.Store(2)
 	// No memo: every call computes.
 	var none *Memo
 	for i := 0; i < 2; i++ {

@@ -635,6 +635,19 @@ func TestHostileTamperedAgentFile(t *testing.T) {
 	a, b := r.a, r.b
 	r.samp.halt() // this test lowers nothing, but the owner's edits are not the server's
 
+	// The agents write the group's servers into their files after the
+	// first ping they obey: an owner's edit without the agent's lock in
+	// that instant is overwritten (a lost update, not a fence). Edit once
+	// the agents are done with their files.
+	eventually(t, 20*time.Second, "every agent wrote failover_servers into its file", func() bool {
+		for _, f := range r.files {
+			b, err := os.ReadFile(f)
+			if err != nil || !strings.Contains(string(b), "failover_servers:") {
+				return false
+			}
+		}
+		return true
+	})
 	setEpoch(t, r.files[0], 1000, false) // old signature left in place
 	setEpoch(t, r.files[1], 5000, true)  // signature removed
 	consumed(t, 15*time.Second, "a reports the two files as tampered", func() bool {

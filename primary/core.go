@@ -156,6 +156,9 @@ type core struct {
 
 	received uint64 // messages from other servers and agents handled
 	tampered uint64 // agent reports of a higher token without a server signature
+	// tamperWarned: the token each agent was last warned about (reported
+	// every period, a tampered file would fill the log); bounded.
+	tamperWarned map[string]failoverid.Token
 	// backupStopped is the warning of a backup's clean stop ("" otherwise).
 	backupStopped string
 	backupMaint   bool   // the backup's last reply said it is in maintenance
@@ -709,6 +712,10 @@ type agentReport struct {
 // maxAgents bounds the registry against a flood of made-up agent ids.
 const maxAgents = 100000
 
+// maxTamperWarned bounds the agents whose tampered reports are remembered
+// (past it, each such report is a warning again).
+const maxTamperWarned = 4096
+
 // agentStatus is a valid agent status report with its body. trusted says
 // whether the token it reports carries a server's signature (the
 // failover_sig of the agent's file, checked by the driver): only a trusted
@@ -722,7 +729,16 @@ func (c *core) agentStatus(now time.Time, env protocol.Envelope, body []byte, tr
 	if t := token(env); higher(t, c.cfg.Token) {
 		if !trusted {
 			c.tampered++
-			out.Logs = append(out.Logs, LogLine{Level: logrus.WarnLevel, Msg: fmt.Sprintf("agent %s reports a token %s without a valid server signature: ignored (tampered file or forged report)", env.Node, above(t, c.cfg.Token))})
+			level := logrus.WarnLevel
+			if c.tamperWarned[env.Node] == t {
+				level = logrus.DebugLevel // said once per agent and token
+			} else if c.tamperWarned == nil || len(c.tamperWarned) < maxTamperWarned {
+				if c.tamperWarned == nil {
+					c.tamperWarned = map[string]failoverid.Token{}
+				}
+				c.tamperWarned[env.Node] = t
+			}
+			out.Logs = append(out.Logs, LogLine{Level: level, Msg: fmt.Sprintf("agent %s reports a token %s without a valid server signature: ignored (tampered file or forged report)", env.Node, above(t, c.cfg.Token))})
 			return out
 		}
 		c.fence(&out, t, "", "", fmt.Sprintf("agent %s is bound %s", env.Node, above(t, c.cfg.Token)))

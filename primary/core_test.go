@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/tandem-ha/tandem/failoverid"
 	"github.com/tandem-ha/tandem/protocol"
 )
@@ -524,5 +526,37 @@ func TestReplayedRepliesDoNotReplaceTheEchoedNonce(t *testing.T) {
 	reply(2000, "old-process")
 	if out = c.tick(at(3)); !out.Beat.Echoes("restarted2") || out.Beat.Echoes("old-process") {
 		t.Fatalf("echo %v: an old process's reply was taken", out.Beat.Echo)
+	}
+}
+
+// A tampered file is reported every period by its agent: the primary warns
+// once per agent and token, then logs it at debug; another token warns again.
+func TestATamperedReportWarnsOncePerAgentAndToken(t *testing.T) {
+	c := testCore(false)
+	c.start(at(0), nil)
+	levels := func(out Output) []logrus.Level {
+		var l []logrus.Level
+		for _, x := range out.Logs {
+			l = append(l, x.Level)
+		}
+		return l
+	}
+	report := func(n float64, epoch uint64) []logrus.Level {
+		out, _ := untrustedAgent(n, backID, epoch)(c)
+		return levels(out)
+	}
+	if l := report(0.1, 1000); len(l) != 1 || l[0] != logrus.WarnLevel {
+		t.Fatalf("first report: %v, want one warning", l)
+	}
+	for i := 0; i < 3; i++ {
+		if l := report(0.2+float64(i)/10, 1000); len(l) != 1 || l[0] != logrus.DebugLevel {
+			t.Fatalf("repeat %d: %v, want debug", i, l)
+		}
+	}
+	if l := report(0.9, 5000); len(l) != 1 || l[0] != logrus.WarnLevel {
+		t.Fatalf("another token: %v, want a warning", l)
+	}
+	if c.tampered != 5 {
+		t.Fatalf("tampered %d, want every report counted", c.tampered)
 	}
 }

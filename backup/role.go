@@ -428,6 +428,14 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			return End{}, false
 		}
 		r.mu.Lock()
+		if p := det.Primary().FailoverID; p != "" && env.FailoverID == p {
+			// A backup's reply from the server this backup watches as its
+			// primary is an old one (replayed, or from before it took
+			// over): the primary is no peer, and a link to its broker
+			// would hear it on a path the operator did not configure.
+			r.mu.Unlock()
+			return End{}, false
+		}
 		if env.Stopping {
 			det.ForgetPeer(env.FailoverID)
 		} else {

@@ -310,3 +310,48 @@ func TestARestartedRoleListensOnItsPeersBrokersAtOnce(t *testing.T) {
 		t.Fatal("the seeded peer's broker was never dialed")
 	}
 }
+
+// A backup's reply signed with the watched primary's own failover id (a
+// replay, or one from before it took over) adds no peer and no link: the
+// primary heard on its broker through another path would make a cut of
+// the configured path no partition (the pair soak with its hostile
+// replayer, CI).
+func TestAReplyFromThePrimaryItselfIsNoPeer(t *testing.T) {
+	dialed := make(chan string, 4)
+	hub := broker.NewMemHub()
+	r := newRoleRigWith(t, time.Second, 5*time.Second, func(c *RoleConfig) {
+		c.Heard, c.Priority = true, 100
+		c.DialPeer = func(_ context.Context, addr string) (broker.Bus, error) {
+			dialed <- addr
+			return hub.Client("peer-" + addr), nil
+		}
+	})
+	r.beat("a-1", 1)
+	reply := func(id, addr string) {
+		env := protocol.Envelope{FailoverID: id, Node: "x", Role: "backup", Advertise: addr, HasPriority: true, Priority: 100, Effective: 100, HeardSeq: 1}
+		if err := r.probe.Publish(context.Background(), r.dest.Reply, env.Headers(), nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reply(prim, "127.0.0.1:9") // the primary's old reply as a backup
+	reply(othr, "127.0.0.1:8") // a real peer, after it: consumed in order
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		peers := r.role.Status().Peers
+		if len(peers) > 0 {
+			if len(peers) != 1 || peers[0].FailoverID != othr {
+				t.Fatalf("peers %+v, want the real peer only", peers)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the real peer was never observed")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	// The real peer's broker is linked (the primary's would be dialled by
+	// the same path, and is not a peer: see above).
+	if addr := <-dialed; addr != "127.0.0.1:8" {
+		t.Fatalf("dialed %q, want the real peer's broker", addr)
+	}
+}

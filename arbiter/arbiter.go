@@ -30,6 +30,7 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+	"go.etcd.io/etcd/api/v3/v3rpc/rpctypes"
 	clientv3 "go.etcd.io/etcd/client/v3"
 	"go.etcd.io/etcd/client/v3/concurrency"
 	"go.uber.org/zap"
@@ -188,7 +189,8 @@ func (a *Arbiter) campaign(ctx context.Context, node string, seen uint64, keep b
 	a.mu.Lock()
 	a.term = t
 	a.mu.Unlock()
-	a.cfg.Log.WithFields(logrus.Fields{"epoch": epoch, "lease": fmt.Sprintf("%x", lease.ID), "ttl": a.cfg.TTL.String()}).Info("won the group's election")
+	a.cfg.Log.WithFields(logrus.Fields{"epoch": epoch, "lease": fmt.Sprintf("%x", lease.ID), "ttl": a.cfg.TTL.String(),
+		"took": time.Since(sent).Round(time.Millisecond).String()}).Info("won the group's election")
 	return t, nil
 }
 
@@ -303,7 +305,7 @@ func (t *Term) run(ctx context.Context) {
 					r := renewResult{sent: sent, took: time.Since(sent), err: err}
 					if err == nil {
 						r.ttl = resp.TTL
-					} else if errors.Is(err, rpctypesLeaseNotFound) || strings.Contains(err.Error(), "lease not found") {
+					} else if errors.Is(err, rpctypes.ErrLeaseNotFound) || strings.Contains(err.Error(), "lease not found") {
 						r.err, r.ttl = nil, 0
 					}
 					renewing <- r
@@ -319,10 +321,6 @@ func errOr(err error, msg string) error {
 	}
 	return errors.New(msg)
 }
-
-// rpctypesLeaseNotFound stands in for etcd's ErrLeaseNotFound (matched by
-// message too: it crosses gRPC).
-var rpctypesLeaseNotFound = errors.New("etcdserver: requested lease not found")
 
 type renewResult struct {
 	sent time.Time

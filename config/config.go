@@ -628,6 +628,25 @@ func (c *Config) ArbiterTLS() (*tls.Config, error) {
 	return tc, nil
 }
 
+// ArbiterPassword is the etcd password: arbiter.etcd.password, or the one
+// line of arbiter.etcd.password_file ("" without either).
+func (c *Config) ArbiterPassword() (string, error) {
+	e := c.Arbiter.Etcd
+	if e.PasswordFile == "" {
+		return e.Password, nil
+	}
+	const key = "arbiter.etcd.password_file"
+	b, err := os.ReadFile(e.PasswordFile)
+	if err != nil {
+		return "", &Error{Path: c.Path, Key: key, Line: c.lines[key], Msg: key + ": " + err.Error()}
+	}
+	s := strings.TrimRight(string(b), "\r\n")
+	if s == "" {
+		return "", &Error{Path: c.Path, Key: key, Line: c.lines[key], Msg: fmt.Sprintf("%s: %s is empty", key, e.PasswordFile)}
+	}
+	return s, nil
+}
+
 // EventLogFile is the event log's path: event_log, or DATA/events.jsonl
 // when it is not set (tandem history reads it).
 func (c *Config) EventLogFile() string {

@@ -475,3 +475,38 @@ func TestArbiterConfig(t *testing.T) {
 		}
 	}
 }
+
+func TestArbiterPassword(t *testing.T) {
+	dir := t.TempDir()
+	pw := filepath.Join(dir, "etcd.pass")
+	if err := os.WriteFile(pw, []byte("s3cret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	base := minimal + "heartbeat: {period: 1s, fail_window: 10s}\narbiter: {etcd: {endpoints: [\"http://h:2379\"], ttl: 10s, user: tandem, "
+	c, err := Load(writeConfig(t, base+"password_file: "+pw+"}}\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.ArbiterPassword(); err != nil || got != "s3cret" {
+		t.Fatalf("password_file: %q %v", got, err)
+	}
+	c, _ = Load(writeConfig(t, base+"password: inline}}\n"))
+	if got, err := c.ArbiterPassword(); err != nil || got != "inline" {
+		t.Fatalf("password: %q %v", got, err)
+	}
+	// A missing or empty file is one error naming the key and the file.
+	for _, f := range []string{filepath.Join(dir, "absent"), filepath.Join(dir, "empty")} {
+		if strings.HasSuffix(f, "empty") {
+			if err := os.WriteFile(f, []byte("\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+		path := writeConfig(t, base+"password_file: "+f+"}}\n")
+		c, err := Load(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = c.ArbiterPassword()
+		checkErr(t, err, path, "arbiter.etcd.password_file", f)
+	}
+}

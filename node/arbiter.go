@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
-	"strings"
 	"sync"
 	"time"
 
@@ -43,13 +41,9 @@ func (n *Node) newArbiter() (*arbiterState, error) {
 	if err != nil {
 		return nil, badInput(err)
 	}
-	pass := c.Etcd.Password
-	if c.Etcd.PasswordFile != "" {
-		b, err := os.ReadFile(c.Etcd.PasswordFile)
-		if err != nil {
-			return nil, badInput(fmt.Errorf("arbiter.etcd.password_file %s: %w", c.Etcd.PasswordFile, err))
-		}
-		pass = strings.TrimRight(string(b), "\r\n")
+	pass, err := n.cfg.ArbiterPassword()
+	if err != nil {
+		return nil, badInput(err)
 	}
 	ac := arbiter.Config{Endpoints: c.Etcd.Endpoints, Prefix: c.Etcd.Prefix, TTL: c.Etcd.TTL, RenewDeadline: c.Etcd.RenewDeadline,
 		TLS: tlsCfg, Username: c.Etcd.User, Password: pass, Log: n.log.WithFields(logrus.Fields{"node": n.cfg.Node, "component": "arbiter"}),
@@ -95,12 +89,18 @@ func (a *arbiterState) drop(resign bool) {
 		return
 	}
 	if resign {
-		ctx, cancel := context.WithTimeout(context.Background(), a.cfg.RenewDeadline)
-		defer cancel()
-		_ = t.Resign(ctx)
+		a.resign(t)
 		return
 	}
 	t.Close()
+}
+
+// resign gives t's election up, bounded by the renew deadline (an etcd out
+// of reach must not hold a stop or a handover).
+func (a *arbiterState) resign(t *arbiter.Term) {
+	ctx, cancel := context.WithTimeout(context.Background(), a.cfg.RenewDeadline)
+	defer cancel()
+	_ = t.Resign(ctx)
 }
 
 // campaignFor bounds a backup's campaign: a dead primary's lease expires
@@ -116,7 +116,6 @@ func (n *Node) campaignFor() time.Duration {
 func (n *Node) electedEpoch(ctx context.Context, own, seen uint64) (uint64, error) {
 	cctx, cancel := context.WithTimeout(ctx, n.campaignFor())
 	defer cancel()
-	start := n.clock.Now()
 	t, err := n.arb.cli.Campaign(cctx, n.cfg.Node, max(own, seen))
 	if err != nil {
 		if ctx.Err() != nil {
@@ -124,8 +123,7 @@ func (n *Node) electedEpoch(ctx context.Context, own, seen uint64) (uint64, erro
 		}
 		return 0, fmt.Errorf("%w: no win within %s (%v)", errNotElected, n.campaignFor(), err)
 	}
-	n.arb.set(t)
-	n.entry().WithFields(logrus.Fields{"epoch": t.Epoch, "took": n.clock.Now().Sub(start).Round(time.Millisecond).String()}).Info("won the group's election")
+	n.arb.set(t) // the arbiter logs the win, with how long the campaign took
 	return t.Epoch, nil
 }
 
@@ -144,6 +142,10 @@ func (n *Node) acquireTerm(ctx context.Context, epoch uint64) (uint64, error) {
 	type won struct {
 		t   *arbiter.Term
 		err error
+	}
+	refused := func(err error) (uint64, error) {
+		n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindRefused, FailoverID: n.id, Epoch: epoch, Detail: err.Error()})
+		return 0, err
 	}
 	// The look for a higher epoch runs beside the campaign: a check dials
 	// the peer's channel for up to 1.5 periods, and a won term must not
@@ -179,10 +181,9 @@ func (n *Node) acquireTerm(ctx context.Context, epoch uint64) (uint64, error) {
 		case err := <-fenced:
 			cancel()
 			if w := <-res; w.t != nil {
-				_ = w.t.Resign(context.Background())
+				n.arb.resign(w.t)
 			}
-			n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindRefused, FailoverID: n.id, Epoch: epoch, Detail: err.Error()})
-			return 0, err
+			return refused(err)
 		}
 		cancel()
 		if got.err == nil {
@@ -200,8 +201,7 @@ func (n *Node) acquireTerm(ctx context.Context, epoch uint64) (uint64, error) {
 		case <-ctx.Done():
 			return 0, ctx.Err()
 		case err := <-fenced:
-			n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindRefused, FailoverID: n.id, Epoch: epoch, Detail: err.Error()})
-			return 0, err
+			return refused(err)
 		case <-n.clock.After(n.cfg.Heartbeat.Period):
 		}
 	}
@@ -257,7 +257,7 @@ func (n *Node) reclaimInFailsafe(ctx context.Context, epoch uint64) {
 			n.entry().Warn("won the group's election back: the lease is fresh again")
 			continue
 		case err == nil:
-			_ = nt.Resign(context.Background())
+			n.arb.resign(nt)
 			n.entry().WithField("epoch", nt.Epoch).Error("another server held the election while this primary was in failsafe: not taking the role back")
 			return
 		}

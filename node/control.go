@@ -47,13 +47,8 @@ func (n *Node) Status() Status {
 	s.Agents = n.files.Status()
 	failsafe := false
 	if prim != nil {
-		failsafe = prim.Status().Failsafe
-	}
-	var arbWarn []string
-	s.Arbiter, arbWarn = n.arbiterStatus(failsafe)
-	s.Warnings = append(s.Warnings, arbWarn...)
-	if prim != nil {
 		ps := prim.Status()
+		failsafe = ps.Failsafe
 		s.BackupConfigured = ps.BackupConfigured
 		if ps.Backup != nil {
 			s.Backup = &PeerStatus{Node: ps.Backup.Node, FailoverID: ps.Backup.FailoverID, Epoch: ps.Backup.Epoch, Address: ps.Backup.Address, AgeMS: ps.LastReplyAgeMS, Maintenance: ps.BackupMaintenance}
@@ -73,6 +68,9 @@ func (n *Node) Status() Status {
 	} else if s.Role == RolePrimary.String() {
 		s.Agents.Remote, s.Agents.Bound = n.rosterCounts(nil, s.FailoverID, s.Epoch) // the role is starting
 	}
+	var arbWarn []string
+	s.Arbiter, arbWarn = n.arbiterStatus(failsafe)
+	s.Warnings = append(s.Warnings, arbWarn...)
 	if back != nil {
 		bs := back.Status()
 		s.Maintenance = bs.Maintenance

@@ -298,6 +298,9 @@ func (n *Node) state() failoverid.State {
 // Run runs the server until ctx ends. It returns ErrFenced (wrapped) when it
 // refuses to start as primary, ErrBadInput for malformed data-dir files.
 func (n *Node) Run(ctx context.Context) error {
+	if n.arb != nil {
+		defer n.arb.cli.Close() // made by New; closed whatever Run's end
+	}
 	if err := n.preflight(); err != nil {
 		return err
 	}
@@ -382,7 +385,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.arb != nil {
 		// A term still held at the end is resigned (a clean stop frees the
 		// election at once; a crash leaves it to expire).
-		defer func() { n.arb.drop(true); n.arb.cli.Close() }()
+		defer n.arb.drop(true)
 		n.g.Go(func() { n.watchArbiter(hctx) })
 	}
 	for ctx.Err() == nil {

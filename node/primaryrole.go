@@ -32,6 +32,7 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		st = n.state()
 		n.entry().Info("fresh primary: epoch 1")
 	}
+	epochMoved := false
 	if n.arb != nil {
 		// With an arbiter the primary acts only while it holds the
 		// group's election; winning it back may raise the epoch.
@@ -39,7 +40,8 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		if j := st.Takeover; j != nil {
 			want = j.Epoch
 		}
-		epoch, err := n.acquireTerm(ctx, want)
+		var epoch uint64
+		epoch, err = n.acquireTerm(ctx, want)
 		if err != nil {
 			if ctx.Err() != nil {
 				return true, nil
@@ -53,11 +55,12 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 			}
 			st = n.state()
 			n.entry().WithFields(logrus.Fields{"from": want, "to": epoch}).Warn("the group's epoch moved while this server held no term: acting at the term's epoch")
-			n.files.Rewrite(ctx, n.update(st.Epoch))
+			epochMoved = true
 		}
 	}
-	if st.Takeover == nil {
-		// Claim: files with no epoch or a lower one point at us.
+	if st.Takeover == nil || epochMoved {
+		// Claim: files with no epoch or a lower one point at us (also those
+		// of a takeover being finished, when its epoch moved with the term).
 		n.files.Rewrite(ctx, n.update(st.Epoch))
 	}
 	ch := roleChange{Reason: "start", Why: fmt.Sprintf("primary since its start at epoch %d", st.Epoch)}
@@ -244,8 +247,8 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 	// The primary's term is over, whatever the end: the managed service
 	// stops before anything else (on_fenced, becoming a backup).
 	n.stopService()
-	if end.Kind == primary.Fenced || end.Kind == primary.Duplicate || err != nil {
-		n.arb.drop(true) // a fenced server never holds the election
+	if end.Kind == primary.Fenced {
+		n.arb.drop(true) // a fenced server never holds the election (it stays up)
 	}
 	if err != nil {
 		return true, err

@@ -14,7 +14,6 @@ import (
 	"github.com/tandem-ha/tandem/backup"
 	"github.com/tandem-ha/tandem/config"
 	"github.com/tandem-ha/tandem/failoverid"
-	"github.com/tandem-ha/tandem/internal/eventlog"
 )
 
 // runBackup runs the backup role until it decides a takeover, then takes over.
@@ -124,7 +123,6 @@ func (n *Node) runBackup(ctx context.Context, loc string) error {
 		// Another server holds the group's election: the primary is alive
 		// where etcd sees it, or a better backup won. Watch again.
 		n.entry().WithError(err).Warn("not taking over: another server holds the group's election")
-		n.events.Add(eventlog.Event{Node: n.cfg.Node, Kind: eventlog.KindRefused, FailoverID: n.id, Epoch: n.state().Epoch, Detail: err.Error()})
 		n.mu.Lock()
 		n.next = roleChange{Reason: "arbiter", Why: "another server holds the group's election"}
 		n.mu.Unlock()

@@ -137,9 +137,8 @@ type core struct {
 
 	// Failsafe: when recent heartbeats were made, and the backups that
 	// vouch for this primary while its term is not valid.
-	beats         []beatMark
-	failsafeSet   map[string]string // failover id → node
-	failsafeSince time.Time
+	beats       []beatMark
+	failsafeSet map[string]string // failover id → node
 
 	lastPing time.Time                       // the last command to the agents
 	replies  map[string]map[string]replyMark // backup failover id → instance → newest reply
@@ -732,7 +731,7 @@ func (c *core) agentStatus(now time.Time, env protocol.Envelope, body []byte, tr
 			level := logrus.WarnLevel
 			if c.tamperWarned[env.Node] == t {
 				level = logrus.DebugLevel // said once per agent and token
-			} else if c.tamperWarned == nil || len(c.tamperWarned) < maxTamperWarned {
+			} else if len(c.tamperWarned) < maxTamperWarned {
 				if c.tamperWarned == nil {
 					c.tamperWarned = map[string]failoverid.Token{}
 				}

@@ -61,7 +61,6 @@ func (c *core) failsafe(now time.Time) string {
 		for _, b := range c.alive(now) {
 			c.failsafeSet[b.peer.FailoverID] = b.peer.Node
 		}
-		c.failsafeSince = now
 	}
 	if len(c.failsafeSet) == 0 {
 		return "no backup was answering when the lease was lost"

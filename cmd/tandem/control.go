@@ -249,8 +249,10 @@ this server's priority and effective priority, each health check (up or
 DOWN, since when, its last output), the group's backups (on a primary those
 replying to it, best first; on a backup the others it knows of) and, on a
 backup, its rank in the election (0: it takes over first) and whether it is
-eligible for automatic takeover (and why not). tandem members shows the
-whole group as a table.
+eligible for automatic takeover (and why not). With an arbiter (arbiter.etcd)
+an "arbiter" line shows the election's holder, whether this server holds
+the term and its lease, the etcd endpoints reachable, the renewals, and
+failsafe. tandem members shows the whole group as a table.
 
 With --config, when the server does not answer and no server holds its data
 dir, it shows the stopped server from its data dir instead: "server NODE is

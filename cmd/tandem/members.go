@@ -290,12 +290,15 @@ PRIORITY is the configured priority (tandem.yaml priority:, default 100; 0:
 never takes over automatically), EFFECTIVE what the health checks leave of
 it. "-" means the server asked does not know (e.g. another backup's epoch).
 MAINTENANCE shows where maintenance is on. WARNING lines follow: a backup
-not eligible for automatic takeover, equal configured priorities.
+not eligible for automatic takeover, equal configured priorities. With an
+arbiter, a last "arbiter:" line shows the election's holder and the etcd
+endpoints reachable (as tandem status does).
 
 With --config, a stopped server is listed from its data dir (and the peer
 its state.json remembers). --json prints {"members": [{node, role, epoch,
 priority, effective_priority, health, last_heard_ms, address, maintenance,
-failover_id, self}]}; epoch and the priorities are null when not known.
+failover_id, self}], "arbiter": {...}}; epoch and the priorities are null
+when not known; "arbiter" (status JSON's) only with an arbiter.
 `, args, stdout, stderr, false, func(fs *flag.FlagSet) { asJSON = fs.Bool("json", false, `print {"members": [...]}`) })
 	if !ok {
 		return code

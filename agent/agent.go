@@ -67,6 +67,10 @@ type Config struct {
 	OnRebind string
 	// OnRebindTimeout bounds OnRebind (default DefaultOnRebindTimeout).
 	OnRebindTimeout time.Duration
+	// Flusher, when set, is the group commit of the agent's own rewrites
+	// of its file, shared by the agents of a fleet (see agentcfg.Flusher):
+	// after a broadcast rebind thousands of them rewrite at once.
+	Flusher *agentcfg.Flusher
 	// RunHook runs OnRebind (default hooks.Run; tests stand in for it).
 	RunHook hooks.Func
 }
@@ -137,6 +141,9 @@ type Agent struct {
 	mu       sync.Mutex
 	good     agentcfg.Address // last good file content
 	goodStat os.FileInfo
+	// ownWrite: good and goodStat are what the agent's own last rewrite
+	// renamed into place, not yet read back (see reload).
+	ownWrite bool
 	fileErr  string
 	server   string
 	conn     bool
@@ -195,12 +202,22 @@ func New(cfg Config) *Agent {
 	return a
 }
 
-// reload re-reads the file if it changed since the last good read. A bad
-// version is logged once and the last good configuration is kept.
+// reload re-reads the file if it changed since the last good read (force:
+// even if its identity, mtime and size look the same). A bad version is
+// logged once and the last good configuration is kept.
+//
+// A forced reload of a file that is still the one the agent's own rewrite
+// renamed into place (same inode, mtime and size as that rename) is not
+// read again: it is the file watch's echo of that write, whose content the
+// agent already holds. In a fleet every rebind would otherwise cost each
+// agent one more parse of its file. An edit of the file after the rewrite
+// gives it a new inode (editors and tandem rename) or a new mtime or size,
+// and is read; what is left is an in-place edit of the same size within
+// the file system's timestamp tick, the limit every stat check here has.
 func (a *Agent) reload(force bool) (addr agentcfg.Address, ok bool) {
 	fi, statErr := os.Stat(a.cfg.Path)
 	a.mu.Lock()
-	if !force && statErr == nil && a.goodStat != nil && sameFile(fi, a.goodStat) && a.fileErr == "" {
+	if (!force || a.ownWrite) && statErr == nil && a.goodStat != nil && sameFile(fi, a.goodStat) && a.fileErr == "" {
 		addr, ok = a.good, true
 		a.mu.Unlock()
 		return addr, ok
@@ -220,6 +237,7 @@ func (a *Agent) reload(force bool) (addr agentcfg.Address, ok bool) {
 	a.fileErr = ""
 	a.good = got
 	a.goodStat = fi
+	a.ownWrite = false
 	return got, true
 }
 
@@ -401,6 +419,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			}
 			if ok {
 				sb.sync(addr, cur)
+				sb.writeDue(addr)
 			}
 			sb.tick()
 			if bus != nil {

@@ -226,7 +226,7 @@ func (a *Agent) writeServers(r serversReq) {
 	if r.ctx.Err() != nil {
 		return
 	}
-	res := agentcfg.SetFailoverServers(a.cfg.Path, r.list)
+	res := agentcfg.SetFailoverServersWith(a.cfg.Path, r.list, a.writeOptions())
 	log := a.cfg.Log.WithFields(logrus.Fields{"agent": a.cfg.ID, "failover_servers": agentcfg.FormatFailoverServers(r.list)})
 	switch res.Outcome {
 	case agentcfg.Rewritten:
@@ -237,6 +237,11 @@ func (a *Agent) writeServers(r serversReq) {
 	default:
 		log.WithError(res.Err).Warn("could not write failover_servers into address.yaml (the standby links follow the ping anyway)")
 	}
+}
+
+// writeOptions are the options of the agent's own rewrites of its file.
+func (a *Agent) writeOptions() agentcfg.BatchOptions {
+	return agentcfg.BatchOptions{Flusher: a.cfg.Flusher}
 }
 
 // applyRebind does the checks that need the file, then the
@@ -256,8 +261,8 @@ func (a *Agent) applyRebind(r rebindReq) {
 	}
 	// The compare-and-swap reads the file under its lock and rewrites it
 	// only if the rebind's token is above the file's (I2): no read before.
-	res := agentcfg.CompareAndSwap(a.cfg.Path, agentcfg.Update{StompInterface: r.host, StompPort: r.port,
-		FailoverID: r.tok.ID, Epoch: r.tok.Epoch, FailoverSig: r.sig}, false)
+	res := agentcfg.CompareAndSwapWith(a.cfg.Path, agentcfg.Update{StompInterface: r.host, StompPort: r.port,
+		FailoverID: r.tok.ID, Epoch: r.tok.Epoch, FailoverSig: r.sig}, a.writeOptions())
 	bound := failoverid.Token{ID: res.Before.FailoverID, Epoch: res.Before.FailoverEpoch}
 	if res.Outcome == agentcfg.Rewritten || res.Outcome == agentcfg.Unchanged {
 		f["bound"] = bound.String()
@@ -303,7 +308,7 @@ func (a *Agent) wrote(res agentcfg.Result) {
 		return
 	}
 	a.mu.Lock()
-	a.good, a.goodStat, a.fileErr = res.After, res.Written, ""
+	a.good, a.goodStat, a.fileErr, a.ownWrite = res.After, res.Written, "", true
 	a.mu.Unlock()
 }
 
@@ -407,9 +412,11 @@ type standbys struct {
 	links map[string]*standbyLink // by target
 
 	// ping is the bound server's last failover-servers (nil: none heard);
-	// asked is the last value handed to the file writer.
+	// asked is the last value taken for the file. write, when set, is that
+	// value, to be written at the next period tick (writeDue).
 	ping     []string
 	asked    *string
+	write    *[]string
 	badPing  string
 	havePing bool
 }
@@ -425,8 +432,8 @@ type standbyLink struct {
 }
 
 // learn takes a ping's failover-servers: it reports whether the standby set
-// may have changed, and asks for the file to be written once per new value
-// that differs from the file's.
+// may have changed, and takes a new value that differs from the file's for
+// the file, written at the next period tick (writeDue).
 func (s *standbys) learn(v string, addr agentcfg.Address) bool {
 	list, err := agentcfg.ParseFailoverServers(v)
 	if err != nil {
@@ -443,10 +450,28 @@ func (s *standbys) learn(v string, addr agentcfg.Address) bool {
 	s.asked = &canon
 	changed := !s.havePing || !slices.Equal(list, s.ping)
 	s.ping, s.havePing = list, true
+	s.write = nil
+	if !slices.Equal(list, addr.FailoverServers) {
+		s.write = &list
+	}
+	return changed
+}
+
+// writeDue hands the failover_servers learned since the last tick to the
+// file writer, unless the file (addr) already lists them. The standby
+// links follow a ping at once; only the file waits for the tick, so that
+// after a takeover a fleet's agents, bound at once, write their new
+// servers spread over a period instead of in the same burst as their
+// rebinds.
+func (s *standbys) writeDue(addr agentcfg.Address) {
+	if s.write == nil {
+		return
+	}
+	list := *s.write
+	s.write = nil
 	if !slices.Equal(list, addr.FailoverServers) {
 		s.a.askServers(s.ctx, list)
 	}
-	return changed
 }
 
 // sync makes the standby links those of the file's failover_servers and the

@@ -131,6 +131,19 @@ func (r *rrig) eventually(what string, cond func() bool) {
 	waitUntil(r.t, 5*time.Second, what, cond)
 }
 
+// ticking waits for cond, moving the fake clock a period on each try (for
+// what the agents do at their period tick).
+func (r *rrig) ticking(what string, cond func() bool) {
+	r.t.Helper()
+	waitUntil(r.t, 5*time.Second, what, func() bool {
+		if cond() {
+			return true
+		}
+		r.clk.Advance(100 * time.Millisecond)
+		return false
+	})
+}
+
 func (ra *ragent) standbyUp(server string) bool {
 	for _, s := range ra.a.Status().Standby {
 		if s.Server == server && s.Connected {
@@ -350,18 +363,28 @@ func TestFailoverServersFromAPingAreWrittenOnceAndGetAStandbyLink(t *testing.T) 
 	}
 	servers := "server-c:1003"
 	r.ping("server-a:1001", idA, 1, 1, &servers)
-	want := rebindFile + "failover_servers: \"server-c:1003\"\n"
-	r.eventually("failover_servers written", func() bool { return ra.read(t) == want })
+	// The standby link follows the ping at once; the file waits for the
+	// agent's next period tick. A second ping consumed shows the first was
+	// handled in full.
 	r.eventually("standby link at server-c", func() bool { return ra.standbyUp("server-c:1003") })
+	r.ping("server-a:1001", idA, 1, 2, nil)
+	r.eventually("pings consumed", func() bool { return ra.a.Status().Accepted == 2 })
+	r.eventually("writer idle", ra.a.workerIdle)
+	if got := ra.read(t); got != rebindFile {
+		t.Fatalf("failover_servers written before the tick:\n%s", got)
+	}
+	want := rebindFile + "failover_servers: \"server-c:1003\"\n"
+	r.ticking("failover_servers written at the tick", func() bool { return ra.read(t) == want })
 	ino := inode(t, ra.path)
 	// The file watch fires for the agent's own write; the same list again
 	// and again writes nothing.
 	ra.changes <- struct{}{}
-	for seq := uint64(2); seq <= 4; seq++ {
+	for seq := uint64(3); seq <= 5; seq++ {
 		r.ping("server-a:1001", idA, 1, seq, &servers)
 	}
-	r.ping("server-a:1001", idA, 1, 5, nil) // no list: nothing to learn
-	r.eventually("pings consumed", func() bool { return ra.a.Status().Accepted == 5 })
+	r.ping("server-a:1001", idA, 1, 6, nil) // no list: nothing to learn
+	r.eventually("pings consumed", func() bool { return ra.a.Status().Accepted == 6 })
+	r.clk.Advance(100 * time.Millisecond)
 	r.eventually("writer idle", ra.a.workerIdle)
 	if ino2 := inode(t, ra.path); ino2 != ino || ra.read(t) != want {
 		t.Fatalf("rewritten for an unchanged list")
@@ -375,7 +398,7 @@ func TestFailoverServersFromAPingAreWrittenOnceAndGetAStandbyLink(t *testing.T) 
 	// A changed list is written (once), and the standby links follow it.
 	next := "server-d:1004,server-c:1003"
 	r.ping("server-a:1001", idA, 1, 7, &next)
-	r.eventually("new list written", func() bool {
+	r.ticking("new list written", func() bool {
 		return ra.read(t) == rebindFile+"failover_servers: \"server-d:1004,server-c:1003\"\n"
 	})
 	r.eventually("standby link at server-d", func() bool { return ra.standbyUp("server-d:1004") && ra.standbyUp("server-c:1003") })
@@ -385,7 +408,7 @@ func TestFailoverServersFromAPingAreWrittenOnceAndGetAStandbyLink(t *testing.T) 
 	// Emptied by the primary: written as "", and the links go.
 	empty := ""
 	r.ping("server-a:1001", idA, 1, 8, &empty)
-	r.eventually("emptied", func() bool { return ra.read(t) == rebindFile+"failover_servers: \"\"\n" })
+	r.ticking("emptied", func() bool { return ra.read(t) == rebindFile+"failover_servers: \"\"\n" })
 	r.eventually("no standby links", func() bool { return len(ra.a.Status().Standby) == 0 })
 }
 

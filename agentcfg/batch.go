@@ -39,6 +39,12 @@ type BatchOptions struct {
 	// (ErrLockTimeout) and the batch goes on; the caller retries it later.
 	LockTimeout time.Duration
 
+	// Flusher, for the single-file rewrites (CompareAndSwapWith,
+	// SetFailoverServersWith; RewriteAll has its own), replaces the fsync of
+	// the file and of its directory with a group commit shared by the
+	// rewrites of the process (see Flusher).
+	Flusher *Flusher
+
 	// flush is the file system flush; nil means (*fsutil.FS).Sync. Tests set
 	// it to make a flush fail.
 	flush func(*fsutil.FS) error
@@ -71,9 +77,17 @@ func groupSize(workers, want int) int {
 
 // groupSync is a group commit of syncfs calls on one file system: a caller
 // waits for a sync that started after it called, and one sync serves every
-// worker that was waiting for it. The handle is opened before any data of
-// the batch is written on that file system, so syncfs reports every
-// writeback error of the batch; an error is sticky for the rest of the batch.
+// worker that was waiting for it. The handle is opened before any data
+// written through the group reaches that file system, so syncfs reports
+// every writeback error of it.
+//
+// Linux reports a writeback error once per descriptor, to the first syncfs
+// after it: a later sync succeeds although the data was lost. A writer
+// therefore takes a mark (errs) before it writes and passes it to wait; an
+// error seen by any sync since the mark fails its wait. A batch (RewriteAll)
+// marks 0 for every file, so an error fails the rest of the batch; a
+// Flusher's writers each mark their own start, so a long-lived process
+// recovers once the file system does.
 type groupSync struct {
 	fs      *fsutil.FS
 	flush   func(*fsutil.FS) error
@@ -82,7 +96,8 @@ type groupSync struct {
 	running bool
 	started uint64 // syncs started
 	done    uint64 // syncs finished
-	err     error
+	errs    uint64 // sync errors seen
+	err     error  // the last one
 }
 
 type syncGroups struct {
@@ -111,17 +126,28 @@ func (g *syncGroups) register(dir *fsutil.Dir) (*groupSync, error) {
 }
 
 func (g *syncGroups) close() {
-	for _, s := range g.dev {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	for dev, s := range g.dev {
 		s.fs.Close()
+		delete(g.dev, dev)
 	}
 }
 
-// wait returns once a sync that started after the call has finished.
-func (s *groupSync) wait() error {
+// mark is the count of sync errors seen so far: take it before writing.
+func (s *groupSync) mark() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.errs
+}
+
+// wait returns once a sync that started after the call has finished: nil
+// if no sync failed since mark was taken.
+func (s *groupSync) wait(mark uint64) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	ticket := s.started + 1 // the next sync to start begins after this call
-	for s.done < ticket && s.err == nil {
+	for s.done < ticket && s.errs == mark {
 		if s.running {
 			s.cond.Wait()
 			continue
@@ -134,12 +160,16 @@ func (s *groupSync) wait() error {
 		s.mu.Lock()
 		s.running = false
 		s.done = n
-		if err != nil && s.err == nil {
+		if err != nil {
+			s.errs++
 			s.err = err
 		}
 		s.cond.Broadcast()
 	}
-	return s.err
+	if s.errs != mark {
+		return s.err
+	}
+	return nil
 }
 
 // RewriteAll compare-and-swaps every file in paths with u (the rule of
@@ -232,7 +262,7 @@ func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
 	// One closing sync per file system makes every rename durable.
 	var syncErr error
 	for _, s := range syncs.dev {
-		if err := s.wait(); err != nil {
+		if err := s.wait(0); err != nil {
 			syncErr = errors.Join(syncErr, err)
 		}
 	}
@@ -317,7 +347,7 @@ func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u
 	for _, it := range items {
 		if it.staged != nil && !waited[it.fs] {
 			waited[it.fs] = true
-			if err = it.fs.wait(); err != nil {
+			if err = it.fs.wait(0); err != nil {
 				break
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -140,3 +141,59 @@ func BenchmarkRewriteAll(b *testing.B) {
 	}
 }
 func fsyncFS(p string) error { return fsutil.SyncFS(p) }
+
+// BenchmarkConcurrentCAS is a fleet's burst after a rebind: n goroutines,
+// one per file, each compare-and-swapping its own file at once, with an
+// fsync each (fsync) or through one Flusher (flusher-P, P rewrites at
+// work at once).
+func BenchmarkConcurrentCAS(b *testing.B) {
+	// Each rewrite under way holds a few descriptors.
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+	for _, n := range benchSizes {
+		for _, mode := range []string{"fsync", "flusher-0", "flusher-2", "flusher-4", "flusher-16"} {
+			b.Run(fmt.Sprintf("files=%d/%s", n, mode), func(b *testing.B) {
+				files := benchAgents(b, n)
+				for i := 0; i < b.N; i++ {
+					b.StopTimer()
+					resetAgents(b, files)
+					var opt BatchOptions
+					if mode != "fsync" {
+						p, _ := strconv.Atoi(mode[len("flusher-"):])
+						opt.Flusher = NewFlusher(p)
+					}
+					b.StartTimer()
+					var wg sync.WaitGroup
+					bad := make(chan Result, 1)
+					for _, f := range files {
+						wg.Add(1)
+						go func() {
+							defer wg.Done()
+							if r := CompareAndSwapWith(f, testUpdate, opt); r.Outcome != Rewritten {
+								select {
+								case bad <- r:
+								default:
+								}
+							}
+						}()
+					}
+					wg.Wait()
+					b.StopTimer()
+					if opt.Flusher != nil {
+						opt.Flusher.Close()
+					}
+					select {
+					case r := <-bad:
+						b.Fatalf("%s: %v %v", r.Path, r.Outcome, r.Err)
+					default:
+					}
+					b.StartTimer()
+				}
+				b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/float64(n), "ns/file")
+			})
+		}
+	}
+}

@@ -273,7 +273,8 @@ func CompareAndSwap(path string, u Update, force bool) Result {
 }
 
 // CompareAndSwapWith is CompareAndSwap for one file with the options of a
-// batch: Force, MaxFileSize and LockTimeout (the others are ignored).
+// batch: Force, MaxFileSize, LockTimeout and Flusher (the others are
+// ignored).
 func CompareAndSwapWith(path string, u Update, opt BatchOptions) Result {
 	if err := u.Validate(); err != nil {
 		return Result{Path: path, Outcome: Failed, Err: err}
@@ -300,6 +301,15 @@ func rewriteLocked(path string, opt BatchOptions, decide func(r *Result, t *targ
 		return r
 	}
 	defer l.unlock()
+	if f := opt.Flusher; f != nil {
+		f.acquire()
+		out, st := decide(&r, t)
+		if out == nil {
+			f.release()
+			return r
+		}
+		return f.write(r, t, out, st)
+	}
 	out, st := decide(&r, t)
 	if out == nil {
 		return r

@@ -113,8 +113,8 @@ func SetFailoverServers(path string, list []string) Result {
 	return SetFailoverServersWith(path, list, BatchOptions{})
 }
 
-// SetFailoverServersWith is SetFailoverServers with MaxFileSize and
-// LockTimeout from opt (the other options are ignored).
+// SetFailoverServersWith is SetFailoverServers with MaxFileSize,
+// LockTimeout and Flusher from opt (the other options are ignored).
 func SetFailoverServersWith(path string, list []string, opt BatchOptions) Result {
 	if _, err := canonServers(list); err != nil {
 		return Result{Path: path, Outcome: Failed, Err: err}

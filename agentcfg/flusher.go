@@ -1,0 +1,97 @@
+package agentcfg
+
+import (
+	"fmt"
+	"os"
+
+	"github.com/tandem-ha/tandem/internal/fsutil"
+	"golang.org/x/sys/unix"
+)
+
+// Flusher is a group commit for the single-file rewrites (CompareAndSwapWith,
+// SetFailoverServersWith with BatchOptions.Flusher) of a long-lived process
+// that rewrites many files at about the same time: a fleet of agents, each
+// compare-and-swapping its own address.yaml after one broadcast rebind.
+//
+// Without it each rewrite fsyncs its temporary file and its directory: two
+// flushes of the disk per file, and a thread blocked in each. Through a
+// Flusher a rewrite stages its data without fsync, waits for a syncfs(2) of
+// the file system that started after that (so the data is on disk before
+// the rename, as with fsync), renames, and waits for another syncfs (so the
+// rename is durable before Rewritten is reported). One syncfs serves every
+// rewrite that was waiting for it. The guarantees are CompareAndSwap's: a
+// crash leaves each file old or new, Rewritten means durable, and a failed
+// sync is Failed (before the rename the file is untouched; after it the
+// result says the new content is not confirmed durable). A sync error fails
+// the rewrites that were under way when it was seen, not later ones.
+//
+// syncfs flushes the whole file system, other processes' data included: a
+// lone writer (one agent) is better served by the fsync path.
+type Flusher struct {
+	syncs syncGroups
+	slots chan struct{} // nil: unbounded
+}
+
+// NewFlusher returns a Flusher. parallel bounds how many of its rewrites
+// read, parse, edit and stage at once (the CPU and metadata work; waits for
+// a lock or a sync do not count): a few per core keep a burst of thousands
+// of rewrites from running as thousands of threads. 0 or less: unbounded.
+func NewFlusher(parallel int) *Flusher {
+	f := &Flusher{syncs: syncGroups{dev: map[uint64]*groupSync{}, flush: (*fsutil.FS).Sync}}
+	if parallel > 0 {
+		f.slots = make(chan struct{}, parallel)
+	}
+	return f
+}
+
+// Close releases the file system handles. Call it once no rewrite through
+// the Flusher is under way; a later rewrite opens them again.
+func (f *Flusher) Close() { f.syncs.close() }
+
+func (f *Flusher) acquire() {
+	if f.slots != nil {
+		f.slots <- struct{}{}
+	}
+}
+
+func (f *Flusher) release() {
+	if f.slots != nil {
+		<-f.slots
+	}
+}
+
+// write is rewriteLocked's end through the group commit: the caller holds
+// the file's lock and a slot, which write releases.
+func (f *Flusher) write(r Result, t *target, out []byte, st *unix.Stat_t) Result {
+	gs, err := f.syncs.register(t.dir)
+	var staged *fsutil.Staged
+	var written os.FileInfo
+	var mark uint64
+	if err == nil {
+		mark = gs.mark()
+		staged, err = t.dir.Stage(t.name, out, st, fsutil.Options{NoSync: true})
+	}
+	if err == nil {
+		written, _ = os.Lstat(staged.Temp) // nil on error: no identity
+	}
+	f.release()
+	if err == nil {
+		if err = gs.wait(mark); err != nil {
+			staged.Abort()
+		}
+	}
+	if err == nil {
+		err = staged.Commit()
+	}
+	if err == nil {
+		if err = gs.wait(mark); err != nil {
+			err = fmt.Errorf("%s: written but not confirmed durable: %w", r.Path, err)
+		}
+	}
+	if err != nil {
+		r.Outcome, r.Err, r.After = Failed, err, r.Before
+		return r
+	}
+	r.Outcome, r.Written = Rewritten, written
+	return r
+}

@@ -379,6 +379,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		sb.sync(addr, cur)
 	}
 	var cmds <-chan broker.Message
+	deferred := false // a file watch event came during the agent's own rewrite
 	for {
 		cmds = nil
 		if sub != nil {
@@ -392,19 +393,27 @@ func (a *Agent) Run(ctx context.Context) error {
 				changes = nil
 				continue
 			}
+			if a.rb.writing.Load() {
+				deferred = true // the kick after the rewrite catches up
+				continue
+			}
 			if addr, ok := a.reload(true); ok {
 				connect(addr)
 				sb.sync(addr, cur)
 			}
 		case <-a.rb.kick:
-			// The agent rewrote its file (a rebind, failover_servers):
-			// follow it now (the file watch would too, a moment later), and
-			// tell a server that stays the same about a new token.
-			// The agent's own write left its content and identity as the
-			// last good read (wrote): no re-read unless the file changed
-			// since. prev is the token this loop last followed.
+			// The agent rewrote its file (a rebind, failover_servers), or
+			// tried to: follow it now (the file watch would too, a moment
+			// later), and tell a server that stays the same about a new
+			// token. The agent's own write left its content and identity
+			// as the last good read (wrote): no re-read unless the file
+			// changed since (or, after a watch event deferred during the
+			// rewrite, unless it is not what the rewrite left). prev is the
+			// token this loop last followed.
 			prev := curTok
-			if addr, ok := a.reload(false); ok {
+			force := deferred
+			deferred = false
+			if addr, ok := a.reload(force); ok {
 				moved := bus == nil || target(addr) != cur
 				connect(addr)
 				sb.sync(addr, cur)
@@ -463,6 +472,21 @@ func (a *Agent) verify(m broker.Message) error {
 	return m.Memo.Do(verifyKey{a.cfg.Signer, dest}, func() error { return a.cfg.Signer.Verify(dest, m.Headers, m.Body) })
 }
 
+// decodeKey names a message's decoded headers in its Memo: they depend on
+// the message alone.
+type decodeKey struct{}
+
+// decode is protocol.Decode of m's headers, once per message for the agents
+// of a pool.
+func decode(m broker.Message) (protocol.Envelope, error) {
+	v, err := m.Memo.Value(decodeKey{}, func() (any, error) {
+		env, err := protocol.Decode(m.Headers)
+		return env, err
+	})
+	env, _ := v.(protocol.Envelope)
+	return env, err
+}
+
 // command applies the binding check to one command. It returns the file it
 // checked against and whether the command was accepted.
 func (a *Agent) command(m broker.Message) (agentcfg.Address, bool) {
@@ -473,7 +497,7 @@ func (a *Agent) command(m broker.Message) (agentcfg.Address, bool) {
 		a.cfg.Log.WithError(err).WithField("agent", a.cfg.ID).Debug("dropped a command")
 		return agentcfg.Address{}, false
 	}
-	env, err := protocol.Decode(m.Headers)
+	env, err := decode(m)
 	if err != nil {
 		return agentcfg.Address{}, false
 	}

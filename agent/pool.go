@@ -137,7 +137,7 @@ type fan struct {
 	members map[*poolSub]struct{}
 }
 
-func (l *poolLink) join(dest string, size int) (*poolSub, error) {
+func (l *poolLink) join(dest string, size int, want func(broker.Message) bool) (*poolSub, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	f := l.fans[dest]
@@ -150,7 +150,7 @@ func (l *poolLink) join(dest string, size int) (*poolSub, error) {
 		l.fans[dest] = f
 		go l.forward(f)
 	}
-	s := &poolSub{l: l, f: f, buf: broker.NewDropBuffer(size)}
+	s := &poolSub{l: l, f: f, buf: broker.NewDropBuffer(size), want: want}
 	f.mu.Lock()
 	f.members[s] = struct{}{}
 	f.mu.Unlock()
@@ -180,7 +180,9 @@ func (l *poolLink) forward(f *fan) {
 		m.Memo = &broker.Memo{}
 		f.mu.Lock()
 		for s := range f.members {
-			s.push(m)
+			if s.want == nil || s.want(m) {
+				s.push(m)
+			}
 		}
 		f.mu.Unlock()
 	}
@@ -221,12 +223,20 @@ func (b *poolBus) Publish(ctx context.Context, dest string, headers map[string]s
 func (b *poolBus) Connected() bool { return linkUp(b.l.bus) }
 
 func (b *poolBus) Subscribe(dest string) (broker.Subscription, error) {
+	return b.SubscribeWhere(dest, nil)
+}
+
+// SubscribeWhere is Subscribe for the messages want keeps (nil: all),
+// chosen where the shared subscription fans out: an agent's standby link
+// takes only rebinds, and is not woken for every ping of a server it does
+// not obey.
+func (b *poolBus) SubscribeWhere(dest string, want func(broker.Message) bool) (broker.Subscription, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.closed {
 		return nil, broker.ErrClosed
 	}
-	s, err := b.l.join(dest, b.l.p.buf)
+	s, err := b.l.join(dest, b.l.p.buf, want)
 	if err != nil {
 		return nil, err
 	}
@@ -260,6 +270,7 @@ type poolSub struct {
 	b    *poolBus
 	once sync.Once
 	buf  *broker.DropBuffer
+	want func(broker.Message) bool // nil: every message
 }
 
 func (s *poolSub) C() <-chan broker.Message { return s.buf.C() }

@@ -461,3 +461,41 @@ func TestPooledAgentsShareOneSignatureCheckPerMessage(t *testing.T) {
 		t.Fatalf("%d signature checks for 3 agents, want 1", checks)
 	}
 }
+
+func TestPoolSubscribeWhereGetsOnlyWhatItWants(t *testing.T) {
+	r := newPoolRig(0)
+	ctx := context.Background()
+	bound, _ := r.pool.Dial(ctx, addrOf("server-a", 1001))
+	standby, _ := r.pool.Dial(ctx, addrOf("server-a", 1001))
+	all, _ := bound.Subscribe(dest.AgentCommand)
+	w, ok := standby.(whereSubscriber)
+	if !ok {
+		t.Fatal("a pool's bus picks no messages")
+	}
+	rebinds, err := w.SubscribeWhere(dest.AgentCommand, isRebind)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.subs.Load() != 1 {
+		t.Fatalf("%d subscriptions on the link, want one shared", r.subs.Load())
+	}
+	srv := r.hub.Client("server")
+	srv.Publish(ctx, dest.AgentCommand, map[string]string{"seq": "1"}, []byte("ping"))
+	srv.Publish(ctx, dest.AgentCommand, map[string]string{hCommand: cmdRebind, "seq": "2"}, []byte("rebind"))
+	// The subscriber of everything sees both, in order: so the ping was
+	// fanned out before the rebind reached the standby subscriber.
+	if m := recv(t, all); string(m.Body) != "ping" {
+		t.Fatalf("first: %q", m.Body)
+	}
+	if m := recv(t, all); string(m.Body) != "rebind" {
+		t.Fatalf("second: %q", m.Body)
+	}
+	if m := recv(t, rebinds); string(m.Body) != "rebind" {
+		t.Fatalf("the standby subscriber got %q before the rebind", m.Body)
+	}
+	select {
+	case m := <-rebinds.C():
+		t.Fatalf("the standby subscriber got %q too", m.Body)
+	default:
+	}
+}

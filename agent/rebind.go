@@ -65,6 +65,7 @@ type rebinds struct {
 	seqs       map[failoverid.Token]uint64 // last seq accepted per token
 	view       map[string]*standbyLink     // standby links, for Status
 	noKey      atomic.Bool                 // "no --server-key" was logged
+	writing    atomic.Bool                 // a rewrite of the file is under way (rewrite)
 
 	qmu     sync.Mutex
 	queue   []rebindReq
@@ -127,7 +128,7 @@ func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
 	// The new primary repeats its rebind for a while: one not above the
 	// token this agent already holds (its last good file) changes nothing,
 	// and costs no signature check and no re-read of the file.
-	if pre, err := protocol.Decode(m.Headers); err == nil {
+	if pre, err := decode(m); err == nil {
 		a.mu.Lock()
 		held := failoverid.Token{ID: a.good.FailoverID, Epoch: a.good.FailoverEpoch}
 		a.mu.Unlock()
@@ -140,7 +141,7 @@ func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
 		a.rejectRebind(logrus.WarnLevel, f, "message signature: "+err.Error())
 		return
 	}
-	env, err := protocol.Decode(m.Headers)
+	env, err := decode(m)
 	if err != nil {
 		a.rejectRebind(logrus.WarnLevel, f, err.Error())
 		return
@@ -226,22 +227,33 @@ func (a *Agent) writeServers(r serversReq) {
 	if r.ctx.Err() != nil {
 		return
 	}
-	res := agentcfg.SetFailoverServersWith(a.cfg.Path, r.list, a.writeOptions())
+	res := a.rewrite(func(opt agentcfg.BatchOptions) agentcfg.Result {
+		return agentcfg.SetFailoverServersWith(a.cfg.Path, r.list, opt)
+	})
 	log := a.cfg.Log.WithFields(logrus.Fields{"agent": a.cfg.ID, "failover_servers": agentcfg.FormatFailoverServers(r.list)})
 	switch res.Outcome {
 	case agentcfg.Rewritten:
-		a.wrote(res)
 		log.Log(a.perAgentLevel(), "wrote the group's servers (from the primary's ping) into address.yaml")
-		a.kickRun()
 	case agentcfg.Unchanged:
 	default:
 		log.WithError(res.Err).Warn("could not write failover_servers into address.yaml (the standby links follow the ping anyway)")
 	}
 }
 
-// writeOptions are the options of the agent's own rewrites of its file.
-func (a *Agent) writeOptions() agentcfg.BatchOptions {
-	return agentcfg.BatchOptions{Flusher: a.cfg.Flusher}
+// rewrite runs one of the agent's own rewrites of its file (with the
+// fleet's Flusher), then tells Run, whatever the outcome. While it is under
+// way Run defers the file watch's events: the rename fires the watch before
+// the rewrite has returned, and that echo of the agent's own write would be
+// one more read and parse of the file. The kick that follows makes Run
+// catch up: a file that is what the rewrite left (wrote) is not read again,
+// anything else is.
+func (a *Agent) rewrite(do func(agentcfg.BatchOptions) agentcfg.Result) agentcfg.Result {
+	a.rb.writing.Store(true)
+	res := do(agentcfg.BatchOptions{Flusher: a.cfg.Flusher})
+	a.wrote(res)
+	a.rb.writing.Store(false)
+	a.kickRun()
+	return res
 }
 
 // applyRebind does the checks that need the file, then the
@@ -261,8 +273,10 @@ func (a *Agent) applyRebind(r rebindReq) {
 	}
 	// The compare-and-swap reads the file under its lock and rewrites it
 	// only if the rebind's token is above the file's (I2): no read before.
-	res := agentcfg.CompareAndSwapWith(a.cfg.Path, agentcfg.Update{StompInterface: r.host, StompPort: r.port,
-		FailoverID: r.tok.ID, Epoch: r.tok.Epoch, FailoverSig: r.sig}, a.writeOptions())
+	res := a.rewrite(func(opt agentcfg.BatchOptions) agentcfg.Result {
+		return agentcfg.CompareAndSwapWith(a.cfg.Path, agentcfg.Update{StompInterface: r.host, StompPort: r.port,
+			FailoverID: r.tok.ID, Epoch: r.tok.Epoch, FailoverSig: r.sig}, opt)
+	})
 	bound := failoverid.Token{ID: res.Before.FailoverID, Epoch: res.Before.FailoverEpoch}
 	if res.Outcome == agentcfg.Rewritten || res.Outcome == agentcfg.Unchanged {
 		f["bound"] = bound.String()
@@ -287,11 +301,9 @@ func (a *Agent) applyRebind(r rebindReq) {
 	}
 	a.rb.seqs[r.tok] = r.seq
 	a.mu.Unlock()
-	a.wrote(res)
 	f["agent"] = a.cfg.ID
 	a.cfg.Log.WithFields(f).Log(a.perAgentLevel(), "rebound: address.yaml now names the new primary")
 	noteRebound(a.cfg.Log, r.tok, r.node)
-	a.kickRun()
 	if a.cfg.OnRebind != "" {
 		env := []string{"TANDEM_AGENT_ID=" + a.cfg.ID, "TANDEM_AGENT_CONFIG=" + a.absPath, "TANDEM_FAILOVER_ID=" + r.tok.ID,
 			"TANDEM_EPOCH=" + strconv.FormatUint(r.tok.Epoch, 10), "TANDEM_SERVER=" + net.JoinHostPort(r.host, strconv.Itoa(r.port))}
@@ -561,6 +573,12 @@ func linkUp(bus broker.Bus) bool {
 	return true
 }
 
+// whereSubscriber is a bus that can pick the messages a subscription gets
+// (a Pool's).
+type whereSubscriber interface {
+	SubscribeWhere(dest string, want func(broker.Message) bool) (broker.Subscription, error)
+}
+
 // runStandby holds one standby subscription: rebinds that arrive on it go
 // to offerRebind, anything else is not for this agent (it obeys only its
 // bound server). Each time the link (re)connects it reports once.
@@ -574,7 +592,12 @@ func (a *Agent) runStandby(ctx context.Context, l *standbyLink) {
 		return
 	}
 	defer bus.Close()
-	sub, err := bus.Subscribe(a.cfg.Dest.AgentCommand)
+	var sub broker.Subscription
+	if w, ok := bus.(whereSubscriber); ok {
+		sub, err = w.SubscribeWhere(a.cfg.Dest.AgentCommand, isRebind)
+	} else {
+		sub, err = bus.Subscribe(a.cfg.Dest.AgentCommand)
+	}
 	if err != nil {
 		log.WithError(err).Debug("standby link: subscribe")
 		return

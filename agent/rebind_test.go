@@ -451,3 +451,23 @@ func TestAFleetSharesOneStandbyLinkPerServer(t *testing.T) {
 		t.Fatalf("dials %v", dials)
 	}
 }
+
+func TestAWatchEventDuringTheAgentsOwnRewriteIsCaughtUpAfterIt(t *testing.T) {
+	r := newRRig(t)
+	ra := r.start(rebindFile, nil, nil)
+	// An edit lands while the agent's own rewrite is under way: Run defers
+	// the watch event, and the kick at the rewrite's end reads the file.
+	ra.a.rb.writing.Store(true)
+	writeFile(t, ra.path, "server-c", 1003, idB, 3)
+	// Three sends into a buffer of one: the third is taken only once Run
+	// has handled the first.
+	for i := 0; i < 3; i++ {
+		ra.changes <- struct{}{}
+	}
+	if s := ra.a.Status(); s.Server != "server-a:1001" {
+		t.Fatalf("followed the edit during the rewrite: %+v", s)
+	}
+	ra.a.rb.writing.Store(false)
+	ra.a.kickRun()
+	r.eventually("followed the edit after the rewrite", func() bool { return ra.a.Status().Server == "server-c:1003" })
+}

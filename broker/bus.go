@@ -29,11 +29,13 @@ type Memo struct {
 
 type memoEntry struct {
 	key any
+	val any
 	err error
 }
 
 // maxMemo bounds the results a memo keeps (a command's signature check, a
-// rebind's token check): a caller with a key beyond them computes its own.
+// rebind's token check, the decoded headers): a caller with a key beyond
+// them computes its own.
 const maxMemo = 4
 
 // Do returns f's result for key: computed by the first caller (the others
@@ -41,6 +43,13 @@ const maxMemo = 4
 // name everything f depends on besides the message (the verifying keys,
 // the destination).
 func (m *Memo) Do(key any, f func() error) error {
+	_, err := m.Value(key, func() (any, error) { return nil, f() })
+	return err
+}
+
+// Value is Do for a computation with a result, which the callers share:
+// they must not modify it.
+func (m *Memo) Value(key any, f func() (any, error)) (any, error) {
 	if m == nil {
 		return f()
 	}
@@ -48,14 +57,14 @@ func (m *Memo) Do(key any, f func() error) error {
 	defer m.mu.Unlock()
 	for _, e := range m.done {
 		if e.key == key {
-			return e.err
+			return e.val, e.err
 		}
 	}
-	err := f()
+	v, err := f()
 	if len(m.done) < maxMemo {
-		m.done = append(m.done, memoEntry{key, err})
+		m.done = append(m.done, memoEntry{key, v, err})
 	}
-	return err
+	return v, err
 }
 
 // Bus is the small publish/subscribe seam the rest of tandem uses. The real

@@ -56,3 +56,26 @@ func TestMemoComputesOncePerKey(t *testing.T) {
 		t.Fatalf("nil memo: %d calls, want 4", calls.Load())
 	}
 }
+
+func TestMemoValueIsSharedAndANilMemoComputes(t *testing.T) {
+	var m Memo
+	calls := 0
+	f := func() (any, error) { calls++; return calls, nil }
+	for i := 0; i < 3; i++ {
+		if v, err := m.Value("decode", f); err != nil || v.(int) != 1 {
+			t.Fatalf("Value: %v %v", v, err)
+		}
+	}
+	if calls != 1 {
+		t.Fatalf("%d computations, want 1", calls)
+	}
+	var none *Memo
+	for i := 0; i < 2; i++ {
+		if _, err := none.Value("decode", f); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if calls != 3 {
+		t.Fatalf("a nil memo computed %d times in 2 calls", calls-1)
+	}
+}

@@ -319,7 +319,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		closing.Add(1)
 		go func() {
 			defer closing.Done()
-			if moved != nil && oldBus != nil {
+			// A link that is down (the old primary died) would only refuse
+			// the report: no status is built and signed for it.
+			if moved != nil && oldBus != nil && linkUp(oldBus) {
 				pctx, cancel := context.WithTimeout(ctx, min(a.cfg.Period, time.Second))
 				_ = a.publishReport(pctx, oldBus, *moved)
 				cancel()

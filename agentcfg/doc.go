@@ -111,6 +111,14 @@
 // host with a lot of unrelated dirty data a batch is slower, never wrong.
 // Outside Linux the flush is sync(2).
 //
+// A Flusher does the same for single-file rewrites that come together but
+// not as one batch: a fleet of agents, each compare-and-swapping its own
+// file after one broadcast rebind. Each rewrite stages without fsync,
+// waits for a syncfs that started after that, renames, and waits for one
+// more; one syncfs serves every rewrite waiting for it. A sync error fails
+// the rewrites that were under way when it was seen (their mark), not the
+// later ones: a long-lived process recovers with its file system.
+//
 // # Watching
 //
 // Watch watches the directory rather than the file, so it follows the

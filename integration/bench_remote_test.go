@@ -44,6 +44,16 @@ import (
 //
 //	go test -run '^$' -bench RemoteAgentsFollow -benchtime 3x -timeout 30m ./integration
 //
+// The agents' files are under TMPDIR, and the file system counts. Each
+// rebind renames a new file over the old one, so a takeover allocates one
+// inode per agent and frees one. ext4 without a journal (the root of the
+// VMs this project is built on) skips, on each allocation, every inode
+// freed in the last seconds, one lookup each: a fleet's burst then costs
+// time quadratic in its size in the kernel alone. A journaled ext4 or xfs
+// (what agent hosts run) does not; nor does tmpfs, which has no flush at
+// all (the figure of tandem's CPU alone). Point TMPDIR at each to compare;
+// the log line names the file system type.
+//
 // TANDEM_BENCH_PERF=DIR records a perf profile of the fleet and the new
 // primary from just before the kill to all bound (DIR/perf-remote-N.data).
 // TANDEM_BENCH_KEEP=DIR copies each run's logs (fleet, servers, event
@@ -76,6 +86,25 @@ func BenchmarkRemoteAgentsFollow(b *testing.B) {
 			b.ReportMetric(median(rss), "rss-KB/agent")
 		})
 	}
+}
+
+// fsName names the file system type holding dir (statfs(2)'s magic).
+func fsName(dir string) string {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return "?"
+	}
+	switch st.Type {
+	case 0xEF53:
+		return "ext4"
+	case 0x01021994:
+		return "tmpfs"
+	case 0x58465342:
+		return "xfs"
+	case 0x9123683E:
+		return "btrfs"
+	}
+	return fmt.Sprintf("fs 0x%x", st.Type)
 }
 
 // raiseNofile lifts the soft RLIMIT_NOFILE of the test process (and so of
@@ -225,8 +254,8 @@ func remoteFollowRun(b *testing.B, n int) remoteFollowResult {
 	if rebind != nil {
 		firstRebind = rel(rebind.TMS)
 	}
-	b.Logf("agents=%d: ms after window end: detect %s, primary %s, first rebind %s (%d rebinds sent in all), rebound %s, bound first %s, all %s; b's CPU %.0f ms (%s), the fleet's %.0f ms; fleet RSS %.0f KB/agent; setup %s",
-		n, rel(takingOver.TMS), rel(primary.TMS), firstRebind, rebinds, rb, rel(firstBound), rel(last),
+	b.Logf("agents=%d on %s: ms after window end: detect %s, primary %s, first rebind %s (%d rebinds sent in all), rebound %s, bound first %s, all %s; b's CPU %.0f ms (%s), the fleet's %.0f ms; fleet RSS %.0f KB/agent; setup %s",
+		n, fsName(dir), rel(takingOver.TMS), rel(primary.TMS), firstRebind, rebinds, rb, rel(firstBound), rel(last),
 		float64(cpuD)/float64(time.Millisecond), how, float64(fleetD)/float64(time.Millisecond), rssKB, setup.Round(time.Millisecond))
 	if keep := os.Getenv("TANDEM_BENCH_KEEP"); keep != "" {
 		keepLogs(b, c.dir, filepath.Join(keep, fmt.Sprintf("agents-%d-%d", n, time.Now().UnixMilli())))

@@ -220,6 +220,17 @@ type doc struct {
 	root  *yaml.Node
 	pairs []pair
 	known map[string]pair
+	// parse, when set, parses other content the way this doc was parsed
+	// (through a Flusher's cache): the self-check of an edit uses it.
+	parse func([]byte) (*doc, error)
+}
+
+// reparse parses out, an edit of d, for its self-check.
+func (d *doc) reparse(out []byte) (*doc, error) {
+	if d.parse != nil {
+		return d.parse(out)
+	}
+	return load(out)
 }
 
 var bom = []byte{0xEF, 0xBB, 0xBF}

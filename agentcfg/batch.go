@@ -50,6 +50,15 @@ type BatchOptions struct {
 	flush func(*fsutil.FS) error
 }
 
+// parse parses the content of the file at path, through the Flusher's
+// cache when there is one.
+func (o BatchOptions) parse(path string, data []byte) (*doc, error) {
+	if o.Flusher != nil {
+		return o.Flusher.parse(path, data)
+	}
+	return loadBounded(data)
+}
+
 func (o BatchOptions) lockTimeout() time.Duration {
 	if o.LockTimeout > 0 {
 		return o.LockTimeout
@@ -323,7 +332,7 @@ func rewriteGroup(syncs *syncGroups, paths []string, res []Result, i, end int, u
 			continue
 		}
 		items = append(items, item{idx: j, t: t, lock: l})
-		out, st := decide(r, t, u, opt.Force, opt.MaxFileSize)
+		out, st := decide(r, t, u, opt)
 		if out == nil {
 			continue
 		}

@@ -205,8 +205,8 @@ func readTarget(t *target, max int64) ([]byte, *unix.Stat_t, error) {
 
 // readLocked reads and parses the locked target into r.Before (and
 // r.After): nil with r.Outcome set when it cannot be read or parsed.
-func readLocked(r *Result, t *target, max int64) (*doc, []byte, *unix.Stat_t) {
-	data, st, err := readTarget(t, max)
+func readLocked(r *Result, t *target, opt BatchOptions) (*doc, []byte, *unix.Stat_t) {
+	data, st, err := readTarget(t, opt.MaxFileSize)
 	if errors.Is(err, ErrTooLarge) {
 		r.Outcome, r.Err = Invalid, err
 		return nil, nil, nil
@@ -215,7 +215,7 @@ func readLocked(r *Result, t *target, max int64) (*doc, []byte, *unix.Stat_t) {
 		r.Outcome, r.Err = Failed, err
 		return nil, nil, nil
 	}
-	d, err := loadBounded(data)
+	d, err := opt.parse(r.Path, data)
 	if err == nil {
 		r.Before, err = d.address()
 	}
@@ -229,12 +229,12 @@ func readLocked(r *Result, t *target, max int64) (*doc, []byte, *unix.Stat_t) {
 
 // decide reads and parses the locked target and computes the new content.
 // It returns out == nil when nothing is to be written (r.Outcome set).
-func decide(r *Result, t *target, u Update, force bool, max int64) ([]byte, *unix.Stat_t) {
-	d, data, st := readLocked(r, t, max)
+func decide(r *Result, t *target, u Update, opt BatchOptions) ([]byte, *unix.Stat_t) {
+	d, data, st := readLocked(r, t, opt)
 	if d == nil {
 		return nil, nil
 	}
-	if !force && !u.newerThan(r.Before) {
+	if !opt.Force && !u.newerThan(r.Before) {
 		r.Outcome = Unchanged
 		return nil, nil
 	}
@@ -280,7 +280,7 @@ func CompareAndSwapWith(path string, u Update, opt BatchOptions) Result {
 		return Result{Path: path, Outcome: Failed, Err: err}
 	}
 	return rewriteLocked(path, opt, func(r *Result, t *target) ([]byte, *unix.Stat_t) {
-		return decide(r, t, u, opt.Force, opt.MaxFileSize)
+		return decide(r, t, u, opt)
 	})
 }
 

@@ -246,7 +246,7 @@ func (d *doc) replace(idx *lineIndex, p pair, key, val string, isString bool, eq
 
 // check re-parses out and verifies the result of an edit.
 func (d *doc) check(out []byte, u Update) (Address, error) {
-	d2, err := load(out)
+	d2, err := d.reparse(out)
 	if err != nil {
 		return Address{}, fmt.Errorf("%w: %v", ErrSelfCheck, err)
 	}

@@ -1,8 +1,10 @@
 package agentcfg
 
 import (
+	"bytes"
 	"fmt"
 	"os"
+	"sync"
 
 	"github.com/tandem-ha/tandem/internal/fsutil"
 	"golang.org/x/sys/unix"
@@ -27,9 +29,43 @@ import (
 //
 // syncfs flushes the whole file system, other processes' data included: a
 // lone writer (one agent) is better served by the fsync path.
+//
+// A Flusher also keeps, per file, the parse of the content it last read or
+// wrote there: the next rewrite of a file whose bytes are still exactly
+// those is not parsed again (the edit's self-check still parses what it
+// writes). Files over maxCachedFile are not kept.
 type Flusher struct {
 	syncs syncGroups
 	slots chan struct{} // nil: unbounded
+
+	mu   sync.Mutex
+	docs map[string]*doc // by path: the parse of the content last seen there
+}
+
+// maxCachedFile bounds the files whose parse a Flusher keeps (a real
+// address.yaml is well under a kilobyte).
+const maxCachedFile = 4 << 10
+
+// parse is loadBounded through the cache: content equal byte for byte to
+// what was last parsed for path reuses that parse (docs are never modified
+// once made). The doc's self-check parses go through the cache too, so a
+// file the Flusher wrote is known when it is next rewritten.
+func (f *Flusher) parse(path string, data []byte) (*doc, error) {
+	f.mu.Lock()
+	c := f.docs[path]
+	f.mu.Unlock()
+	if c != nil && bytes.Equal(c.data, data) {
+		return c, nil
+	}
+	d, err := loadBounded(data)
+	if err != nil || len(data) > maxCachedFile {
+		return d, err
+	}
+	d.parse = func(b []byte) (*doc, error) { return f.parse(path, b) }
+	f.mu.Lock()
+	f.docs[path] = d
+	f.mu.Unlock()
+	return d, nil
 }
 
 // NewFlusher returns a Flusher. parallel bounds how many of its rewrites
@@ -37,7 +73,7 @@ type Flusher struct {
 // a lock or a sync do not count): a few per core keep a burst of thousands
 // of rewrites from running as thousands of threads. 0 or less: unbounded.
 func NewFlusher(parallel int) *Flusher {
-	f := &Flusher{syncs: syncGroups{dev: map[uint64]*groupSync{}, flush: (*fsutil.FS).Sync}}
+	f := &Flusher{syncs: syncGroups{dev: map[uint64]*groupSync{}, flush: (*fsutil.FS).Sync}, docs: map[string]*doc{}}
 	if parallel > 0 {
 		f.slots = make(chan struct{}, parallel)
 	}

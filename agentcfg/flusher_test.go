@@ -175,3 +175,50 @@ func TestGroupSyncErrorFailsEveryWriterMarkedBeforeIt(t *testing.T) {
 		t.Fatalf("batch: %v", err)
 	}
 }
+
+func TestFlusherReusesTheParseOfWhatItWroteAndNeverAStaleOne(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "address.yaml")
+	writeFile(t, p, sample)
+	fl := NewFlusher(1)
+	defer fl.Close()
+	opt := BatchOptions{Flusher: fl}
+	if r := CompareAndSwapWith(p, testUpdate, opt); r.Outcome != Rewritten {
+		t.Fatalf("%v %v", r.Outcome, r.Err)
+	}
+	got, _ := os.ReadFile(p)
+	fl.mu.Lock()
+	kept := fl.docs[p]
+	fl.mu.Unlock()
+	if kept == nil || string(kept.data) != string(got) {
+		t.Fatal("the parse of the written content is not kept")
+	}
+	// The next rewrite of those bytes reuses it and is right.
+	u := testUpdate
+	u.Epoch = 8
+	if r := CompareAndSwapWith(p, u, opt); r.Outcome != Rewritten || r.Before.FailoverEpoch != 7 || r.After.FailoverEpoch != 8 {
+		t.Fatalf("%v %v %+v", r.Outcome, r.Err, r.Before)
+	}
+	// A hand edit (other bytes) is parsed afresh: epoch 50 is above the
+	// update's 9, which must not be taken from the kept parse (8).
+	hand := strings.Replace(sample, "local_interface: 10.9.9.9\n", "local_interface: 10.9.9.9\nfailover_epoch: 50\n", 1)
+	writeFile(t, p, hand)
+	u.Epoch = 9
+	if r := CompareAndSwapWith(p, u, opt); r.Outcome != Unchanged || r.Before.FailoverEpoch != 50 {
+		t.Fatalf("after a hand edit: %v %v %+v", r.Outcome, r.Err, r.Before)
+	}
+	if got, _ := os.ReadFile(p); string(got) != hand {
+		t.Fatalf("file changed: %q", got)
+	}
+	// Big files are not kept.
+	big := sample + "# " + strings.Repeat("x", maxCachedFile) + "\n"
+	q := filepath.Join(t.TempDir(), "address.yaml")
+	writeFile(t, q, big)
+	if r := CompareAndSwapWith(q, testUpdate, opt); r.Outcome != Rewritten {
+		t.Fatalf("big: %v %v", r.Outcome, r.Err)
+	}
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	if fl.docs[q] != nil {
+		t.Fatal("a big file's parse is kept")
+	}
+}

@@ -69,7 +69,7 @@ func (d *doc) editServers(list []string) ([]byte, Address, error) {
 // key (the token keys, use_ssl and the keys agentcfg does not own)
 // unchanged.
 func (d *doc) checkServers(out []byte, before Address, list []string) (Address, error) {
-	d2, err := load(out)
+	d2, err := d.reparse(out)
 	if err != nil {
 		return Address{}, fmt.Errorf("%w: %v", ErrSelfCheck, err)
 	}
@@ -120,7 +120,7 @@ func SetFailoverServersWith(path string, list []string, opt BatchOptions) Result
 		return Result{Path: path, Outcome: Failed, Err: err}
 	}
 	return rewriteLocked(path, opt, func(r *Result, t *target) ([]byte, *unix.Stat_t) {
-		d, data, st := readLocked(r, t, opt.MaxFileSize)
+		d, data, st := readLocked(r, t, opt)
 		if d == nil {
 			return nil, nil
 		}

@@ -27,8 +27,81 @@ type WatchMux struct {
 	wg     sync.WaitGroup
 }
 
+// muxSub is one Watch: the mux's loop touches it for each event, and a
+// timer (not a goroutine per watch: a fleet has thousands) reports the
+// debounced change on out.
 type muxSub struct {
-	raw chan struct{} // an event for this file happened (buffer 1)
+	out      chan struct{} // buffer 1
+	debounce time.Duration
+
+	mu      sync.Mutex
+	timer   *time.Timer
+	pending bool      // an event not yet reported
+	burstAt time.Time // the first event of the pending burst
+	closed  bool
+}
+
+func (s *muxSub) notifyLocked() {
+	select {
+	case s.out <- struct{}{}:
+	default:
+	}
+}
+
+// touch records an event: reported once debounce passed without another
+// one, and at least every 4×debounce during a continuous burst (as
+// debounceLoop).
+func (s *muxSub) touch() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return
+	}
+	if s.debounce <= 0 {
+		s.notifyLocked()
+		return
+	}
+	now := time.Now()
+	if !s.pending {
+		s.pending, s.burstAt = true, now
+	}
+	d := s.debounce
+	if left := s.burstAt.Add(4 * s.debounce).Sub(now); left < d {
+		d = max(left, 0)
+	}
+	if s.timer == nil {
+		s.timer = time.AfterFunc(d, s.fire)
+	} else {
+		s.timer.Reset(d)
+	}
+}
+
+// fire reports the pending events. A fire that raced a touch's Reset may
+// report a little early; the events before it are covered by the report
+// (the reader reads the file after it), the later ones by the next fire.
+func (s *muxSub) fire() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed || !s.pending {
+		return
+	}
+	s.pending = false
+	s.notifyLocked()
+}
+
+// stop closes out; safe twice. It reports whether it closed it.
+func (s *muxSub) stop() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.closed = true
+	if s.timer != nil {
+		s.timer.Stop()
+	}
+	close(s.out)
+	return true
 }
 
 // NewWatchMux starts a multiplexer; Close stops it.
@@ -52,9 +125,18 @@ func (m *WatchMux) Close() error {
 	}
 	m.closed = true
 	close(m.done)
+	var all []*muxSub
+	for _, set := range m.subs {
+		for s := range set {
+			all = append(all, s)
+		}
+	}
 	m.mu.Unlock()
 	err := m.w.Close()
 	m.wg.Wait()
+	for _, s := range all {
+		s.stop()
+	}
 	return err
 }
 
@@ -62,10 +144,7 @@ func (m *WatchMux) loop() {
 	defer m.wg.Done()
 	signal := func(set map[*muxSub]bool) {
 		for s := range set {
-			select {
-			case s.raw <- struct{}{}:
-			default:
-			}
+			s.touch()
 		}
 	}
 	poke := func(name string, all bool) {
@@ -141,7 +220,7 @@ func (m *WatchMux) Watch(ctx context.Context, path string, debounce time.Duratio
 			paths = append(paths, t)
 		}
 	}
-	s := &muxSub{raw: make(chan struct{}, 1)}
+	s := &muxSub{out: make(chan struct{}, 1), debounce: debounce}
 	m.mu.Lock()
 	if m.closed {
 		m.mu.Unlock()
@@ -158,21 +237,19 @@ func (m *WatchMux) Watch(ctx context.Context, path string, debounce time.Duratio
 	}
 	m.mu.Unlock()
 
-	out := make(chan struct{}, 1)
-	m.wg.Add(1)
-	go func() {
-		defer m.wg.Done()
-		defer close(out)
-		defer func() {
-			m.mu.Lock()
-			for _, p := range paths {
-				m.remove(p, s)
-			}
-			m.mu.Unlock()
-		}()
-		debounceLoop(ctx, m.done, s.raw, out, debounce)
-	}()
-	return out, nil
+	// No goroutine waits for ctx: context.AfterFunc runs the stop when it
+	// ends.
+	context.AfterFunc(ctx, func() {
+		if !s.stop() {
+			return // the mux closed first
+		}
+		m.mu.Lock()
+		for _, p := range paths {
+			m.remove(p, s)
+		}
+		m.mu.Unlock()
+	})
+	return s.out, nil
 }
 
 // debounceLoop turns raw change signals into debounced reports on out: one

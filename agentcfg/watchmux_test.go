@@ -96,3 +96,48 @@ func TestWatchMuxClose(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestWatchMuxDebouncesWithTimersAndCapsABurst(t *testing.T) {
+	const d = 20 * time.Millisecond
+	s := &muxSub{out: make(chan struct{}, 1), debounce: d}
+	defer s.stop()
+	// Three quick events: one report.
+	for i := 0; i < 3; i++ {
+		s.touch()
+	}
+	select {
+	case <-s.out:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no report")
+	}
+	s.mu.Lock()
+	pending := s.pending
+	s.mu.Unlock()
+	if pending {
+		t.Fatal("the report left the events pending")
+	}
+	// A continuous burst (an event every d/4 for 20 debounce periods) is
+	// still reported during it, at least every 4×debounce.
+	reports := 0
+	end := time.Now().Add(20 * d)
+	for time.Now().Before(end) {
+		s.touch()
+		select {
+		case <-s.out:
+			reports++
+		case <-time.After(d / 4):
+		}
+	}
+	if reports == 0 {
+		t.Fatal("a continuous burst was never reported while it lasted")
+	}
+	if !s.stop() || s.stop() {
+		t.Fatal("stop is not once")
+	}
+	s.touch() // after stop: nothing, no panic
+	if _, ok := <-s.out; ok {
+		if _, ok := <-s.out; ok {
+			t.Fatal("out open after stop")
+		}
+	}
+}

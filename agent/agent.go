@@ -28,6 +28,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -38,6 +39,7 @@ import (
 	"github.com/tandem-ha/tandem/internal/clock"
 	"github.com/tandem-ha/tandem/internal/hooks"
 	"github.com/tandem-ha/tandem/protocol"
+	"golang.org/x/sys/unix"
 )
 
 // DialFunc connects to the server an address names. The returned bus keeps
@@ -140,7 +142,7 @@ type Agent struct {
 
 	mu       sync.Mutex
 	good     agentcfg.Address // last good file content
-	goodStat os.FileInfo
+	goodStat fileID
 	// ownWrite: good and goodStat are what the agent's own last rewrite
 	// renamed into place, not yet read back (see reload).
 	ownWrite bool
@@ -215,9 +217,9 @@ func New(cfg Config) *Agent {
 // and is read; what is left is an in-place edit of the same size within
 // the file system's timestamp tick, the limit every stat check here has.
 func (a *Agent) reload(force bool) (addr agentcfg.Address, ok bool) {
-	fi, statErr := os.Stat(a.cfg.Path)
+	fi := statID(a.cfg.Path)
 	a.mu.Lock()
-	if (!force || a.ownWrite) && statErr == nil && a.goodStat != nil && sameFile(fi, a.goodStat) && a.fileErr == "" {
+	if (!force || a.ownWrite) && fi.ok && fi == a.goodStat && a.fileErr == "" {
 		addr, ok = a.good, true
 		a.mu.Unlock()
 		return addr, ok
@@ -241,8 +243,34 @@ func (a *Agent) reload(force bool) (addr agentcfg.Address, ok bool) {
 	return got, true
 }
 
-func sameFile(a, b os.FileInfo) bool {
-	return os.SameFile(a, b) && a.ModTime().Equal(b.ModTime()) && a.Size() == b.Size()
+// fileID is what reload compares to tell whether the file changed: its
+// identity, mtime and size (ok: known).
+type fileID struct {
+	dev, ino    uint64
+	mtime, size int64
+	ok          bool
+}
+
+// statID stats path (following links, as a read does). It allocates
+// nothing: a fleet does it for every command of every agent.
+func statID(path string) fileID {
+	var st unix.Stat_t
+	if err := unix.Stat(path, &st); err != nil {
+		return fileID{}
+	}
+	return fileID{dev: uint64(st.Dev), ino: st.Ino, mtime: st.Mtim.Nano(), size: st.Size, ok: true}
+}
+
+// idOf is the fileID of a FileInfo from lstat or stat.
+func idOf(fi os.FileInfo) fileID {
+	if fi == nil {
+		return fileID{}
+	}
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return fileID{}
+	}
+	return fileID{dev: uint64(st.Dev), ino: st.Ino, mtime: st.Mtim.Nano(), size: st.Size, ok: true}
 }
 
 func target(addr agentcfg.Address) string {

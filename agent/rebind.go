@@ -320,7 +320,7 @@ func (a *Agent) wrote(res agentcfg.Result) {
 		return
 	}
 	a.mu.Lock()
-	a.good, a.goodStat, a.fileErr, a.ownWrite = res.After, res.Written, "", true
+	a.good, a.goodStat, a.fileErr, a.ownWrite = res.After, idOf(res.Written), "", true
 	a.mu.Unlock()
 }
 

@@ -23,7 +23,7 @@ type Message struct {
 // Memo is a message's shared results of a few computations (see
 // Message.Memo), each under its own key. A nil *Memo computes every time.
 type Memo struct {
-	mu   sync.Mutex
+	mu   sync.RWMutex // thousands of agents read one memo at once
 	done []memoEntry
 }
 
@@ -53,6 +53,14 @@ func (m *Memo) Value(key any, f func() (any, error)) (any, error) {
 	if m == nil {
 		return f()
 	}
+	m.mu.RLock()
+	for _, e := range m.done {
+		if e.key == key {
+			m.mu.RUnlock()
+			return e.val, e.err
+		}
+	}
+	m.mu.RUnlock()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	for _, e := range m.done {

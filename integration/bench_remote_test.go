@@ -54,6 +54,7 @@ import (
 // all (the figure of tandem's CPU alone). Point TMPDIR at each to compare;
 // the log line names the file system type.
 //
+// TANDEM_BENCH_AGENT_PERIOD sets the fleet's --period (default 1s).
 // TANDEM_BENCH_PERF=DIR records a perf profile of the fleet and the new
 // primary from just before the kill to all bound (DIR/perf-remote-N.data).
 // TANDEM_BENCH_KEEP=DIR copies each run's logs (fleet, servers, event
@@ -86,6 +87,20 @@ func BenchmarkRemoteAgentsFollow(b *testing.B) {
 			b.ReportMetric(median(rss), "rss-KB/agent")
 		})
 	}
+}
+
+// agentPeriod is the fleet's --period (TANDEM_BENCH_AGENT_PERIOD, default
+// 1s): how often each agent reports. It is the fleet's and the servers'
+// steady load (N reports a second), not a step of the rebind.
+func agentPeriod(b testing.TB) string {
+	v := os.Getenv("TANDEM_BENCH_AGENT_PERIOD")
+	if v == "" {
+		return "1s"
+	}
+	if _, err := time.ParseDuration(v); err != nil {
+		b.Fatalf("TANDEM_BENCH_AGENT_PERIOD=%q: want a duration such as 5s", v)
+	}
+	return v
 }
 
 // fsName names the file system type holding dir (statfs(2)'s magic).
@@ -147,7 +162,7 @@ func remoteFollowRun(b *testing.B, n int) remoteFollowResult {
 		level = "info"
 	}
 	t0 := time.Now()
-	fleet := start(b, c.dir, "fleet", "agent", "--fleet", dir, "--period", "1s", "--log-level", level, "--events", evPath)
+	fleet := start(b, c.dir, "fleet", "agent", "--fleet", dir, "--period", agentPeriod(b), "--log-level", level, "--events", evPath)
 	defer fleet.kill()
 	// A 10,000-agent fleet takes minutes to be rebound by a and learn b.
 	setupMax := 60*time.Second + time.Duration(n)*30*time.Millisecond
@@ -254,8 +269,8 @@ func remoteFollowRun(b *testing.B, n int) remoteFollowResult {
 	if rebind != nil {
 		firstRebind = rel(rebind.TMS)
 	}
-	b.Logf("agents=%d on %s: ms after window end: detect %s, primary %s, first rebind %s (%d rebinds sent in all), rebound %s, bound first %s, all %s; b's CPU %.0f ms (%s), the fleet's %.0f ms; fleet RSS %.0f KB/agent; setup %s",
-		n, fsName(dir), rel(takingOver.TMS), rel(primary.TMS), firstRebind, rebinds, rb, rel(firstBound), rel(last),
+	b.Logf("agents=%d on %s, agent period %s: ms after window end: detect %s, primary %s, first rebind %s (%d rebinds sent in all), rebound %s, bound first %s, all %s; b's CPU %.0f ms (%s), the fleet's %.0f ms; fleet RSS %.0f KB/agent; setup %s",
+		n, fsName(dir), agentPeriod(b), rel(takingOver.TMS), rel(primary.TMS), firstRebind, rebinds, rb, rel(firstBound), rel(last),
 		float64(cpuD)/float64(time.Millisecond), how, float64(fleetD)/float64(time.Millisecond), rssKB, setup.Round(time.Millisecond))
 	if keep := os.Getenv("TANDEM_BENCH_KEEP"); keep != "" {
 		keepLogs(b, c.dir, filepath.Join(keep, fmt.Sprintf("agents-%d-%d", n, time.Now().UnixMilli())))

@@ -67,11 +67,26 @@ type rebinds struct {
 	noKey      atomic.Bool                 // "no --server-key" was logged
 	writing    atomic.Bool                 // a rewrite of the file is under way (rewrite)
 
-	qmu     sync.Mutex
-	queue   []rebindReq
-	servers *serversReq // a failover_servers write waiting
-	busy    bool
-	wg      sync.WaitGroup
+	qmu      sync.Mutex
+	queue    []rebindReq
+	applying failoverid.Token // the rebind the worker is applying (zero: none)
+	servers  *serversReq      // a failover_servers write waiting
+	busy     bool
+	wg       sync.WaitGroup
+}
+
+// holdsLocked reports whether a rebind to tok, or to a higher token, is
+// queued or being applied (qmu held).
+func (r *rebinds) holdsLocked(tok failoverid.Token) bool {
+	if r.applying.ID != "" && !tok.Above(r.applying) {
+		return true
+	}
+	for _, q := range r.queue {
+		if !tok.Above(q.tok) {
+			return true
+		}
+	}
+	return false
 }
 
 func (r *rebinds) init() {
@@ -97,13 +112,36 @@ type serversReq struct {
 	list []string
 }
 
-func (a *Agent) rejectRebind(level logrus.Level, fields logrus.Fields, reason string) {
+func (a *Agent) rejectRebind(level logrus.Level, fields func() logrus.Fields, reason string) {
 	a.mu.Lock()
 	a.rb.rej++
 	a.rb.lastReject = reason
 	a.mu.Unlock()
-	fields["agent"] = a.cfg.ID
-	a.cfg.Log.WithFields(fields).Log(level, "rejected a rebind: "+reason)
+	if !logEnabled(a.cfg.Log, level) {
+		return // a fleet rejects thousands of repeats: no fields built for nothing
+	}
+	f := fields()
+	f["agent"] = a.cfg.ID
+	a.cfg.Log.WithFields(f).Log(level, "rejected a rebind: "+reason)
+}
+
+// logEnabled reports whether log writes level (true when it cannot tell).
+func logEnabled(log logrus.FieldLogger, level logrus.Level) bool {
+	switch l := log.(type) {
+	case *logrus.Logger:
+		return l.IsLevelEnabled(level)
+	case *logrus.Entry:
+		return l.Logger.IsLevelEnabled(level)
+	}
+	return true
+}
+
+// fixed is fields already built.
+func fixed(f logrus.Fields) func() logrus.Fields { return func() logrus.Fields { return f } }
+
+// rebindFields are the log fields of a rebind (built only when logged).
+func rebindFields(m broker.Message, via string) logrus.Fields {
+	return logrus.Fields{"via": via, "from_node": m.Headers[protocol.HNode], "advertise": m.Headers[protocol.HAdvertise]}
 }
 
 // tokenSigKey names a rebind's failover_sig check: it depends on the
@@ -114,7 +152,7 @@ type tokenSigKey struct{ signer *protocol.Signer }
 // offerRebind checks what a rebind's signatures say and hands a valid one to
 // the worker. It never blocks.
 func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
-	f := logrus.Fields{"via": via, "from_node": m.Headers[protocol.HNode], "advertise": m.Headers[protocol.HAdvertise]}
+	lazy := func() logrus.Fields { return rebindFields(m, via) }
 	if !a.cfg.Signer.Secure() {
 		// Whoever reaches a broker could repoint an agent that cannot
 		// check the group's signature.
@@ -122,7 +160,7 @@ func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
 		if !a.rb.noKey.Swap(true) {
 			level = logrus.WarnLevel
 		}
-		a.rejectRebind(level, f, "no --server-key: this agent cannot verify a rebind and ignores every one")
+		a.rejectRebind(level, lazy, "no --server-key: this agent cannot verify a rebind and ignores every one")
 		return
 	}
 	// The new primary repeats its rebind for a while: one not above the
@@ -132,44 +170,61 @@ func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
 		a.mu.Lock()
 		held := failoverid.Token{ID: a.good.FailoverID, Epoch: a.good.FailoverEpoch}
 		a.mu.Unlock()
-		if t := (failoverid.Token{ID: pre.FailoverID, Epoch: pre.Epoch}); held.ID != "" && !t.Above(held) {
-			a.rejectRebind(logrus.DebugLevel, f, "not newer than address.yaml's token")
+		t := failoverid.Token{ID: pre.FailoverID, Epoch: pre.Epoch}
+		if held.ID != "" && !t.Above(held) {
+			a.rejectRebind(logrus.DebugLevel, lazy, "not newer than address.yaml's token")
+			return
+		}
+		// Nor does a repeat of a rebind the worker already holds (queued
+		// or being applied): in a fleet's burst each agent would otherwise
+		// queue every repeat and re-read its file for each.
+		a.rb.qmu.Lock()
+		covered := a.rb.holdsLocked(t)
+		a.rb.qmu.Unlock()
+		if covered {
+			a.rejectRebind(logrus.DebugLevel, lazy, "a rebind to this token (or a higher one) is already being applied")
 			return
 		}
 	}
+	f := rebindFields(m, via)
 	if err := a.verify(m); err != nil {
-		a.rejectRebind(logrus.WarnLevel, f, "message signature: "+err.Error())
+		a.rejectRebind(logrus.WarnLevel, fixed(f), "message signature: "+err.Error())
 		return
 	}
 	env, err := decode(m)
 	if err != nil {
-		a.rejectRebind(logrus.WarnLevel, f, err.Error())
+		a.rejectRebind(logrus.WarnLevel, fixed(f), err.Error())
 		return
 	}
 	tok := failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}
 	f["from"] = tok.String()
 	if env.Role != rolePrimary {
-		a.rejectRebind(logrus.WarnLevel, f, "role is "+strconv.Quote(env.Role)+", not primary")
+		a.rejectRebind(logrus.WarnLevel, fixed(f), "role is "+strconv.Quote(env.Role)+", not primary")
 		return
 	}
 	host, ps, err := net.SplitHostPort(env.Advertise)
 	port, perr := strconv.Atoi(ps)
 	u := agentcfg.Update{StompInterface: host, StompPort: port, FailoverID: env.FailoverID, Epoch: env.Epoch, FailoverSig: env.FailoverSig}
 	if err != nil || perr != nil || u.Validate() != nil || env.Epoch == 0 {
-		a.rejectRebind(logrus.WarnLevel, f, "advertise, failover-id or epoch is not a valid binding")
+		a.rejectRebind(logrus.WarnLevel, fixed(f), "advertise, failover-id or epoch is not a valid binding")
 		return
 	}
 	if err := m.Memo.Do(tokenSigKey{a.cfg.Signer}, func() error {
 		return a.cfg.Signer.VerifyTokenSig(env.FailoverSig, env.FailoverID, env.Epoch, host, port)
 	}); err != nil {
-		a.rejectRebind(logrus.WarnLevel, f, "failover-sig does not cover this failover id, epoch and address: "+err.Error())
+		a.rejectRebind(logrus.WarnLevel, fixed(f), "failover-sig does not cover this failover id, epoch and address: "+err.Error())
 		return
 	}
 	req := rebindReq{ctx: ctx, tok: tok, seq: env.Seq, node: env.Node, host: host, port: port, sig: env.FailoverSig, via: via}
 	a.rb.qmu.Lock()
 	if len(a.rb.queue) >= maxRebindQueue {
 		a.rb.qmu.Unlock()
-		a.rejectRebind(logrus.DebugLevel, f, "too many rebinds waiting")
+		a.rejectRebind(logrus.DebugLevel, fixed(f), "too many rebinds waiting")
+		return
+	}
+	if a.rb.holdsLocked(tok) {
+		a.rb.qmu.Unlock()
+		a.rejectRebind(logrus.DebugLevel, fixed(f), "a rebind to this token (or a higher one) is already being applied")
 		return
 	}
 	a.rb.queue = append(a.rb.queue, req)
@@ -216,7 +271,13 @@ func (a *Agent) fileWorker() {
 		}
 		a.rb.qmu.Unlock()
 		if req != nil {
+			a.rb.qmu.Lock()
+			a.rb.applying = req.tok
+			a.rb.qmu.Unlock()
 			a.applyRebind(*req)
+			a.rb.qmu.Lock()
+			a.rb.applying = failoverid.Token{}
+			a.rb.qmu.Unlock()
 		} else {
 			a.writeServers(*srv)
 		}
@@ -268,7 +329,7 @@ func (a *Agent) applyRebind(r rebindReq) {
 	last := a.rb.seqs[r.tok]
 	a.mu.Unlock()
 	if r.seq <= last {
-		a.rejectRebind(logrus.InfoLevel, f, "replayed (its seq is not above the last rebind accepted from that token)")
+		a.rejectRebind(logrus.InfoLevel, fixed(f), "replayed (its seq is not above the last rebind accepted from that token)")
 		return
 	}
 	// The compare-and-swap reads the file under its lock and rewrites it
@@ -288,10 +349,10 @@ func (a *Agent) applyRebind(r rebindReq) {
 		if r.tok.Same(bound) {
 			level = logrus.DebugLevel // the new primary repeating itself
 		}
-		a.rejectRebind(level, f, "not newer than address.yaml's token")
+		a.rejectRebind(level, fixed(f), "not newer than address.yaml's token")
 		return
 	default:
-		a.rejectRebind(logrus.WarnLevel, f, "address.yaml not rewritten: "+res.Outcome.String()+": "+errString(res.Err))
+		a.rejectRebind(logrus.WarnLevel, fixed(f), "address.yaml not rewritten: "+res.Outcome.String()+": "+errString(res.Err))
 		return
 	}
 	a.mu.Lock()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/tandem-ha/tandem/agentcfg"
 	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/failoverid"
 	"github.com/tandem-ha/tandem/internal/clock"
 	"github.com/tandem-ha/tandem/protocol"
 )
@@ -470,4 +471,28 @@ func TestAWatchEventDuringTheAgentsOwnRewriteIsCaughtUpAfterIt(t *testing.T) {
 	ra.a.rb.writing.Store(false)
 	ra.a.kickRun()
 	r.eventually("followed the edit after the rewrite", func() bool { return ra.a.Status().Server == "server-c:1003" })
+}
+
+func TestARepeatOfARebindBeingAppliedIsNotQueuedAgain(t *testing.T) {
+	r := newRRig(t)
+	ra := r.start(rebindFile+"failover_servers: \"server-b:1002\"\n", nil, nil)
+	r.eventually("standby link at server-b", func() bool { return ra.standbyUp("server-b:1002") })
+	before := ra.read(t)
+	// The worker is applying idB@2 (its compare-and-swap under way): the
+	// new primary's repeat is dropped at once, not queued behind it.
+	tok := failoverid.Token{ID: idB, Epoch: 2}
+	ra.a.rb.qmu.Lock()
+	ra.a.rb.applying = tok
+	ra.a.rb.qmu.Unlock()
+	r.rebind("server-b:1002", rb{id: idB, epoch: 2, seq: 5, adv: "server-b:1002"})
+	r.eventually("repeat dropped", func() bool {
+		s := ra.a.Status()
+		return s.RebindsRejected == 1 && strings.Contains(s.LastRebindRejection, "already being applied")
+	})
+	if got := ra.read(t); got != before || !ra.a.workerIdle() {
+		t.Fatalf("the repeat was applied or queued:\n%s", got)
+	}
+	// A higher token is not covered by it.
+	r.rebind("server-b:1002", rb{id: idB, epoch: 3, seq: 6, adv: "server-b:1002"})
+	r.eventually("the higher rebind applied", func() bool { return ra.a.Status().RebindsAccepted == 1 })
 }

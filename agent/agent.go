@@ -28,6 +28,7 @@ import (
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -120,7 +121,9 @@ type Status struct {
 	// RebindsRejected those that changed nothing (unsigned, badly signed, a
 	// failover_sig that does not cover the token and address, replayed, not
 	// newer than the file, no --server-key, or a failed write), with the
-	// last reason in LastRebindRejection.
+	// last reason in LastRebindRejection. In a fleet (Pool) the repeats of
+	// a rebind the agent already obeys are dropped before they reach it,
+	// and not counted.
 	RebindsAccepted     uint64 `json:"rebinds_accepted"`
 	RebindsRejected     uint64 `json:"rebinds_rejected"`
 	LastRebindRejection string `json:"last_rebind_rejection,omitempty"`
@@ -163,6 +166,9 @@ type Agent struct {
 	repWG   sync.WaitGroup
 
 	rb rebinds
+	// held is the token of the last good file, for the pool's fan-out
+	// to drop rebinds not above it without waking the agent.
+	held atomic.Pointer[failoverid.Token]
 }
 
 type reportReq struct {
@@ -238,6 +244,7 @@ func (a *Agent) reload(force bool) (addr agentcfg.Address, ok bool) {
 	}
 	a.fileErr = ""
 	a.good = got
+	a.noteHeld(got)
 	a.goodStat = fi
 	a.ownWrite = false
 	return got, true
@@ -390,7 +397,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			log.WithError(err).Warn("connect to " + t)
 			return
 		}
-		s, err := b.Subscribe(a.cfg.Dest.AgentCommand)
+		s, err := subscribeWhere(b, a.cfg.Dest.AgentCommand, a.wantsCommand)
 		if err != nil {
 			b.Close()
 			log.WithError(err).Warn("subscribe at " + t)

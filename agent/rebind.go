@@ -382,6 +382,7 @@ func (a *Agent) wrote(res agentcfg.Result) {
 	}
 	a.mu.Lock()
 	a.good, a.goodStat, a.fileErr, a.ownWrite = res.After, idOf(res.Written), "", true
+	a.noteHeld(res.After)
 	a.mu.Unlock()
 }
 
@@ -640,6 +641,44 @@ type whereSubscriber interface {
 	SubscribeWhere(dest string, want func(broker.Message) bool) (broker.Subscription, error)
 }
 
+// subscribeWhere subscribes to dest, for the messages want keeps where the
+// bus can pick them (a Pool's fan-out), else for all (the caller checks
+// each anyway).
+func subscribeWhere(bus broker.Bus, dest string, want func(broker.Message) bool) (broker.Subscription, error) {
+	if w, ok := bus.(whereSubscriber); ok {
+		return w.SubscribeWhere(dest, want)
+	}
+	return bus.Subscribe(dest)
+}
+
+// noteHeld records the token of the file's content the agent now follows
+// (a.mu held).
+func (a *Agent) noteHeld(addr agentcfg.Address) {
+	a.held.Store(&failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch})
+}
+
+// rebindMayApply reports whether rebind m could change the agent's file:
+// its token is above the file's (or cannot be read here: the agent then
+// decides, and counts it). The new primary repeats its rebind every period
+// until the agent is bound; in a fleet the pool's fan-out drops the
+// repeats an agent already obeys, so that thousands of agents are not
+// woken for each (those repeats are not counted as rejected).
+func (a *Agent) rebindMayApply(m broker.Message) bool {
+	env, err := decode(m)
+	held := a.held.Load()
+	if err != nil || held == nil || held.ID == "" {
+		return true
+	}
+	return (failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}).Above(*held)
+}
+
+// wantsRebind picks a standby link's messages: rebinds that may apply.
+func (a *Agent) wantsRebind(m broker.Message) bool { return isRebind(m) && a.rebindMayApply(m) }
+
+// wantsCommand picks the bound link's messages: every command, and the
+// rebinds that may apply.
+func (a *Agent) wantsCommand(m broker.Message) bool { return !isRebind(m) || a.rebindMayApply(m) }
+
 // runStandby holds one standby subscription: rebinds that arrive on it go
 // to offerRebind, anything else is not for this agent (it obeys only its
 // bound server). Each time the link (re)connects it reports once.
@@ -653,12 +692,7 @@ func (a *Agent) runStandby(ctx context.Context, l *standbyLink) {
 		return
 	}
 	defer bus.Close()
-	var sub broker.Subscription
-	if w, ok := bus.(whereSubscriber); ok {
-		sub, err = w.SubscribeWhere(a.cfg.Dest.AgentCommand, isRebind)
-	} else {
-		sub, err = bus.Subscribe(a.cfg.Dest.AgentCommand)
-	}
+	sub, err := subscribeWhere(bus, a.cfg.Dest.AgentCommand, a.wantsRebind)
 	if err != nil {
 		log.WithError(err).Debug("standby link: subscribe")
 		return

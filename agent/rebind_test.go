@@ -496,3 +496,29 @@ func TestARepeatOfARebindBeingAppliedIsNotQueuedAgain(t *testing.T) {
 	r.rebind("server-b:1002", rb{id: idB, epoch: 3, seq: 6, adv: "server-b:1002"})
 	r.eventually("the higher rebind applied", func() bool { return ra.a.Status().RebindsAccepted == 1 })
 }
+
+func TestAFleetDropsRepeatsOfARebindItsAgentsObeyWithoutWakingThem(t *testing.T) {
+	r := newRRig(t)
+	pool := NewPool(func(ctx context.Context, addr agentcfg.Address) (broker.Bus, error) {
+		return r.hubs.of(target(addr)).Client("fleet"), nil
+	}, 0)
+	ra := r.start(rebindFile+"failover_servers: \"server-b:1002\"\n", nil, pool.Dial)
+	r.eventually("standby link at server-b", func() bool { return ra.standbyUp("server-b:1002") })
+	r.rebind("server-b:1002", rb{id: idB, epoch: 2, seq: 1, adv: "server-b:1002"})
+	r.eventually("bound to server-b", func() bool {
+		s := ra.a.Status()
+		return s.RebindsAccepted == 1 && s.Server == "server-b:1002" && s.Connected
+	})
+	// The new primary repeats itself, then pings: the ping is accepted,
+	// and the repeat before it never reached the agent.
+	r.rebind("server-b:1002", rb{id: idB, epoch: 2, seq: 2, adv: "server-b:1002"})
+	acc := ra.a.Status().Accepted
+	r.ping("server-b:1002", idB, 2, 3, nil)
+	r.eventually("ping accepted", func() bool { return ra.a.Status().Accepted == acc+1 })
+	if s := ra.a.Status(); s.RebindsRejected != 0 {
+		t.Fatalf("a repeat reached the agent: %d rejected (%s)", s.RebindsRejected, s.LastRebindRejection)
+	}
+	// A higher token still does.
+	r.rebind("server-b:1002", rb{id: idB, epoch: 3, seq: 4, adv: "server-b:1002"})
+	r.eventually("the higher rebind applied", func() bool { return ra.a.Status().RebindsAccepted == 2 })
+}

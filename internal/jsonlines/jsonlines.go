@@ -18,7 +18,6 @@ import (
 type Writer struct {
 	mu   sync.Mutex
 	bw   *bufio.Writer
-	enc  *json.Encoder
 	err  error
 	stop chan struct{}
 	done chan struct{}
@@ -27,7 +26,7 @@ type Writer struct {
 // New writes to w, flushing every interval (at least 1 ms).
 func New(w io.Writer, every time.Duration) *Writer {
 	bw := bufio.NewWriterSize(w, 1<<20)
-	x := &Writer{bw: bw, enc: json.NewEncoder(bw), stop: make(chan struct{}), done: make(chan struct{})}
+	x := &Writer{bw: bw, stop: make(chan struct{}), done: make(chan struct{})}
 	every = max(every, time.Millisecond)
 	go func() {
 		defer close(x.done)
@@ -46,11 +45,20 @@ func New(w io.Writer, every time.Duration) *Writer {
 	return x
 }
 
-// Write appends v as one JSON line.
+// Write appends v as one JSON line. v is encoded before the lock is
+// taken: many goroutines writing at once wait only for the copy.
 func (x *Writer) Write(v any) {
+	b, err := json.Marshal(v)
 	x.mu.Lock()
 	defer x.mu.Unlock()
-	if err := x.enc.Encode(v); err != nil && x.err == nil {
+	if err != nil {
+		if x.err == nil {
+			x.err = err
+		}
+		return
+	}
+	x.bw.Write(b)
+	if err := x.bw.WriteByte('\n'); err != nil && x.err == nil {
 		x.err = err
 	}
 }

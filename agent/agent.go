@@ -88,6 +88,49 @@ type Event struct {
 	Seq      uint64           `json:"seq"`
 }
 
+// AppendJSON appends e as the JSON object encoding/json makes of
+// struct{T int64 `json:"t_ms"`; Event} with T = tms, without reflection: a
+// fleet's --events writes one per command of every agent.
+func (e Event) AppendJSON(b []byte, tms int64) []byte {
+	b = append(b, `{"t_ms":`...)
+	b = strconv.AppendInt(b, tms, 10)
+	b = append(b, `,"agent":`...)
+	b = appendJSONString(b, e.Agent)
+	b = append(b, `,"accepted":`...)
+	b = strconv.AppendBool(b, e.Accepted)
+	b = append(b, `,"from":`...)
+	b = appendToken(b, e.From)
+	b = append(b, `,"from_node":`...)
+	b = appendJSONString(b, e.FromNode)
+	b = append(b, `,"bound":`...)
+	b = appendToken(b, e.Bound)
+	b = append(b, `,"seq":`...)
+	b = strconv.AppendUint(b, e.Seq, 10)
+	return append(b, '}')
+}
+
+func appendToken(b []byte, t failoverid.Token) []byte {
+	b = append(b, `{"failover_id":`...)
+	b = appendJSONString(b, t.ID)
+	b = append(b, `,"epoch":`...)
+	b = strconv.AppendUint(b, t.Epoch, 10)
+	return append(b, '}')
+}
+
+// appendJSONString appends s quoted as encoding/json quotes it: plain
+// printable ASCII directly, anything else through encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c > 0x7e || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
+}
+
 // Counts are accepted and rejected commands for one (failover id, epoch).
 type Counts struct {
 	FailoverID string `json:"failover_id"`

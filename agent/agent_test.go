@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/tandem-ha/tandem/agentcfg"
 	"github.com/tandem-ha/tandem/broker"
+	"github.com/tandem-ha/tandem/failoverid"
 	"github.com/tandem-ha/tandem/internal/clock"
 	"github.com/tandem-ha/tandem/protocol"
 )
@@ -298,5 +300,24 @@ func TestAReplayedCommandIsRejected(t *testing.T) {
 	}
 	if s := r.a.Status(); s.Bound.Replayed != 2 || s.Accepted != 2 {
 		t.Fatalf("status: %+v", s)
+	}
+}
+
+func TestEventAppendJSONIsWhatEncodingJSONMakes(t *testing.T) {
+	for _, e := range []Event{
+		{},
+		{Agent: "r001/conf", Accepted: true, From: failoverid.Token{ID: idA, Epoch: 3}, FromNode: "b", Bound: failoverid.Token{ID: idA, Epoch: 3}, Seq: 1796188176429},
+		{Agent: "odd \"name\" \\ <&> \n\t\x01 é \u2028 \xff", FromNode: "<script>", From: failoverid.Token{ID: "x\"y", Epoch: 1<<64 - 1}},
+	} {
+		want, err := json.Marshal(struct {
+			T int64 `json:"t_ms"`
+			Event
+		}{-42, e})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := e.AppendJSON(nil, -42); string(got) != string(want) {
+			t.Errorf("AppendJSON:\n%s\nencoding/json:\n%s", got, want)
+		}
 	}
 }

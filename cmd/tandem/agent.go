@@ -199,10 +199,7 @@ Flags:
 		ev := jsonlines.New(f, 10*time.Millisecond)
 		defer ev.Close()
 		onEvent = func(e agent.Event) {
-			ev.Write(struct {
-				T int64 `json:"t_ms"`
-				agent.Event
-			}{time.Now().UnixMilli(), e})
+			ev.WriteLine(e.AppendJSON(make([]byte, 0, 256), time.Now().UnixMilli()))
 		}
 	}
 	dial := func(ctx context.Context, addr agentcfg.Address) (broker.Bus, error) {

@@ -63,6 +63,17 @@ func (x *Writer) Write(v any) {
 	}
 }
 
+// WriteLine appends b, one JSON value encoded by the caller (no newline),
+// as a line.
+func (x *Writer) WriteLine(b []byte) {
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	x.bw.Write(b)
+	if err := x.bw.WriteByte('\n'); err != nil && x.err == nil {
+		x.err = err
+	}
+}
+
 func (x *Writer) flush() {
 	x.mu.Lock()
 	defer x.mu.Unlock()

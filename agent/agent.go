@@ -165,8 +165,8 @@ type Status struct {
 	// failover_sig that does not cover the token and address, replayed, not
 	// newer than the file, no --server-key, or a failed write), with the
 	// last reason in LastRebindRejection. In a fleet (Pool) the repeats of
-	// a rebind the agent already obeys are dropped before they reach it,
-	// and not counted.
+	// a rebind the agent already obeys are dropped (and counted) before
+	// they reach it.
 	RebindsAccepted     uint64 `json:"rebinds_accepted"`
 	RebindsRejected     uint64 `json:"rebinds_rejected"`
 	LastRebindRejection string `json:"last_rebind_rejection,omitempty"`
@@ -440,7 +440,7 @@ func (a *Agent) Run(ctx context.Context) error {
 			log.WithError(err).Warn("connect to " + t)
 			return
 		}
-		s, err := subscribeWhere(b, a.cfg.Dest.AgentCommand, a.wantsCommand)
+		s, err := subscribeWhere(b, a.cfg.Dest.AgentCommand, a.wantsCommand(t))
 		if err != nil {
 			b.Close()
 			log.WithError(err).Warn("subscribe at " + t)

@@ -172,7 +172,7 @@ func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
 		a.mu.Unlock()
 		t := failoverid.Token{ID: pre.FailoverID, Epoch: pre.Epoch}
 		if held.ID != "" && !t.Above(held) {
-			a.rejectRebind(logrus.DebugLevel, lazy, "not newer than address.yaml's token")
+			a.rejectRebind(logrus.DebugLevel, lazy, notNewer)
 			return
 		}
 		// Nor does a repeat of a rebind the worker already holds (queued
@@ -659,25 +659,38 @@ func (a *Agent) noteHeld(addr agentcfg.Address) {
 
 // rebindMayApply reports whether rebind m could change the agent's file:
 // its token is above the file's (or cannot be read here: the agent then
-// decides, and counts it). The new primary repeats its rebind every period
-// until the agent is bound; in a fleet the pool's fan-out drops the
-// repeats an agent already obeys, so that thousands of agents are not
-// woken for each (those repeats are not counted as rejected).
-func (a *Agent) rebindMayApply(m broker.Message) bool {
+// decides). The new primary repeats its rebind every period until the
+// agent is bound; in a fleet the pool's fan-out drops the repeats an agent
+// already obeys, so that thousands of agents are not woken for each.
+func (a *Agent) rebindMayApply(m broker.Message, via string) bool {
 	env, err := decode(m)
 	held := a.held.Load()
 	if err != nil || held == nil || held.ID == "" {
 		return true
 	}
-	return (failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}).Above(*held)
+	if (failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}).Above(*held) {
+		return true
+	}
+	// Counted and (at debug) logged as offerRebind would, without waking
+	// the agent.
+	a.rejectRebind(logrus.DebugLevel, func() logrus.Fields { return rebindFields(m, via) }, notNewer)
+	return false
 }
 
-// wantsRebind picks a standby link's messages: rebinds that may apply.
-func (a *Agent) wantsRebind(m broker.Message) bool { return isRebind(m) && a.rebindMayApply(m) }
+// notNewer is the rejection of a rebind not above the file's token.
+const notNewer = "not newer than address.yaml's token"
+
+// wantsRebind picks a standby link's messages (via: its server): rebinds
+// that may apply.
+func (a *Agent) wantsRebind(via string) func(broker.Message) bool {
+	return func(m broker.Message) bool { return isRebind(m) && a.rebindMayApply(m, via) }
+}
 
 // wantsCommand picks the bound link's messages: every command, and the
 // rebinds that may apply.
-func (a *Agent) wantsCommand(m broker.Message) bool { return !isRebind(m) || a.rebindMayApply(m) }
+func (a *Agent) wantsCommand(via string) func(broker.Message) bool {
+	return func(m broker.Message) bool { return !isRebind(m) || a.rebindMayApply(m, via) }
+}
 
 // runStandby holds one standby subscription: rebinds that arrive on it go
 // to offerRebind, anything else is not for this agent (it obeys only its
@@ -692,7 +705,7 @@ func (a *Agent) runStandby(ctx context.Context, l *standbyLink) {
 		return
 	}
 	defer bus.Close()
-	sub, err := subscribeWhere(bus, a.cfg.Dest.AgentCommand, a.wantsRebind)
+	sub, err := subscribeWhere(bus, a.cfg.Dest.AgentCommand, a.wantsRebind(l.key))
 	if err != nil {
 		log.WithError(err).Debug("standby link: subscribe")
 		return

@@ -86,18 +86,27 @@ func TestFlusherServesManyRewritesWithFewSyncs(t *testing.T) {
 	}
 }
 
-func TestFlusherSyncErrorBeforeTheRenameLeavesTheFileAndIsNotSticky(t *testing.T) {
+var boom = errors.New("injected writeback error")
+
+// failingSyncAt returns a sample file and a Flusher whose nth sync fails
+// with boom (a rewrite's first sync comes before its rename, its second
+// after).
+func failingSyncAt(t *testing.T, n int64) (string, *Flusher) {
 	p := filepath.Join(t.TempDir(), "address.yaml")
 	writeFile(t, p, sample)
 	var calls atomic.Int64
-	boom := errors.New("injected writeback error")
 	fl := flusherWith(0, func(s *fsutil.FS) error {
-		if calls.Add(1) == 1 {
+		if calls.Add(1) == n {
 			return boom
 		}
 		return s.Sync()
 	})
-	defer fl.Close()
+	t.Cleanup(fl.Close)
+	return p, fl
+}
+
+func TestFlusherSyncErrorBeforeTheRenameLeavesTheFileAndIsNotSticky(t *testing.T) {
+	p, fl := failingSyncAt(t, 1)
 	r := CompareAndSwapWith(p, testUpdate, BatchOptions{Flusher: fl})
 	if r.Outcome != Failed || !errors.Is(r.Err, boom) || r.After.FailoverEpoch != 0 {
 		t.Fatalf("%v %v %+v", r.Outcome, r.Err, r.After)
@@ -113,17 +122,7 @@ func TestFlusherSyncErrorBeforeTheRenameLeavesTheFileAndIsNotSticky(t *testing.T
 }
 
 func TestFlusherSyncErrorAfterTheRenameSaysNotConfirmedDurable(t *testing.T) {
-	p := filepath.Join(t.TempDir(), "address.yaml")
-	writeFile(t, p, sample)
-	var calls atomic.Int64
-	boom := errors.New("injected writeback error")
-	fl := flusherWith(0, func(s *fsutil.FS) error {
-		if calls.Add(1) == 2 {
-			return boom
-		}
-		return s.Sync()
-	})
-	defer fl.Close()
+	p, fl := failingSyncAt(t, 2)
 	r := CompareAndSwapWith(p, testUpdate, BatchOptions{Flusher: fl})
 	if r.Outcome != Failed || !errors.Is(r.Err, boom) || !strings.Contains(r.Err.Error(), "not confirmed durable") {
 		t.Fatalf("%v %v", r.Outcome, r.Err)
@@ -149,7 +148,6 @@ func TestFlusherWritesFailoverServers(t *testing.T) {
 
 func TestGroupSyncErrorFailsEveryWriterMarkedBeforeIt(t *testing.T) {
 	var calls atomic.Int64
-	boom := errors.New("injected writeback error")
 	gs := &groupSync{flush: func(*fsutil.FS) error {
 		if calls.Add(1) == 1 {
 			return boom

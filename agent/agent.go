@@ -163,7 +163,8 @@ type Status struct {
 	// RebindsAccepted counts rebinds that rewrote the file;
 	// RebindsRejected those that changed nothing (unsigned, badly signed, a
 	// failover_sig that does not cover the token and address, replayed, not
-	// newer than the file, no --server-key, or a failed write), with the
+	// newer than the file, a repeat of one already being applied, no
+	// --server-key, or a failed write), with the
 	// last reason in LastRebindRejection. In a fleet (Pool) the repeats of
 	// a rebind the agent already obeys are dropped (and counted) before
 	// they reach it.
@@ -308,7 +309,7 @@ func statID(path string) fileID {
 	if err := unix.Stat(path, &st); err != nil {
 		return fileID{}
 	}
-	return fileID{dev: uint64(st.Dev), ino: st.Ino, mtime: st.Mtim.Nano(), size: st.Size, ok: true}
+	return fileID{dev: uint64(st.Dev), ino: uint64(st.Ino), mtime: unix.TimespecToNsec(st.Mtim), size: st.Size, ok: true}
 }
 
 // idOf is the fileID of a FileInfo from lstat or stat.
@@ -320,7 +321,7 @@ func idOf(fi os.FileInfo) fileID {
 	if !ok {
 		return fileID{}
 	}
-	return fileID{dev: uint64(st.Dev), ino: st.Ino, mtime: st.Mtim.Nano(), size: st.Size, ok: true}
+	return fileID{dev: uint64(st.Dev), ino: uint64(st.Ino), mtime: fi.ModTime().UnixNano(), size: fi.Size(), ok: true}
 }
 
 func target(addr agentcfg.Address) string {

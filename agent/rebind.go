@@ -32,7 +32,7 @@ import (
 //     failover-sig covers its failover id, epoch and advertise address, its
 //     token is above the file's, and its seq is above the last rebind
 //     accepted from that token. The file is then compare-and-swapped
-//     (agentcfg.CompareAndSwap: I2, I3), --on-rebind runs, and the agent
+//     (agentcfg.CompareAndSwapWith: I2, I3), --on-rebind runs, and the agent
 //     follows the file as after any rewrite.
 //
 // The rebind's checks that need no file (signatures) run where it arrives;
@@ -58,7 +58,7 @@ func isRebind(m broker.Message) bool { return m.Headers[hCommand] == cmdRebind }
 // rebinds is an agent's rebind state. Counters, lastReject, seqs and view
 // are guarded by the agent's mu; the queue by qmu.
 type rebinds struct {
-	kick chan struct{} // a rebind rewrote the file
+	kick chan struct{} // a rewrite of the file (rebind, failover_servers) was tried
 
 	acc, rej   uint64
 	lastReject string
@@ -261,6 +261,7 @@ func (a *Agent) fileWorker() {
 			r := a.rb.queue[0]
 			a.rb.queue = a.rb.queue[1:]
 			req, srv = &r, nil
+			a.rb.applying = r.tok // in the same section: a repeat sees it queued or applying
 		} else {
 			a.rb.servers = nil
 		}
@@ -271,9 +272,6 @@ func (a *Agent) fileWorker() {
 		}
 		a.rb.qmu.Unlock()
 		if req != nil {
-			a.rb.qmu.Lock()
-			a.rb.applying = req.tok
-			a.rb.qmu.Unlock()
 			a.applyRebind(*req)
 			a.rb.qmu.Lock()
 			a.rb.applying = failoverid.Token{}
@@ -453,7 +451,7 @@ func flushReboundLocked() {
 	s.n = 0
 }
 
-// kickRun tells Run that the agent rewrote its file.
+// kickRun tells Run that the agent rewrote its file, or tried to.
 func (a *Agent) kickRun() {
 	select {
 	case a.rb.kick <- struct{}{}:

@@ -14,7 +14,8 @@ import (
 	"github.com/tandem-ha/tandem/internal/fsutil"
 )
 
-// BatchOptions tune RewriteAll.
+// BatchOptions tune RewriteAll, and the single-file rewrites
+// (CompareAndSwapWith, SetFailoverServersWith) take some of them.
 type BatchOptions struct {
 	// Force skips the epoch comparison (see CompareAndSwap).
 	Force bool
@@ -193,6 +194,7 @@ func (s *groupSync) wait(mark uint64) error {
 // makes the renames durable, and only then is a result reported Rewritten.
 // A crash at any point leaves each file either old or new.
 func RewriteAll(paths []string, u Update, opt BatchOptions) []Result {
+	opt.Flusher = nil // a batch has its own group commit
 	res := make([]Result, len(paths))
 	for i, p := range paths {
 		res[i].Path = p

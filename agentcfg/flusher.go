@@ -8,6 +8,7 @@ import (
 
 	"github.com/tandem-ha/tandem/internal/fsutil"
 	"golang.org/x/sys/unix"
+	"gopkg.in/yaml.v3"
 )
 
 // Flusher is a group commit for the single-file rewrites (CompareAndSwapWith,
@@ -33,7 +34,12 @@ import (
 // A Flusher also keeps, per file, the parse of the content it last read or
 // wrote there: the next rewrite of a file whose bytes are still exactly
 // those is not parsed again (the edit's self-check still parses what it
-// writes). Files over maxCachedFile are not kept.
+// writes). Only small parses are kept (maxCachedFile, maxCachedNodes: a
+// real address.yaml is a few dozen nodes), so padded files cost no memory.
+//
+// The guarantees hold on Linux, where the flush is syncfs(2) and reports
+// writeback errors; elsewhere it is sync(2), which does neither, so a
+// fleet there should not use a Flusher.
 type Flusher struct {
 	syncs syncGroups
 	slots chan struct{} // nil: unbounded
@@ -42,9 +48,11 @@ type Flusher struct {
 	docs map[string]*doc // by path: the parse of the content last seen there
 }
 
-// maxCachedFile bounds the files whose parse a Flusher keeps (a real
-// address.yaml is well under a kilobyte).
-const maxCachedFile = 4 << 10
+// maxCachedFile and maxCachedNodes bound the parses a Flusher keeps.
+const (
+	maxCachedFile  = 4 << 10
+	maxCachedNodes = 128
+)
 
 // parse is loadBounded through the cache: content equal byte for byte to
 // what was last parsed for path reuses that parse (docs are never modified
@@ -57,8 +65,14 @@ func (f *Flusher) parse(path string, data []byte) (*doc, error) {
 	if c != nil && bytes.Equal(c.data, data) {
 		return c, nil
 	}
+	if len(data) > bigFile {
+		// Big files are parsed one at a time (loadBounded): a few padded
+		// files must not hold every slot while they queue for it.
+		f.release()
+		defer f.acquire()
+	}
 	d, err := loadBounded(data)
-	if err != nil || len(data) > maxCachedFile {
+	if err != nil || len(data) > maxCachedFile || d.root == nil || countNodes(d.root, maxCachedNodes+1) > maxCachedNodes {
 		return d, err
 	}
 	d.parse = func(b []byte) (*doc, error) { return f.parse(path, b) }
@@ -94,6 +108,18 @@ func (f *Flusher) release() {
 	if f.slots != nil {
 		<-f.slots
 	}
+}
+
+// countNodes counts n's nodes, stopping past limit.
+func countNodes(n *yaml.Node, limit int) int {
+	c := 1
+	for _, k := range n.Content {
+		if c > limit {
+			break
+		}
+		c += countNodes(k, limit-c)
+	}
+	return c
 }
 
 // write is rewriteLocked's end through the group commit: the caller holds

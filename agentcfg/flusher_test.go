@@ -220,3 +220,38 @@ func TestFlusherReusesTheParseOfWhatItWroteAndNeverAStaleOne(t *testing.T) {
 		t.Fatal("a big file's parse is kept")
 	}
 }
+
+func TestFlusherKeepsNoBigParseAndABigFileDoesNotHoldItsSlot(t *testing.T) {
+	fl := NewFlusher(1)
+	defer fl.Close()
+	opt := BatchOptions{Flusher: fl}
+	// Small in bytes, many nodes: not kept.
+	many := filepath.Join(t.TempDir(), "address.yaml")
+	writeFile(t, many, sample+"x: ["+strings.Repeat("a,", 300)+"a]\n")
+	if r := CompareAndSwapWith(many, testUpdate, opt); r.Outcome != Rewritten {
+		t.Fatalf("%v %v", r.Outcome, r.Err)
+	}
+	// Over bigFile: parsed one at a time, with its slot given back
+	// meanwhile; with one slot, a big file and a small one both finish.
+	big := filepath.Join(t.TempDir(), "address.yaml")
+	writeFile(t, big, sample+"# "+strings.Repeat("y", bigFile)+"\n")
+	small := filepath.Join(t.TempDir(), "address.yaml")
+	writeFile(t, small, sample)
+	var wg sync.WaitGroup
+	res := make([]Result, 2)
+	for i, p := range []string{big, small} {
+		wg.Add(1)
+		go func() { defer wg.Done(); res[i] = CompareAndSwapWith(p, testUpdate, opt) }()
+	}
+	wg.Wait()
+	for _, r := range res {
+		if r.Outcome != Rewritten {
+			t.Fatalf("%s: %v %v", r.Path, r.Outcome, r.Err)
+		}
+	}
+	fl.mu.Lock()
+	defer fl.mu.Unlock()
+	if fl.docs[many] != nil || fl.docs[big] != nil || fl.docs[small] == nil {
+		t.Fatalf("kept: many %v, big %v, small %v", fl.docs[many] != nil, fl.docs[big] != nil, fl.docs[small] != nil)
+	}
+}

@@ -236,9 +236,10 @@ Flags:
 	dest := protocol.NewDestinations(*prefix)
 	signer := protocol.NewGroupSigner(dest, protocol.Keys{Secret: key, Public: pub})
 	// A fleet's agents rewrite their files together after a rebind: one
-	// group commit serves them (a lone agent fsyncs its own file).
+	// group commit serves them (a lone agent fsyncs its own file). It
+	// needs syncfs(2): Linux only.
 	var flusher *agentcfg.Flusher
-	if len(paths) > 1 {
+	if len(paths) > 1 && runtime.GOOS == "linux" {
 		flusher = agentcfg.NewFlusher(fleetWriters())
 		defer flusher.Close()
 	}

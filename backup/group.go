@@ -127,13 +127,20 @@ func (d *Detector) self() PeerInfo {
 // Eligible reports whether this backup may take over automatically, and
 // if not, why.
 func (d *Detector) Eligible() (bool, string) {
+	why := Ineligible(d.cfg.Manual, d.effective)
+	return why == "", why
+}
+
+// Ineligible says why a backup with this setting (manual: priority 0) and
+// effective priority never takes over automatically ("": it may).
+func Ineligible(manual bool, effective int) string {
 	switch {
-	case d.cfg.Manual:
-		return false, "priority is 0: this backup never takes over automatically (tandem switchover --to it)"
-	case d.effective == 0:
-		return false, "effective priority is 0 (health checks down)"
+	case manual:
+		return "priority is 0: this backup never takes over automatically (tandem switchover --to it)"
+	case effective == 0:
+		return "effective priority is 0 (health checks down)"
 	}
-	return true, ""
+	return ""
 }
 
 // Rank is this backup's place in the election at now: 0 for the best

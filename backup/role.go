@@ -215,6 +215,14 @@ func (r *Role) Status() Status {
 			s.Ineligible = why
 		}
 		s.Peers = r.det.Peers(now)
+	} else {
+		// Not watching yet (the role is starting, or restarting to follow
+		// a new primary): what makes it ineligible is its setting.
+		eff := r.cfg.Priority
+		if r.cfg.Effective != nil {
+			eff = r.cfg.Effective()
+		}
+		s.Ineligible = Ineligible(r.cfg.Manual, eff)
 	}
 	return s
 }

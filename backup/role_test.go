@@ -355,3 +355,21 @@ func TestAReplyFromThePrimaryItselfIsNoPeer(t *testing.T) {
 		t.Fatalf("dialed %q, want the real peer's broker", addr)
 	}
 }
+
+// A role that is not watching yet (starting, or restarting to follow a new
+// primary) still says why it would not take over: status stays truthful
+// across the restart.
+func TestARoleNotYetWatchingReportsItsIneligibility(t *testing.T) {
+	down := NewRole(RoleConfig{Priority: 150, Effective: func() int { return 0 }}, broker.NewMemHub().Client("b"))
+	if s := down.Status(); !strings.Contains(s.Ineligible, "effective priority is 0") {
+		t.Fatalf("health down: ineligible %q", s.Ineligible)
+	}
+	manual := NewRole(RoleConfig{Manual: true}, broker.NewMemHub().Client("b"))
+	if s := manual.Status(); !strings.Contains(s.Ineligible, "priority is 0") {
+		t.Fatalf("manual: ineligible %q", s.Ineligible)
+	}
+	ok := NewRole(RoleConfig{Priority: 150, Effective: func() int { return 150 }}, broker.NewMemHub().Client("b"))
+	if s := ok.Status(); s.Ineligible != "" {
+		t.Fatalf("healthy: ineligible %q", s.Ineligible)
+	}
+}

@@ -122,6 +122,14 @@ func (n *Node) groupStatus(s *Status, prim *primary.Role, back *backup.Role) {
 		}
 		s.Warnings = append(s.Warnings, equalPriorities("", 0, s.Backups)...) // the backups among themselves
 	}
+	if back == nil && s.Role == RoleBackup.String() {
+		// Between two backup roles (following a new primary): the
+		// setting still says whether this backup may take over.
+		if why := backup.Ineligible(n.cfg.Priority == 0, n.effective()); why != "" {
+			s.Ineligible = why
+			s.Warnings = append(s.Warnings, "not eligible for automatic takeover: "+why)
+		}
+	}
 	if back != nil {
 		bs := back.Status()
 		now := n.clock.Now()

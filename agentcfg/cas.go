@@ -289,6 +289,10 @@ func CompareAndSwapWith(path string, u Update, opt BatchOptions) Result {
 // to write, r.Outcome set), which is then written atomically and durably.
 func rewriteLocked(path string, opt BatchOptions, decide func(r *Result, t *target) ([]byte, *unix.Stat_t)) Result {
 	r := Result{Path: path}
+	if f := opt.Flusher; f != nil {
+		f.enter() // bounds the descriptors its rewrites hold at once
+		defer f.leave()
+	}
 	t, err := openTarget(path)
 	if err != nil {
 		r.Outcome, r.Err = Failed, err

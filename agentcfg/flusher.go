@@ -43,10 +43,21 @@ import (
 type Flusher struct {
 	syncs syncGroups
 	slots chan struct{} // nil: unbounded
+	// open bounds the rewrites under way (each holds its directory, lock
+	// and temporary file open, also while it waits for a sync): a burst
+	// of 10,000 must not run the process out of descriptors.
+	open chan struct{}
 
 	mu   sync.Mutex
 	docs map[string]*doc // by path: the parse of the content last seen there
 }
+
+// MaxRewritesUnderWay bounds a Flusher's rewrites holding files open at
+// once; one sync still serves all of them.
+const MaxRewritesUnderWay = 512
+
+func (f *Flusher) enter() { f.open <- struct{}{} }
+func (f *Flusher) leave() { <-f.open }
 
 // maxCachedFile and maxCachedNodes bound the parses a Flusher keeps.
 const (
@@ -87,7 +98,7 @@ func (f *Flusher) parse(path string, data []byte) (*doc, error) {
 // a lock or a sync do not count): a few per core keep a burst of thousands
 // of rewrites from running as thousands of threads. 0 or less: unbounded.
 func NewFlusher(parallel int) *Flusher {
-	f := &Flusher{syncs: syncGroups{dev: map[uint64]*groupSync{}, flush: (*fsutil.FS).Sync}, docs: map[string]*doc{}}
+	f := &Flusher{syncs: syncGroups{dev: map[uint64]*groupSync{}, flush: (*fsutil.FS).Sync}, docs: map[string]*doc{}, open: make(chan struct{}, MaxRewritesUnderWay)}
 	if parallel > 0 {
 		f.slots = make(chan struct{}, parallel)
 	}

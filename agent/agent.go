@@ -164,10 +164,9 @@ type Status struct {
 	// RebindsRejected those that changed nothing (unsigned, badly signed, a
 	// failover_sig that does not cover the token and address, replayed, not
 	// newer than the file, a repeat of one already being applied, no
-	// --server-key, or a failed write), with the
-	// last reason in LastRebindRejection. In a fleet (Pool) the repeats of
-	// a rebind the agent already obeys are dropped (and counted) before
-	// they reach it.
+	// --server-key, or a failed write), with the last reason in
+	// LastRebindRejection. In a fleet (Pool) the repeats of a rebind the
+	// agent already obeys are dropped (and counted) before they reach it.
 	RebindsAccepted     uint64 `json:"rebinds_accepted"`
 	RebindsRejected     uint64 `json:"rebinds_rejected"`
 	LastRebindRejection string `json:"last_rebind_rejection,omitempty"`

@@ -167,11 +167,8 @@ func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
 	// token this agent already holds (its last good file) changes nothing,
 	// and costs no signature check and no re-read of the file.
 	if pre, err := decode(m); err == nil {
-		a.mu.Lock()
-		held := failoverid.Token{ID: a.good.FailoverID, Epoch: a.good.FailoverEpoch}
-		a.mu.Unlock()
 		t := failoverid.Token{ID: pre.FailoverID, Epoch: pre.Epoch}
-		if held.ID != "" && !t.Above(held) {
+		if !a.aboveHeld(t) {
 			a.rejectRebind(logrus.DebugLevel, lazy, notNewer)
 			return
 		}
@@ -182,7 +179,7 @@ func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
 		covered := a.rb.holdsLocked(t)
 		a.rb.qmu.Unlock()
 		if covered {
-			a.rejectRebind(logrus.DebugLevel, lazy, "a rebind to this token (or a higher one) is already being applied")
+			a.rejectRebind(logrus.DebugLevel, lazy, beingApplied)
 			return
 		}
 	}
@@ -224,7 +221,7 @@ func (a *Agent) offerRebind(ctx context.Context, m broker.Message, via string) {
 	}
 	if a.rb.holdsLocked(tok) {
 		a.rb.qmu.Unlock()
-		a.rejectRebind(logrus.DebugLevel, fixed(f), "a rebind to this token (or a higher one) is already being applied")
+		a.rejectRebind(logrus.DebugLevel, fixed(f), beingApplied)
 		return
 	}
 	a.rb.queue = append(a.rb.queue, req)
@@ -347,7 +344,7 @@ func (a *Agent) applyRebind(r rebindReq) {
 		if r.tok.Same(bound) {
 			level = logrus.DebugLevel // the new primary repeating itself
 		}
-		a.rejectRebind(level, fixed(f), "not newer than address.yaml's token")
+		a.rejectRebind(level, fixed(f), notNewer)
 		return
 	default:
 		a.rejectRebind(logrus.WarnLevel, fixed(f), "address.yaml not rewritten: "+res.Outcome.String()+": "+errString(res.Err))
@@ -662,11 +659,7 @@ func (a *Agent) noteHeld(addr agentcfg.Address) {
 // already obeys, so that thousands of agents are not woken for each.
 func (a *Agent) rebindMayApply(m broker.Message, via string) bool {
 	env, err := decode(m)
-	held := a.held.Load()
-	if err != nil || held == nil || held.ID == "" {
-		return true
-	}
-	if (failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}).Above(*held) {
+	if err != nil || a.aboveHeld(failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}) {
 		return true
 	}
 	// Counted and (at debug) logged as offerRebind would, without waking
@@ -675,8 +668,19 @@ func (a *Agent) rebindMayApply(m broker.Message, via string) bool {
 	return false
 }
 
-// notNewer is the rejection of a rebind not above the file's token.
-const notNewer = "not newer than address.yaml's token"
+// aboveHeld reports whether tok is above the token of the file the agent
+// follows (true while it knows none).
+func (a *Agent) aboveHeld(tok failoverid.Token) bool {
+	held := a.held.Load()
+	return held == nil || held.ID == "" || tok.Above(*held)
+}
+
+// Rejections of a rebind that changes nothing, every repeat of the new
+// primary's: not above the file's token, or one the worker already holds.
+const (
+	notNewer     = "not newer than address.yaml's token"
+	beingApplied = "a rebind to this token (or a higher one) is already being applied"
+)
 
 // wantsRebind picks a standby link's messages (via: its server): rebinds
 // that may apply.

@@ -68,7 +68,8 @@ const (
 // parse is loadBounded through the cache: content equal byte for byte to
 // what was last parsed for path reuses that parse (docs are never modified
 // once made). The doc's self-check parses go through the cache too, so a
-// file the Flusher wrote is known when it is next rewritten.
+// file the Flusher wrote is known when it is next rewritten. The caller
+// holds a slot (rewriteLocked).
 func (f *Flusher) parse(path string, data []byte) (*doc, error) {
 	f.mu.Lock()
 	c := f.docs[path]

@@ -255,3 +255,34 @@ func TestFlusherKeepsNoBigParseAndABigFileDoesNotHoldItsSlot(t *testing.T) {
 		t.Fatalf("kept: many %v, big %v, small %v", fl.docs[many] != nil, fl.docs[big] != nil, fl.docs[small] != nil)
 	}
 }
+
+// A file that cannot be parsed is Invalid through a Flusher as without
+// one: left byte-identical, nothing kept, no sync spent.
+func TestFlusherLeavesAnInvalidFileAlone(t *testing.T) {
+	var syncs atomic.Int64
+	fl := flusherWith(1, func(s *fsutil.FS) error { syncs.Add(1); return s.Sync() })
+	defer fl.Close()
+	p := filepath.Join(t.TempDir(), "address.yaml")
+	bad := "stomp_interface: [unclosed\n"
+	writeFile(t, p, bad)
+	r := CompareAndSwapWith(p, testUpdate, BatchOptions{Flusher: fl})
+	if r.Outcome != Invalid || r.Err == nil {
+		t.Fatalf("%v %v", r.Outcome, r.Err)
+	}
+	if got, _ := os.ReadFile(p); string(got) != bad {
+		t.Fatalf("file changed: %q", got)
+	}
+	noTemps(t, filepath.Dir(p))
+	fl.mu.Lock()
+	kept := fl.docs[p]
+	fl.mu.Unlock()
+	if kept != nil || syncs.Load() != 0 {
+		t.Fatalf("kept %v, %d syncs", kept != nil, syncs.Load())
+	}
+	// The slot went back: another rewrite through the one-slot Flusher runs.
+	q := filepath.Join(t.TempDir(), "address.yaml")
+	writeFile(t, q, sample)
+	if r := CompareAndSwapWith(q, testUpdate, BatchOptions{Flusher: fl}); r.Outcome != Rewritten {
+		t.Fatalf("next: %v %v", r.Outcome, r.Err)
+	}
+}

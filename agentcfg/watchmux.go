@@ -65,10 +65,7 @@ func (s *muxSub) touch() {
 	if !s.pending {
 		s.pending, s.burstAt = true, now
 	}
-	d := s.debounce
-	if left := s.burstAt.Add(4 * s.debounce).Sub(now); left < d {
-		d = max(left, 0)
-	}
+	d := debounceDelay(s.burstAt, now, s.debounce)
 	if s.timer == nil {
 		s.timer = time.AfterFunc(d, s.fire)
 	} else {
@@ -252,6 +249,16 @@ func (m *WatchMux) Watch(ctx context.Context, path string, debounce time.Duratio
 	return s.out, nil
 }
 
+// debounceDelay is how long after now a burst that began at burstAt is
+// reported: debounce after its last event, and no later than 4×debounce
+// after its first.
+func debounceDelay(burstAt, now time.Time, debounce time.Duration) time.Duration {
+	if left := burstAt.Add(4 * debounce).Sub(now); left < debounce {
+		return max(left, 0)
+	}
+	return debounce
+}
+
 // debounceLoop turns raw change signals into debounced reports on out: one
 // report once debounce passed without another change, at least one every
 // 4×debounce during a continuous burst.
@@ -285,10 +292,7 @@ func debounceLoop(ctx context.Context, stop <-chan struct{}, raw <-chan struct{}
 			if fire == nil {
 				burstAt = now
 			}
-			d := debounce
-			if left := burstAt.Add(4 * debounce).Sub(now); left < d {
-				d = max(left, 0)
-			}
+			d := debounceDelay(burstAt, now, debounce)
 			if timer == nil {
 				timer = time.NewTimer(d)
 			} else {

@@ -63,7 +63,8 @@ failover_id and failover_epoch (it counts and reports the rest). It watches
 the file and reconnects within a second of a rewrite; a malformed file is
 logged and the last good configuration kept. --fleet runs one such agent
 per address.yaml under DIR; the agents of one process share a connection
-per server (each still follows and checks its own file).
+per server and, on Linux, one group commit (syncfs) of their own rewrites
+(each still follows and checks its own file).
 
 Agents on their own hosts: no server can write this file, so the agent
 rewrites it itself. It keeps the group's other servers, which its primary's

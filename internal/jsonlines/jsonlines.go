@@ -49,18 +49,15 @@ func New(w io.Writer, every time.Duration) *Writer {
 // taken: many goroutines writing at once wait only for the copy.
 func (x *Writer) Write(v any) {
 	b, err := json.Marshal(v)
-	x.mu.Lock()
-	defer x.mu.Unlock()
 	if err != nil {
+		x.mu.Lock()
+		defer x.mu.Unlock()
 		if x.err == nil {
 			x.err = err
 		}
 		return
 	}
-	x.bw.Write(b)
-	if err := x.bw.WriteByte('\n'); err != nil && x.err == nil {
-		x.err = err
-	}
+	x.WriteLine(b)
 }
 
 // WriteLine appends b, one JSON value encoded by the caller (no newline),

@@ -61,3 +61,19 @@ func TestLinesArriveWithinTheFlushInterval(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// A line encoded by the caller lands as is; a value that cannot be encoded
+// is Close's error, and the lines around it are kept.
+func TestWriteLineAndAnEncodingError(t *testing.T) {
+	var out lockedBuf
+	w := New(&out, time.Hour)
+	w.WriteLine([]byte(`{"pre":1}`))
+	w.Write(make(chan int)) // json: unsupported type
+	w.Write("after")
+	if err := w.Close(); err == nil || !strings.Contains(err.Error(), "unsupported type") {
+		t.Fatalf("Close: %v", err)
+	}
+	if got := out.String(); got != "{\"pre\":1}\n\"after\"\n" {
+		t.Fatalf("written %q", got)
+	}
+}

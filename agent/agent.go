@@ -212,6 +212,14 @@ type Agent struct {
 	// held is the token of the last good file, for the pool's fan-out
 	// to drop rebinds not above it without waking the agent.
 	held atomic.Pointer[failoverid.Token]
+	// pingServers is the failover-servers of the last accepted command
+	// whose notice the pool's fan-out passed to Run (wantsCommand).
+	pingServers atomic.Pointer[heardNote]
+}
+
+// tokenOf is the token a file names.
+func tokenOf(addr agentcfg.Address) failoverid.Token {
+	return failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}
 }
 
 type reportReq struct {
@@ -384,6 +392,13 @@ func (a *Agent) Run(ctx context.Context) error {
 	var closing sync.WaitGroup
 	defer closing.Wait()
 	var curTok failoverid.Token // the token the current connection was made for
+	// checked: the current subscription's commands are checked and counted
+	// where they arrive (a Pool's fan-out, wantsCommand), and what reaches
+	// this loop is only the notice of an accepted command with a new token
+	// or failover-servers. conns numbers the connections, so that a notice
+	// of an older one is not taken for the current one's.
+	var checked bool
+	var conns uint64
 	// disconnect leaves the current server. With moved set (the agent was
 	// rebound to a higher token), it first tells the server it leaves, in
 	// the background: a report carrying the new, server-signed token fences
@@ -419,7 +434,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	defer disconnect(nil)
 	connect := func(addr agentcfg.Address) {
 		t := target(addr)
-		tok := failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}
+		tok := tokenOf(addr)
 		if t == cur && bus != nil {
 			curTok = tok // the same server, at a new token (its own claim)
 			return
@@ -440,13 +455,15 @@ func (a *Agent) Run(ctx context.Context) error {
 			log.WithError(err).Warn("connect to " + t)
 			return
 		}
-		s, err := subscribeWhere(b, a.cfg.Dest.AgentCommand, a.wantsCommand(t))
+		conns++
+		a.pingServers.Store(nil)
+		s, inline, err := subscribeWhere(b, a.cfg.Dest.AgentCommand, a.wantsCommand(t, conns))
 		if err != nil {
 			b.Close()
 			log.WithError(err).Warn("subscribe at " + t)
 			return
 		}
-		bus, sub = b, s
+		bus, sub, checked = b, s, inline
 		a.mu.Lock()
 		a.conn = true
 		a.gen++
@@ -497,7 +514,7 @@ func (a *Agent) Run(ctx context.Context) error {
 				moved := bus == nil || target(addr) != cur
 				connect(addr)
 				sb.sync(addr, cur)
-				if tok := (failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}); !moved && bus != nil && tok != prev {
+				if tok := (tokenOf(addr)); !moved && bus != nil && tok != prev {
 					a.report(ctx, bus, addr)
 				}
 			}
@@ -507,6 +524,11 @@ func (a *Agent) Run(ctx context.Context) error {
 				connect(addr)
 			}
 			if ok {
+				if n := a.pingServers.Load(); checked && n != nil && n.conn == conns {
+					// The ping's failover-servers, in case its notice was
+					// lost to a full buffer.
+					sb.learn(n.servers, addr)
+				}
 				sb.sync(addr, cur)
 				sb.writeDue(addr)
 			}
@@ -523,8 +545,14 @@ func (a *Agent) Run(ctx context.Context) error {
 				a.offerRebind(ctx, m, cur)
 				continue
 			}
-			if addr, ok := a.command(m); ok && bus != nil {
-				if tok := (failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}); tok != heard {
+			var addr agentcfg.Address
+			if checked {
+				addr, ok = a.reload(false) // accepted where it arrived
+			} else {
+				addr, ok = a.command(m)
+			}
+			if ok && bus != nil {
+				if tok := tokenOf(addr); tok != heard {
 					heard = tok
 					a.report(ctx, bus, addr)
 				}
@@ -582,7 +610,7 @@ func (a *Agent) command(m broker.Message) (agentcfg.Address, bool) {
 		return agentcfg.Address{}, false
 	}
 	addr, _ := a.reload(false) // the file as it is now
-	bound := failoverid.Token{ID: addr.FailoverID, Epoch: addr.FailoverEpoch}
+	bound := tokenOf(addr)
 	from := failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}
 	ok := bound.ID != "" && from.Same(bound)
 	a.mu.Lock()

@@ -27,6 +27,14 @@ const DefaultPoolBuffer = 32
 // A slow agent loses its oldest buffered commands (counted in its
 // subscription's Dropped) and never delays the others. Messages are shared
 // between the agents of a fan-out: consumers must not modify them.
+//
+// A subscription made with SubscribeWhere may also consume messages where
+// they are fanned out (its want function then reports false): an agent
+// checks and counts its bound server's commands there (Agent.command), so
+// that 10,000 agents are not each woken for every ping. That check reads
+// only the agent's file metadata (one stat): the agents of a fleet are
+// expected to keep their files on one host's file systems, where a stat
+// that hangs would stop them all anyway.
 type Pool struct {
 	dial DialFunc
 	buf  int
@@ -135,6 +143,24 @@ type fan struct {
 
 	mu      sync.Mutex
 	members map[*poolSub]struct{}
+	// list is members as a slice for forward, made again after a change
+	// (nil: to be made). A made list is never modified: forward walks it
+	// without the lock, so that agents joining and leaving during a long
+	// fan-out (a takeover moves thousands) do not wait for it.
+	list []*poolSub
+}
+
+// snapshot returns the members as they are now.
+func (f *fan) snapshot() []*poolSub {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.list == nil {
+		f.list = make([]*poolSub, 0, len(f.members))
+		for s := range f.members {
+			f.list = append(f.list, s)
+		}
+	}
+	return f.list
 }
 
 func (l *poolLink) join(dest string, size int, want func(broker.Message) bool) (*poolSub, error) {
@@ -153,6 +179,7 @@ func (l *poolLink) join(dest string, size int, want func(broker.Message) bool) (
 	s := &poolSub{l: l, f: f, buf: broker.NewDropBuffer(size), want: want}
 	f.mu.Lock()
 	f.members[s] = struct{}{}
+	f.list = nil
 	f.mu.Unlock()
 	return s, nil
 }
@@ -164,6 +191,7 @@ func (l *poolLink) leave(s *poolSub) {
 	f := s.f
 	f.mu.Lock()
 	delete(f.members, s)
+	f.list = nil
 	empty := len(f.members) == 0
 	f.mu.Unlock()
 	if empty && l.fans[f.dest] == f {
@@ -173,18 +201,19 @@ func (l *poolLink) leave(s *poolSub) {
 }
 
 // forward copies the shared subscription's messages to every member until
-// it closes (its last member left, or the link closed).
+// it closes (its last member left, or the link closed). Each member's want
+// is called from here, one message at a time, in order. A member that
+// joins during a fan-out gets the next message; one that leaves may still
+// be offered the current one (a closed buffer drops it).
 func (l *poolLink) forward(f *fan) {
 	for m := range f.under.C() {
 		// The members share one signature check of the message.
 		m.Memo = &broker.Memo{}
-		f.mu.Lock()
-		for s := range f.members {
+		for _, s := range f.snapshot() {
 			if s.want == nil || s.want(m) {
 				s.push(m)
 			}
 		}
-		f.mu.Unlock()
 	}
 	l.mu.Lock()
 	if l.fans[f.dest] == f {
@@ -194,6 +223,7 @@ func (l *poolLink) forward(f *fan) {
 	f.mu.Lock()
 	members := f.members
 	f.members = map[*poolSub]struct{}{}
+	f.list = nil
 	f.mu.Unlock()
 	for s := range members {
 		s.closeChan()
@@ -229,7 +259,9 @@ func (b *poolBus) Subscribe(dest string) (broker.Subscription, error) {
 // SubscribeWhere is Subscribe for the messages want keeps (nil: all),
 // chosen where the shared subscription fans out: an agent's standby link
 // takes only rebinds, and is not woken for every ping of a server it does
-// not obey.
+// not obey. want runs in the fan-out, for one message at a time and in
+// order; it may handle a message itself and return false (it must not
+// block: every member of the link waits for it).
 func (b *poolBus) SubscribeWhere(dest string, want func(broker.Message) bool) (broker.Subscription, error) {
 	b.mu.Lock()
 	defer b.mu.Unlock()

@@ -637,13 +637,15 @@ type whereSubscriber interface {
 }
 
 // subscribeWhere subscribes to dest, for the messages want keeps where the
-// bus can pick them (a Pool's fan-out), else for all (the caller checks
-// each anyway).
-func subscribeWhere(bus broker.Bus, dest string, want func(broker.Message) bool) (broker.Subscription, error) {
+// bus can pick them (a Pool's fan-out: picked reports it), else for all
+// (the caller checks each itself).
+func subscribeWhere(bus broker.Bus, dest string, want func(broker.Message) bool) (sub broker.Subscription, picked bool, err error) {
 	if w, ok := bus.(whereSubscriber); ok {
-		return w.SubscribeWhere(dest, want)
+		sub, err = w.SubscribeWhere(dest, want)
+		return sub, true, err
 	}
-	return bus.Subscribe(dest)
+	sub, err = bus.Subscribe(dest)
+	return sub, false, err
 }
 
 // noteHeld records the token of the file's content the agent now follows
@@ -688,10 +690,42 @@ func (a *Agent) wantsRebind(via string) func(broker.Message) bool {
 	return func(m broker.Message) bool { return isRebind(m) && a.rebindMayApply(m, via) }
 }
 
-// wantsCommand picks the bound link's messages: every command, and the
-// rebinds that may apply.
-func (a *Agent) wantsCommand(via string) func(broker.Message) bool {
-	return func(m broker.Message) bool { return !isRebind(m) || a.rebindMayApply(m, via) }
+// wantsCommand handles the bound link's messages in a Pool's fan-out (via:
+// the server, conn: Run's number of the connection). A command is checked
+// and counted right there (command: the file as it is now, I1), so that a
+// fleet's agents are not each woken for every ping; Run gets only the
+// notice of an accepted command whose token or failover-servers differ
+// from the last one it was told of on this connection (it then reports or
+// learns the servers). Rebinds that may apply go to Run as they are.
+func (a *Agent) wantsCommand(via string, conn uint64) func(broker.Message) bool {
+	var last heardNote // only the fan-out calls this, one message at a time
+	return func(m broker.Message) bool {
+		if isRebind(m) {
+			return a.rebindMayApply(m, via)
+		}
+		addr, ok := a.command(m)
+		if !ok {
+			return false
+		}
+		v, has := m.Headers[hFailoverServers]
+		n := heardNote{conn: conn, tok: tokenOf(addr), servers: v, has: has}
+		if n == last {
+			return false
+		}
+		last = n
+		if has {
+			a.pingServers.Store(&n)
+		}
+		return true
+	}
+}
+
+// heardNote is what Run was last told of a connection's accepted commands.
+type heardNote struct {
+	conn    uint64
+	tok     failoverid.Token
+	servers string
+	has     bool // the command carried failover-servers
 }
 
 // runStandby holds one standby subscription: rebinds that arrive on it go
@@ -707,7 +741,7 @@ func (a *Agent) runStandby(ctx context.Context, l *standbyLink) {
 		return
 	}
 	defer bus.Close()
-	sub, err := subscribeWhere(bus, a.cfg.Dest.AgentCommand, a.wantsRebind(l.key))
+	sub, _, err := subscribeWhere(bus, a.cfg.Dest.AgentCommand, a.wantsRebind(l.key))
 	if err != nil {
 		log.WithError(err).Debug("standby link: subscribe")
 		return

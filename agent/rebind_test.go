@@ -202,15 +202,21 @@ func (r *rrig) rebind(server string, m rb) {
 // ping publishes the bound server's signed periodic command.
 func (r *rrig) ping(server, id string, epoch, seq uint64, servers *string) {
 	r.t.Helper()
+	m := r.pingMsg(id, epoch, seq, servers)
+	if err := r.hubs.of(server).Client(server).Publish(context.Background(), dest.AgentCommand, m.Headers, m.Body); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+// pingMsg is a ping signed by the group's key, as a fan-out hands it on.
+func (r *rrig) pingMsg(id string, epoch, seq uint64, servers *string) broker.Message {
 	h := protocol.Envelope{FailoverID: id, Epoch: epoch, Node: "opsc-a", Seq: seq, Role: "primary"}.Headers()
 	if servers != nil {
 		h[hFailoverServers] = *servers
 	}
 	body := []byte(`{"command":"ping"}`)
 	r.keys.server.Sign(dest.AgentCommand, h, body)
-	if err := r.hubs.of(server).Client(server).Publish(context.Background(), dest.AgentCommand, h, body); err != nil {
-		r.t.Fatal(err)
-	}
+	return broker.Message{Destination: dest.AgentCommand, Headers: h, Body: body, Memo: &broker.Memo{}}
 }
 
 func TestAValidRebindRewritesTheFileAndTheAgentFollowsIt(t *testing.T) {
@@ -522,4 +528,50 @@ func TestAFleetDropsRepeatsOfARebindItsAgentsObeyAndCountsThem(t *testing.T) {
 	// A higher token still does.
 	r.rebind("server-b:1002", rb{id: idB, epoch: 3, seq: 4, adv: "server-b:1002"})
 	r.eventually("the higher rebind applied", func() bool { return ra.a.Status().RebindsAccepted == 2 })
+}
+
+// In a fleet an agent's commands are checked and counted where the pool
+// fans them out; Run is told only of an accepted command whose token or
+// failover-servers are new on the connection, and learns the servers from
+// it.
+func TestAPooledAgentChecksItsCommandsWhereTheyArriveAndTellsRunOnlyWhatIsNew(t *testing.T) {
+	r := newRRig(t)
+	pool := NewPool(func(ctx context.Context, addr agentcfg.Address) (broker.Bus, error) {
+		return r.hubs.of(target(addr)).Client("fleet"), nil
+	}, 0)
+	ra := r.start(rebindFile, nil, pool.Dial)
+	want := ra.a.wantsCommand("server-a:1001", 99)
+	before := ra.a.Status()
+	list, other := "server-b:1002", "server-c:1003"
+	for i, step := range []struct {
+		m      broker.Message
+		notice bool
+	}{
+		{r.pingMsg(idA, 1, 10, &list), true},   // the first accepted command
+		{r.pingMsg(idA, 1, 11, &list), false},  // the same again: counted only
+		{r.pingMsg(idA, 1, 12, &other), true},  // new servers
+		{r.pingMsg(idB, 2, 13, &list), false},  // not the file's token: rejected
+		{r.pingMsg(idA, 1, 12, &other), false}, // replayed seq: rejected
+		{r.pingMsg(idA, 1, 14, &other), false},
+	} {
+		if got := want(step.m); got != step.notice {
+			t.Fatalf("step %d: passed on to Run %v, want %v", i, got, step.notice)
+		}
+	}
+	s := ra.a.Status()
+	if s.Accepted != before.Accepted+4 || s.Rejected != before.Rejected+2 {
+		t.Fatalf("accepted %d rejected %d, want %d and %d", s.Accepted, s.Rejected, before.Accepted+4, before.Rejected+2)
+	}
+	if n := ra.a.pingServers.Load(); n == nil || n.conn != 99 || n.servers != other {
+		t.Fatalf("the servers kept for Run's tick: %+v", n)
+	}
+	// Through the pool: the ping's servers reach the file and the standby
+	// links, and every ping is counted once.
+	acc := s.Accepted
+	for seq := uint64(20); seq < 25; seq++ {
+		r.ping("server-a:1001", idA, 1, seq, &list)
+	}
+	r.ticking("failover_servers written", func() bool { return ra.read(t) == rebindFile+"failover_servers: \"server-b:1002\"\n" })
+	r.eventually("standby link at server-b", func() bool { return ra.standbyUp("server-b:1002") })
+	r.eventually("every ping counted", func() bool { return ra.a.Status().Accepted == acc+5 })
 }

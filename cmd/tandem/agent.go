@@ -200,7 +200,8 @@ Flags:
 		ev := jsonlines.New(f, 10*time.Millisecond)
 		defer ev.Close()
 		onEvent = func(e agent.Event) {
-			ev.WriteLine(e.AppendJSON(make([]byte, 0, 256), time.Now().UnixMilli()))
+			t := time.Now().UnixMilli()
+			ev.Append(func(b []byte) []byte { return e.AppendJSON(b, t) })
 		}
 	}
 	dial := func(ctx context.Context, addr agentcfg.Address) (broker.Bus, error) {

@@ -77,3 +77,26 @@ func TestWriteLineAndAnEncodingError(t *testing.T) {
 		t.Fatalf("written %q", got)
 	}
 }
+
+// Append's lines land whole and in order, whether they fit the buffer's
+// free space or not.
+func TestAppendWritesLinesInPlace(t *testing.T) {
+	var out lockedBuf
+	w := New(&out, time.Hour)
+	big := strings.Repeat("y", 3<<20) // more than the 1 MiB buffer
+	w.Append(func(b []byte) []byte { return append(b, `{"a":1}`...) })
+	w.Append(func(b []byte) []byte { return append(append(append(b, '"'), big...), '"') })
+	w.Append(func(b []byte) []byte { return append(b, `{"b":2}`...) })
+	if err := w.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := out.String(), "{\"a\":1}\n\""+big+"\"\n{\"b\":2}\n"; got != want {
+		t.Fatalf("written %d bytes, want %d (%.40q)", len(got), len(want), got)
+	}
+	x := New(&lockedBuf{}, time.Hour)
+	defer x.Close()
+	add := func(b []byte) []byte { return append(b, `{"c":3}`...) }
+	if n := testing.AllocsPerRun(1000, func() { x.Append(add) }); n != 0 {
+		t.Fatalf("%.1f allocations per line that fits the buffer, want none", n)
+	}
+}

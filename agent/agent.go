@@ -514,8 +514,15 @@ func (a *Agent) Run(ctx context.Context) error {
 				moved := bus == nil || target(addr) != cur
 				connect(addr)
 				sb.sync(addr, cur)
-				if tok := (tokenOf(addr)); !moved && bus != nil && tok != prev {
+				tok := tokenOf(addr)
+				if !moved && bus != nil && tok != prev {
 					a.report(ctx, bus, addr)
+				}
+				if t := a.rb.applied.Load(); bus != nil && t != nil && *t == tok {
+					// A rebind to this token was just applied: its server
+					// acts as primary and hears the report sent now, so its
+					// first command needs no second one.
+					heard = tok
 				}
 			}
 		case <-tick.C():

@@ -62,10 +62,11 @@ type rebinds struct {
 
 	acc, rej   uint64
 	lastReject string
-	seqs       map[failoverid.Token]uint64 // last seq accepted per token
-	view       map[string]*standbyLink     // standby links, for Status
-	noKey      atomic.Bool                 // "no --server-key" was logged
-	writing    atomic.Bool                 // a rewrite of the file is under way (rewrite)
+	seqs       map[failoverid.Token]uint64      // last seq accepted per token
+	view       map[string]*standbyLink          // standby links, for Status
+	noKey      atomic.Bool                      // "no --server-key" was logged
+	writing    atomic.Bool                      // a rewrite of the file is under way (rewrite)
+	applied    atomic.Pointer[failoverid.Token] // the token of the last rebind tried (applyRebind)
 
 	qmu      sync.Mutex
 	queue    []rebindReq
@@ -329,6 +330,10 @@ func (a *Agent) applyRebind(r rebindReq) {
 	}
 	// The compare-and-swap reads the file under its lock and rewrites it
 	// only if the rebind's token is above the file's (I2): no read before.
+	// Run, kicked at its end, tells by applied that a file at this token
+	// came from a rebind (set before: the kick may be taken at once).
+	tok := r.tok
+	a.rb.applied.Store(&tok)
 	res := a.rewrite(func(opt agentcfg.BatchOptions) agentcfg.Result {
 		return agentcfg.CompareAndSwapWith(a.cfg.Path, agentcfg.Update{StompInterface: r.host, StompPort: r.port,
 			FailoverID: r.tok.ID, Epoch: r.tok.Epoch, FailoverSig: r.sig}, opt)

@@ -499,3 +499,54 @@ func TestPoolSubscribeWhereGetsOnlyWhatItWants(t *testing.T) {
 	default:
 	}
 }
+
+// Agents join and leave a shared subscription while a fan-out walks its
+// members (a takeover moves thousands while pings are fanned out): neither
+// waits for the walk. A member that joins gets the next message.
+func TestPoolJoinAndLeaveDoNotWaitForAFanOut(t *testing.T) {
+	r := newPoolRig(0)
+	ctx := context.Background()
+	first, _ := r.pool.Dial(ctx, addrOf("server-a", 1001))
+	defer first.Close()
+	entered, release := make(chan struct{}), make(chan struct{})
+	held, err := first.(whereSubscriber).SubscribeWhere(dest.AgentCommand, func(m broker.Message) bool {
+		if string(m.Body) == "1" {
+			entered <- struct{}{}
+			<-release
+		}
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaver, _ := r.pool.Dial(ctx, addrOf("server-a", 1001))
+	ls, _ := leaver.Subscribe(dest.AgentCommand)
+	srv := r.hub.Client("server")
+	srv.Publish(ctx, dest.AgentCommand, nil, []byte("1"))
+	<-entered // the fan-out of "1" is under way, held by the first member
+	joined := make(chan broker.Subscription, 1)
+	go func() {
+		late, _ := r.pool.Dial(ctx, addrOf("server-a", 1001))
+		s, err := late.Subscribe(dest.AgentCommand)
+		if err != nil {
+			t.Error(err)
+		}
+		ls.Close()
+		joined <- s
+	}()
+	var late broker.Subscription
+	select {
+	case late = <-joined:
+	case <-time.After(5 * time.Second):
+		close(release)
+		t.Fatal("joining and leaving waited for the fan-out under way")
+	}
+	close(release)
+	srv.Publish(ctx, dest.AgentCommand, nil, []byte("2"))
+	if m := recv(t, late); string(m.Body) != "2" {
+		t.Fatalf("the member that joined during the fan-out got %q first, want the next message", m.Body)
+	}
+	if a, b := recv(t, held), recv(t, held); string(a.Body) != "1" || string(b.Body) != "2" {
+		t.Fatalf("the first member got %q %q", a.Body, b.Body)
+	}
+}

@@ -399,6 +399,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	// of an older one is not taken for the current one's.
 	var checked bool
 	var conns uint64
+	var learned *heardNote // the pingServers last taken at a tick
 	// disconnect leaves the current server. With moved set (the agent was
 	// rebound to a higher token), it first tells the server it leaves, in
 	// the background: a report carrying the new, server-signed token fences
@@ -531,9 +532,10 @@ func (a *Agent) Run(ctx context.Context) error {
 				connect(addr)
 			}
 			if ok {
-				if n := a.pingServers.Load(); checked && n != nil && n.conn == conns {
+				if n := a.pingServers.Load(); checked && n != nil && n.conn == conns && n != learned {
 					// The ping's failover-servers, in case its notice was
 					// lost to a full buffer.
+					learned = n
 					sb.learn(n.servers, addr)
 				}
 				sb.sync(addr, cur)

@@ -171,9 +171,23 @@ type core struct {
 const maxFileError = 512
 
 // pingGap is the least time between two pings sent for agents that just
-// bound: a tenth of a period, at least 2 ms (each ping reaches, and is
-// verified by, every agent of this server).
-func (c *core) pingGap() time.Duration { return max(c.cfg.Period/10, 2*time.Millisecond) }
+// bound: a tenth of a period, at least 2 ms, and longer as more agents
+// report here. Each ping reaches, and is checked by, every agent of this
+// server, so the early pings of a takeover cost the agents (and the
+// broker, which delivers each to all of them) about earlyPingDeliveries
+// deliveries a period in all, whatever the size of the fleet: with 10,000
+// agents at most one early ping a period, with 1,000 one every tenth.
+func (c *core) pingGap() time.Duration {
+	gap := max(c.cfg.Period/10, 2*time.Millisecond)
+	if n := int64(len(c.agents)); n > 0 {
+		gap = max(gap, time.Duration(int64(c.cfg.Period)*n/earlyPingDeliveries))
+	}
+	return gap
+}
+
+// earlyPingDeliveries bounds the early pings' deliveries to agents per
+// period (see pingGap): the periodic ping's own to 10,000 agents.
+const earlyPingDeliveries = 10_000
 
 // ping puts a command to the agents in out (a new seq: agents refuse a
 // seq they have seen).

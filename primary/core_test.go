@@ -485,6 +485,43 @@ func TestAnAgentThatJustBoundIsPingedAtOnce(t *testing.T) {
 	}
 }
 
+// The early pings' gap grows with the agents reporting here: each ping is
+// delivered to, and checked by, every one of them, so a takeover of 10,000
+// agents must not send ten pings a period to all of them while they bind.
+func TestEarlyPingsSlowDownAsTheFleetGrows(t *testing.T) {
+	c := testCore(false)
+	c.start(at(0), nil)
+	period := c.cfg.Period
+	if got := c.pingGap(); got != max(period/10, 2*time.Millisecond) {
+		t.Fatalf("gap with no agents %s, want a tenth of the period %s", got, period)
+	}
+	now := at(0.1)
+	report := func(i int) Output {
+		return c.agentStatus(now, protocol.Envelope{FailoverID: ownID, Epoch: 3, Node: fmt.Sprintf("ag-%d", i)}, nil, true)
+	}
+	for i := 0; i < earlyPingDeliveries/2; i++ {
+		report(i)
+	}
+	if got := c.pingGap(); got != period/2 {
+		t.Fatalf("gap with %d agents %s, want half the period", len(c.agents), got)
+	}
+	last := c.lastPing
+	now = last.Add(period/2 - time.Millisecond)
+	if out := report(-1); out.Command != nil {
+		t.Fatalf("an early ping %s after the last one with %d agents", now.Sub(last), len(c.agents)-1)
+	}
+	now = last.Add(period/2 + time.Millisecond)
+	if out := report(-2); out.Command == nil {
+		t.Fatal("no early ping once the gap passed")
+	}
+	for i := earlyPingDeliveries / 2; i < 2*earlyPingDeliveries; i++ {
+		report(i)
+	}
+	if got, want := c.pingGap(), time.Duration(int64(period)*int64(len(c.agents))/earlyPingDeliveries); got != want || got <= period {
+		t.Fatalf("gap with %d agents %s, want %s: more than a period (the periodic ping comes first)", len(c.agents), got, want)
+	}
+}
+
 // A replay of a backup's older replies does not replace the nonce our
 // heartbeats echo (the live backup would not count them: a stranger
 // replaying replies would cause a failover).

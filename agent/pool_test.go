@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -548,5 +549,56 @@ func TestPoolJoinAndLeaveDoNotWaitForAFanOut(t *testing.T) {
 	}
 	if a, b := recv(t, held), recv(t, held); string(a.Body) != "1" || string(b.Body) != "2" {
 		t.Fatalf("the first member got %q %q", a.Body, b.Body)
+	}
+}
+
+// A fan-out that fell behind skips a message that a newer one waiting
+// behind it supersedes, and counts it; without the rule it delivers all.
+func TestPoolSkipsSupersededMessagesWhenBehind(t *testing.T) {
+	for _, skip := range []bool{false, true} {
+		r := newPoolRig(0)
+		if skip {
+			// "p..." messages: a later one supersedes an earlier.
+			r.pool.SkipSuperseded(func(older, newer broker.Message) bool {
+				return older.Body[0] == 'p' && newer.Body[0] == 'p'
+			})
+		}
+		ctx := context.Background()
+		bus, _ := r.pool.Dial(ctx, addrOf("server-a", 1001))
+		entered, release := make(chan struct{}), make(chan struct{})
+		sub, err := bus.(whereSubscriber).SubscribeWhere(dest.AgentCommand, func(m broker.Message) bool {
+			if string(m.Body) == "p1" {
+				entered <- struct{}{}
+				<-release
+			}
+			return true
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		srv := r.hub.Client("server")
+		srv.Publish(ctx, dest.AgentCommand, nil, []byte("p1"))
+		<-entered // the fan-out of p1 is under way: the rest waits
+		for _, b := range []string{"p2", "r3", "p4", "p5"} {
+			srv.Publish(ctx, dest.AgentCommand, nil, []byte(b))
+		}
+		close(release)
+		want := []string{"p1", "p2", "r3", "p4", "p5"}
+		if skip {
+			want = []string{"p1", "r3", "p5"} // p2 and p4 superseded by p5
+		}
+		var got []string
+		for range want {
+			got = append(got, string(recv(t, sub).Body))
+		}
+		// A last message after them: nothing else was queued before it.
+		srv.Publish(ctx, dest.AgentCommand, nil, []byte("r6"))
+		if m := recv(t, sub); string(m.Body) != "r6" || strings.Join(got, ",") != strings.Join(want, ",") {
+			t.Fatalf("skip=%v: got %v then %q, want %v then r6", skip, got, m.Body, want)
+		}
+		if n, wantN := r.pool.Skipped(), uint64(5-len(want)); n != wantN {
+			t.Fatalf("skip=%v: %d skipped, want %d", skip, n, wantN)
+		}
+		bus.Close()
 	}
 }

@@ -725,6 +725,37 @@ func (a *Agent) wantsCommand(via string, conn uint64) func(broker.Message) bool 
 	}
 }
 
+// PingSupersedes is the fleet's rule for Pool.SkipSuperseded: a ping need
+// not be fanned out when a later ping of the same server is waiting behind
+// it (the same node, failover id and epoch, a higher seq), signed for dest
+// as signer checks (once per message, shared with the agents' own check):
+// an agent obeys the later one as it would have the first, and a stranger
+// cannot have a real ping skipped with a forged one. Rebinds and other
+// commands are never superseded.
+func PingSupersedes(signer *protocol.Signer, dest string) func(older, newer broker.Message) bool {
+	return func(older, newer broker.Message) bool {
+		if !isPing(older) || !isPing(newer) {
+			return false
+		}
+		o, err := decode(older)
+		if err != nil {
+			return false
+		}
+		n, err := decode(newer)
+		if err != nil || n.Node != o.Node || n.FailoverID != o.FailoverID || n.Epoch != o.Epoch || n.Seq <= o.Seq {
+			return false
+		}
+		return newer.Memo.Do(verifyKey{signer, dest}, func() error { return signer.Verify(dest, newer.Headers, newer.Body) }) == nil
+	}
+}
+
+// isPing reports whether m is a primary's periodic ping (no command
+// header, or "ping").
+func isPing(m broker.Message) bool {
+	c, ok := m.Headers[hCommand]
+	return !ok || c == "ping"
+}
+
 // heardNote is what Run was last told of a connection's accepted commands.
 type heardNote struct {
 	conn    uint64

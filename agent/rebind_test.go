@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"slices"
@@ -574,4 +575,48 @@ func TestAPooledAgentChecksItsCommandsWhereTheyArriveAndTellsRunOnlyWhatIsNew(t 
 	r.ticking("failover_servers written", func() bool { return ra.read(t) == rebindFile+"failover_servers: \"server-b:1002\"\n" })
 	r.eventually("standby link at server-b", func() bool { return ra.standbyUp("server-b:1002") })
 	r.eventually("every ping counted", func() bool { return ra.a.Status().Accepted == acc+5 })
+}
+
+// A ping is superseded only by a later ping of the same server, signed
+// with the group's key: never by a forged or unsigned one, another
+// server's, an older one, or a rebind; and a rebind never is.
+func TestPingSupersedesOnlyALaterVerifiedPingOfTheSameServer(t *testing.T) {
+	r := newRRig(t)
+	sup := PingSupersedes(r.keys.agent, dest.AgentCommand)
+	older := r.pingMsg(idA, 1, 10, nil)
+	forged := r.pingMsg(idA, 1, 11, nil)
+	forged.Headers = maps.Clone(forged.Headers)
+	forged.Headers[protocol.HSeq] = "12" // the signature no longer covers it
+	other := newKeys(t)
+	h := protocol.Envelope{FailoverID: idA, Epoch: 1, Node: "opsc-a", Seq: 13, Role: "primary"}.Headers()
+	body := []byte(`{"command":"ping"}`)
+	other.server.Sign(dest.AgentCommand, h, body)
+	stranger := broker.Message{Destination: dest.AgentCommand, Headers: h, Body: body, Memo: &broker.Memo{}}
+	otherNode := r.pingMsg(idA, 1, 14, nil)
+	otherNode.Headers = maps.Clone(otherNode.Headers)
+	otherNode.Headers[protocol.HNode] = "opsc-c"
+	r.keys.server.Sign(dest.AgentCommand, otherNode.Headers, otherNode.Body)
+	rebind := r.pingMsg(idA, 1, 15, nil)
+	rebind.Headers = maps.Clone(rebind.Headers)
+	rebind.Headers[hCommand] = cmdRebind
+	r.keys.server.Sign(dest.AgentCommand, rebind.Headers, rebind.Body)
+	for _, c := range []struct {
+		name         string
+		older, newer broker.Message
+		want         bool
+	}{
+		{"a later ping", older, r.pingMsg(idA, 1, 11, nil), true},
+		{"an older ping", older, r.pingMsg(idA, 1, 9, nil), false},
+		{"the same seq", older, r.pingMsg(idA, 1, 10, nil), false},
+		{"another token", older, r.pingMsg(idB, 2, 11, nil), false},
+		{"another server", older, otherNode, false},
+		{"a forged ping", older, forged, false},
+		{"a stranger's key", older, stranger, false},
+		{"a rebind after it", older, rebind, false},
+		{"a rebind before a ping", rebind, r.pingMsg(idA, 1, 16, nil), false},
+	} {
+		if got := sup(c.older, c.newer); got != c.want {
+			t.Errorf("%s: supersedes %v, want %v", c.name, got, c.want)
+		}
+	}
 }

@@ -458,7 +458,7 @@ func (a *Agent) Run(ctx context.Context) error {
 		}
 		conns++
 		a.pingServers.Store(nil)
-		s, inline, err := subscribeWhere(b, a.cfg.Dest.AgentCommand, a.wantsCommand(t, conns))
+		s, inline, err := subscribeWhere(b, a.cfg.Dest.AgentCommand, a.wantsCommand(ctx, t, conns))
 		if err != nil {
 			b.Close()
 			log.WithError(err).Warn("subscribe at " + t)

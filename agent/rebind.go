@@ -689,10 +689,18 @@ const (
 	beingApplied = "a rebind to this token (or a higher one) is already being applied"
 )
 
-// wantsRebind picks a standby link's messages (via: its server): rebinds
-// that may apply.
-func (a *Agent) wantsRebind(via string) func(broker.Message) bool {
-	return func(m broker.Message) bool { return isRebind(m) && a.rebindMayApply(m, via) }
+// wantsRebind handles a standby link's messages in a Pool's fan-out (via:
+// its server): a rebind that may apply is offered to the file worker right
+// there (offerRebind never blocks), so that a broadcast rebind does not
+// wake each of 10,000 agents' standby goroutines only to hand it on.
+// Nothing else on a standby link is for the agent.
+func (a *Agent) wantsRebind(ctx context.Context, via string) func(broker.Message) bool {
+	return func(m broker.Message) bool {
+		if isRebind(m) && a.rebindMayApply(m, via) {
+			a.offerRebind(ctx, m, via)
+		}
+		return false
+	}
 }
 
 // wantsCommand handles the bound link's messages in a Pool's fan-out (via:
@@ -701,12 +709,16 @@ func (a *Agent) wantsRebind(via string) func(broker.Message) bool {
 // fleet's agents are not each woken for every ping; Run gets only the
 // notice of an accepted command whose token or failover-servers differ
 // from the last one it was told of on this connection (it then reports or
-// learns the servers). Rebinds that may apply go to Run as they are.
-func (a *Agent) wantsCommand(via string, conn uint64) func(broker.Message) bool {
+// learns the servers). A rebind that may apply is offered to the file
+// worker right there, as on a standby link (wantsRebind).
+func (a *Agent) wantsCommand(ctx context.Context, via string, conn uint64) func(broker.Message) bool {
 	var last heardNote // only the fan-out calls this, one message at a time
 	return func(m broker.Message) bool {
 		if isRebind(m) {
-			return a.rebindMayApply(m, via)
+			if a.rebindMayApply(m, via) {
+				a.offerRebind(ctx, m, via)
+			}
+			return false
 		}
 		addr, ok := a.command(m)
 		if !ok {
@@ -765,8 +777,9 @@ type heardNote struct {
 }
 
 // runStandby holds one standby subscription: rebinds that arrive on it go
-// to offerRebind, anything else is not for this agent (it obeys only its
-// bound server). Each time the link (re)connects it reports once.
+// to offerRebind (in a Pool's fan-out already, wantsRebind), anything else
+// is not for this agent (it obeys only its bound server). Each time the
+// link (re)connects it reports once.
 func (a *Agent) runStandby(ctx context.Context, l *standbyLink) {
 	defer close(l.done)
 	defer l.up.Store(false)
@@ -777,7 +790,7 @@ func (a *Agent) runStandby(ctx context.Context, l *standbyLink) {
 		return
 	}
 	defer bus.Close()
-	sub, _, err := subscribeWhere(bus, a.cfg.Dest.AgentCommand, a.wantsRebind(l.key))
+	sub, _, err := subscribeWhere(bus, a.cfg.Dest.AgentCommand, a.wantsRebind(ctx, l.key))
 	if err != nil {
 		log.WithError(err).Debug("standby link: subscribe")
 		return

@@ -541,7 +541,7 @@ func TestAPooledAgentChecksItsCommandsWhereTheyArriveAndTellsRunOnlyWhatIsNew(t 
 		return r.hubs.of(target(addr)).Client("fleet"), nil
 	}, 0)
 	ra := r.start(rebindFile, nil, pool.Dial)
-	want := ra.a.wantsCommand("server-a:1001", 99)
+	want := ra.a.wantsCommand(context.Background(), "server-a:1001", 99)
 	before := ra.a.Status()
 	list, other := "server-b:1002", "server-c:1003"
 	for i, step := range []struct {

@@ -242,9 +242,13 @@ Flags:
 	defer mux.Close()
 	dest := protocol.NewDestinations(*prefix)
 	signer := protocol.NewGroupSigner(dest, protocol.Keys{Secret: key, Public: pub})
-	// A fan-out that fell behind (a takeover keeps a big fleet busy)
-	// skips a ping that a later verified ping of the same server follows.
-	pool.SkipSuperseded(agent.PingSupersedes(signer, dest.AgentCommand))
+	// A fleet's fan-out that fell behind (a takeover keeps a big fleet
+	// busy) skips a ping that a later verified ping of the same server
+	// follows. A lone agent decides on every command it receives (a
+	// replayed one is counted as such).
+	if len(paths) > 1 {
+		pool.SkipSuperseded(agent.PingSupersedes(signer, dest.AgentCommand))
+	}
 	// A fleet's agents rewrite their files together after a rebind: one
 	// group commit serves them (a lone agent fsyncs its own file). It
 	// needs syncfs(2): Linux only.

@@ -585,8 +585,13 @@ type verifyKey struct {
 // verify checks a command's signature for the agents' command destination,
 // once per message for the agents of a pool that share its keys.
 func (a *Agent) verify(m broker.Message) error {
-	dest := a.cfg.Dest.AgentCommand
-	return m.Memo.Do(verifyKey{a.cfg.Signer, dest}, func() error { return a.cfg.Signer.Verify(dest, m.Headers, m.Body) })
+	return verifyFor(m, a.cfg.Signer, a.cfg.Dest.AgentCommand)
+}
+
+// verifyFor checks m's signature for dest with signer, once per message
+// for everyone who checks it with the same signer and destination.
+func verifyFor(m broker.Message, signer *protocol.Signer, dest string) error {
+	return m.Memo.Do(verifyKey{signer, dest}, func() error { return signer.Verify(dest, m.Headers, m.Body) })
 }
 
 // decodeKey names a message's decoded headers in its Memo: they depend on

@@ -238,8 +238,6 @@ func (l *poolLink) forward(f *fan) {
 		if !ok {
 			break
 		}
-		// The members share one signature check of the message.
-		m.Memo = &broker.Memo{}
 		batch = append(batch[:0], m)
 	drain:
 		for l.p.supersedes != nil && len(batch) < maxFanBatch {
@@ -249,11 +247,15 @@ func (l *poolLink) forward(f *fan) {
 					open = false
 					break drain
 				}
-				m.Memo = &broker.Memo{}
 				batch = append(batch, m)
 			default:
 				break drain
 			}
+		}
+		for i := range batch {
+			// The members (and the supersedes rule) share one signature
+			// check of each message.
+			batch[i].Memo = &broker.Memo{}
 		}
 		for i, m := range batch {
 			if l.superseded(m, batch[i+1:]) {

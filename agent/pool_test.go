@@ -501,17 +501,14 @@ func TestPoolSubscribeWhereGetsOnlyWhatItWants(t *testing.T) {
 	}
 }
 
-// Agents join and leave a shared subscription while a fan-out walks its
-// members (a takeover moves thousands while pings are fanned out): neither
-// waits for the walk. A member that joins gets the next message.
-func TestPoolJoinAndLeaveDoNotWaitForAFanOut(t *testing.T) {
-	r := newPoolRig(0)
-	ctx := context.Background()
-	first, _ := r.pool.Dial(ctx, addrOf("server-a", 1001))
-	defer first.Close()
-	entered, release := make(chan struct{}), make(chan struct{})
-	held, err := first.(whereSubscriber).SubscribeWhere(dest.AgentCommand, func(m broker.Message) bool {
-		if string(m.Body) == "1" {
+// holdFanOut subscribes on bus to every command; the fan-out of the one
+// whose body is body stops in this member until release is closed
+// (entered tells it got there).
+func holdFanOut(t *testing.T, bus broker.Bus, body string) (sub broker.Subscription, entered, release chan struct{}) {
+	t.Helper()
+	entered, release = make(chan struct{}), make(chan struct{})
+	sub, err := bus.(whereSubscriber).SubscribeWhere(dest.AgentCommand, func(m broker.Message) bool {
+		if string(m.Body) == body {
 			entered <- struct{}{}
 			<-release
 		}
@@ -520,6 +517,18 @@ func TestPoolJoinAndLeaveDoNotWaitForAFanOut(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return sub, entered, release
+}
+
+// Agents join and leave a shared subscription while a fan-out walks its
+// members (a takeover moves thousands while pings are fanned out): neither
+// waits for the walk. A member that joins gets the next message.
+func TestPoolJoinAndLeaveDoNotWaitForAFanOut(t *testing.T) {
+	r := newPoolRig(0)
+	ctx := context.Background()
+	first, _ := r.pool.Dial(ctx, addrOf("server-a", 1001))
+	defer first.Close()
+	held, entered, release := holdFanOut(t, first, "1")
 	leaver, _ := r.pool.Dial(ctx, addrOf("server-a", 1001))
 	ls, _ := leaver.Subscribe(dest.AgentCommand)
 	srv := r.hub.Client("server")
@@ -565,17 +574,7 @@ func TestPoolSkipsSupersededMessagesWhenBehind(t *testing.T) {
 		}
 		ctx := context.Background()
 		bus, _ := r.pool.Dial(ctx, addrOf("server-a", 1001))
-		entered, release := make(chan struct{}), make(chan struct{})
-		sub, err := bus.(whereSubscriber).SubscribeWhere(dest.AgentCommand, func(m broker.Message) bool {
-			if string(m.Body) == "p1" {
-				entered <- struct{}{}
-				<-release
-			}
-			return true
-		})
-		if err != nil {
-			t.Fatal(err)
-		}
+		sub, entered, release := holdFanOut(t, bus, "p1")
 		srv := r.hub.Client("server")
 		srv.Publish(ctx, dest.AgentCommand, nil, []byte("p1"))
 		<-entered // the fan-out of p1 is under way: the rest waits

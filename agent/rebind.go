@@ -757,7 +757,7 @@ func PingSupersedes(signer *protocol.Signer, dest string) func(older, newer brok
 		if err != nil || n.Node != o.Node || n.FailoverID != o.FailoverID || n.Epoch != o.Epoch || n.Seq <= o.Seq {
 			return false
 		}
-		return newer.Memo.Do(verifyKey{signer, dest}, func() error { return signer.Verify(dest, newer.Headers, newer.Body) }) == nil
+		return verifyFor(newer, signer, dest) == nil
 	}
 }
 

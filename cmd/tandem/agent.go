@@ -242,19 +242,17 @@ Flags:
 	defer mux.Close()
 	dest := protocol.NewDestinations(*prefix)
 	signer := protocol.NewGroupSigner(dest, protocol.Keys{Secret: key, Public: pub})
-	// A fleet's fan-out that fell behind (a takeover keeps a big fleet
-	// busy) skips a ping that a later verified ping of the same server
-	// follows. A lone agent decides on every command it receives (a
-	// replayed one is counted as such).
 	if len(paths) > 1 {
+		// A fleet's fan-out that fell behind (a takeover keeps a big
+		// fleet busy) skips a ping that a later verified ping of the same
+		// server follows. A lone agent decides on every command it
+		// receives (a replayed one is counted as such).
 		pool.SkipSuperseded(agent.PingSupersedes(signer, dest.AgentCommand))
+		fleetGC(log)
 	}
 	// A fleet's agents rewrite their files together after a rebind: one
 	// group commit serves them (a lone agent fsyncs its own file). It
 	// needs syncfs(2): Linux only.
-	if len(paths) > 1 {
-		fleetGC(log)
-	}
 	var flusher *agentcfg.Flusher
 	if len(paths) > 1 && runtime.GOOS == "linux" {
 		flusher = agentcfg.NewFlusher(fleetWriters())

@@ -63,12 +63,7 @@ func (x *Writer) Write(v any) {
 // WriteLine appends b, one JSON value encoded by the caller (no newline),
 // as a line.
 func (x *Writer) WriteLine(b []byte) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	x.bw.Write(b)
-	if err := x.bw.WriteByte('\n'); err != nil && x.err == nil {
-		x.err = err
-	}
+	x.Append(func(dst []byte) []byte { return append(dst, b...) })
 }
 
 // Append appends, as a line, the JSON value add appends to the buffer it

@@ -74,6 +74,16 @@ type Config struct {
 	// of its file, shared by the agents of a fleet (see agentcfg.Flusher):
 	// after a broadcast rebind thousands of them rewrite at once.
 	Flusher *agentcfg.Flusher
+	// Workers, when set, runs the agent's file work (rebinds,
+	// failover_servers writes) on goroutines shared by a fleet's agents
+	// (see Workers); nil: the agent starts its own when there is work.
+	Workers *Workers
+	// TickPhase delays the agent's first periodic tick (file check,
+	// standby links, report) to TickPhase after Run starts, the later ones
+	// following every Period: a fleet spreads its agents' ticks over the
+	// period instead of waking them all at once. 0: the first tick comes a
+	// Period after the start.
+	TickPhase time.Duration
 	// RunHook runs OnRebind (default hooks.Run; tests stand in for it).
 	RunHook hooks.Func
 }
@@ -368,8 +378,24 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	running.Add(1)
 	defer running.Add(-1)
-	tick := a.cfg.Clock.NewTicker(a.cfg.Period)
-	defer tick.Stop()
+	// The periodic ticks: every Period, the first after TickPhase when
+	// one is set (phase fires once, then the ticker starts).
+	var tick clock.Ticker
+	var tickC, phase <-chan time.Time
+	startTicks := func() {
+		tick = a.cfg.Clock.NewTicker(a.cfg.Period)
+		tickC = tick.C()
+	}
+	if a.cfg.TickPhase > 0 {
+		phase = a.cfg.Clock.After(a.cfg.TickPhase)
+	} else {
+		startTicks()
+	}
+	defer func() {
+		if tick != nil {
+			tick.Stop()
+		}
+	}()
 	defer a.repWG.Wait() // a report in flight ends with ctx
 	defer a.rb.wg.Wait() // so does a rebind being applied
 	sb := &standbys{a: a, ctx: ctx, links: map[string]*standbyLink{}}
@@ -476,6 +502,26 @@ func (a *Agent) Run(ctx context.Context) error {
 		connect(addr)
 		sb.sync(addr, cur)
 	}
+	onTick := func() {
+		addr, ok := a.reload(false)
+		if ok && (bus == nil || target(addr) != cur) {
+			connect(addr)
+		}
+		if ok {
+			if n := a.pingServers.Load(); checked && n != nil && n.conn == conns && n != learned {
+				// The ping's failover-servers, in case its notice was
+				// lost to a full buffer.
+				learned = n
+				sb.learn(n.servers, addr)
+			}
+			sb.sync(addr, cur)
+			sb.writeDue(addr)
+		}
+		sb.tick()
+		if bus != nil {
+			a.report(ctx, bus, addr)
+		}
+	}
 	var cmds <-chan broker.Message
 	deferred := false // a file watch event came during the agent's own rewrite
 	for {
@@ -526,25 +572,12 @@ func (a *Agent) Run(ctx context.Context) error {
 					heard = tok
 				}
 			}
-		case <-tick.C():
-			addr, ok := a.reload(false)
-			if ok && (bus == nil || target(addr) != cur) {
-				connect(addr)
-			}
-			if ok {
-				if n := a.pingServers.Load(); checked && n != nil && n.conn == conns && n != learned {
-					// The ping's failover-servers, in case its notice was
-					// lost to a full buffer.
-					learned = n
-					sb.learn(n.servers, addr)
-				}
-				sb.sync(addr, cur)
-				sb.writeDue(addr)
-			}
-			sb.tick()
-			if bus != nil {
-				a.report(ctx, bus, addr)
-			}
+		case <-phase:
+			phase = nil
+			startTicks()
+			onTick()
+		case <-tickC:
+			onTick()
 		case m, ok := <-cmds:
 			if !ok {
 				disconnect(nil)

@@ -243,7 +243,7 @@ func (a *Agent) startWorkerLocked() {
 	if !a.rb.busy {
 		a.rb.busy = true
 		a.rb.wg.Add(1)
-		go a.fileWorker()
+		a.cfg.Workers.Go(a.fileWorker)
 	}
 }
 
@@ -493,6 +493,18 @@ type standbys struct {
 	write    *[]string
 	badPing  string
 	havePing bool
+	// synced is what the links were last made for (sync): a tick whose
+	// file and ping name the same servers changes nothing, and a fleet's
+	// 10,000 agents tick every period.
+	synced syncedFor
+}
+
+// syncedFor is the input of one sync.
+type syncedFor struct {
+	ok         bool
+	bound      string
+	ssl        bool
+	file, ping []string
 }
 
 // standbyLink is one standby subscription, run by its own goroutine.
@@ -551,6 +563,12 @@ func (s *standbys) writeDue(addr agentcfg.Address) {
 // sync makes the standby links those of the file's failover_servers and the
 // last ping's, except the bound server (bound: its target).
 func (s *standbys) sync(addr agentcfg.Address, bound string) {
+	if f := s.synced; f.ok && f.bound == bound && f.ssl == addr.UseSSL && slices.Equal(f.file, addr.FailoverServers) && slices.Equal(f.ping, s.ping) {
+		return // the links are those already (one that ended is tick's)
+	}
+	// ping is never modified in place (learn replaces it); the file's
+	// list is copied.
+	s.synced = syncedFor{ok: true, bound: bound, ssl: addr.UseSSL, file: slices.Clone(addr.FailoverServers), ping: s.ping}
 	want := map[string]agentcfg.Address{}
 	for _, hp := range append(slices.Clone(addr.FailoverServers), s.ping...) {
 		host, ps, err := net.SplitHostPort(hp)
@@ -616,6 +634,7 @@ func (s *standbys) tick() {
 }
 
 func (s *standbys) stopAll() {
+	s.synced = syncedFor{}
 	var all []*standbyLink
 	for _, l := range s.links {
 		all = append(all, l)

@@ -248,22 +248,21 @@ func remoteFollowRun(b *testing.B, n int) remoteFollowResult {
 	rel := func(t int64) string { return fmt.Sprintf("%+d", t-windowEnd) }
 	cpuD, how := cpuBetween(samples, windowEnd, last)
 	fleetD, _ := cpuBetween(fleetSamples, windowEnd, last)
-	// The fleet's "rebound" lines: when each agent's own rewrite was done.
+	// When the agents' own rewrites were done: each agent's "rebound" line
+	// (a fleet logs them at debug: TANDEM_BENCH_LOG=debug), else the
+	// fleet's summary line, logged once its rebinds have been quiet for
+	// half a second (first = line - over, last = line - the quiet).
 	var rebound []int64
-	sc := bufio.NewScanner(strings.NewReader(fleet.logText()))
-	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
-	for sc.Scan() {
-		l := sc.Text()
-		if strings.Contains(l, "rebound: address.yaml now names the new primary") && strings.Contains(l, sb.FailoverID) {
-			if t := logTime(l); !t.IsZero() {
-				rebound = append(rebound, t.UnixMilli())
-			}
-		}
-	}
-	sort.Slice(rebound, func(i, j int) bool { return rebound[i] < rebound[j] })
-	rb := "none logged"
+	summary := ""
+	eventually(b, 5*time.Second, "the fleet's rebound summary", func() bool {
+		rebound, summary = reboundTimes(fleet.logText(), sb.FailoverID)
+		return len(rebound) > 0 || summary != ""
+	})
+	rb := summary
 	if k := len(rebound); k > 0 {
 		rb = fmt.Sprintf("%d, first %s, median %s, last %s", k, rel(rebound[0]), rel(rebound[k/2]), rel(rebound[k-1]))
+	} else if first, last, n, ok := parseReboundSummary(summary); ok {
+		rb = fmt.Sprintf("%d (summary), first %s, last %s", n, rel(first), rel(last))
 	}
 	firstRebind := "-"
 	if rebind != nil {
@@ -383,6 +382,51 @@ func (r *eventTail) read(filter string, fn func(event)) {
 			return
 		}
 	}
+}
+
+// reboundTimes returns the times of a fleet log's per-agent "rebound" lines
+// for the token id, sorted, and its last summary line for it ("" if none).
+func reboundTimes(log, id string) (times []int64, summary string) {
+	sc := bufio.NewScanner(strings.NewReader(log))
+	sc.Buffer(make([]byte, 0, 64<<10), 1<<20)
+	for sc.Scan() {
+		l := sc.Text()
+		if !strings.Contains(l, id) {
+			continue
+		}
+		switch {
+		case strings.Contains(l, "rebound: address.yaml now names the new primary"):
+			if t := logTime(l); !t.IsZero() {
+				times = append(times, t.UnixMilli())
+			}
+		case strings.Contains(l, "rebound: the agents' address.yaml files now name the new primary"):
+			summary = l
+		}
+	}
+	sort.Slice(times, func(i, j int) bool { return times[i] < times[j] })
+	return times, summary
+}
+
+// parseReboundSummary reads a fleet's rebound summary line: its agents, and
+// the first and last rebind (ms) from its time, its over= and the half
+// second of quiet after the last one.
+func parseReboundSummary(l string) (first, last int64, n int, ok bool) {
+	t := logTime(l)
+	var over time.Duration
+	for _, f := range strings.Fields(l) {
+		if v, found := strings.CutPrefix(f, "over="); found {
+			over, _ = time.ParseDuration(v)
+		}
+		if v, found := strings.CutPrefix(f, "agents="); found {
+			n, _ = strconv.Atoi(v)
+		}
+	}
+	if t.IsZero() || over == 0 || n == 0 {
+		return 0, 0, 0, false
+	}
+	first = t.Add(-over).UnixMilli()
+	last = t.Add(-500 * time.Millisecond).UnixMilli()
+	return first, max(first, last), n, true
 }
 
 // logTime is the time="..." of a text log line (zero if none).

@@ -67,7 +67,9 @@ the file and reconnects within a second of a rewrite; a malformed file is
 logged and the last good configuration kept. --fleet runs one such agent
 per address.yaml under DIR; the agents of one process share a connection
 per server and, on Linux, one group commit (syncfs) of their own rewrites
-(each still follows and checks its own file). A fleet runs Go's garbage
+(each still follows and checks its own file). A fleet's rewrites and
+--on-rebind hooks run on at most 512 shared workers, and its agents'
+period ticks are spread over the period. A fleet runs Go's garbage
 collector at GOGC=300 unless GOGC is set: more memory per agent, less CPU
 in a takeover.
 
@@ -258,9 +260,18 @@ Flags:
 		flusher = agentcfg.NewFlusher(fleetWriters())
 		defer flusher.Close()
 	}
+	// A fleet's file work runs on a bounded set of goroutines, and its
+	// agents' periodic ticks are spread over the period: a broadcast
+	// rebind, or every agent ticking at once, would otherwise make
+	// thousands of goroutines runnable together and delay the links'
+	// readers and fan-outs behind them (agent.Workers).
+	var workers *agent.Workers
+	if len(paths) > 1 {
+		workers = agent.NewWorkers(agentcfg.MaxRewritesUnderWay)
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, len(paths))
-	for _, p := range paths {
+	for i, p := range paths {
 		aid := *id
 		if aid == "" || len(paths) > 1 {
 			aid = p
@@ -271,7 +282,7 @@ Flags:
 			}
 		}
 		a := agent.New(agent.Config{Path: p, ID: aid, Period: *period, Dest: dest, Signer: signer, Dial: pool.Dial, Log: log, OnEvent: onEvent, Watch: mux.Watch,
-			OnRebind: *onRebind, OnRebindTimeout: *onRebindTimeout, Flusher: flusher})
+			OnRebind: *onRebind, OnRebindTimeout: *onRebindTimeout, Flusher: flusher, Workers: workers, TickPhase: fleetPhase(i, len(paths), *period)})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -294,6 +305,15 @@ Flags:
 		return exitRuntime
 	}
 	return exitOK
+}
+
+// fleetPhase is the delay of agent i's first periodic tick in a fleet of
+// n: the fleet's ticks spread evenly over the period (a lone agent: 0).
+func fleetPhase(i, n int, period time.Duration) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	return time.Duration(int64(period) * int64(i) / int64(n))
 }
 
 // fleetWriters bounds a fleet's rewrites doing their CPU work at once: a

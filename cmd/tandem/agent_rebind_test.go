@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestAgentHelpExplainsTheSidecar(t *testing.T) {
@@ -25,5 +26,25 @@ func TestAgentRejectsANonPositiveRebindTimeout(t *testing.T) {
 	code := runAgent([]string{"--config", "x.yaml", "--on-rebind", "true", "--on-rebind-timeout", "0s"}, &out, &errb)
 	if code != exitUsage || !strings.Contains(errb.String(), "--on-rebind-timeout") {
 		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+}
+
+// A fleet's agents tick spread over the period, in order; a lone agent at
+// once.
+func TestFleetPhaseSpreadsTicksOverThePeriod(t *testing.T) {
+	const period = time.Second
+	if got := fleetPhase(0, 1, period); got != 0 {
+		t.Fatalf("lone agent: phase %s", got)
+	}
+	prev := time.Duration(-1)
+	for i := range 1000 {
+		p := fleetPhase(i, 1000, period)
+		if p <= prev || p < 0 || p >= period {
+			t.Fatalf("agent %d of 1000: phase %s after %s (want increasing, within [0, %s))", i, p, prev, period)
+		}
+		prev = p
+	}
+	if got := fleetPhase(500, 1000, period); got != period/2 {
+		t.Fatalf("the middle agent's phase is %s, want %s", got, period/2)
 	}
 }

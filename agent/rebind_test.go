@@ -620,3 +620,23 @@ func TestPingSupersedesOnlyALaterVerifiedPingOfTheSameServer(t *testing.T) {
 		}
 	}
 }
+
+// An agent that knows no other server (no failover_servers, so no standby
+// link) gets the new primary's rebind on its bound link, where the new
+// primary also sends it (the old primary's broker), and follows it.
+func TestARebindOnTheBoundLinkMovesAnAgentThatKnowsNoOtherServer(t *testing.T) {
+	r := newRRig(t)
+	ra := r.start(rebindFile, nil, nil)
+	r.eventually("bound to server-a", func() bool { s := ra.a.Status(); return s.Server == "server-a:1001" && s.Connected })
+	if n := len(ra.a.Status().Standby); n != 0 {
+		t.Fatalf("%d standby links without failover_servers", n)
+	}
+	r.rebind("server-a:1001", rb{id: idB, epoch: 2, seq: 1, adv: "server-b:1002"})
+	r.eventually("bound to server-b", func() bool {
+		s := ra.a.Status()
+		return s.Server == "server-b:1002" && s.Connected && s.Bound.Epoch == 2 && s.RebindsAccepted == 1
+	})
+	if got := ra.read(t); !strings.Contains(got, "stomp_interface: server-b # primary\nstomp_port: 1002\n") || !strings.Contains(got, "failover_epoch: 2\n") {
+		t.Fatalf("file:\n%s", got)
+	}
+}

@@ -115,7 +115,8 @@ type Config struct {
 	Ping bool
 	// Notify are extra buses that receive a copy of every heartbeat: the
 	// previous primary's broker after a takeover, so that a primary that
-	// resumes from a freeze learns at once that it was replaced.
+	// resumes from a freeze learns at once that it was replaced. Rebinds
+	// go there too, for the agents still bound to that primary.
 	Notify []broker.Bus
 	// SecondPath: the heartbeat channel is an external broker; heartbeats
 	// also go out on the agents' broker (this server's own), and replies
@@ -613,6 +614,15 @@ func (r *Role) rebind(ctx context.Context, env *protocol.Envelope) {
 		if r.cfg.Sent != nil {
 			r.cfg.Sent("rebind", e)
 		}
+	}
+	// The previous primary's broker too (best effort; a link that is down
+	// fails at once): an agent still bound there that never learned this
+	// server — its file named no failover_servers yet when the takeover
+	// came, so it holds no standby link here — gets the rebind on its
+	// bound link. Without it such an agent would stay bound to a fenced
+	// server, which sends it nothing, for good.
+	for _, n := range r.cfg.Notify {
+		_ = n.Publish(pctx, r.cfg.Dest.AgentCommand, h, body)
 	}
 }
 

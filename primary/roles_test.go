@@ -9,6 +9,7 @@ package primary_test
 
 import (
 	"context"
+	"crypto/ed25519"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -542,5 +543,55 @@ func TestTheBackupCountsIgnoredHeartbeatsApart(t *testing.T) {
 	}
 	if s.Primary.FailoverID != primID {
 		t.Fatalf("the stray heartbeat changed the watched primary: %+v", s.Primary)
+	}
+}
+
+// A new primary's rebind goes out on the previous primary's broker too
+// (its Notify bus): an agent still bound there, which never learned this
+// server and so holds no standby link to it, gets it on its bound link.
+func TestRebindsAlsoGoToThePreviousPrimarysBroker(t *testing.T) {
+	_, priv, err := protocol.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer := protocol.NewGroupSigner(dest, protocol.Keys{Secret: []byte("0123456789abcdef"), Private: priv})
+	own, old := broker.NewMemHub(), broker.NewMemHub()
+	onOld, _ := old.Client("agent-bound-to-a").Subscribe(dest.AgentCommand)
+	clk := clock.NewHandoverFake(time.Unix(1_700_000_000, 0))
+	bus := own.Client("b")
+	role := primary.New(primary.Config{
+		Node: "b", Token: failoverid.Token{ID: backID, Epoch: 4}, Advertise: "127.0.0.1:1002",
+		Period: period, ReplyPeriod: time.Second, HandoverTimeout: window, Dest: dest, Signer: signer,
+		Clock: clk, Log: quietLog(), SeqBase: 1000, CheckEvery: time.Hour,
+		CheckFiles: func() (*failoverid.Token, error) { return nil, nil },
+		Ping:       true, Notify: []broker.Bus{old.Client("b-notify")},
+	}, bus, bus)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _, _ = role.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case m := <-onOld.C():
+			if m.Headers["command"] != "rebind" {
+				continue // the notify heartbeat
+			}
+			e, err := protocol.Decode(m.Headers)
+			if err != nil || e.FailoverID != backID || e.Epoch != 4 || e.Advertise != "127.0.0.1:1002" {
+				t.Fatalf("rebind on the old broker: %+v %v", e, err)
+			}
+			if err := protocol.NewGroupSigner(dest, protocol.Keys{Public: priv.Public().(ed25519.PublicKey)}).Verify(dest.AgentCommand, m.Headers, m.Body); err != nil {
+				t.Fatalf("the rebind on the old broker is not signed by the group: %v", err)
+			}
+			if err := signer.VerifyTokenSig(e.FailoverSig, backID, 4, "127.0.0.1", 1002); err != nil {
+				t.Fatalf("its failover-sig: %v", err)
+			}
+			return
+		case <-deadline:
+			t.Fatal("no rebind reached the previous primary's broker")
+		case <-time.After(time.Millisecond):
+			clk.Step(period)
+		}
 	}
 }

@@ -730,8 +730,16 @@ func (a *Agent) wantsRebind(ctx context.Context, via string) func(broker.Message
 // from the last one it was told of on this connection (it then reports or
 // learns the servers). A rebind that may apply is offered to the file
 // worker right there, as on a standby link (wantsRebind).
+//
+// An accepted ping is followed by a quiet gap (pingGap): the same server's
+// next pings, with nothing new in them, are not offered to the agent until
+// the gap has passed (see repeatPing).
 func (a *Agent) wantsCommand(ctx context.Context, via string, conn uint64) func(broker.Message) bool {
-	var last heardNote // only the fan-out calls this, one message at a time
+	// Only the fan-out calls this, one message at a time.
+	var last heardNote
+	var lastAt time.Time // when the last accepted command was (zero: none yet)
+	var lastSeq uint64
+	gap := pingGap(a.cfg.Period)
 	return func(m broker.Message) bool {
 		if isRebind(m) {
 			if a.rebindMayApply(m, via) {
@@ -739,9 +747,16 @@ func (a *Agent) wantsCommand(ctx context.Context, via string, conn uint64) func(
 			}
 			return false
 		}
+		if !lastAt.IsZero() && a.cfg.Clock.Now().Sub(lastAt) < gap && a.repeatPing(m, last, lastSeq) {
+			return false
+		}
 		addr, ok := a.command(m)
 		if !ok {
 			return false
+		}
+		lastAt = a.cfg.Clock.Now()
+		if env, err := decode(m); err == nil {
+			lastSeq = env.Seq
 		}
 		v, has := m.Headers[hFailoverServers]
 		n := heardNote{conn: conn, tok: tokenOf(addr), servers: v, has: has}
@@ -754,6 +769,35 @@ func (a *Agent) wantsCommand(ctx context.Context, via string, conn uint64) func(
 		}
 		return true
 	}
+}
+
+// pingGap is how long after an accepted ping a fleet's agent is not
+// offered its server's repeats (a quarter of the agent's period). A new
+// primary pings every agent that just bound to it at once, a tenth of its
+// period apart at most, and each fan-out of a ping stats every bound
+// agent's file: during a 10,000-agent takeover the fleet's fan-out ran
+// back to back for seconds, re-checking agents that had long obeyed, and
+// the rewrites of those still to move waited for the CPU.
+func pingGap(period time.Duration) time.Duration { return period / 4 }
+
+// repeatPing reports whether m is a ping the agent may pass over, a repeat
+// of the last it accepted on this connection (last, lastSeq): a ping
+// verified with the group's key, of the same token and failover-servers,
+// and a higher seq. Anything else is decided as usual: a rebind or other
+// command, a forged ping (counted as rejected), a replayed one (its seq is
+// not above: counted as replayed), another server's, or one that names new
+// servers. Passing over a ping acts on nothing, so I1 holds whatever the
+// file now says; the next ping after the gap is checked against it.
+func (a *Agent) repeatPing(m broker.Message, last heardNote, lastSeq uint64) bool {
+	if !isPing(m) || a.verify(m) != nil {
+		return false
+	}
+	env, err := decode(m)
+	if err != nil || (failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}) != last.tok || env.Seq <= lastSeq {
+		return false
+	}
+	v, has := m.Headers[hFailoverServers]
+	return has == last.has && v == last.servers
 }
 
 // PingSupersedes is the fleet's rule for Pool.SkipSuperseded: a ping need

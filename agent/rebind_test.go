@@ -534,7 +534,9 @@ func TestAFleetDropsRepeatsOfARebindItsAgentsObeyAndCountsThem(t *testing.T) {
 // In a fleet an agent's commands are checked and counted where the pool
 // fans them out; Run is told only of an accepted command whose token or
 // failover-servers are new on the connection, and learns the servers from
-// it.
+// it. For a quarter of the agent's period after an accepted ping, the same
+// server's repeats are passed over (not counted); anything new, forged or
+// replayed is decided as ever.
 func TestAPooledAgentChecksItsCommandsWhereTheyArriveAndTellsRunOnlyWhatIsNew(t *testing.T) {
 	r := newRRig(t)
 	pool := NewPool(func(ctx context.Context, addr agentcfg.Address) (broker.Bus, error) {
@@ -542,39 +544,64 @@ func TestAPooledAgentChecksItsCommandsWhereTheyArriveAndTellsRunOnlyWhatIsNew(t 
 	}, 0)
 	ra := r.start(rebindFile, nil, pool.Dial)
 	want := ra.a.wantsCommand(context.Background(), "server-a:1001", 99)
+	gap := pingGap(100 * time.Millisecond)
+	list1, list2 := "server-b:1002", "server-c:1003"
+	forged := r.pingMsg(idA, 1, 16, &list2)
+	forged.Headers = maps.Clone(forged.Headers)
+	forged.Headers[protocol.HSeq] = "17" // the signature no longer covers it
 	before := ra.a.Status()
-	list, other := "server-b:1002", "server-c:1003"
 	for i, step := range []struct {
-		m      broker.Message
-		notice bool
+		m       broker.Message
+		notice  bool
+		counted string // "accepted", "rejected" or "" (passed over)
+		after   time.Duration
 	}{
-		{r.pingMsg(idA, 1, 10, &list), true},   // the first accepted command
-		{r.pingMsg(idA, 1, 11, &list), false},  // the same again: counted only
-		{r.pingMsg(idA, 1, 12, &other), true},  // new servers
-		{r.pingMsg(idB, 2, 13, &list), false},  // not the file's token: rejected
-		{r.pingMsg(idA, 1, 12, &other), false}, // replayed seq: rejected
-		{r.pingMsg(idA, 1, 14, &other), false},
+		{r.pingMsg(idA, 1, 10, &list1), true, "accepted", 0},    // the first accepted command
+		{r.pingMsg(idA, 1, 11, &list1), false, "", 0},           // a repeat within the gap: passed over
+		{r.pingMsg(idA, 1, 12, &list2), true, "accepted", 0},    // new servers
+		{r.pingMsg(idB, 2, 13, &list2), false, "rejected", 0},   // not the file's token: rejected
+		{r.pingMsg(idA, 1, 12, &list2), false, "rejected", 0},   // replayed seq: rejected
+		{forged, false, "", 0},                                  // forged: dropped, as ever (never counted)
+		{r.pingMsg(idA, 1, 14, &list2), false, "", gap - 1},     // a repeat, still within the gap
+		{r.pingMsg(idA, 1, 15, &list2), false, "accepted", gap}, // the gap has passed: checked again
 	} {
+		r.clk.Advance(step.after)
+		s0 := ra.a.Status()
 		if got := want(step.m); got != step.notice {
 			t.Fatalf("step %d: passed on to Run %v, want %v", i, got, step.notice)
 		}
+		s1 := ra.a.Status()
+		got := ""
+		switch {
+		case s1.Accepted == s0.Accepted+1 && s1.Rejected == s0.Rejected:
+			got = "accepted"
+		case s1.Rejected == s0.Rejected+1 && s1.Accepted == s0.Accepted:
+			got = "rejected"
+		case s1.Accepted != s0.Accepted || s1.Rejected != s0.Rejected:
+			got = "counted twice"
+		}
+		if got != step.counted {
+			t.Fatalf("step %d: %q, want %q", i, got, step.counted)
+		}
 	}
 	s := ra.a.Status()
-	if s.Accepted != before.Accepted+4 || s.Rejected != before.Rejected+2 {
-		t.Fatalf("accepted %d rejected %d, want %d and %d", s.Accepted, s.Rejected, before.Accepted+4, before.Rejected+2)
+	if s.Accepted != before.Accepted+3 || s.Rejected != before.Rejected+2 {
+		t.Fatalf("accepted %d rejected %d, want %d and %d", s.Accepted, s.Rejected, before.Accepted+3, before.Rejected+2)
 	}
-	if n := ra.a.pingServers.Load(); n == nil || n.conn != 99 || n.servers != other {
+	if n := ra.a.pingServers.Load(); n == nil || n.conn != 99 || n.servers != list2 {
 		t.Fatalf("the servers kept for Run's tick: %+v", n)
 	}
 	// Through the pool: the ping's servers reach the file and the standby
-	// links, and every ping is counted once.
+	// links, and each ping a gap apart is counted once.
 	acc := s.Accepted
-	for seq := uint64(20); seq < 25; seq++ {
-		r.ping("server-a:1001", idA, 1, seq, &list)
+	for k, seq := 1, uint64(20); seq < 25; k, seq = k+1, seq+1 {
+		r.clk.Advance(gap)
+		r.ping("server-a:1001", idA, 1, seq, &list1)
+		r.eventually(fmt.Sprintf("ping %d counted", seq), func() bool { return ra.a.Status().Accepted == acc+uint64(k) })
 	}
 	r.ticking("failover_servers written", func() bool { return ra.read(t) == rebindFile+"failover_servers: \"server-b:1002\"\n" })
 	r.eventually("standby link at server-b", func() bool { return ra.standbyUp("server-b:1002") })
-	r.eventually("every ping counted", func() bool { return ra.a.Status().Accepted == acc+5 })
+	r.eventually("every ping a gap apart counted", func() bool { return ra.a.Status().Accepted == acc+5 })
 }
 
 // A ping is superseded only by a later ping of the same server, signed

@@ -119,6 +119,81 @@ func (e Event) AppendJSON(b []byte, tms int64) []byte {
 	return append(b, '}')
 }
 
+// AppendJSON appends s as encoding/json encodes it, without reflection: a
+// fleet's agents each send one every period.
+func (s Status) AppendJSON(b []byte) []byte {
+	b = append(b, `{"id":`...)
+	b = appendJSONString(b, s.ID)
+	b = append(b, `,"path":`...)
+	b = appendJSONString(b, s.Path)
+	b = append(b, `,"server":`...)
+	b = appendJSONString(b, s.Server)
+	b = append(b, `,"connected":`...)
+	b = strconv.AppendBool(b, s.Connected)
+	b = append(b, `,"bound":`...)
+	b = s.Bound.appendJSON(b)
+	b = append(b, `,"commands":`...)
+	if s.Commands == nil {
+		b = append(b, "null"...)
+	} else {
+		b = append(b, '[')
+		for i, c := range s.Commands {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = c.appendJSON(b)
+		}
+		b = append(b, ']')
+	}
+	b = append(b, `,"accepted":`...)
+	b = strconv.AppendUint(b, s.Accepted, 10)
+	b = append(b, `,"rejected":`...)
+	b = strconv.AppendUint(b, s.Rejected, 10)
+	if s.FileError != "" {
+		b = append(b, `,"file_error":`...)
+		b = appendJSONString(b, s.FileError)
+	}
+	b = append(b, `,"rebinds_accepted":`...)
+	b = strconv.AppendUint(b, s.RebindsAccepted, 10)
+	b = append(b, `,"rebinds_rejected":`...)
+	b = strconv.AppendUint(b, s.RebindsRejected, 10)
+	if s.LastRebindRejection != "" {
+		b = append(b, `,"last_rebind_rejection":`...)
+		b = appendJSONString(b, s.LastRebindRejection)
+	}
+	if len(s.Standby) > 0 {
+		b = append(b, `,"standby":[`...)
+		for i, l := range s.Standby {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = append(b, `{"server":`...)
+			b = appendJSONString(b, l.Server)
+			b = append(b, `,"connected":`...)
+			b = strconv.AppendBool(b, l.Connected)
+			b = append(b, '}')
+		}
+		b = append(b, ']')
+	}
+	return append(b, '}')
+}
+
+func (c Counts) appendJSON(b []byte) []byte {
+	b = append(b, `{"failover_id":`...)
+	b = appendJSONString(b, c.FailoverID)
+	b = append(b, `,"epoch":`...)
+	b = strconv.AppendUint(b, c.Epoch, 10)
+	b = append(b, `,"accepted":`...)
+	b = strconv.AppendUint(b, c.Accepted, 10)
+	b = append(b, `,"rejected":`...)
+	b = strconv.AppendUint(b, c.Rejected, 10)
+	if c.Replayed != 0 {
+		b = append(b, `,"replayed":`...)
+		b = strconv.AppendUint(b, c.Replayed, 10)
+	}
+	return append(b, '}')
+}
+
 func appendToken(b []byte, t failoverid.Token) []byte {
 	b = append(b, `{"failover_id":`...)
 	b = appendJSONString(b, t.ID)
@@ -743,7 +818,7 @@ func (a *Agent) publishStatus(r *reportReq) {
 // publishReport publishes the agent's status on bus, tagged with addr's
 // token, bounded by the period.
 func (a *Agent) publishReport(ctx context.Context, bus broker.Bus, addr agentcfg.Address) error {
-	body, _ := json.Marshal(a.Status())
+	body := a.Status().AppendJSON(make([]byte, 0, 1024))
 	// The token is forwarded with its server signature (failover_sig) and
 	// the address that signature covers: a server fences itself only on a
 	// token some server signed, never on this agent's word.

@@ -321,3 +321,48 @@ func TestEventAppendJSONIsWhatEncodingJSONMakes(t *testing.T) {
 		}
 	}
 }
+
+// A status report's body is byte for byte what encoding/json makes of the
+// Status (servers decode it with encoding/json; the protocol documents it).
+func TestStatusAppendJSONIsWhatEncodingJSONMakes(t *testing.T) {
+	odd := "odd \"name\" \\ <&> \n\t\x01 é \u2028 \xff"
+	for i, s := range []Status{
+		{},
+		{Commands: []Counts{}},
+		{ID: "r001/conf", Path: "/var/lib/datastax-agent/conf/address.yaml", Server: "127.0.0.1:61620", Connected: true,
+			Bound:    Counts{FailoverID: idA, Epoch: 3, Accepted: 12, Rejected: 1, Replayed: 1},
+			Commands: []Counts{{FailoverID: idA, Epoch: 3, Accepted: 12, Rejected: 1, Replayed: 1}, {FailoverID: idB, Epoch: 2, Rejected: 7}},
+			Accepted: 12, Rejected: 8, RebindsAccepted: 2, RebindsRejected: 40,
+			Standby: []StandbyStatus{{Server: "b:61620", Connected: true}, {Server: "c:61620"}}},
+		{ID: odd, Path: odd, Server: odd, FileError: odd, LastRebindRejection: odd, Bound: Counts{FailoverID: odd, Epoch: 1<<64 - 1},
+			Accepted: 1<<64 - 1, Standby: []StandbyStatus{{Server: odd}}},
+		{Standby: []StandbyStatus{}},
+	} {
+		want, err := json.Marshal(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.AppendJSON(nil); string(got) != string(want) {
+			t.Errorf("case %d: AppendJSON:\n%s\nencoding/json:\n%s", i, got, want)
+		}
+	}
+}
+
+func BenchmarkStatusJSON(b *testing.B) {
+	s := Status{ID: "r001/conf", Path: "/var/lib/datastax-agent/conf/address.yaml", Server: "127.0.0.1:61620", Connected: true,
+		Bound:    Counts{FailoverID: idA, Epoch: 3, Accepted: 12},
+		Commands: []Counts{{FailoverID: idA, Epoch: 3, Accepted: 12}, {FailoverID: idB, Epoch: 2, Rejected: 7}},
+		Accepted: 12, Rejected: 7, RebindsAccepted: 2, Standby: []StandbyStatus{{Server: "b:61620", Connected: true}}}
+	b.Run("append", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			_ = s.AppendJSON(make([]byte, 0, 1024))
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		for range b.N {
+			_, _ = json.Marshal(s)
+		}
+	})
+}

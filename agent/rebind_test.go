@@ -258,9 +258,15 @@ func TestAValidRebindRewritesTheFileAndTheAgentFollowsIt(t *testing.T) {
 	}
 	// server-b is the bound server now, not a standby.
 	r.eventually("no standby at the bound server", func() bool { return len(ra.a.Status().Standby) == 0 })
-	r.mu.Lock()
-	hooks := slices.Clone(r.hooks)
-	r.mu.Unlock()
+	// The hook starts after the rewrite, on the file worker: the agent may
+	// follow its file before it is called.
+	var hooks []string
+	r.eventually("the hook called", func() bool {
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		hooks = slices.Clone(r.hooks)
+		return len(hooks) > 0
+	})
 	if len(hooks) != 1 || !strings.Contains(hooks[0], "on_rebind systemctl restart datastax-agent") ||
 		!strings.Contains(hooks[0], "TANDEM_EPOCH=2") || !strings.Contains(hooks[0], "TANDEM_SERVER=server-b:1002") {
 		t.Fatalf("hooks %q", hooks)

@@ -747,14 +747,15 @@ func (a *Agent) wantsCommand(ctx context.Context, via string, conn uint64) func(
 			}
 			return false
 		}
-		if !lastAt.IsZero() && a.cfg.Clock.Now().Sub(lastAt) < gap && a.repeatPing(m, last, lastSeq) {
+		now := a.cfg.Clock.Now()
+		if !lastAt.IsZero() && now.Sub(lastAt) < gap && a.repeatPing(m, last, lastSeq) {
 			return false
 		}
 		addr, ok := a.command(m)
 		if !ok {
 			return false
 		}
-		lastAt = a.cfg.Clock.Now()
+		lastAt = now
 		if env, err := decode(m); err == nil {
 			lastSeq = env.Seq
 		}
@@ -784,9 +785,8 @@ func pingGap(period time.Duration) time.Duration { return period / 4 }
 // of the last it accepted on this connection (last, lastSeq): a ping
 // verified with the group's key, of the same token and failover-servers,
 // and a higher seq. Anything else is decided as usual: a rebind or other
-// command, a forged ping (counted as rejected), a replayed one (its seq is
-// not above: counted as replayed), another server's, or one that names new
-// servers. Passing over a ping acts on nothing, so I1 holds whatever the
+// command, a forged ping (dropped), a replayed one (its seq is not above:
+// counted as replayed), another server's, or one that names new servers. Passing over a ping acts on nothing, so I1 holds whatever the
 // file now says; the next ping after the gap is checked against it.
 func (a *Agent) repeatPing(m broker.Message, last heardNote, lastSeq uint64) bool {
 	if !isPing(m) || a.verify(m) != nil {

@@ -595,3 +595,51 @@ func TestRebindsAlsoGoToThePreviousPrimarysBroker(t *testing.T) {
 		}
 	}
 }
+
+// A previous primary's broker that is down (kill -9) costs the rebind
+// nothing: it still goes out on this server's own broker, and is counted.
+func TestARebindStillGoesOutWhenThePreviousPrimarysBrokerIsDown(t *testing.T) {
+	_, priv, err := protocol.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer := protocol.NewGroupSigner(dest, protocol.Keys{Secret: []byte("0123456789abcdef"), Private: priv})
+	own := broker.NewMemHub()
+	onOwn, _ := own.Client("agent").Subscribe(dest.AgentCommand)
+	down := broker.NewMemHub().Client("b-notify")
+	_ = down.Close() // its Publish fails at once
+	clk := clock.NewHandoverFake(time.Unix(1_700_000_000, 0))
+	bus := own.Client("b")
+	role := primary.New(primary.Config{
+		Node: "b", Token: failoverid.Token{ID: backID, Epoch: 4}, Advertise: "127.0.0.1:1002",
+		Period: period, ReplyPeriod: time.Second, HandoverTimeout: window, Dest: dest, Signer: signer,
+		Clock: clk, Log: quietLog(), SeqBase: 1000, CheckEvery: time.Hour,
+		CheckFiles: func() (*failoverid.Token, error) { return nil, nil },
+		Ping:       true, Notify: []broker.Bus{down},
+	}, bus, bus)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _, _ = role.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case m := <-onOwn.C():
+			if m.Headers["command"] != "rebind" {
+				continue
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for role.Status().RebindsSent == 0 {
+				if time.Now().After(deadline) {
+					t.Fatal("the rebind went out but was not counted")
+				}
+				time.Sleep(time.Millisecond)
+			}
+			return
+		case <-deadline:
+			t.Fatal("no rebind on the server's own broker while the previous primary's is down")
+		case <-time.After(time.Millisecond):
+			clk.Step(period)
+		}
+	}
+}

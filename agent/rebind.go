@@ -90,6 +90,17 @@ func (r *rebinds) holdsLocked(tok failoverid.Token) bool {
 	return false
 }
 
+// pending reports whether a rebind waits for the file worker, or a
+// rewrite of the file is under way (not its hook, which runs after it).
+func (r *rebinds) pending() bool {
+	if r.writing.Load() {
+		return true
+	}
+	r.qmu.Lock()
+	defer r.qmu.Unlock()
+	return len(r.queue) > 0
+}
+
 func (r *rebinds) init() {
 	r.kick = make(chan struct{}, 1)
 	r.seqs = map[failoverid.Token]uint64{}
@@ -773,13 +784,14 @@ func (a *Agent) wantsCommand(ctx context.Context, via string, conn uint64) func(
 }
 
 // pingGap is how long after an accepted ping a fleet's agent is not
-// offered its server's repeats (a quarter of the agent's period). A new
-// primary pings every agent that just bound to it at once, a tenth of its
-// period apart at most, and each fan-out of a ping stats every bound
-// agent's file: during a 10,000-agent takeover the fleet's fan-out ran
-// back to back for seconds, re-checking agents that had long obeyed, and
-// the rewrites of those still to move waited for the CPU.
-func pingGap(period time.Duration) time.Duration { return period / 4 }
+// offered its server's repeats: the agent's period, the pace at which it
+// reports anyway. A server pings every one of its periods (100 ms in a
+// fast group), a new primary also as agents bind to it, and each check of
+// a ping stats the agent's file: during a 10,000-agent takeover the
+// fleet's fan-out re-checked agents that had long obeyed, four times a
+// second each with a quarter period, and the rewrites of those still to
+// move waited for the CPU.
+func pingGap(period time.Duration) time.Duration { return period }
 
 // repeatPing reports whether m is a ping the agent may pass over, a repeat
 // of the last it accepted on this connection (last, lastSeq): a ping

@@ -577,9 +577,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		connect(addr)
 		sb.sync(addr, cur)
 	}
-	skipped := 0 // ticks passed over in a row while a rebind waited
+	skipped := 0 // ticks passed over in a row (see maxSkippedTicks)
 	onTick := func() {
-		if skipped < maxSkippedTicks && a.rb.pending() {
+		switch {
+		case skipped < maxSkippedTicks && a.rb.pending():
+			skipped++
+			return
+		case skipped == 0 && a.cfg.Workers.Waiting() > 0:
 			skipped++
 			return
 		}
@@ -853,6 +857,12 @@ func (a *Agent) publishReport(ctx context.Context, bus broker.Bus, addr agentcfg
 // waited for it. The bound keeps the file check and the reports going when
 // the workers are held up for long (a hook that hangs, a lock that stays
 // taken).
+//
+// An agent with no rebind of its own passes over every other tick while
+// its fleet's file workers have work waiting (Workers.Waiting): the agents
+// that already follow the new primary report to it every second period
+// until the others have moved, within the three seconds a server waits
+// before it counts an agent as not connected (at the default 1 s period).
 const maxSkippedTicks = 3
 
 // watchDebounce coalesces the events of one change of address.yaml (a

@@ -201,3 +201,78 @@ func TestAnAgentWhoseRebindWaitsPassesOverItsTicksAtMostThreeInARow(t *testing.T
 		t.Fatalf("address.yaml not rebound (%v):\n%s", err, raw)
 	}
 }
+
+// While a fleet's file workers have work waiting (other agents' rebinds),
+// an agent with none of its own ticks every other period: the rewrites of
+// the agents still to move come first, and its reports still reach its
+// server at least every second period.
+func TestAnAgentTicksEveryOtherPeriodWhileTheFleetsWorkersHaveABacklog(t *testing.T) {
+	var hs hubs
+	clk := clock.NewHandoverFake(time.Unix(1_700_000_000, 0))
+	path := filepath.Join(t.TempDir(), "address.yaml")
+	writeFile(t, path, "server-a", 1001, idA, 1)
+	stA, err := hs.of("server-a:1001").Client("server-a").Subscribe(dest.AgentStatus)
+	if err != nil {
+		t.Fatal(err)
+	}
+	workers := NewWorkers(1)
+	release := make(chan struct{})
+	workers.Go(func() { <-release })
+	workers.Go(func() {}) // waits: the backlog
+	released := false
+	defer func() {
+		if !released {
+			close(release)
+		}
+	}()
+	log, _ := test.NewNullLogger()
+	const period = 100 * time.Millisecond
+	changes := make(chan struct{})
+	a := New(Config{Path: path, ID: "agent-1", Period: period, Dest: dest, Signer: protocol.NewSigner(nil), Clock: clk, Log: log, Workers: workers,
+		Dial: func(ctx context.Context, addr agentcfg.Address) (broker.Bus, error) {
+			return hs.of(target(addr)).Client("agent"), nil
+		},
+		Watch: func(ctx context.Context, path string, d time.Duration) (<-chan struct{}, error) {
+			return changes, nil
+		},
+	})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = a.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	report(t, stA, "on connect")
+
+	// reports says whether tick i reported: Run has handled it once it
+	// takes the (unbuffered) file watch's event, which reports nothing.
+	reports := func(i int) bool {
+		t.Helper()
+		if n := clk.Step(period); n != 1 {
+			t.Fatalf("tick %d: %d ticks, want 1", i, n)
+		}
+		select {
+		case changes <- struct{}{}:
+		case <-time.After(5 * time.Second):
+			t.Fatal("Run does not take the file watch's event")
+		}
+		waitUntil(t, 5*time.Second, "no report under way", a.reportIdle)
+		select {
+		case <-stA.C():
+			return true
+		default:
+			return false
+		}
+	}
+	for i := 1; i <= 4; i++ {
+		if got, want := reports(i), i%2 == 0; got != want {
+			t.Fatalf("with a backlog, tick %d reported: %v, want %v", i, got, want)
+		}
+	}
+	close(release)
+	released = true
+	waitUntil(t, 5*time.Second, "the backlog gone", func() bool { return workers.Waiting() == 0 })
+	for i := 5; i <= 7; i++ {
+		if !reports(i) {
+			t.Fatalf("without a backlog, tick %d did not report", i)
+		}
+	}
+}

@@ -393,6 +393,7 @@ func (a *Agent) wrote(res agentcfg.Result) {
 	}
 	a.mu.Lock()
 	a.good, a.goodStat, a.fileErr, a.ownWrite = res.After, idOf(res.Written), "", true
+	a.checkedAt = a.cfg.Clock.Now()
 	a.noteHeld(res.After)
 	a.mu.Unlock()
 }

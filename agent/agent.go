@@ -282,11 +282,11 @@ type Agent struct {
 	// not since the last bad read). See recheck.
 	checkedAt time.Time
 	fileErr   string
-	server   string
-	conn     bool
-	counts   map[failoverid.Token]*Counts
-	acc, rej uint64
-	gen      uint64 // connection generation: a report about an older one does not touch conn
+	server    string
+	conn      bool
+	counts    map[failoverid.Token]*Counts
+	acc, rej  uint64
+	gen       uint64 // connection generation: a report about an older one does not touch conn
 
 	// Status reports are published by one short-lived goroutine at a
 	// time, never by Run: a publish on a link to a server that stopped

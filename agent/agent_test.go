@@ -179,6 +179,27 @@ func TestFollowsTheFileToTheNewServer(t *testing.T) {
 	}
 }
 
+// The period tick backs the file watch up: a file rewritten with no watch
+// event (a lost inotify event, a file system that sends none) is followed
+// within a few periods, also right after a command check, whose stat the
+// tick does not repeat (recheck).
+func TestAFileChangedWithNoWatchEventIsFollowedAtATick(t *testing.T) {
+	r := newRig(t)
+	r.command("server-a:1001", idA, 1, 1)
+	if ev := r.decided(1); !ev[0].Accepted {
+		t.Fatalf("%+v", ev[0])
+	}
+	time.Sleep(10 * time.Millisecond) // a distinct mtime on coarse file systems
+	writeFile(t, r.path, "server-b", 1002, idB, 2)
+	r.eventually("reconnected to server-b at a tick", func() bool {
+		if r.lastDial() == "server-b:1002" {
+			return true
+		}
+		r.clk.Advance(100 * time.Millisecond)
+		return false
+	})
+}
+
 func TestABadFileKeepsTheLastGoodConfiguration(t *testing.T) {
 	r := newRig(t)
 	if err := os.WriteFile(r.path, []byte("stomp_interface: server-b\nstomp_port: not-a-port\n"), 0o644); err != nil {

@@ -321,7 +321,7 @@ func rewriteLocked(path string, opt BatchOptions, decide func(r *Result, t *targ
 	staged, err := t.dir.Stage(t.name, out, st, fsutil.Options{})
 	var written os.FileInfo
 	if err == nil {
-		written, _ = os.Lstat(staged.Temp) // nil on error: no identity
+		written = staged.Info
 		err = staged.Commit()
 	}
 	if err == nil {

@@ -146,7 +146,7 @@ func (f *Flusher) write(r Result, t *target, out []byte, st *unix.Stat_t) Result
 		staged, err = t.dir.Stage(t.name, out, st, fsutil.Options{NoSync: true})
 	}
 	if err == nil {
-		written, _ = os.Lstat(staged.Temp) // nil on error: no identity
+		written = staged.Info
 	}
 	f.release()
 	if err == nil {

@@ -116,8 +116,14 @@ func TestDirReadLockStage(t *testing.T) {
 	if b, _ := os.ReadFile(filepath.Join(dir, "f")); string(b) != "new" {
 		t.Fatalf("%q", b)
 	}
-	if fi, _ := os.Stat(filepath.Join(dir, "f")); fi.Mode().Perm() != 0o640 {
+	fi, _ := os.Stat(filepath.Join(dir, "f"))
+	if fi.Mode().Perm() != 0o640 {
 		t.Fatalf("mode %v", fi.Mode())
+	}
+	// Info, taken from the descriptor before the rename, is the committed
+	// file's identity.
+	if s.Info == nil || !os.SameFile(s.Info, fi) || !s.Info.ModTime().Equal(fi.ModTime()) || s.Info.Size() != fi.Size() {
+		t.Fatalf("Info %+v is not the committed file %+v", s.Info, fi)
 	}
 	if err := s.Commit(); err == nil {
 		t.Fatal("a second Commit must fail")

@@ -17,6 +17,10 @@ type Staged struct {
 	Target string // the file Commit replaces (symbolic links resolved)
 	Temp   string // the temporary file
 	Dir    string // the directory holding both
+	// Info is the temporary file's identity as staged (fstat(2) of the
+	// descriptor before it was closed: inode, mtime, size), nil if that
+	// failed. A rename does not change it: it is the committed file's.
+	Info os.FileInfo
 
 	d      *Dir   // the handle Commit renames through
 	ownDir bool   // Commit and Abort close d (Stage by path)

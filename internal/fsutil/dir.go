@@ -412,7 +412,7 @@ func (d *Dir) Stage(name string, data []byte, old *unix.Stat_t, opt Options) (*S
 		}
 	}
 	f := os.NewFile(uintptr(fd), s.Temp) // takes fd over
-	s.Info, _ = f.Stat()                  // nil on error: no identity
+	s.Info, _ = f.Stat()                 // nil on error: no identity
 	if err := f.Close(); err != nil {
 		unix.Unlinkat(d.fd, s.temp, 0)
 		return nil, &fs.PathError{Op: "close", Path: s.Temp, Err: err}

@@ -270,6 +270,7 @@ type StandbyStatus struct {
 type Agent struct {
 	cfg     Config
 	absPath string
+	checks  *checks // of the agents' commands
 
 	mu       sync.Mutex
 	good     agentcfg.Address // last good file content
@@ -345,7 +346,7 @@ func New(cfg Config) *Agent {
 	if cfg.OnRebindTimeout <= 0 {
 		cfg.OnRebindTimeout = DefaultOnRebindTimeout
 	}
-	a := &Agent{cfg: cfg, absPath: abs, counts: map[failoverid.Token]*Counts{}}
+	a := &Agent{cfg: cfg, absPath: abs, counts: map[failoverid.Token]*Counts{}, checks: newChecks(cfg.Signer, cfg.Dest.AgentCommand)}
 	a.rb.init()
 	return a
 }
@@ -738,13 +739,27 @@ type verifyKey struct {
 // verify checks a command's signature for the agents' command destination,
 // once per message for the agents of a pool that share its keys.
 func (a *Agent) verify(m broker.Message) error {
-	return verifyFor(m, a.cfg.Signer, a.cfg.Dest.AgentCommand)
+	return a.checks.verify(m)
 }
 
-// verifyFor checks m's signature for dest with signer, once per message
-// for everyone who checks it with the same signer and destination.
-func verifyFor(m broker.Message, signer *protocol.Signer, dest string) error {
-	return m.Memo.Do(verifyKey{signer, dest}, func() error { return signer.Verify(dest, m.Headers, m.Body) })
+// checks are the signature checks of messages for one destination with
+// one signer, shared through each message's Memo by everyone who makes
+// them with the same signer and destination. The memo keys are boxed once:
+// a key made into an interface at each call would cost an allocation per
+// agent and message in a fleet's fan-out.
+type checks struct {
+	signer             *protocol.Signer
+	dest               string
+	verifyKey, pingKey any
+}
+
+func newChecks(signer *protocol.Signer, dest string) *checks {
+	return &checks{signer: signer, dest: dest, verifyKey: verifyKey{signer, dest}, pingKey: pingFactsKey{signer, dest}}
+}
+
+// verify checks m's signature, once per message.
+func (c *checks) verify(m broker.Message) error {
+	return m.Memo.Do(c.verifyKey, func() error { return c.signer.Verify(c.dest, m.Headers, m.Body) })
 }
 
 // decodeKey names a message's decoded headers in its Memo: they depend on

@@ -38,7 +38,7 @@ type rig struct {
 	events  []Event
 }
 
-func writeFile(t *testing.T, path, iface string, port int, id string, epoch uint64) {
+func writeFile(t testing.TB, path, iface string, port int, id string, epoch uint64) {
 	t.Helper()
 	body := fmt.Sprintf("# agent\nstomp_interface: %s\nstomp_port: %d\nfailover_id: %s\nfailover_epoch: %d\n", iface, port, id, epoch)
 	tmp := path + ".tmp"

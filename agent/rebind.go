@@ -802,15 +802,48 @@ func pingGap(period time.Duration) time.Duration { return period }
 // counted as replayed), another server's, or one that names new servers. Passing over a ping acts on nothing, so I1 holds whatever the
 // file now says; the next ping after the gap is checked against it.
 func (a *Agent) repeatPing(m broker.Message, last heardNote, lastSeq uint64) bool {
-	if !isPing(m) || a.verify(m) != nil {
-		return false
-	}
-	env, err := decode(m)
-	if err != nil || (failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}) != last.tok || env.Seq <= lastSeq {
-		return false
-	}
-	v, has := m.Headers[hFailoverServers]
-	return has == last.has && v == last.servers
+	f := a.checks.pingFacts(m)
+	return f.ok && f.tok == last.tok && f.seq > lastSeq && f.has == last.has && f.servers == last.servers
+}
+
+// pingFacts is what repeatPing looks at in a message, worked out once per
+// message for every agent of a fan-out that checks it with the same key
+// and destination (pingFactsKey): a 10,000-agent fan-out of a ping asks it
+// 10,000 times.
+type pingFacts struct {
+	ok      bool // a ping, verified, its headers decoded
+	tok     failoverid.Token
+	seq     uint64
+	servers string // failover-servers
+	has     bool
+}
+
+type pingFactsKey struct {
+	signer *protocol.Signer
+	dest   string
+}
+
+// pingFacts returns m's pingFacts, once per message.
+func (c *checks) pingFacts(m broker.Message) *pingFacts {
+	v, _ := m.Memo.Value(c.pingKey, func() (any, error) {
+		f := &pingFacts{}
+		// The memo is held while this runs: the checks run on their own
+		// (the signer keeps the verdict, so the agents' own check of the
+		// message through the memo costs no second verification).
+		bare := m
+		bare.Memo = nil
+		if !isPing(m) || c.verify(bare) != nil {
+			return f, nil
+		}
+		env, err := protocol.Decode(m.Headers)
+		if err != nil {
+			return f, nil
+		}
+		f.ok, f.tok, f.seq = true, failoverid.Token{ID: env.FailoverID, Epoch: env.Epoch}, env.Seq
+		f.servers, f.has = m.Headers[hFailoverServers]
+		return f, nil
+	})
+	return v.(*pingFacts)
 }
 
 // PingSupersedes is the fleet's rule for Pool.SkipSuperseded: a ping need
@@ -821,6 +854,7 @@ func (a *Agent) repeatPing(m broker.Message, last heardNote, lastSeq uint64) boo
 // cannot have a real ping skipped with a forged one. Rebinds and other
 // commands are never superseded.
 func PingSupersedes(signer *protocol.Signer, dest string) func(older, newer broker.Message) bool {
+	c := newChecks(signer, dest)
 	return func(older, newer broker.Message) bool {
 		if !isPing(older) || !isPing(newer) {
 			return false
@@ -833,7 +867,7 @@ func PingSupersedes(signer *protocol.Signer, dest string) func(older, newer brok
 		if err != nil || n.Node != o.Node || n.FailoverID != o.FailoverID || n.Epoch != o.Epoch || n.Seq <= o.Seq {
 			return false
 		}
-		return verifyFor(newer, signer, dest) == nil
+		return c.verify(newer) == nil
 	}
 }
 

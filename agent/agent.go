@@ -602,7 +602,9 @@ func (a *Agent) Run(ctx context.Context) error {
 		a.conn = true
 		a.gen++
 		a.mu.Unlock()
-		log.WithFields(logrus.Fields{"server": t, "failover_id": addr.FailoverID, "epoch": addr.FailoverEpoch}).Log(a.perAgentLevel(), "following address.yaml")
+		if level := a.perAgentLevel(); logEnabled(a.cfg.Log, level) {
+			log.WithFields(logrus.Fields{"server": t, "failover_id": addr.FailoverID, "epoch": addr.FailoverEpoch}).Log(level, "following address.yaml")
+		}
 		a.report(ctx, bus, addr) // the new server knows us at once
 	}
 	if addr, ok := a.reload(true); ok {

@@ -373,8 +373,10 @@ func (a *Agent) applyRebind(r rebindReq) {
 	}
 	a.rb.seqs[r.tok] = r.seq
 	a.mu.Unlock()
-	f["agent"] = a.cfg.ID
-	a.cfg.Log.WithFields(f).Log(a.perAgentLevel(), "rebound: address.yaml now names the new primary")
+	if level := a.perAgentLevel(); logEnabled(a.cfg.Log, level) {
+		f["agent"] = a.cfg.ID
+		a.cfg.Log.WithFields(f).Log(level, "rebound: address.yaml now names the new primary")
+	}
 	noteRebound(a.cfg.Log, r.tok, r.node)
 	if a.cfg.OnRebind != "" {
 		env := []string{"TANDEM_AGENT_ID=" + a.cfg.ID, "TANDEM_AGENT_CONFIG=" + a.absPath, "TANDEM_FAILOVER_ID=" + r.tok.ID,

@@ -173,6 +173,35 @@ func TestARemoteAgentDownDuringTheTakeoverCatchesUp(t *testing.T) {
 	allAt(t, files, b, 2, 20*time.Second)
 }
 
+// An agent that first connects to the replaced primary after the takeover
+// (a new agent set up from an old runbook, a host restored from a backup),
+// knowing no other server, follows the new primary: the replaced primary,
+// rejoined as its backup, sends it nothing, but the new primary hears its
+// report on that server's broker and rebinds it there.
+func TestALateAgentOfTheReplacedPrimaryFollowsTheNewOne(t *testing.T) {
+	c := newCluster(t)
+	a, b, _ := pairUp(t, c, 0)
+	a.p.signal(syscall.SIGKILL)
+	a.p.wait(5 * time.Second)
+	c.waitRole(b, "primary", 20*time.Second)
+	rj := start(t, c.dir, "a-rejoin", "rejoin", "--config", a.cfgPath, "--primary", b.addr())
+	if code := rj.wait(20 * time.Second); code != 0 {
+		t.Fatalf("rejoin: exit %d\n%s", code, rj.logText())
+	}
+	c.start(a)
+	c.waitRole(a, "backup", 30*time.Second)
+	time.Sleep(2 * time.Second) // long after b's first rebinds
+	dir, files := c.remoteAgents(2, a)
+	for _, f := range files {
+		raw, err := os.ReadFile(f)
+		if err != nil || strings.Contains(string(raw), "failover_servers") {
+			t.Fatalf("%s should name no other server: %v\n%s", f, err, raw)
+		}
+	}
+	c.startFleet(dir)
+	allAt(t, files, b, 2, 30*time.Second)
+}
+
 // The fault suite's core scenarios with agents on their own hosts, on each
 // heartbeat channel (embedded, ActiveMQ, RabbitMQ), each ending with the
 // invariant checks over the agents' own files: kill -9 of the primary;

@@ -142,13 +142,16 @@ func (n *Node) closeLater(b broker.Bus) {
 	n.g.Go(func() { b.Close() })
 }
 
-// lazyBus is a publish-only bus whose link is dialed in the background, so a
-// frozen or unreachable peer never delays the role that uses it. Until the
-// link exists, Publish reports broker.ErrNotConnected.
+// lazyBus is a bus whose link is dialed in the background, so a frozen or
+// unreachable peer never delays the role that uses it. Until the link
+// exists, Publish reports broker.ErrNotConnected; a subscription made
+// before then gets its messages once the link is there (and, as every
+// link's, across its reconnects).
 type lazyBus struct {
 	mu   sync.Mutex
 	link broker.Bus
 	done bool
+	subs []*lazySub
 }
 
 func (n *Node) dialLazy(ctx context.Context, url string) *lazyBus {
@@ -158,15 +161,26 @@ func (n *Node) dialLazy(ctx context.Context, url string) *lazyBus {
 		if err != nil {
 			return
 		}
-		lb.mu.Lock()
-		defer lb.mu.Unlock()
-		if lb.done {
+		if !lb.setLink(l) {
 			n.closeLater(l)
-			return
 		}
-		lb.link = l
 	})
 	return lb
+}
+
+// setLink hands the bus its dialed link and attaches the subscriptions
+// made meanwhile; false when the bus was closed first (l is not kept).
+func (b *lazyBus) setLink(l broker.Bus) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return false
+	}
+	b.link = l
+	for _, s := range b.subs {
+		s.attach(l)
+	}
+	return true
 }
 
 func (b *lazyBus) Publish(ctx context.Context, dest string, h map[string]string, body []byte) error {
@@ -179,20 +193,122 @@ func (b *lazyBus) Publish(ctx context.Context, dest string, h map[string]string,
 	return l.Publish(ctx, dest, h, body)
 }
 
-func (b *lazyBus) Subscribe(string) (broker.Subscription, error) {
-	return nil, errors.New("node: lazy notify bus is publish-only")
+// lazySubBuffer is a lazy subscription's own buffer, on top of the link's.
+const lazySubBuffer = 1024
+
+// Subscribe subscribes to dest on the link, now or once it is dialed.
+func (b *lazyBus) Subscribe(dest string) (broker.Subscription, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.done {
+		return nil, broker.ErrClosed
+	}
+	s := &lazySub{dest: dest, c: make(chan broker.Message, lazySubBuffer), stop: make(chan struct{})}
+	b.subs = append(b.subs, s)
+	if b.link != nil {
+		s.attach(b.link)
+	}
+	return s, nil
 }
 
-// Close releases the link (in the background) and stops a pending dial from
-// keeping its link.
+// Close releases the link (in the background), ends the subscriptions and
+// stops a pending dial from keeping its link.
 func (b *lazyBus) Close() error {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	b.done = true
-	if b.link != nil {
-		go b.link.Close()
-		b.link = nil
+	subs, link := b.subs, b.link
+	b.subs, b.link = nil, nil
+	if len(subs) > 0 || link != nil {
+		go func() {
+			for _, s := range subs {
+				s.Close()
+			}
+			if link != nil {
+				link.Close()
+			}
+		}()
 	}
+	return nil
+}
+
+// lazySub is a lazyBus subscription: its channel is fed, by a goroutine it
+// owns, from the link's subscription once the link exists. A consumer that
+// falls behind loses the newest messages (counted), never the link's.
+type lazySub struct {
+	dest string
+	c    chan broker.Message
+
+	mu      sync.Mutex
+	under   broker.Subscription
+	stop    chan struct{}
+	stopped bool
+	wg      sync.WaitGroup
+	dropped uint64
+}
+
+// attach subscribes on l and starts forwarding (the bus's mu held).
+func (s *lazySub) attach(l broker.Bus) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return
+	}
+	under, err := l.Subscribe(s.dest)
+	if err != nil {
+		return // a closed link: nothing to forward
+	}
+	s.under = under
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		for {
+			select {
+			case m, ok := <-under.C():
+				if !ok {
+					return
+				}
+				select {
+				case s.c <- m:
+				default:
+					s.mu.Lock()
+					s.dropped++
+					s.mu.Unlock()
+				}
+			case <-s.stop:
+				return
+			}
+		}
+	}()
+}
+
+func (s *lazySub) C() <-chan broker.Message { return s.c }
+
+func (s *lazySub) Dropped() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	n := s.dropped
+	if s.under != nil {
+		n += s.under.Dropped()
+	}
+	return n
+}
+
+// Close ends the subscription and its forwarding goroutine. Safe twice.
+func (s *lazySub) Close() error {
+	s.mu.Lock()
+	if s.stopped {
+		s.mu.Unlock()
+		return nil
+	}
+	s.stopped = true
+	close(s.stop)
+	under := s.under
+	s.mu.Unlock()
+	if under != nil {
+		under.Close()
+	}
+	s.wg.Wait()
 	return nil
 }
 

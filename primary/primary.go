@@ -331,6 +331,24 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 		defer sub.Close()
 		chans[i] = sub.C()
 	}
+	// The agents' reports on the previous primary's broker too: an agent
+	// still bound there that knows no other server (its file named no
+	// failover_servers when that server was replaced, or it came up
+	// afterwards) is heard here, and, behind this server's token, rebound
+	// on that broker with the next heartbeat, however long after the
+	// takeover it connects. A bus that cannot subscribe is only published
+	// to. (One such bus: the replaced primary's.)
+	var notifyStatus <-chan broker.Message
+	for _, n := range r.cfg.Notify {
+		sub, err := n.Subscribe(r.cfg.Dest.AgentStatus)
+		if err != nil {
+			r.cfg.Log.WithError(err).Debug("not listening for agents on the previous primary's broker")
+			continue
+		}
+		defer sub.Close()
+		notifyStatus = sub.C()
+		break
+	}
 	ticker := r.cfg.Clock.NewTicker(r.cfg.Period)
 	defer ticker.Stop()
 	// Scans of the managed files run off the loop (they read many files);
@@ -428,6 +446,8 @@ func (r *Role) Run(ctx context.Context) (End, error) {
 			out, chans[2] = r.message(m, ok, chans[2], handlers[2])
 		case m, ok := <-chans[3]:
 			out, chans[3] = r.message(m, ok, chans[3], handlers[3])
+		case m, ok := <-notifyStatus:
+			out, notifyStatus = r.message(m, ok, notifyStatus, agentStatus)
 		}
 		if end, done := do(out); done {
 			return end, nil

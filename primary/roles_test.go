@@ -643,3 +643,87 @@ func TestARebindStillGoesOutWhenThePreviousPrimarysBrokerIsDown(t *testing.T) {
 		}
 	}
 }
+
+// An agent still bound to the replaced primary that knows no other server,
+// and that connects to that server's broker long after the takeover (the
+// new primary's first rebinds are over), is heard there by the new
+// primary and rebound on that broker: without it, it would stay with a
+// fenced server, which sends it nothing, for good.
+func TestAnAgentHeardOnThePreviousPrimarysBrokerIsRebound(t *testing.T) {
+	_, priv, err := protocol.GenerateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	signer := protocol.NewGroupSigner(dest, protocol.Keys{Secret: []byte("0123456789abcdef"), Private: priv})
+	own, old := broker.NewMemHub(), broker.NewMemHub()
+	onOld, _ := old.Client("agent-bound-to-a").Subscribe(dest.AgentCommand)
+	clk := clock.NewHandoverFake(time.Unix(1_700_000_000, 0))
+	bus := own.Client("b")
+	role := primary.New(primary.Config{
+		Node: "b", Token: failoverid.Token{ID: backID, Epoch: 4}, Advertise: "127.0.0.1:1002",
+		Period: period, ReplyPeriod: time.Second, HandoverTimeout: window, Dest: dest, Signer: signer,
+		Clock: clk, Log: quietLog(), SeqBase: 1000, CheckEvery: time.Hour,
+		CheckFiles: func() (*failoverid.Token, error) { return nil, nil },
+		Ping:       true, Notify: []broker.Bus{old.Client("b-notify")},
+	}, bus, bus)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _, _ = role.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+	rebinds := func() int {
+		n := 0
+		for {
+			select {
+			case m := <-onOld.C():
+				if m.Headers["command"] == "rebind" {
+					n++
+				}
+			default:
+				return n
+			}
+		}
+	}
+	// beats steps the clock until the role has sent n more heartbeats
+	// (each sent after the core decided that beat's rebind, if any).
+	// It returns the rebinds the old broker got meanwhile.
+	beats := func(n uint64) int {
+		t.Helper()
+		want := role.Status().HeartbeatsSent + n
+		deadline := time.Now().Add(5 * time.Second)
+		got := 0
+		for role.Status().HeartbeatsSent < want {
+			if time.Now().After(deadline) {
+				t.Fatalf("the role sent no %d heartbeats", n)
+			}
+			clk.Step(period)
+			time.Sleep(time.Millisecond)
+			got += rebinds()
+		}
+		return got + rebinds()
+	}
+	// The takeover's rebinds: a few periods' worth, then none.
+	if sent := beats(30); sent == 0 {
+		t.Fatal("no rebind at the takeover")
+	}
+	quiet := role.Status().RebindsSent
+	if n := beats(3); n != 0 || role.Status().RebindsSent != quiet {
+		t.Fatalf("%d rebinds long after the takeover, with no agent behind", n)
+	}
+	// An agent connects to the old broker and reports, with no token.
+	h := protocol.Envelope{FailoverID: "none", Node: "late-agent", Role: "agent"}.Headers()
+	body := []byte(`{"id":"late-agent"}`)
+	signer.Sign(dest.AgentStatus, h, body)
+	if err := old.Client("late-agent").Publish(context.Background(), dest.AgentStatus, h, body); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for len(role.Agents()) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the new primary did not hear the agent on the previous primary's broker")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n := beats(2); n == 0 {
+		t.Fatal("no rebind on the previous primary's broker for the agent heard there")
+	}
+}

@@ -69,7 +69,9 @@ per address.yaml under DIR; the agents of one process share a connection
 per server and, on Linux, one group commit (syncfs) of their own rewrites
 (each still follows and checks its own file). A fleet's rewrites and
 --on-rebind hooks run on at most 512 shared workers, and its agents'
-period ticks are spread over the period. A fleet runs Go's garbage
+period ticks are spread over the period; while rebinds wait for those
+workers, the rewrites come first (an agent whose rebind waits skips up to
+three ticks, the others tick every second period). A fleet runs Go's garbage
 collector at GOGC=300 unless GOGC is set: more memory per agent, less CPU
 in a takeover.
 

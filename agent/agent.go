@@ -84,6 +84,11 @@ type Config struct {
 	// period instead of waking them all at once. 0: the first tick comes a
 	// Period after the start.
 	TickPhase time.Duration
+	// PingGap, in a fleet, is how long after an accepted ping the agent
+	// passes over its server's verified repeats (see pingGap; a fleet's is
+	// FleetPingGap). 0: every command is checked and counted, as a lone
+	// agent does.
+	PingGap time.Duration
 	// RunHook runs OnRebind (default hooks.Run; tests stand in for it).
 	RunHook hooks.Func
 }

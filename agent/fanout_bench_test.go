@@ -42,7 +42,7 @@ func BenchmarkFanOutOfARepeatPing(b *testing.B) {
 	for i := range wants {
 		path := filepath.Join(dir, fmt.Sprintf("a%d.yaml", i))
 		writeFile(b, path, "server-a", 1001, idA, 1)
-		a := New(Config{Path: path, ID: path, Period: time.Second, Dest: dest, Signer: agentKey, Clock: clk, Log: log})
+		a := New(Config{Path: path, ID: path, Period: time.Second, Dest: dest, Signer: agentKey, Clock: clk, Log: log, PingGap: FleetPingGap(time.Second)})
 		wants[i] = a.wantsCommand(context.Background(), "server-a:1001", 1)
 		if !wants[i](first) {
 			b.Fatal("the first ping was not accepted")

@@ -329,7 +329,7 @@ func TestPooledAgentsKeepTheirOwnBinding(t *testing.T) {
 		writeFile(t, o.path, "server-a", 1001, idA, 1)
 		ch := o.changes
 		o.a = New(Config{Path: o.path, ID: fmt.Sprintf("agent-%d", i), Period: 100 * time.Millisecond, Dest: dest,
-			Signer: protocol.NewSigner(nil), Clock: clk, Log: log, Dial: pool.Dial,
+			Signer: protocol.NewSigner(nil), Clock: clk, Log: log, Dial: pool.Dial, PingGap: FleetPingGap(100 * time.Millisecond),
 			Watch: func(context.Context, string, time.Duration) (<-chan struct{}, error) { return ch, nil },
 			OnEvent: func(e Event) {
 				mu.Lock()

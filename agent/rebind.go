@@ -753,7 +753,7 @@ func (a *Agent) wantsCommand(ctx context.Context, via string, conn uint64) func(
 	var last heardNote
 	var lastAt time.Time // when the last accepted command was (zero: none yet)
 	var lastSeq uint64
-	gap := pingGap(a.cfg.Period)
+	gap := a.cfg.PingGap
 	return func(m broker.Message) bool {
 		if isRebind(m) {
 			if a.rebindMayApply(m, via) {
@@ -762,7 +762,7 @@ func (a *Agent) wantsCommand(ctx context.Context, via string, conn uint64) func(
 			return false
 		}
 		now := a.cfg.Clock.Now()
-		if !lastAt.IsZero() && now.Sub(lastAt) < gap && a.repeatPing(m, last, lastSeq) {
+		if gap > 0 && !lastAt.IsZero() && now.Sub(lastAt) < gap && a.repeatPing(m, last, lastSeq) {
 			return false
 		}
 		addr, ok := a.command(m)
@@ -786,9 +786,13 @@ func (a *Agent) wantsCommand(ctx context.Context, via string, conn uint64) func(
 	}
 }
 
+// FleetPingGap is a fleet's Config.PingGap for agents of the given period.
+func FleetPingGap(period time.Duration) time.Duration { return pingGap(period) }
+
 // pingGap is how long after an accepted ping a fleet's agent is not
 // offered its server's repeats: the agent's period, the pace at which it
-// reports anyway. A server pings every one of its periods (100 ms in a
+// reports anyway. A lone agent has none: it checks and counts every
+// command it gets (what the hostile suite's replay test counts on). A server pings every one of its periods (100 ms in a
 // fast group), a new primary also as agents bind to it, and each check of
 // a ping stats the agent's file: during a 10,000-agent takeover the
 // fleet's fan-out re-checked agents that had long obeyed, four times a

@@ -49,6 +49,8 @@ type rrig struct {
 	dials map[string]int
 	hooks []string // env of each on_rebind run
 	hookC chan struct{}
+	// pingGap is the agents' Config.PingGap (0: a lone agent's, none).
+	pingGap time.Duration
 }
 
 func newRRig(t *testing.T) *rrig {
@@ -97,7 +99,7 @@ func (r *rrig) start(content string, signer *protocol.Signer, dial DialFunc) *ra
 	log.SetLevel(logrus.DebugLevel)
 	ra.a = New(Config{
 		Path: path, ID: "agent-" + filepath.Base(filepath.Dir(path)), Period: 100 * time.Millisecond, Dest: dest, Signer: signer,
-		Clock: r.clk, Log: log, Dial: dial, OnRebind: "systemctl restart datastax-agent",
+		Clock: r.clk, Log: log, Dial: dial, OnRebind: "systemctl restart datastax-agent", PingGap: r.pingGap,
 		Watch: func(ctx context.Context, path string, d time.Duration) (<-chan struct{}, error) {
 			return ra.changes, nil
 		},
@@ -543,14 +545,30 @@ func TestAFleetDropsRepeatsOfARebindItsAgentsObeyAndCountsThem(t *testing.T) {
 // it. For a quarter of the agent's period after an accepted ping, the same
 // server's repeats are passed over (not counted); anything new, forged or
 // replayed is decided as ever.
+// A lone agent (no PingGap) checks and counts every ping, repeats too.
+func TestALoneAgentChecksEveryPing(t *testing.T) {
+	r := newRRig(t)
+	ra := r.start(rebindFile, nil, nil)
+	want := ra.a.wantsCommand(context.Background(), "server-a:1001", 7)
+	list := "server-b:1002"
+	before := ra.a.Status().Accepted
+	for seq := uint64(30); seq < 35; seq++ {
+		want(r.pingMsg(idA, 1, seq, &list))
+	}
+	if got := ra.a.Status().Accepted - before; got != 5 {
+		t.Fatalf("%d of 5 pings accepted", got)
+	}
+}
+
 func TestAPooledAgentChecksItsCommandsWhereTheyArriveAndTellsRunOnlyWhatIsNew(t *testing.T) {
 	r := newRRig(t)
+	r.pingGap = FleetPingGap(100 * time.Millisecond) // a fleet's agent
 	pool := NewPool(func(ctx context.Context, addr agentcfg.Address) (broker.Bus, error) {
 		return r.hubs.of(target(addr)).Client("fleet"), nil
 	}, 0)
 	ra := r.start(rebindFile, nil, pool.Dial)
 	want := ra.a.wantsCommand(context.Background(), "server-a:1001", 99)
-	gap := pingGap(100 * time.Millisecond)
+	gap := r.pingGap
 	list1, list2 := "server-b:1002", "server-c:1003"
 	forged := r.pingMsg(idA, 1, 16, &list2)
 	forged.Headers = maps.Clone(forged.Headers)

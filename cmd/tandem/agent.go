@@ -284,7 +284,7 @@ Flags:
 			}
 		}
 		a := agent.New(agent.Config{Path: p, ID: aid, Period: *period, Dest: dest, Signer: signer, Dial: pool.Dial, Log: log, OnEvent: onEvent, Watch: mux.Watch,
-			OnRebind: *onRebind, OnRebindTimeout: *onRebindTimeout, Flusher: flusher, Workers: workers, TickPhase: fleetPhase(i, len(paths), *period)})
+			OnRebind: *onRebind, OnRebindTimeout: *onRebindTimeout, Flusher: flusher, Workers: workers, TickPhase: fleetPhase(i, len(paths), *period), PingGap: fleetPingGap(len(paths), *period)})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -307,6 +307,15 @@ Flags:
 		return exitRuntime
 	}
 	return exitOK
+}
+
+// fleetPingGap is the ping gap of a fleet of n agents (a lone agent: 0,
+// it checks every command).
+func fleetPingGap(n int, period time.Duration) time.Duration {
+	if n <= 1 {
+		return 0
+	}
+	return agent.FleetPingGap(period)
 }
 
 // fleetPhase is the delay of agent i's first periodic tick in a fleet of

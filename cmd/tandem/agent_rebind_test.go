@@ -48,3 +48,14 @@ func TestFleetPhaseSpreadsTicksOverThePeriod(t *testing.T) {
 		t.Fatalf("the middle agent's phase is %s, want %s", got, period/2)
 	}
 }
+
+// Only a fleet passes over its servers' repeat pings; a lone agent checks
+// and counts every command.
+func TestOnlyAFleetHasAPingGap(t *testing.T) {
+	if got := fleetPingGap(1, time.Second); got != 0 {
+		t.Fatalf("lone agent: ping gap %s, want none", got)
+	}
+	if got := fleetPingGap(2, time.Second); got != time.Second {
+		t.Fatalf("fleet: ping gap %s, want the period", got)
+	}
+}

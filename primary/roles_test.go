@@ -546,17 +546,16 @@ func TestTheBackupCountsIgnoredHeartbeatsApart(t *testing.T) {
 	}
 }
 
-// A new primary's rebind goes out on the previous primary's broker too
-// (its Notify bus): an agent still bound there, which never learned this
-// server and so holds no standby link to it, gets it on its bound link.
-func TestRebindsAlsoGoToThePreviousPrimarysBroker(t *testing.T) {
+// notifyRole runs primary b (token backID@4, advertise 127.0.0.1:1002) on
+// the in-memory broker own, with notify as its previous primary's broker
+// and the group key's signer, until the test ends.
+func notifyRole(t *testing.T, own *broker.MemHub, notify broker.Bus) (*primary.Role, *clock.Fake, *protocol.Signer, ed25519.PublicKey) {
+	t.Helper()
 	_, priv, err := protocol.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	signer := protocol.NewGroupSigner(dest, protocol.Keys{Secret: []byte("0123456789abcdef"), Private: priv})
-	own, old := broker.NewMemHub(), broker.NewMemHub()
-	onOld, _ := old.Client("agent-bound-to-a").Subscribe(dest.AgentCommand)
 	clk := clock.NewHandoverFake(time.Unix(1_700_000_000, 0))
 	bus := own.Client("b")
 	role := primary.New(primary.Config{
@@ -564,12 +563,22 @@ func TestRebindsAlsoGoToThePreviousPrimarysBroker(t *testing.T) {
 		Period: period, ReplyPeriod: time.Second, HandoverTimeout: window, Dest: dest, Signer: signer,
 		Clock: clk, Log: quietLog(), SeqBase: 1000, CheckEvery: time.Hour,
 		CheckFiles: func() (*failoverid.Token, error) { return nil, nil },
-		Ping:       true, Notify: []broker.Bus{old.Client("b-notify")},
+		Ping:       true, Notify: []broker.Bus{notify},
 	}, bus, bus)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _, _ = role.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	t.Cleanup(func() { cancel(); <-done })
+	return role, clk, signer, priv.Public().(ed25519.PublicKey)
+}
+
+// A new primary's rebind goes out on the previous primary's broker too
+// (its Notify bus): an agent still bound there, which never learned this
+// server and so holds no standby link to it, gets it on its bound link.
+func TestRebindsAlsoGoToThePreviousPrimarysBroker(t *testing.T) {
+	own, old := broker.NewMemHub(), broker.NewMemHub()
+	onOld, _ := old.Client("agent-bound-to-a").Subscribe(dest.AgentCommand)
+	_, clk, signer, pub := notifyRole(t, own, old.Client("b-notify"))
 	deadline := time.After(5 * time.Second)
 	for {
 		select {
@@ -581,7 +590,7 @@ func TestRebindsAlsoGoToThePreviousPrimarysBroker(t *testing.T) {
 			if err != nil || e.FailoverID != backID || e.Epoch != 4 || e.Advertise != "127.0.0.1:1002" {
 				t.Fatalf("rebind on the old broker: %+v %v", e, err)
 			}
-			if err := protocol.NewGroupSigner(dest, protocol.Keys{Public: priv.Public().(ed25519.PublicKey)}).Verify(dest.AgentCommand, m.Headers, m.Body); err != nil {
+			if err := protocol.NewGroupSigner(dest, protocol.Keys{Public: pub}).Verify(dest.AgentCommand, m.Headers, m.Body); err != nil {
 				t.Fatalf("the rebind on the old broker is not signed by the group: %v", err)
 			}
 			if err := signer.VerifyTokenSig(e.FailoverSig, backID, 4, "127.0.0.1", 1002); err != nil {
@@ -599,28 +608,11 @@ func TestRebindsAlsoGoToThePreviousPrimarysBroker(t *testing.T) {
 // A previous primary's broker that is down (kill -9) costs the rebind
 // nothing: it still goes out on this server's own broker, and is counted.
 func TestARebindStillGoesOutWhenThePreviousPrimarysBrokerIsDown(t *testing.T) {
-	_, priv, err := protocol.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer := protocol.NewGroupSigner(dest, protocol.Keys{Secret: []byte("0123456789abcdef"), Private: priv})
 	own := broker.NewMemHub()
 	onOwn, _ := own.Client("agent").Subscribe(dest.AgentCommand)
 	down := broker.NewMemHub().Client("b-notify")
 	_ = down.Close() // its Publish fails at once
-	clk := clock.NewHandoverFake(time.Unix(1_700_000_000, 0))
-	bus := own.Client("b")
-	role := primary.New(primary.Config{
-		Node: "b", Token: failoverid.Token{ID: backID, Epoch: 4}, Advertise: "127.0.0.1:1002",
-		Period: period, ReplyPeriod: time.Second, HandoverTimeout: window, Dest: dest, Signer: signer,
-		Clock: clk, Log: quietLog(), SeqBase: 1000, CheckEvery: time.Hour,
-		CheckFiles: func() (*failoverid.Token, error) { return nil, nil },
-		Ping:       true, Notify: []broker.Bus{down},
-	}, bus, bus)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _, _ = role.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	role, clk, _, _ := notifyRole(t, own, down)
 	deadline := time.After(5 * time.Second)
 	for {
 		select {
@@ -650,26 +642,9 @@ func TestARebindStillGoesOutWhenThePreviousPrimarysBrokerIsDown(t *testing.T) {
 // primary and rebound on that broker: without it, it would stay with a
 // fenced server, which sends it nothing, for good.
 func TestAnAgentHeardOnThePreviousPrimarysBrokerIsRebound(t *testing.T) {
-	_, priv, err := protocol.GenerateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	signer := protocol.NewGroupSigner(dest, protocol.Keys{Secret: []byte("0123456789abcdef"), Private: priv})
 	own, old := broker.NewMemHub(), broker.NewMemHub()
 	onOld, _ := old.Client("agent-bound-to-a").Subscribe(dest.AgentCommand)
-	clk := clock.NewHandoverFake(time.Unix(1_700_000_000, 0))
-	bus := own.Client("b")
-	role := primary.New(primary.Config{
-		Node: "b", Token: failoverid.Token{ID: backID, Epoch: 4}, Advertise: "127.0.0.1:1002",
-		Period: period, ReplyPeriod: time.Second, HandoverTimeout: window, Dest: dest, Signer: signer,
-		Clock: clk, Log: quietLog(), SeqBase: 1000, CheckEvery: time.Hour,
-		CheckFiles: func() (*failoverid.Token, error) { return nil, nil },
-		Ping:       true, Notify: []broker.Bus{old.Client("b-notify")},
-	}, bus, bus)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { defer close(done); _, _ = role.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	role, clk, signer, _ := notifyRole(t, own, old.Client("b-notify"))
 	rebinds := func() int {
 		n := 0
 		for {

@@ -791,13 +791,13 @@ func FleetPingGap(period time.Duration) time.Duration { return pingGap(period) }
 
 // pingGap is how long after an accepted ping a fleet's agent is not
 // offered its server's repeats: the agent's period, the pace at which it
-// reports anyway. A lone agent has none: it checks and counts every
-// command it gets (what the hostile suite's replay test counts on). A server pings every one of its periods (100 ms in a
+// reports anyway. A server pings every one of its periods (100 ms in a
 // fast group), a new primary also as agents bind to it, and each check of
 // a ping stats the agent's file: during a 10,000-agent takeover the
 // fleet's fan-out re-checked agents that had long obeyed, four times a
 // second each with a quarter period, and the rewrites of those still to
-// move waited for the CPU.
+// move waited for the CPU. A lone agent has none (Config.PingGap 0): it
+// checks and counts every command it gets.
 func pingGap(period time.Duration) time.Duration { return period }
 
 // repeatPing reports whether m is a ping the agent may pass over, a repeat

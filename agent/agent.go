@@ -85,7 +85,7 @@ type Config struct {
 	// Period after the start.
 	TickPhase time.Duration
 	// PingGap, in a fleet, is how long after an accepted ping the agent
-	// passes over its server's verified repeats (see pingGap; a fleet's is
+	// passes over its server's verified repeats (a fleet's:
 	// FleetPingGap). 0: every command is checked and counted, as a lone
 	// agent does.
 	PingGap time.Duration
@@ -680,11 +680,14 @@ func (a *Agent) Run(ctx context.Context) error {
 			prev := curTok
 			force := deferred
 			deferred = false
-			reread := func() (agentcfg.Address, bool) { return a.recheck(a.cfg.Period) }
+			var addr agentcfg.Address
+			var ok bool
 			if force {
-				reread = func() (agentcfg.Address, bool) { return a.reload(true) }
+				addr, ok = a.reload(true)
+			} else {
+				addr, ok = a.recheck(a.cfg.Period)
 			}
-			if addr, ok := reread(); ok {
+			if ok {
 				moved := bus == nil || target(addr) != cur
 				connect(addr)
 				sb.sync(addr, cur)

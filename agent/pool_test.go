@@ -390,8 +390,8 @@ func TestPooledAgentsKeepTheirOwnBinding(t *testing.T) {
 	wait("two links", func() bool { return pool.Links() == 2 })
 	// server-a still reaches agent-1 only; the old link is still shared by
 	// it. (A gap after its last accepted ping: a repeat within it would be
-	// passed over, see pingGap.)
-	clk.Advance(pingGap(100 * time.Millisecond))
+	// passed over, see FleetPingGap.)
+	clk.Advance(FleetPingGap(100 * time.Millisecond))
 	command("server-a:1001", idA, 1, 2)
 	command("server-b:1002", idB, 2, 3)
 	ev := decided(4)[2:]

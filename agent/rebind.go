@@ -786,11 +786,9 @@ func (a *Agent) wantsCommand(ctx context.Context, via string, conn uint64) func(
 	}
 }
 
-// FleetPingGap is a fleet's Config.PingGap for agents of the given period.
-func FleetPingGap(period time.Duration) time.Duration { return pingGap(period) }
-
-// pingGap is how long after an accepted ping a fleet's agent is not
-// offered its server's repeats: the agent's period, the pace at which it
+// FleetPingGap is a fleet's Config.PingGap for agents of the given
+// period: how long after an accepted ping a fleet's agent is not
+// offered its server's repeats. It is the agent's period, the pace at which it
 // reports anyway. A server pings every one of its periods (100 ms in a
 // fast group), a new primary also as agents bind to it, and each check of
 // a ping stats the agent's file: during a 10,000-agent takeover the
@@ -798,7 +796,7 @@ func FleetPingGap(period time.Duration) time.Duration { return pingGap(period) }
 // second each with a quarter period, and the rewrites of those still to
 // move waited for the CPU. A lone agent has none (Config.PingGap 0): it
 // checks and counts every command it gets.
-func pingGap(period time.Duration) time.Duration { return period }
+func FleetPingGap(period time.Duration) time.Duration { return period }
 
 // repeatPing reports whether m is a ping the agent may pass over, a repeat
 // of the last it accepted on this connection (last, lastSeq): a ping

@@ -193,9 +193,6 @@ func (b *lazyBus) Publish(ctx context.Context, dest string, h map[string]string,
 	return l.Publish(ctx, dest, h, body)
 }
 
-// lazySubBuffer is a lazy subscription's own buffer, on top of the link's.
-const lazySubBuffer = 1024
-
 // Subscribe subscribes to dest on the link, now or once it is dialed.
 func (b *lazyBus) Subscribe(dest string) (broker.Subscription, error) {
 	b.mu.Lock()
@@ -203,7 +200,7 @@ func (b *lazyBus) Subscribe(dest string) (broker.Subscription, error) {
 	if b.done {
 		return nil, broker.ErrClosed
 	}
-	s := &lazySub{dest: dest, c: make(chan broker.Message, lazySubBuffer), stop: make(chan struct{})}
+	s := &lazySub{dest: dest, buf: broker.NewDropBuffer(0)}
 	b.subs = append(b.subs, s)
 	if b.link != nil {
 		s.attach(b.link)
@@ -232,19 +229,17 @@ func (b *lazyBus) Close() error {
 	return nil
 }
 
-// lazySub is a lazyBus subscription: its channel is fed, by a goroutine it
-// owns, from the link's subscription once the link exists. A consumer that
-// falls behind loses the newest messages (counted), never the link's.
+// lazySub is a lazyBus subscription: its buffer is fed, by a goroutine it
+// owns, from the link's subscription once the link exists (a full buffer
+// loses its oldest message, as every subscription's).
 type lazySub struct {
 	dest string
-	c    chan broker.Message
+	buf  *broker.DropBuffer
 
 	mu      sync.Mutex
 	under   broker.Subscription
-	stop    chan struct{}
 	stopped bool
 	wg      sync.WaitGroup
-	dropped uint64
 }
 
 // attach subscribes on l and starts forwarding (the bus's mu held).
@@ -262,32 +257,18 @@ func (s *lazySub) attach(l broker.Bus) {
 	s.wg.Add(1)
 	go func() {
 		defer s.wg.Done()
-		for {
-			select {
-			case m, ok := <-under.C():
-				if !ok {
-					return
-				}
-				select {
-				case s.c <- m:
-				default:
-					s.mu.Lock()
-					s.dropped++
-					s.mu.Unlock()
-				}
-			case <-s.stop:
-				return
-			}
+		for m := range under.C() { // closed by Close, or with the link
+			s.buf.Push(m)
 		}
 	}()
 }
 
-func (s *lazySub) C() <-chan broker.Message { return s.c }
+func (s *lazySub) C() <-chan broker.Message { return s.buf.C() }
 
 func (s *lazySub) Dropped() uint64 {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	n := s.dropped
+	n := s.buf.Dropped()
 	if s.under != nil {
 		n += s.under.Dropped()
 	}
@@ -302,13 +283,13 @@ func (s *lazySub) Close() error {
 		return nil
 	}
 	s.stopped = true
-	close(s.stop)
 	under := s.under
 	s.mu.Unlock()
 	if under != nil {
 		under.Close()
 	}
 	s.wg.Wait()
+	s.buf.Close()
 	return nil
 }
 

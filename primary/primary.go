@@ -116,7 +116,9 @@ type Config struct {
 	// Notify are extra buses that receive a copy of every heartbeat: the
 	// previous primary's broker after a takeover, so that a primary that
 	// resumes from a freeze learns at once that it was replaced. Rebinds
-	// go there too, for the agents still bound to that primary.
+	// go there too, for the agents still bound to that primary, and the
+	// agents' reports there are heard as on the own broker (from the first
+	// bus that can subscribe).
 	Notify []broker.Bus
 	// SecondPath: the heartbeat channel is an external broker; heartbeats
 	// also go out on the agents' broker (this server's own), and replies

@@ -184,7 +184,7 @@ func remoteFollowRun(b *testing.B, n int) remoteFollowResult {
 		s, err := getStatus(bk.admin)
 		return err == nil && s.Primary != nil && s.Primary.Node == a.name && s.Primary.LastHeartbeatAgeMS >= 0 && s.Primary.LastHeartbeatAgeMS < 50
 	})
-	cpu, fleetCPU := startCPUSampler(bk.p.pid()), startCPUSampler(fleet.pid())
+	cpu, fleetCPU, selfCPU := startCPUSampler(bk.p.pid()), startCPUSampler(fleet.pid()), startCPUSampler(os.Getpid())
 	var perf *exec.Cmd
 	if d := os.Getenv("TANDEM_BENCH_PERF"); d != "" {
 		perf = exec.Command("perf", "record", "-g", "-F", "999", "-o", filepath.Join(d, fmt.Sprintf("perf-remote-%d.data", n)),
@@ -210,8 +210,11 @@ func remoteFollowRun(b *testing.B, n int) remoteFollowResult {
 	}
 	first := map[string]int64{} // agent -> first accepted command of b
 	rd := &eventTail{path: evPath, off: evOff}
-	eventually(b, setupMax, fmt.Sprintf("%d agents accepted b's commands", n), func() bool {
-		rd.read(sb.FailoverID, func(e event) {
+	// Polled every 100 ms, not eventually's 10: the figures come from the
+	// events' own times, and the bench's reading competes for the CPU with
+	// the rebind it measures (at 10 ms it took half a core).
+	pollUntil(b, setupMax, 100*time.Millisecond, fmt.Sprintf("%d agents accepted b's commands", n), func() bool {
+		rd.read([]string{`"accepted":true`, sb.FailoverID}, func(e event) {
 			if e.Accepted && e.From.ID == sb.FailoverID && e.From.Epoch == sb.Epoch {
 				if t, ok := first[e.Agent]; !ok || e.T < t {
 					first[e.Agent] = e.T
@@ -220,7 +223,7 @@ func remoteFollowRun(b *testing.B, n int) remoteFollowResult {
 		})
 		return len(first) >= n
 	})
-	samples, fleetSamples := cpu.halt(), fleetCPU.halt()
+	samples, fleetSamples, selfSamples := cpu.halt(), fleetCPU.halt(), selfCPU.halt()
 	if perf != nil {
 		_ = perf.Process.Signal(syscall.SIGINT)
 		_ = perf.Wait()
@@ -256,6 +259,7 @@ func remoteFollowRun(b *testing.B, n int) remoteFollowResult {
 	rel := func(t int64) string { return fmt.Sprintf("%+d", t-windowEnd) }
 	cpuD, how := cpuBetween(samples, windowEnd, last)
 	fleetD, _ := cpuBetween(fleetSamples, windowEnd, last)
+	selfD, _ := cpuBetween(selfSamples, windowEnd, last)
 	// When the agents' own rewrites were done: each agent's "rebound" line
 	// (a fleet logs them at debug: TANDEM_BENCH_LOG=debug), else the
 	// fleet's summary line, logged once its rebinds have been quiet for
@@ -272,13 +276,28 @@ func remoteFollowRun(b *testing.B, n int) remoteFollowResult {
 	} else if first, last, n, ok := parseReboundSummary(summary); ok {
 		rb = fmt.Sprintf("%d (summary), first %s, last %s", n, rel(first), rel(last))
 	}
+	// Each agent's own rewrite time is its file's mtime: how long an
+	// agent took from its rewrite to its first accepted command of b.
+	var lags []int64
+	for _, f := range files {
+		rel, err := filepath.Rel(dir, filepath.Dir(f))
+		st, serr := os.Stat(f)
+		if t, ok := first[rel]; ok && err == nil && serr == nil {
+			lags = append(lags, t-st.ModTime().UnixMilli())
+		}
+	}
+	sort.Slice(lags, func(i, j int) bool { return lags[i] < lags[j] })
+	lag := "-"
+	if k := len(lags); k > 0 {
+		lag = fmt.Sprintf("median %d, p90 %d, max %d", lags[k/2], lags[k*9/10], lags[k-1])
+	}
 	firstRebind := "-"
 	if rebind != nil {
 		firstRebind = rel(rebind.TMS)
 	}
-	b.Logf("agents=%d on %s, agent period %s: ms after window end: detect %s, primary %s, first rebind %s (%d rebinds sent in all), rebound %s, bound first %s, all %s; b's CPU %.0f ms (%s), the fleet's %.0f ms; fleet RSS %.0f KB/agent; setup %s",
-		n, fsName(dir), agentPeriod(b), rel(takingOver.TMS), rel(primary.TMS), firstRebind, rebinds, rb, rel(firstBound), rel(last),
-		float64(cpuD)/float64(time.Millisecond), how, float64(fleetD)/float64(time.Millisecond), rssKB, setup.Round(time.Millisecond))
+	b.Logf("agents=%d on %s, agent period %s: ms after window end: detect %s, primary %s, first rebind %s (%d rebinds sent in all), rebound %s, bound first %s, all %s (rewrite → first command of b: %s); b's CPU %.0f ms (%s), the fleet's %.0f ms, the bench's own %.0f ms; fleet RSS %.0f KB/agent; setup %s",
+		n, fsName(dir), agentPeriod(b), rel(takingOver.TMS), rel(primary.TMS), firstRebind, rebinds, rb, rel(firstBound), rel(last), lag,
+		float64(cpuD)/float64(time.Millisecond), how, float64(fleetD)/float64(time.Millisecond), float64(selfD)/float64(time.Millisecond), rssKB, setup.Round(time.Millisecond))
 	if keep := os.Getenv("TANDEM_BENCH_KEEP"); keep != "" {
 		keepLogs(b, c.dir, filepath.Join(keep, fmt.Sprintf("agents-%d-%d", n, time.Now().UnixMilli())))
 	}
@@ -349,15 +368,17 @@ func fileSize(p string) int64 {
 }
 
 // eventTail reads an agents' --events file from off on, a call at a time;
-// only lines containing filter are decoded (a fleet of 10,000 writes
-// 100,000 lines a second).
+// a line cut by a read is kept for the next call. It shares the machine with
+// what it measures, so it is frugal: one buffer for all calls, and only
+// lines holding every one of a call's needles are decoded.
 type eventTail struct {
 	path string
 	off  int64
 	part []byte
+	buf  []byte
 }
 
-func (r *eventTail) read(filter string, fn func(event)) {
+func (r *eventTail) read(needles []string, fn func(event)) {
 	f, err := os.Open(r.path)
 	if err != nil {
 		return
@@ -366,12 +387,15 @@ func (r *eventTail) read(filter string, fn func(event)) {
 	if _, err := f.Seek(r.off, 0); err != nil {
 		return
 	}
-	buf := make([]byte, 1<<20)
+	if r.buf == nil {
+		r.buf = make([]byte, 1<<20)
+	}
 	for {
-		k, err := f.Read(buf)
+		k, err := f.Read(r.buf)
 		if k > 0 {
 			r.off += int64(k)
-			data := append(r.part, buf[:k]...)
+			data := append(r.part, r.buf[:k]...)
+		lines:
 			for {
 				i := bytes.IndexByte(data, '\n')
 				if i < 0 {
@@ -379,15 +403,17 @@ func (r *eventTail) read(filter string, fn func(event)) {
 				}
 				line := data[:i]
 				data = data[i+1:]
-				if !bytes.Contains(line, []byte(filter)) {
-					continue
+				for _, n := range needles {
+					if !bytes.Contains(line, []byte(n)) {
+						continue lines
+					}
 				}
 				var e event
 				if json.Unmarshal(line, &e) == nil {
 					fn(e)
 				}
 			}
-			r.part = append([]byte(nil), data...)
+			r.part = append(r.part[:0], data...)
 		}
 		if err != nil {
 			return
@@ -454,7 +480,7 @@ func logTime(l string) time.Time {
 	return time.Time{}
 }
 
-// cpuSampler samples a process's CPU time every 10 ms.
+// cpuSampler samples a process's CPU time every 25 ms (cpuSampleEvery).
 type cpuSampler struct {
 	pid  int
 	mu   sync.Mutex
@@ -468,11 +494,16 @@ type stampedCPU struct {
 	s  cpuSample
 }
 
+// cpuSampleEvery is a cpuSampler's interval: fine enough for a window of
+// seconds, and the samplers' reads of /proc share the two cores with what
+// they measure (at 10 ms, three of them took about a tenth of a core).
+const cpuSampleEvery = 25 * time.Millisecond
+
 func startCPUSampler(pid int) *cpuSampler {
 	c := &cpuSampler{pid: pid, stop: make(chan struct{}), done: make(chan struct{})}
 	go func() {
 		defer close(c.done)
-		tk := time.NewTicker(10 * time.Millisecond)
+		tk := time.NewTicker(cpuSampleEvery)
 		defer tk.Stop()
 		for {
 			if s, err := readCPU(c.pid); err == nil {

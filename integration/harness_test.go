@@ -189,12 +189,18 @@ func (p *proc) logText() string {
 // eventually polls cond every 10ms until it is true or d passes.
 func eventually(t testing.TB, d time.Duration, what string, cond func() bool) time.Duration {
 	t.Helper()
+	return pollUntil(t, d, 10*time.Millisecond, what, cond)
+}
+
+// pollUntil is eventually with a chosen poll interval.
+func pollUntil(t testing.TB, d, every time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
 	start := time.Now()
 	for !cond() {
 		if time.Since(start) > d {
 			t.Fatalf("timed out after %s waiting for: %s", d, what)
 		}
-		time.Sleep(10 * time.Millisecond)
+		time.Sleep(every)
 	}
 	return time.Since(start)
 }

@@ -160,33 +160,54 @@ func benchLink(b *testing.B, addr string) *Link {
 	return l
 }
 
-// BenchmarkEmbeddedPublishThroughput: 1 KB messages from one Link to one
-// subscriber on another Link, in windows of 1,000 (the publisher waits for
-// each window to arrive, as a sustained sender must: a subscriber more than
-// MaxPendingBytes behind is dropped as slow). msgs/s is delivered messages
-// per second; published-msgs/s the rate of Publish calls within a window.
+// BenchmarkEmbeddedPublishThroughput: a client publishes 20,000 messages
+// (a 1 KB body and an agent report's eight headers) in windows of 1,000
+// to a subscriber of the same broker process, over a TCP link
+// (subscriber=link) or the server's in-process bus (subscriber=local, as a
+// primary hears its agents' reports): messages a second, and the process's
+// CPU per message (publisher, broker and subscriber together).
 func BenchmarkEmbeddedPublishThroughput(b *testing.B) {
+	for _, local := range []bool{false, true} {
+		name := "subscriber=link"
+		if local {
+			name = "subscriber=local"
+		}
+		b.Run(name, func(b *testing.B) { publishThroughput(b, local) })
+	}
+}
+
+func publishThroughput(b *testing.B, local bool) {
 	srv := benchServer(b)
 	const dest = "/topic/tandem.tput"
 	pub := benchLink(b, srv.Addr())
-	subl, err := Dial(context.Background(), LinkConfig{URL: srv.Addr(), Log: quietLog(), BufferSize: 1 << 14})
-	if err != nil {
-		b.Fatal(err)
+	var subBus Bus
+	if local {
+		subBus = srv.Local(1 << 14)
+	} else {
+		l, err := Dial(context.Background(), LinkConfig{URL: srv.Addr(), Log: quietLog(), BufferSize: 1 << 14})
+		if err != nil {
+			b.Fatal(err)
+		}
+		must(b, l.WaitConnected(context.Background()))
+		subBus = l
 	}
-	b.Cleanup(func() { subl.Close() })
-	must(b, subl.WaitConnected(context.Background()))
-	sub, _ := subl.Subscribe(dest)
-	waitSubscribed(b, srv, dest, 1)
+	b.Cleanup(func() { subBus.Close() })
+	sub, _ := subBus.Subscribe(dest)
+	if !local {
+		waitSubscribed(b, srv, dest, 1)
+	}
 	const n, window = 20000, 1000
 	body := make([]byte, 1024)
+	hdr := map[string]string{"tandem-version": "1", "failover-id": "6f1c2a7e-3b9d-4c1e-9a55-0f6e2d8b7c41", "epoch": "2",
+		"node": "r1234/conf", "seq": "1796325890421", "sent-ms": "1796325890421", "role": "agent", "bound": "6f1c2a7e-3b9d-4c1e-9a55-0f6e2d8b7c41@2"}
 	b.ResetTimer()
-	var total, publishing time.Duration
+	var total, publishing, cpu time.Duration
 	for i := 0; i < b.N; i++ {
-		start := time.Now()
+		start, cpu0 := time.Now(), processCPU(b)
 		for w := 0; w < n/window; w++ {
 			t0 := time.Now()
 			for j := 0; j < window; j++ {
-				if err := pub.Publish(context.Background(), dest, nil, body); err != nil {
+				if err := pub.Publish(context.Background(), dest, hdr, body); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -201,10 +222,21 @@ func BenchmarkEmbeddedPublishThroughput(b *testing.B) {
 			}
 		}
 		total += time.Since(start)
+		cpu += processCPU(b) - cpu0
 	}
 	b.StopTimer()
 	b.ReportMetric(float64(n*b.N)/total.Seconds(), "msgs/s")
 	b.ReportMetric(float64(n*b.N)/publishing.Seconds(), "published-msgs/s")
+	b.ReportMetric(float64(cpu.Microseconds())/float64(n*b.N), "cpu-µs/msg")
+}
+
+// processCPU is this process's user and system CPU time so far.
+func processCPU(b *testing.B) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		b.Fatal(err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // BenchmarkEmbeddedIdleConnsRSS: resident memory of a separate broker process

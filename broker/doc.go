@@ -49,6 +49,12 @@
 // before go-stomp rejects it leaves go-stomp's read loop (and those frames)
 // behind until the process exits.
 //
+// The process that embeds a Server reaches it in memory (Server.Local): a
+// Bus whose publishes are routed as a client's SEND and whose subscriptions
+// take the router's messages as they are, with no frame encoded or parsed.
+// A primary's link to its own broker is one: the status reports of a
+// fleet's agents reach it without a second trip through STOMP.
+//
 // go-stomp's server never sends RECEIPT for SUBSCRIBE or UNSUBSCRIBE (it does
 // for SEND, DISCONNECT and transactions); clients must not wait for those.
 //

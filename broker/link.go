@@ -573,10 +573,11 @@ func (l *Link) drain(ss *stomp.Subscription, s *linkSub) {
 	}
 }
 
-// transportHeaders are not passed on in Message.Headers: STOMP's own and
-// the ones ActiveMQ and RabbitMQ add.
+// transportHeaders are not passed on in Message.Headers: STOMP's own, the
+// ones ActiveMQ and RabbitMQ add, and go-stomp's server's copy of
+// message-id ("id").
 var transportHeaders = map[string]bool{
-	"destination": true, "message-id": true, "subscription": true,
+	"destination": true, "message-id": true, "id": true, "subscription": true,
 	"content-length": true, "content-type": true, "ack": true, "receipt": true,
 	"expires": true, "priority": true, "timestamp": true, "persistent": true,
 	"redelivered": true, "original-destination": true,

@@ -194,6 +194,7 @@ type Server struct {
 
 	topicsMu sync.RWMutex
 	topics   map[string]map[*client.Subscription]*serverConn
+	locals   map[string]map[*localSub]struct{} // Local buses' subscriptions
 
 	acceptDone chan struct{}
 	connWG     sync.WaitGroup // per-connection goroutines we own
@@ -224,6 +225,7 @@ func StartServer(cfg ServerConfig) (*Server, error) {
 		conns:      make(map[*serverConn]struct{}),
 		untrusted:  make(map[string]int),
 		topics:     make(map[string]map[*client.Subscription]*serverConn),
+		locals:     make(map[string]map[*localSub]struct{}),
 		acceptDone: make(chan struct{}),
 	}
 	go s.acceptLoop()
@@ -512,7 +514,8 @@ func (s *Server) unsubscribe(sub *client.Subscription) {
 }
 
 // route fans one MESSAGE out to every subscriber of its destination. It never
-// blocks: each copy goes to the subscriber connection's bounded queue. It
+// blocks: each copy goes to the subscriber connection's bounded queue (or a
+// Local subscription's drop-oldest buffer). It
 // returns the subscribers whose backlog it took past MaxPendingBytes while
 // they were still taking bytes (see throttle).
 func (s *Server) route(f *frame.Frame) (full []*serverConn) {
@@ -532,6 +535,7 @@ func (s *Server) route(f *frame.Frame) (full []*serverConn) {
 			full = append(full, c)
 		}
 	}
+	s.deliverLocal(dest, f)
 	return full
 }
 

@@ -72,8 +72,24 @@ func (n *Node) credentials(url string) (login, passcode string) {
 // own broker: at least one status report per agent of a 10,000-agent fleet.
 const ownLinkBuffer = 16384
 
-// dialSTOMP is the production Dialer.
+// localBroker is an embedded broker that serves its own process in memory
+// (broker.Server.Local).
+type localBroker interface {
+	Local(bufferSize int) broker.Bus
+}
+
+// dialSTOMP is the production Dialer. The link to the server's own broker
+// is in-process when the broker offers it: every agent's status report
+// reaches the primary without a frame written, read and parsed again
+// between two goroutines of one process. It is up from the start and for
+// as long as the broker runs.
 func (n *Node) dialSTOMP(ctx context.Context, url string, o DialOptions) (broker.Bus, error) {
+	if url == n.ownURL && n.ownLocal != nil {
+		if o.OnState != nil {
+			o.OnState(true, nil)
+		}
+		return n.ownLocal.Local(o.BufferSize), nil
+	}
 	login, passcode := n.credentials(url)
 	cfg := broker.LinkConfig{
 		URL: url, Login: login, Passcode: passcode, VHost: n.cfg.Broker.Vhost,

@@ -106,6 +106,10 @@ type Node struct {
 	// ownTLS is for the primary's own link to its own broker.
 	serverTLS, clientTLS, ownTLS *tls.Config
 	ownURL                       string
+	// ownLocal, when the embedded broker offers it (broker.Server.Local),
+	// makes the production dialer's link to ownURL an in-process bus. Set
+	// with ownURL, before any role dials.
+	ownLocal localBroker
 
 	// AdminAddr is the bound admin address once Run is serving (for tests
 	// that use port 0). Read it after Ready is closed.
@@ -378,6 +382,7 @@ func (n *Node) Run(ctx context.Context) error {
 	_ = n.notify.Send("READY=1")
 
 	n.ownURL = n.brokerURL(loopback(srv.Addr()))
+	n.ownLocal, _ = srv.(localBroker)
 	defer n.g.Wait()
 	hctx, stopChecks := context.WithCancel(ctx)
 	defer stopChecks()

@@ -177,9 +177,22 @@ func TestARemoteAgentDownDuringTheTakeoverCatchesUp(t *testing.T) {
 // (a new agent set up from an old runbook, a host restored from a backup),
 // knowing no other server, follows the new primary: the replaced primary,
 // rejoined as its backup, sends it nothing, but the new primary hears its
-// report on that server's broker and rebinds it there.
+// report on that server's broker and rebinds it there — also when the
+// heartbeats go through an external broker (heartbeat_broker: here a
+// standalone `tandem broker`), where no heartbeat needs that link.
 func TestALateAgentOfTheReplacedPrimaryFollowsTheNewOne(t *testing.T) {
+	t.Run("embedded", func(t *testing.T) { lateAgentFollows(t, "") })
+	t.Run("heartbeat_broker", func(t *testing.T) {
+		hbAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+		start(t, t.TempDir(), "hb-broker", "broker", "--listen", hbAddr)
+		eventually(t, 10*time.Second, "standalone broker up", func() bool { return stompPing(hbAddr) == nil })
+		lateAgentFollows(t, fmt.Sprintf("heartbeat_broker: stomp://%s\n", hbAddr))
+	})
+}
+
+func lateAgentFollows(t *testing.T, extra string) {
 	c := newCluster(t)
+	c.extra = extra
 	a, b, _ := pairUp(t, c, 0)
 	a.p.signal(syscall.SIGKILL)
 	a.p.wait(5 * time.Second)

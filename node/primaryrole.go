@@ -112,19 +112,24 @@ func (n *Node) runPrimary(ctx context.Context) (done bool, err error) {
 		defer n.closeLater(l)
 		hb = l
 	}
+	// The notify link, to the embedded broker of the peer this server
+	// remembers (after a takeover: the replaced primary's), whatever the
+	// heartbeat channel: agents still bound to that server are heard and
+	// rebound there, and, with the embedded heartbeat channel, a primary
+	// that was only frozen learns there that it was replaced (with an
+	// external heartbeat_broker that server hears the channel itself, and
+	// the link carries no heartbeats).
 	var notify []broker.Bus
-	if n.cfg.HeartbeatBroker == "" {
-		peerAddr := ""
-		if st.Takeover != nil && st.Takeover.From != nil {
-			peerAddr = st.Takeover.From.Address
-		} else if st.Peer != nil {
-			peerAddr = st.Peer.Address
-		}
-		if peerAddr != "" && peerAddr != n.advertise {
-			lb := n.dialLazy(rctx, n.brokerURL(peerAddr))
-			defer lb.Close()
-			notify = append(notify, lb)
-		}
+	peerAddr := ""
+	if st.Takeover != nil && st.Takeover.From != nil {
+		peerAddr = st.Takeover.From.Address
+	} else if st.Peer != nil {
+		peerAddr = st.Peer.Address
+	}
+	if peerAddr != "" && peerAddr != n.advertise {
+		lb := n.dialLazy(rctx, n.brokerURL(peerAddr))
+		defer lb.Close()
+		notify = append(notify, lb)
 	}
 	upd := n.update(st.Epoch)
 	token := failoverid.Token{ID: n.id, Epoch: st.Epoch}

@@ -113,12 +113,13 @@ type Config struct {
 	// that fencing can be observed end to end (agents count accepted and
 	// rejected commands per failover id and epoch).
 	Ping bool
-	// Notify are extra buses that receive a copy of every heartbeat: the
-	// previous primary's broker after a takeover, so that a primary that
+	// Notify are extra buses, the previous primary's broker after a
+	// takeover: with the embedded heartbeat channel (SecondPath unset)
+	// each receives a copy of every heartbeat, so that a primary that
 	// resumes from a freeze learns at once that it was replaced. Rebinds
 	// go there too, for the agents still bound to that primary, and the
 	// agents' reports there are heard as on the own broker (from the first
-	// bus that can subscribe).
+	// bus that can subscribe), whatever the heartbeat channel.
 	Notify []broker.Bus
 	// SecondPath: the heartbeat channel is an external broker; heartbeats
 	// also go out on the agents' broker (this server's own), and replies
@@ -589,8 +590,12 @@ func (r *Role) publishBeat(ctx context.Context, env protocol.Envelope, body []by
 	if r.cfg.SecondPath {
 		_ = r.ag.Publish(pctx, r.cfg.Dest.Heartbeat, h, body) // best effort: the backups' second path
 	}
-	for _, n := range r.cfg.Notify {
-		_ = n.Publish(pctx, r.cfg.Dest.Heartbeat, h, body) // best effort
+	if !r.cfg.SecondPath {
+		// With an external heartbeat channel the replaced primary hears
+		// it there: its broker gets the rebinds, not heartbeats.
+		for _, n := range r.cfg.Notify {
+			_ = n.Publish(pctx, r.cfg.Dest.Heartbeat, h, body) // best effort
+		}
 	}
 	if err != nil {
 		r.cfg.Log.WithError(err).Debug("heartbeat not sent")

@@ -551,6 +551,13 @@ func TestTheBackupCountsIgnoredHeartbeatsApart(t *testing.T) {
 // and the group key's signer, until the test ends.
 func notifyRole(t *testing.T, own *broker.MemHub, notify broker.Bus) (*primary.Role, *clock.Fake, *protocol.Signer, ed25519.PublicKey) {
 	t.Helper()
+	return notifyRoleWith(t, own, notify, false)
+}
+
+// notifyRoleWith is notifyRole, with secondPath as Config.SecondPath (an
+// external heartbeat channel; the role's heartbeats then go to own too).
+func notifyRoleWith(t *testing.T, own *broker.MemHub, notify broker.Bus, secondPath bool) (*primary.Role, *clock.Fake, *protocol.Signer, ed25519.PublicKey) {
+	t.Helper()
 	_, priv, err := protocol.GenerateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -563,7 +570,7 @@ func notifyRole(t *testing.T, own *broker.MemHub, notify broker.Bus) (*primary.R
 		Period: period, ReplyPeriod: time.Second, HandoverTimeout: window, Dest: dest, Signer: signer,
 		Clock: clk, Log: quietLog(), SeqBase: 1000, CheckEvery: time.Hour,
 		CheckFiles: func() (*failoverid.Token, error) { return nil, nil },
-		Ping:       true, Notify: []broker.Bus{notify},
+		Ping:       true, Notify: []broker.Bus{notify}, SecondPath: secondPath,
 	}, bus, bus)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -601,6 +608,51 @@ func TestRebindsAlsoGoToThePreviousPrimarysBroker(t *testing.T) {
 			t.Fatal("no rebind reached the previous primary's broker")
 		case <-time.After(time.Millisecond):
 			clk.Step(period)
+		}
+	}
+}
+
+// With the embedded heartbeat channel the previous primary's broker gets
+// the heartbeats (a primary that was only frozen learns there it was
+// replaced); with an external one (SecondPath) it hears the channel
+// itself, and its broker gets the rebinds only.
+func TestThePreviousPrimarysBrokerGetsHeartbeatsOnlyWithTheEmbeddedChannel(t *testing.T) {
+	for _, external := range []bool{false, true} {
+		own, old := broker.NewMemHub(), broker.NewMemHub()
+		onOwn, _ := own.Client("backup").Subscribe(dest.Heartbeat)
+		onOld := old.Client("a")
+		cmds, _ := onOld.Subscribe(dest.AgentCommand)
+		beats, _ := onOld.Subscribe(dest.Heartbeat)
+		_, clk, _, _ := notifyRoleWith(t, own, old.Client("b-notify"), external)
+		// Heartbeats on own from two periods and a rebind on the old
+		// broker: the first period's publishing, the copy to the old
+		// broker included, is over before the second's starts. (With
+		// SecondPath each heartbeat reaches own twice: the channel and
+		// the agents' broker.)
+		need := 2
+		if external {
+			need = 3
+		}
+		ownBeats, rebound := 0, false
+		deadline := time.After(5 * time.Second)
+		for ownBeats < need || !rebound {
+			select {
+			case <-onOwn.C():
+				ownBeats++
+			case m := <-cmds.C():
+				rebound = rebound || m.Headers["command"] == "rebind"
+			case <-deadline:
+				t.Fatalf("external %v: %d heartbeats on the channel, rebind on the previous primary's broker %v", external, ownBeats, rebound)
+			case <-time.After(time.Millisecond):
+				clk.Step(period)
+			}
+		}
+		got := len(beats.C())
+		if external && got != 0 {
+			t.Fatalf("with an external heartbeat channel the previous primary's broker got %d heartbeats", got)
+		}
+		if !external && got == 0 {
+			t.Fatal("with the embedded heartbeat channel the previous primary's broker got no heartbeat")
 		}
 	}
 }

@@ -80,8 +80,8 @@ func TestLocalBusAndClientsHearEachOther(t *testing.T) {
 }
 
 // A local subscriber that does not read loses the oldest messages, and
-// neither a client publishing nor the local bus's own publishing waits for
-// it.
+// publishing does not wait for it (the router pushes into its drop-oldest
+// buffer for a client's messages the same way).
 func TestASlowLocalSubscriberDropsTheOldest(t *testing.T) {
 	s := startTestServer(t, ServerConfig{})
 	local := s.Local(4)
